@@ -1,0 +1,241 @@
+"""`report-gen` command line (DESIGN §3). Thin: parse arguments, call the engine, pick the exit code.
+
+Exit codes: 0 = no finding at or above --fail-on, 1 = findings at or above it, 2 = usage or input
+error (one line on stderr, no traceback; -v shows the traceback of an internal error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from report_gen import __version__
+from report_gen.core import InputError
+
+FORMATS = ("html", "md", "json")
+
+
+def _formats(text: str) -> list[str]:
+    fmts = [f.strip().lower() for f in text.split(",") if f.strip()]
+    fmts = ["md" if f == "markdown" else f for f in fmts]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {', '.join(bad) or text!r}; choose from html, md, json")
+    return fmts
+
+
+def _codes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="report-gen", description="Post-hoc diagnostic reports for PyTorch training runs.")
+    p.add_argument("--version", action="version", version=f"report-gen {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("diagnose", help="diagnose run folders, event files or checkpoints")
+    d.add_argument("paths", nargs="+", metavar="PATH")
+    d.add_argument("-o", "--out", default="reports/latest", help="output folder (default: reports/latest)")
+    d.add_argument("--format", type=_formats, default=list(FORMATS), help="html,md,json (default: all)")
+    d.add_argument("--baseline", help="baseline run folder or report.json to compare against")
+    d.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
+    d.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
+    d.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+    d.add_argument("--fail-on", choices=("error", "warning", "never"), help="exit 1 at this level (default: error)")
+    d.add_argument("--model", help="MODULE:FACTORY (or path/to/file.py:FACTORY) to probe activations post hoc")
+    d.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
+    g = d.add_mutually_exclusive_group()
+    g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy")
+    g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32")
+    d.add_argument("--probe-max-checkpoints", type=int, default=6, help="checkpoints probed, evenly spaced (6)")
+    d.add_argument("--trust-pickles", action="store_true",
+                   help="allow unpickling code from checkpoints (only for files you trust)")
+    d.add_argument("--github-summary", action="store_true", help="append the Markdown to $GITHUB_STEP_SUMMARY")
+    _verbosity(d)
+
+    r = sub.add_parser("rules", help="list the rules, or `rules explain CODE`")
+    r.add_argument("action", nargs="?", choices=("list", "explain"), default="list")
+    r.add_argument("code", nargs="?")
+    r.add_argument("--json", action="store_true", help="machine-readable list")
+
+    rr = sub.add_parser("render", help="re-render a report.json without the run")
+    rr.add_argument("report", metavar="REPORT_JSON")
+    rr.add_argument("-o", "--out", required=True)
+    rr.add_argument("--format", type=_formats, default=["html", "md"])
+    _verbosity(rr)
+
+    dm = sub.add_parser("demo", help="diagnose the bundled sample runs into ./reports/demo")
+    dm.add_argument("-o", "--out", default="reports/demo")
+    _verbosity(dm)
+    return p
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the verdict line")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    verbose = getattr(args, "verbose", 0)
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+                        format="report-gen: %(message)s", stream=sys.stderr)
+    try:
+        return {"diagnose": cmd_diagnose, "rules": cmd_rules, "render": cmd_render, "demo": cmd_demo}[args.command](args)
+    except InputError as e:
+        print(f"report-gen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("report-gen: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - never a traceback for the user unless asked
+        if verbose:
+            raise
+        print(f"report-gen: internal error: {type(e).__name__}: {e} (run with -v for details)", file=sys.stderr)
+        return 2
+
+
+def _progress(quiet: bool):
+    """A callback drawing a rich progress bar on stderr when it is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    prog = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
+                    console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True))
+    task = prog.add_task("reading", total=None)
+
+    def cb(msg: str, done: int, total: int) -> None:
+        prog.update(task, description=msg)
+
+    return prog, cb
+
+
+def run_diagnose(paths, out, formats, opts, *, quiet=False, github_summary=False) -> tuple[dict, dict]:
+    from report_gen.engine import diagnose
+    from report_gen.render import render
+
+    prog, cb = _progress(quiet)
+    if prog is not None:
+        with prog:
+            report = diagnose(paths, opts, cb)
+    else:
+        report = diagnose(paths, opts)
+    written = render(report, out, formats)
+    if github_summary:
+        _github_summary(written, report)
+    return report, written
+
+
+def _github_summary(written: dict, report: dict) -> None:
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        logging.getLogger("report_gen").warning("--github-summary: GITHUB_STEP_SUMMARY is not set; skipped")
+        return
+    md_path = written.get("md")
+    if md_path is None:
+        from report_gen.render.markdown import render_markdown
+
+        text = render_markdown(report, None)
+    else:
+        text = Path(md_path).read_text(encoding="utf-8")
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+
+
+def cmd_diagnose(args) -> int:
+    from report_gen.config import load_config
+    from report_gen.engine import Options, ProbeSpec, exit_code
+
+    cfg = load_config(args.config)
+    probe = None
+    if args.model:
+        try:
+            kwargs = json.loads(args.model_kwargs)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--model-kwargs: invalid JSON ({e.msg})") from None
+        if not isinstance(kwargs, dict):
+            raise InputError("--model-kwargs must be a JSON object")
+        if not args.probe and not args.probe_shape:
+            raise InputError("--model needs --probe FILE or --probe-shape N,C,H,W")
+        probe = ProbeSpec(args.model, kwargs, args.probe, args.probe_shape, args.probe_max_checkpoints)
+    elif args.probe or args.probe_shape:
+        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
+    opts = Options(config=cfg, trust_pickles=args.trust_pickles, probe=probe, baseline=args.baseline,
+                   select=args.select, ignore=args.ignore)
+    report, written = run_diagnose(args.paths, args.out, args.format, opts, quiet=args.quiet,
+                                   github_summary=args.github_summary)
+    from report_gen.render.terminal import print_summary
+
+    print_summary(report, quiet=args.quiet)
+    if not args.quiet:
+        for fmt, path in written.items():
+            print(f"{fmt:>4}: {path}")
+    return exit_code(report, args.fail_on or cfg.fail_on)
+
+
+def cmd_rules(args) -> int:
+    from report_gen.rules.base import all_rules, find_rule
+
+    if args.action == "explain" or (args.action == "list" and args.code):
+        if not args.code:
+            raise InputError("rules explain needs a rule code or name, e.g. `report-gen rules explain K101`")
+        r = find_rule(args.code)
+        if r is None:
+            raise InputError(f"{args.code}: no such rule (see `report-gen rules`)")
+        print(r.explain())
+        return 0
+    rules = all_rules()
+    if args.json:
+        print(json.dumps([{"code": r.code, "name": r.name, "category": r.category, "severity": r.severity,
+                           "needs": list(r.needs), "options": {k: v for k, v in r.option_defaults().items()}}
+                          for r in rules], indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{len(rules)} rules", show_lines=False)
+    for col in ("code", "name", "category", "severity", "signals needed (any)"):
+        t.add_column(col)
+    for r in rules:
+        t.add_row(r.code, r.name, r.category, r.severity, ", ".join(r.needs))
+    Console(width=160).print(t)
+    return 0
+
+
+def cmd_render(args) -> int:
+    from report_gen.render import load_report, render
+
+    report = load_report(args.report)
+    written = render(report, args.out, args.format)
+    if not args.quiet:
+        for fmt, path in written.items():
+            print(f"{fmt:>4}: {path}")
+    return 0
+
+
+def sample_runs_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for cand in (here / "sample_runs", here.parent / "sample_runs"):
+        if cand.is_dir() and any(cand.iterdir()):
+            return cand
+    raise InputError("the bundled sample runs were not found (expected sample_runs/ next to the package)")
+
+
+def cmd_demo(args) -> int:
+    from report_gen.engine import Options
+    from report_gen.render.terminal import print_summary
+
+    report, written = run_diagnose([str(sample_runs_dir())], args.out, list(FORMATS), Options(), quiet=args.quiet)
+    print_summary(report, quiet=args.quiet)
+    print(Path(written.get("html", args.out)).resolve())
+    return 0

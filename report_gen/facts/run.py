@@ -1,0 +1,154 @@
+"""RunFacts: everything the rules may ask about one run, computed lazily and at most once.
+
+Rules read facts from here and compare them with thresholds; they never open files themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from report_gen.core import Problem
+from report_gen.facts import curves
+from report_gen.readers.signals import Signals
+from report_gen.readers.types import CheckpointData, EventData
+
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def is_weight_matrix_name(name: str) -> bool:
+    return name.endswith("weight") and not name.endswith("_weight_ignored")
+
+
+@dataclass
+class GradEstimate:
+    value: float  # RMS of the gradient, late-training median
+    source: str  # "grad_hist" | "optimizer_state" | "grad_norm_param"
+    series: np.ndarray | None = None  # per logged step, when known
+    steps: np.ndarray | None = None
+    nonfinite: bool = False
+
+
+@dataclass
+class RunFacts:
+    name: str
+    path: str
+    events: EventData
+    signals: Signals
+    checkpoints: list[CheckpointData] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # every input problem of this run
+    probe: list[tuple[int | None, Any]] = field(default_factory=list)  # [(step, ProbeResult)]
+    probe_info: dict[str, Any] | None = None
+    progress: Any = None
+
+    # ---- availability -------------------------------------------------------------------------
+    @cached_property
+    def available(self) -> set[str]:
+        s = self.signals
+        have = set(s.present())
+        if s.train_loss is not None or s.val_loss is not None or s.other_losses:
+            have.add("loss_any")
+        if any(s.tag.lower().endswith(("acc", "accuracy")) for s in s.other_scalars.values()):
+            have.add("loss_any")
+        if self.checkpoints:
+            have.add("checkpoint")
+        if len(self.checkpoints) >= 2:
+            have.add("checkpoint_series")
+        if any(c.optimizer and c.optimizer.get("grad_rms") for c in self.checkpoints):
+            have.add("optimizer_state")
+        if self.probe:
+            have.add("probe")
+            if any(r.attention for _, r in self.probe):
+                have.add("attention")
+        if len(self.probe) >= 2:
+            have.add("probe_series")
+        have.add("input_problems")
+        return have
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    @cached_property
+    def series(self) -> dict[str, Any]:
+        """param name -> ParamSeries over the ordered checkpoint series (facts.dynamics)."""
+        if not self.checkpoints:
+            return {}
+        from report_gen.facts.dynamics import series_facts
+
+        return series_facts(self.checkpoints, progress=self.progress)
+
+    @cached_property
+    def last_stats(self) -> dict[str, Any]:
+        """param name -> WeightStats at the last checkpoint holding it."""
+        out = {}
+        for name, ps in self.series.items():
+            if ps.stats:
+                out[name] = ps.stats[-1]
+        return out
+
+    def tensor_role(self, name: str) -> str:
+        for c in reversed(self.checkpoints):
+            info = c.tensors.get(name)
+            if info is not None:
+                return getattr(info, "role", "param")
+        return "buffer" if name.endswith(_BUFFER_SUFFIXES) else "param"
+
+    @cached_property
+    def param_order(self) -> list[str]:
+        """Parameters in model order: checkpoint order when there is one, else histogram write order."""
+        for c in reversed(self.checkpoints):
+            names = [n for n in c.tensors if self.tensor_role(n) == "param"]
+            if names:
+                return names
+        seen: dict[str, None] = {}
+        for d in (self.signals.grad_hist, self.signals.weight_hist, self.signals.update_ratio):
+            for n in d:
+                seen.setdefault(n, None)
+        return list(seen)
+
+    # ---- gradients ------------------------------------------------------------------------------
+    @cached_property
+    def grad_estimates(self) -> dict[str, GradEstimate]:
+        """Per-parameter gradient RMS, from gradient histograms, else optimizer state, else per-param norms."""
+        out: dict[str, GradEstimate] = {}
+        for name, h in self.signals.grad_hist.items():
+            rms = h.rms
+            nonfinite = bool(np.any(~np.isfinite(np.asarray(h.sum_squares, dtype=float))))
+            late = curves.late(rms, 0.5)
+            value = float(np.median(late)) if late.size else float("nan")
+            out[name] = GradEstimate(value, "grad_hist", rms, h.steps, nonfinite)
+        if out:
+            return out
+        for c in reversed(self.checkpoints):
+            opt = c.optimizer or {}
+            if opt.get("grad_rms"):
+                for name, v in opt["grad_rms"].items():
+                    out[name] = GradEstimate(float(v), "optimizer_state", nonfinite=not np.isfinite(v))
+                return out
+        for name, s in self.signals.grad_norm_param.items():
+            late = curves.late(s.values, 0.5)
+            out[name] = GradEstimate(float(np.median(late)) if late.size else float("nan"), "grad_norm_param",
+                                     s.values, s.steps, bool(np.any(~np.isfinite(s.values))))
+        return out
+
+    # ---- steps ----------------------------------------------------------------------------------
+    @cached_property
+    def step_range(self) -> tuple[int | None, int | None]:
+        steps: list[int] = []
+        df = self.events.scalars
+        if df is not None and not df.empty:
+            steps += [int(df["step"].min()), int(df["step"].max())]
+        for h in self.events.histograms.values():
+            if len(h):
+                steps += [int(h.steps.min()), int(h.steps.max())]
+        steps += [c.step for c in self.checkpoints if c.step is not None]
+        return (min(steps), max(steps)) if steps else (None, None)
+
+    @cached_property
+    def wall_time(self) -> float | None:
+        df = self.events.scalars
+        if df is None or df.empty:
+            return None
+        wt = df["wall_time"].to_numpy(dtype=float)
+        wt = wt[np.isfinite(wt) & (wt > 0)]
+        return float(wt.max() - wt.min()) if wt.size else None

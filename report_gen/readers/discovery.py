@@ -1,0 +1,140 @@
+"""Run discovery: turn the PATH arguments into runs (event files + checkpoints per run).
+
+Policy
+------
+* A *run folder* is a folder that directly holds event files (any name containing ``tfevents``).
+* A run folder nested inside another run folder belongs to the outer run as a *sub* folder: that is
+  what torch's ``add_scalars`` writes (``run/activation_stats_conv1_mean/events...``).
+* Keras/TF2 writes ``logs/train/`` and ``logs/validation/`` with no event file in ``logs``: sibling run
+  folders named like phases (train, validation, val, eval, test...) are grouped into one run named
+  after their parent, each phase kept as a sub folder.
+* Checkpoints are attached to the nearest run folder above them, or, when the run has event files
+  elsewhere, to the run whose folder contains them. Checkpoints with no event-file run become a
+  checkpoint-only run named after their folder.
+* A single event file or checkpoint given directly is a run of its own.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from report_gen.core import InputError
+from report_gen.readers.checkpoints import is_checkpoint_path
+from report_gen.readers.events import is_event_file_name
+
+PHASE_NAMES = {"train", "training", "validation", "valid", "val", "eval", "evaluation", "test"}
+_SKIP_DIRS = {".git", "__pycache__", "node_modules", ".ipynb_checkpoints"}
+
+
+@dataclass
+class RunSpec:
+    name: str
+    path: str
+    event_files: list[tuple[str, str]] = field(default_factory=list)  # (file, sub)
+    checkpoints: list[str] = field(default_factory=list)
+
+
+def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
+    """Folders holding event files (-> their files), and checkpoint paths, below root."""
+    events: dict[Path, list[Path]] = {}
+    ckpts: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if n not in _SKIP_DIRS)
+        if is_checkpoint_path(str(d)) and d != root:
+            # an HF model folder / sharded checkpoint folder: one checkpoint, don't descend
+            ckpts.append(d)
+            dirnames[:] = []
+            continue
+        for name in sorted(filenames):
+            p = d / name
+            if is_event_file_name(name):
+                events.setdefault(d, []).append(p)
+            elif is_checkpoint_path(str(p)):
+                ckpts.append(p)
+    return events, ckpts
+
+
+def _run_roots(event_dirs: list[Path]) -> dict[Path, Path]:
+    """Map each event folder to the root of the run it belongs to."""
+    dirs = set(event_dirs)
+    roots: dict[Path, Path] = {}
+    for d in sorted(dirs, key=lambda p: len(p.parts)):
+        root = d
+        for parent in d.parents:
+            if parent in dirs:
+                root = roots.get(parent, parent)
+                break
+        roots[d] = root
+    # Keras-style phase folders: group siblings named train/validation/... under their parent
+    for d, root in list(roots.items()):
+        if root == d and d.name.lower() in PHASE_NAMES and d.parent not in dirs:
+            siblings = [s for s in dirs if s.parent == d.parent and s.name.lower() in PHASE_NAMES]
+            if len(siblings) >= 1:
+                for s in siblings:
+                    for k, r in roots.items():
+                        if r == s:
+                            roots[k] = d.parent
+    return roots
+
+
+def _unique_name(base: str, taken: set[str]) -> str:
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def discover(paths: list[str]) -> list[RunSpec]:
+    """Find runs under the given paths. Raises InputError for a missing path or nothing usable."""
+    runs: list[RunSpec] = []
+    taken: set[str] = set()
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(f"{raw}: no such file or directory")
+        if p.is_file():
+            if is_event_file_name(p.name):
+                runs.append(RunSpec(_unique_name(p.parent.name or p.stem, taken), str(p), [(str(p), "")]))
+            elif is_checkpoint_path(str(p)):
+                runs.append(RunSpec(_unique_name(p.stem, taken), str(p), [], [str(p)]))
+            else:
+                raise InputError(f"{raw}: not an event file (name must contain 'tfevents') "
+                                 "or a checkpoint (.pt, .pth, .ckpt, .bin, .safetensors)")
+            continue
+        found = _discover_dir(p, taken)
+        if not found:
+            raise InputError(f"{raw}: no TensorBoard event files or checkpoints found in this folder")
+        runs.extend(found)
+    return runs
+
+
+def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
+    events, ckpts = _walk(top)
+    roots = _run_roots(list(events))
+    by_root: dict[Path, RunSpec] = {}
+    for root in sorted(set(roots.values()), key=lambda r: str(r)):
+        rel = root.relative_to(top) if root != top else Path(top.resolve().name)
+        by_root[root] = RunSpec(_unique_name(str(rel).replace(os.sep, "/"), taken), str(root))
+    for d, files in sorted(events.items(), key=lambda kv: str(kv[0])):
+        root = roots[d]
+        sub = "" if d == root else str(d.relative_to(root)).replace(os.sep, "/")
+        by_root[root].event_files.extend((str(f), sub) for f in files)
+    orphan: dict[Path, list[Path]] = {}
+    for c in ckpts:
+        owner = next((by_root[r] for r in sorted(by_root, key=lambda r: -len(r.parts))
+                      if r == c.parent or r in c.parents), None)
+        if owner is None:
+            orphan.setdefault(c.parent if c.is_file() else c.parent, []).append(c)
+        else:
+            owner.checkpoints.append(str(c))
+    runs = list(by_root.values())
+    for folder, files in sorted(orphan.items(), key=lambda kv: str(kv[0])):
+        # checkpoints in a 'checkpoints' folder next to nothing: name after the folder's parent
+        base = folder.parent if folder.name.lower() in {"checkpoints", "ckpt", "ckpts", "weights"} else folder
+        rel = base.relative_to(top) if base != top and top in base.parents else Path(base.resolve().name)
+        runs.append(RunSpec(_unique_name(str(rel).replace(os.sep, "/"), taken), str(folder), [],
+                            [str(f) for f in files]))
+    return runs

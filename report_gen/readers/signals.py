@@ -1,0 +1,240 @@
+"""Tag → signal mapping (DESIGN §6): which logged series is the training loss, which histogram is the
+gradient of which parameter, and so on.
+
+The mapping is by convention and configurable (`TagConventions`); it never reads files itself: it takes
+the `EventData` of one run and returns `Signals`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from report_gen.readers.types import EventData, HistogramSeries, ImageRef
+
+VAL_WORDS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev", "holdout"}
+TRAIN_WORDS = {"train", "training"}
+_SPLIT = re.compile(r"[/_\-.\s:]+")
+
+
+@dataclass(frozen=True)
+class TagConventions:
+    """Tag prefixes recognised for each histogram/scalar family (configurable via [tool.report_gen.tags])."""
+
+    weight_hist: tuple[str, ...] = ("weight_hist/", "weights/", "parameters/", "params/", "weight/")
+    grad_hist: tuple[str, ...] = ("grad_hist/", "grads/", "gradients/", "grad/", "gradient/")
+    grad_suffixes: tuple[str, ...] = (".grad", "/grad", "_grad")
+    act_stats: tuple[str, ...] = ("activation_stats/",)
+    act_hist: tuple[str, ...] = ("activations/", "selective/", "activation/")
+    act_images: tuple[str, ...] = ("activation_maps/",)
+    kernel_images: tuple[str, ...] = ("conv_weights/",)
+    update_ratio: tuple[str, ...] = ("update_ratio/",)
+    grad_norm_param: tuple[str, ...] = ("grad_norm/",)
+    dynamics: tuple[str, ...] = ("dynamics/",)
+
+
+@dataclass
+class Series:
+    tag: str
+    steps: np.ndarray
+    values: np.ndarray
+    wall_times: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(len(self.steps))
+
+
+@dataclass
+class Signals:
+    train_loss: Series | None = None
+    val_loss: Series | None = None
+    train_acc: Series | None = None
+    val_acc: Series | None = None
+    lr: Series | None = None
+    grad_norm: Series | None = None
+    other_losses: dict[str, Series] = field(default_factory=dict)
+    other_scalars: dict[str, Series] = field(default_factory=dict)
+    weight_hist: dict[str, HistogramSeries] = field(default_factory=dict)
+    grad_hist: dict[str, HistogramSeries] = field(default_factory=dict)
+    act_hist: dict[str, HistogramSeries] = field(default_factory=dict)
+    act_stats: dict[str, dict[str, Series]] = field(default_factory=dict)  # layer -> mean/std/max/min
+    update_ratio: dict[str, Series] = field(default_factory=dict)
+    grad_norm_param: dict[str, Series] = field(default_factory=dict)
+    dynamics: dict[str, Series] = field(default_factory=dict)
+    kernel_images: dict[str, list[ImageRef]] = field(default_factory=dict)
+    act_images: dict[str, list[ImageRef]] = field(default_factory=dict)
+    other_images: dict[str, list[ImageRef]] = field(default_factory=dict)
+    texts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    hparams: dict = field(default_factory=dict)
+
+    def present(self) -> list[str]:
+        names = []
+        for key in ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "grad_norm"):
+            if getattr(self, key) is not None:
+                names.append(key)
+        for key in ("weight_hist", "grad_hist", "act_hist", "act_stats", "update_ratio",
+                    "grad_norm_param", "dynamics", "kernel_images", "act_images"):
+            if getattr(self, key):
+                names.append(key)
+        return names
+
+
+def param_name(raw: str) -> str:
+    """`layer1/0/conv1/weight` → `layer1.0.conv1.weight` (DESIGN §6: `/` may stand for `.`)."""
+    return raw.strip("/").replace("/", ".")
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in _SPLIT.split(text.lower()) if t]
+
+
+def _phase(tag: str, sub: str) -> str:
+    toks = set(_tokens(tag)) | set(_tokens(sub))
+    return "val" if toks & VAL_WORDS else "train"
+
+
+def _metric(tag: str) -> str | None:
+    toks = _tokens(tag)
+    if not toks:
+        return None
+    last = toks[-1]
+    if any(t.endswith("loss") for t in toks[-2:]) or (len(toks) >= 2 and toks[0] == "loss"):
+        return "loss"
+    if last in {"acc", "accuracy", "top1"} or last.endswith("accuracy") or toks[0] in {"acc", "accuracy"} \
+            or (len(toks) >= 2 and toks[-2:] == ["acc", "top1"]):
+        return "acc"
+    if last in {"lr", "learning", "rate"} and ("lr" in toks or "learning" in toks) or toks[0] == "lr":
+        return "lr"
+    if toks[-2:] == ["grad", "norm"] or toks[-2:] == ["gradient", "norm"]:
+        return "grad_norm"
+    return None
+
+
+# Exact conventional tags, preferred over the generic "ends with loss" match.
+_PREFERRED = {
+    ("loss", "train"): ["train/loss", "loss/train", "train_loss", "training/loss", "loss", "epoch_loss"],
+    ("loss", "val"): ["val/loss", "loss/val", "val_loss", "eval/loss", "validation/loss", "test/loss",
+                      "loss/validation", "valid/loss", "epoch_loss", "evaluation_loss_vs_iterations"],
+    ("acc", "train"): ["train/acc", "acc/train", "train_acc", "train/accuracy", "accuracy/train",
+                       "train_accuracy", "accuracy", "acc", "epoch_accuracy"],
+    ("acc", "val"): ["val/acc", "acc/val", "val_acc", "val/accuracy", "accuracy/val", "val_accuracy",
+                     "eval/accuracy", "test/acc", "test/accuracy", "epoch_accuracy"],
+}
+
+
+def _rank(metric: str, phase: str, tag: str, n: int) -> tuple:
+    pref = _PREFERRED.get((metric, phase), [])
+    t = tag.lower()
+    return (pref.index(t) if t in pref else len(pref), -n, t)
+
+
+def _strip_sub_prefix(key: str, sub: str) -> str:
+    return key[len(sub) + 1:] if sub and key.startswith(sub + "/") else key
+
+
+def build_signals(data: EventData, conv: TagConventions = TagConventions()) -> Signals:
+    sig = Signals(hparams=dict(data.hparams), texts=dict(data.texts))
+    _map_scalars(data, conv, sig)
+    _map_histograms(data, conv, sig)
+    _map_images(data, conv, sig)
+    return sig
+
+
+def _series_groups(data: EventData):
+    df = data.scalars
+    if df is None or df.empty:
+        return
+    for (sub, tag), g in df.groupby(["run", "tag"], sort=False):
+        yield str(sub), str(tag), Series(tag if not sub else f"{sub}/{tag}",
+                                         g["step"].to_numpy(np.int64), g["value"].to_numpy(np.float64),
+                                         g["wall_time"].to_numpy(np.float64))
+
+
+def _match_prefix(tag: str, prefixes: tuple[str, ...]) -> str | None:
+    low = tag.lower()
+    for p in prefixes:
+        if low.startswith(p.lower()) and len(tag) > len(p):
+            return tag[len(p):]
+    return None
+
+
+def _map_scalars(data: EventData, conv: TagConventions, sig: Signals) -> None:
+    candidates: dict[tuple[str, str], list[Series]] = {}
+    for sub, tag, s in _series_groups(data):
+        # torch add_scalars: sub folder "<main_tag with / -> _>_<key>", tag = main_tag
+        key = None
+        flat = tag.replace("/", "_")
+        if sub and sub.startswith(flat + "_"):
+            key = sub[len(flat) + 1:]
+        if key is not None:
+            layer = _match_prefix(tag, conv.act_stats)
+            if layer is not None:
+                sig.act_stats.setdefault(layer, {})[key.lower()] = Series(f"{tag}/{key}", s.steps, s.values, s.wall_times)
+                continue
+            tag, sub = f"{tag}/{key}", ""
+            s = Series(tag, s.steps, s.values, s.wall_times)
+        for prefixes, target in ((conv.update_ratio, sig.update_ratio), (conv.grad_norm_param, sig.grad_norm_param),
+                                 (conv.dynamics, sig.dynamics)):
+            rest = _match_prefix(tag, prefixes)
+            if rest is not None:
+                target[param_name(rest)] = s
+                break
+        else:
+            layer_stat = _match_prefix(tag, conv.act_stats)
+            if layer_stat is not None and "/" in layer_stat:
+                layer, stat = layer_stat.rsplit("/", 1)
+                sig.act_stats.setdefault(layer, {})[stat.lower()] = s
+                continue
+            metric = _metric(tag)
+            if metric in ("loss", "acc"):
+                candidates.setdefault((metric, _phase(tag, sub)), []).append((tag, s))
+            elif metric == "lr" and (sig.lr is None or len(s) > len(sig.lr)):
+                sig.lr = s
+            elif metric == "grad_norm" and (sig.grad_norm is None or len(s) > len(sig.grad_norm)):
+                sig.grad_norm = s
+            else:
+                sig.other_scalars[s.tag] = s
+    for (metric, phase), group in candidates.items():
+        group.sort(key=lambda ts: _rank(metric, phase, ts[0], len(ts[1])))
+        setattr(sig, f"{phase}_{metric}", group[0][1])
+        rest = sig.other_losses if metric == "loss" else sig.other_scalars
+        for _, s in group[1:]:
+            rest[s.tag] = s
+
+
+def _map_histograms(data: EventData, conv: TagConventions, sig: Signals) -> None:
+    for key, h in data.histograms.items():
+        tag = key
+        if "/" in key:
+            head = key.split("/", 1)[0]
+            if head.lower() in TRAIN_WORDS | VAL_WORDS:
+                tag = key.split("/", 1)[1]
+        for prefixes, target, as_param in ((conv.weight_hist, sig.weight_hist, True),
+                                           (conv.grad_hist, sig.grad_hist, True),
+                                           (conv.act_hist, sig.act_hist, False)):
+            rest = _match_prefix(tag, prefixes)
+            if rest is not None:
+                target[param_name(rest) if as_param else rest] = h
+                break
+        else:
+            low = tag.lower()
+            suffix = next((x for x in conv.grad_suffixes if low.endswith(x)), None)
+            if suffix is not None:
+                sig.grad_hist[param_name(tag[: -len(suffix)])] = h
+            elif _tokens(tag) and _tokens(tag)[-1] in {"weight", "bias"}:
+                sig.weight_hist[param_name(tag)] = h
+            # any other histogram is not a signal any rule reads
+
+
+def _map_images(data: EventData, conv: TagConventions, sig: Signals) -> None:
+    for key, imgs in data.images.items():
+        rest = _match_prefix(key, conv.kernel_images)
+        if rest is not None:
+            sig.kernel_images[param_name(rest)] = imgs
+            continue
+        rest = _match_prefix(key, conv.act_images)
+        if rest is not None:
+            sig.act_images[rest] = imgs
+            continue
+        sig.other_images[key] = imgs

@@ -1,0 +1,138 @@
+"""Data the readers hand to the rest of report_gen (contract between readers and facts/engine).
+
+Readers never know a rule exists: they only turn files into these containers plus a list of
+`Problem`s describing damage they worked around.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from report_gen.core import Problem
+
+SCALAR_COLUMNS = ["run", "tag", "step", "wall_time", "value"]
+
+
+@dataclass
+class HistogramSeries:
+    """All values logged for one histogram tag, ordered by step (after the restart policy).
+
+    min/max/num/sum/sum_squares are exact statistics from the HistogramProto (or derived from the
+    TF2 [k, 3] tensor form: num = sum(counts); sum ≈ Σ count·centre; min/max = first/last
+    non-empty edges). `limits[i]` are the right bucket edges of step i, `counts[i]` their counts
+    (bucket edges can differ from step to step, so they are kept per step).
+    """
+
+    tag: str
+    steps: np.ndarray  # int64 (n,)
+    wall_times: np.ndarray  # float64 (n,)
+    min: np.ndarray  # float64 (n,)
+    max: np.ndarray
+    num: np.ndarray
+    sum: np.ndarray
+    sum_squares: np.ndarray
+    limits: list[np.ndarray] = field(default_factory=list)  # right edges per step
+    counts: list[np.ndarray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(len(self.steps))
+
+    @property
+    def mean(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.num > 0, self.sum / np.maximum(self.num, 1), np.nan)
+
+    @property
+    def rms(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.sqrt(np.where(self.num > 0, self.sum_squares / np.maximum(self.num, 1), np.nan))
+
+    @property
+    def std(self) -> np.ndarray:
+        m = self.mean
+        with np.errstate(invalid="ignore"):
+            return np.sqrt(np.maximum(self.rms**2 - m**2, 0.0))
+
+
+@dataclass
+class ImageRef:
+    """A logged image, kept encoded; `load()` decodes it lazily (PNG bytes)."""
+
+    tag: str
+    step: int
+    width: int
+    height: int
+    encoded: bytes
+
+    def png_bytes(self) -> bytes:
+        return self.encoded
+
+
+@dataclass
+class EventData:
+    """Everything read from the event files of one run (after add_scalars regrouping).
+
+    scalars: tidy DataFrame with columns SCALAR_COLUMNS (run = the run's name, or for an
+             add_scalars sibling folder `tag_key` the key). Sorted by (tag, step).
+    histograms: tag -> HistogramSeries
+    images: tag -> list[ImageRef] (ordered by step)
+    texts: tag -> list[(step, text)]
+    hparams: flat dict of hyper-parameters found in hparams plugin data (may be empty)
+    problems: damage found while reading (truncation, CRC errors, junk, restarts...)
+    files: the event files read, in merge order
+    """
+
+    scalars: pd.DataFrame
+    histograms: dict[str, HistogramSeries] = field(default_factory=dict)
+    images: dict[str, list[ImageRef]] = field(default_factory=dict)
+    texts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls) -> "EventData":
+        return cls(scalars=pd.DataFrame({c: pd.Series(dtype=t) for c, t in
+                                         zip(SCALAR_COLUMNS, ["str", "str", "int64", "float64", "float64"])}))
+
+
+@dataclass
+class TensorInfo:
+    """One tensor of a checkpoint. role: "param" (trainable weight) or "buffer" (running_mean,
+    running_var, num_batches_tracked, integer tensors, or a module's `_buffers`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    role: str = "param"
+
+
+@dataclass
+class CheckpointData:
+    """One checkpoint file, opened lazily.
+
+    path: the file (or the folder for sharded safetensors / HF folders)
+    step: training step/epoch found inside the file, or in its name, or None
+    step_source: "content" | "filename" | "mtime"
+    format: "torch-zip" | "torch-legacy" | "safetensors" | "safetensors-sharded" | "torchscript" | ...
+    tensors: parameter name -> TensorInfo for model parameters/buffers (prefixes stripped)
+    load(name) -> torch.Tensor (float32 on CPU) for one tensor, loaded on demand, never the whole file
+    optimizer: optional dict with keys "kind" ("adam", "sgd", ...), "grad_rms": {param: float},
+               "mapping": "by-order-shapes-verified" | "ambiguous" | ..., "step": int | None
+    metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...)
+    problems: Problems found (e.g. unsafe globals replaced by placeholders)
+    """
+
+    path: str
+    step: int | None
+    step_source: str
+    format: str
+    tensors: dict[str, TensorInfo]
+    load: Callable[[str], Any]
+    optimizer: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    mtime: float = 0.0

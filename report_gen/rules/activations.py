@@ -1,0 +1,329 @@
+"""A: activations (logged activation stats/histograms, or a post-hoc probe) and attention."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from report_gen.facts import curves
+from report_gen.facts import histograms as hf
+from report_gen.rules.base import Hit, rule
+
+
+def _last_probe(run):
+    return run.probe[-1][1] if run.probe else None
+
+
+def _stat(run, layer: str, key: str):
+    s = run.signals.act_stats.get(layer, {}).get(key)
+    return None if s is None else s
+
+
+@dataclass(frozen=True)
+class DeadActivationOptions:
+    warning_share: float = 0.5  # share of dead units in a layer (SageMaker flags a layer above 50%)
+    error_share: float = 0.9
+    zero_tol: float = 1e-6  # logged stats: max and min within this of 0 = all-zero output
+    late_share: float = 0.3  # logged stats: look at the last 30% of the points
+
+
+@rule("A101", "dead-activations", "dead-activations", "error", needs=["probe", "act_stats", "act_hist"],
+      options=DeadActivationOptions,
+      suggestion="Check the initialisation scale and biases of the layer before it, lower the learning rate, "
+                 "try LeakyReLU/GELU, or add normalization before the activation.")
+def dead_activations(run, opts: DeadActivationOptions):
+    """
+    What it detects:
+        Activations that are ~0 everywhere (dead ReLUs). With a probe: the share of units active in
+        fewer than 1% of samples×positions (SageMaker's definition), warning above 50%, error above
+        90%. From logged activation_stats: max and min of the layer within `zero_tol` of 0 for the
+        late part of training. From activation histograms: (almost) all mass at 0.
+    Why it matters:
+        A dead unit outputs 0 for every input and gets no gradient, so it never recovers: capacity is
+        lost, and a fully dead layer cuts the network in two.
+    Typical causes:
+        Large negative biases, a learning-rate spike that pushed pre-activations negative, bad
+        initialisation scale, no normalization before ReLU.
+    What to try:
+        Check the init scale (He), lower the learning rate or add warm-up, LeakyReLU/GELU, BatchNorm
+        before the activation.
+    Options:
+        warning_share / error_share: dead-unit share for a warning / an error (0.5 / 0.9).
+        zero_tol: tolerance for all-zero logged statistics (1e-6). late_share: late part examined (0.3).
+    """
+    reported = set()
+    probe = _last_probe(run)
+    if probe is not None:
+        for layer, st in probe.activations.items():
+            if st.kind != "relu-like" or not np.isfinite(st.dead_unit_frac):
+                continue
+            share = float(st.dead_unit_frac)
+            if share > opts.warning_share:
+                reported.add(layer)
+                sev = "error" if share > opts.error_share else "warning"
+                yield Hit(layer, f"{share:.0%} of {st.units} units of {layer} ({st.module_type}) are active on fewer "
+                                 f"than 1% of the probe inputs",
+                          {"dead_share": share, "units": st.units, "source": "probe",
+                           "threshold": opts.error_share if sev == "error" else opts.warning_share},
+                          severity=sev, plot={"kind": "probe_maps", "run": run.name, "layer": layer})
+    for layer, stats in run.signals.act_stats.items():
+        if layer in reported or "max" not in stats or "min" not in stats:
+            continue
+        mx = curves.late(stats["max"].values, opts.late_share)
+        mn = curves.late(stats["min"].values, opts.late_share)
+        if mx.size and mn.size and np.all(np.abs(mx) <= opts.zero_tol) and np.all(np.abs(mn) <= opts.zero_tol):
+            reported.add(layer)
+            yield Hit(layer, f"the logged activations of {layer} are 0 everywhere (max {float(np.max(mx)):.2g}) "
+                             f"over the last {mx.size} logged steps",
+                      {"late_max": float(np.max(mx)), "late_min": float(np.min(mn)), "points": int(mx.size),
+                       "source": "activation_stats"},
+                      plot={"kind": "activation_series", "run": run.name, "layer": layer})
+    for layer, h in run.signals.act_hist.items():
+        if layer in reported or not len(h):
+            continue
+        i = len(h) - 1
+        zero = hf.mass_within(h, i, -opts.zero_tol, opts.zero_tol)
+        if np.isfinite(zero) and zero > opts.warning_share and h.min[i] >= -opts.zero_tol:
+            sev = "error" if zero > opts.error_share else "warning"
+            yield Hit(layer, f"{zero:.0%} of the logged activations of {layer} are 0 at step {int(h.steps[i])}",
+                      {"zero_share": zero, "step": int(h.steps[i]), "source": "activation histograms"},
+                      severity=sev, plot={"kind": "distribution", "run": run.name, "key": f"activation:{layer}"})
+
+
+@dataclass(frozen=True)
+class SaturationOptions:
+    warning_share: float = 0.5  # share of sigmoid/tanh outputs pinned at their limits
+
+
+@rule("A102", "saturated-activations", "saturated-activations", "warning", needs=["probe", "act_hist"],
+      options=SaturationOptions,
+      suggestion="Use ReLU-family activations in hidden layers, normalise inputs, lower the init scale, "
+                 "or add normalization before the sigmoid/tanh.")
+def saturated_activations(run, opts: SaturationOptions):
+    """
+    What it detects:
+        Sigmoid/tanh outputs pinned at their limits (sigmoid < 0.01 or > 0.99, |tanh| > 0.99) for most
+        inputs, from a probe, or from logged activation histograms of layers named sigmoid/tanh (there
+        the buckets that reach a limit count whole: TensorBoard's buckets are ~10% wide).
+    Why it matters:
+        A saturated unit has ~zero derivative: gradients through it vanish, and it carries ~1 bit.
+    Typical causes:
+        Large weights or inputs, unnormalised inputs, high learning rate, deep sigmoid stacks.
+    What to try:
+        Normalise inputs, smaller init, ReLU-family activations, normalization layers.
+    Options:
+        warning_share: share of saturated outputs for a warning (0.5).
+    """
+    probe = _last_probe(run)
+    if probe is not None:
+        for layer, st in probe.activations.items():
+            if st.kind in ("sigmoid", "tanh") and np.isfinite(st.saturated_frac) and st.saturated_frac > opts.warning_share:
+                yield Hit(layer, f"{st.saturated_frac:.0%} of the {st.kind} outputs of {layer} are saturated",
+                          {"saturated_share": float(st.saturated_frac), "source": "probe",
+                           "threshold": opts.warning_share})
+        return
+    for layer, h in run.signals.act_hist.items():
+        low = layer.lower()
+        i = len(h) - 1
+        if i < 0:
+            continue
+        if "sigmoid" in low:
+            limits = ((-np.inf, 0.01), (0.99, np.inf))
+        elif "tanh" in low:
+            limits = ((-np.inf, -0.99), (0.99, np.inf))
+        else:
+            continue
+        share = sum(hf.mass_within(h, i, a, b, whole_buckets=True) for a, b in limits)
+        if np.isfinite(share) and share > opts.warning_share:
+            yield Hit(layer, f"{share:.0%} of the logged outputs of {layer} are saturated at step {int(h.steps[i])}",
+                      {"saturated_share": share, "source": "activation histograms", "threshold": opts.warning_share},
+                      plot={"kind": "distribution", "run": run.name, "key": f"activation:{layer}"})
+
+
+@dataclass(frozen=True)
+class GrowingOptions:
+    growth_factor: float = 10.0  # late/early magnitude ratio
+    min_rising: float = 0.7  # share of rising steps of the smoothed series
+    min_points: int = 5
+
+
+@rule("A103", "growing-activations", "growing-activations", "warning",
+      needs=["act_stats", "probe_series"], options=GrowingOptions,
+      suggestion="Add normalization layers (BatchNorm/LayerNorm) or lower the learning rate; check weight growth.")
+def growing_activations(run, opts: GrowingOptions):
+    """
+    What it detects:
+        Activation magnitude (logged std, or |mean| when std is missing; or the probe's std across a
+        checkpoint series) that keeps increasing over training: more than `growth_factor` times from
+        the first to the last fifth, rising on most steps.
+    Why it matters:
+        Growing activations precede overflow and saturation; the seed tutorial attributes it to missing
+        normalization.
+    Typical causes:
+        No normalization layers, learning rate too high, weights growing without weight decay.
+    What to try:
+        Add BatchNorm/LayerNorm, lower the learning rate, add weight decay.
+    Options:
+        growth_factor: late/early ratio (10). min_rising: share of rising smoothed steps (0.7).
+        min_points: points needed (5).
+    """
+    def check(layer, values, source, plot):
+        v = np.asarray(values, dtype=float)
+        v = v[np.isfinite(v)]
+        if v.size < opts.min_points:
+            return None
+        factor = curves.growth_factor(v, 0.2, 1)
+        rising = curves.monotonic_fraction(curves.ema_smooth(np.abs(v), 0.6))
+        if factor is not None and factor > opts.growth_factor and rising >= opts.min_rising:
+            return Hit(layer, f"activation magnitude of {layer} grew {factor:.3g}× over training ({source})",
+                       {"growth_factor": factor, "rising_share": rising, "source": source,
+                        "threshold": opts.growth_factor}, plot=plot)
+        return None
+
+    seen = set()
+    for layer, stats in run.signals.act_stats.items():
+        s = stats.get("std") or stats.get("mean")
+        if s is None:
+            continue
+        hit = check(layer, s.values, "activation_stats", {"kind": "activation_series", "run": run.name, "layer": layer})
+        if hit:
+            seen.add(layer)
+            yield hit
+    if len(run.probe) >= 2:
+        layers = run.probe[-1][1].activations
+        for layer in layers:
+            if layer in seen:
+                continue
+            vals = [r.activations[layer].std for _, r in run.probe if layer in r.activations]
+            hit = check(layer, vals, "probe over checkpoints", {"kind": "probe_series", "run": run.name, "layer": layer})
+            if hit:
+                yield hit
+
+
+@dataclass(frozen=True)
+class RedundantChannelOptions:
+    high_pair_share: float = 0.5  # share of channel pairs with |corr| > 0.9 (probe fact)
+    min_channels: int = 8
+
+
+@rule("A104", "redundant-channels", "redundant-channels", "warning", needs=["probe"], options=RedundantChannelOptions,
+      suggestion="Visualise the layer's kernels, consider fewer channels, check that the layer trains.")
+def redundant_channels(run, opts: RedundantChannelOptions):
+    """
+    What it detects:
+        Activation channels of a layer that respond almost identically on the probe batch: more than
+        `high_pair_share` of channel pairs correlate above 0.9 (the seed tutorial's channel-correlation check).
+    Why it matters:
+        Redundant channels carry the same information: the layer's width is wasted.
+    Typical causes:
+        Too many filters, symmetric initialisation, a collapsed upstream layer.
+    What to try:
+        Reduce the channel count, check initialisation, look at the kernel grid.
+    Options:
+        high_pair_share: share of highly correlated pairs (0.5). min_channels: 8.
+    """
+    probe = _last_probe(run)
+    if probe is None:
+        return
+    for layer, st in probe.activations.items():
+        if st.units < opts.min_channels or not np.isfinite(st.channel_corr_high_frac):
+            continue
+        if st.kind not in ("relu-like", "sigmoid", "tanh"):
+            continue
+        if st.channel_corr_high_frac > opts.high_pair_share:
+            yield Hit(layer, f"{st.channel_corr_high_frac:.0%} of channel pairs of {layer} correlate above 0.9 "
+                             f"(mean |corr| {st.channel_corr_mean:.2f})",
+                      {"high_pair_share": float(st.channel_corr_high_frac),
+                       "mean_abs_corr": float(st.channel_corr_mean), "channels": st.units,
+                       "threshold": opts.high_pair_share})
+
+
+@dataclass(frozen=True)
+class UnstableOptions:
+    max_cv: float = 0.5  # coefficient of variation of the logged activation std in the late phase
+    late_share: float = 0.5
+    min_points: int = 8
+
+
+@rule("A105", "unstable-activations", "unstable-activations", "warning", needs=["act_stats"], options=UnstableOptions,
+      suggestion="Use a larger batch or gradient accumulation, lower the learning rate, add normalization.")
+def unstable_activations(run, opts: UnstableOptions):
+    """
+    What it detects:
+        Activation statistics that swing strongly between logged batches late in training: the
+        coefficient of variation (std/mean) of the layer's logged activation std above `max_cv`.
+    Why it matters:
+        Swinging activation scales make the downstream layers chase a moving target; the seed tutorial
+        links it to batches that are too small.
+    Typical causes:
+        Tiny batch size, very heterogeneous batches, a learning rate too high, BatchNorm with tiny batches.
+    What to try:
+        Increase the batch size or accumulate gradients, lower the learning rate, use LayerNorm/GroupNorm
+        instead of BatchNorm with small batches.
+    Options:
+        max_cv: coefficient of variation threshold (0.5). late_share: late part examined (0.5).
+        min_points: points needed (8).
+    """
+    for layer, stats in run.signals.act_stats.items():
+        s = stats.get("std")
+        if s is None:
+            continue
+        v = curves.late(s.values, opts.late_share)
+        if v.size < opts.min_points:
+            continue
+        mean = float(np.mean(np.abs(v)))
+        if mean <= 0:
+            continue
+        cv = float(np.std(v) / mean)
+        if cv > opts.max_cv:
+            yield Hit(layer, f"the activation std of {layer} varies by {cv:.0%} (std/mean) between logged batches "
+                             f"late in training",
+                      {"coefficient_of_variation": cv, "points": int(v.size), "threshold": opts.max_cv},
+                      plot={"kind": "activation_series", "run": run.name, "layer": layer})
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    uniform_entropy: float = 0.98  # normalised entropy above this: uniform attention
+    collapsed_entropy: float = 0.05  # below this: all attention on one position
+    min_seq_len: int = 4
+
+
+@rule("A106", "degenerate-attention", "degenerate-attention", "warning", needs=["attention"],
+      options=AttentionOptions,
+      suggestion="Check the attention mask and positional information; uniform heads can often be pruned; "
+                 "collapsed heads may indicate a too-high learning rate or a padding/mask bug.")
+def degenerate_attention(run, opts: AttentionOptions):
+    """
+    What it detects:
+        Attention heads whose attention is uniform (normalised entropy near 1: the head attends to
+        everything equally) or collapsed onto one position (entropy near 0), on the probe batch.
+    Why it matters:
+        A uniform head computes an average and carries no positional selection; a collapsed head may
+        be stuck on a padding or BOS token.
+    Typical causes:
+        Untrained or dead heads, masking bugs, missing positional encoding, too high a learning rate.
+    What to try:
+        Inspect the heatmaps in this report, check masks and positional encodings, prune uniform heads.
+    Options:
+        uniform_entropy / collapsed_entropy: entropy thresholds (0.98 / 0.05). min_seq_len: 4.
+    """
+    probe = _last_probe(run)
+    if probe is None:
+        return
+    for layer, at in probe.attention.items():
+        if at.seq_len < opts.min_seq_len:
+            continue
+        ent = np.asarray(at.entropy, dtype=float)
+        uniform = np.flatnonzero(ent > opts.uniform_entropy).tolist()
+        collapsed = np.flatnonzero(ent < opts.collapsed_entropy).tolist()
+        if uniform or collapsed:
+            parts = []
+            if uniform:
+                parts.append(f"{len(uniform)} uniform (heads {uniform[:8]})")
+            if collapsed:
+                parts.append(f"{len(collapsed)} collapsed (heads {collapsed[:8]})")
+            yield Hit(layer, f"{' and '.join(parts)} of {at.heads} attention heads",
+                      {"uniform_heads": uniform, "collapsed_heads": collapsed, "heads": at.heads,
+                       "entropy": ent.round(3).tolist()},
+                      plot={"kind": "attention", "run": run.name, "layer": layer})

@@ -1,0 +1,177 @@
+"""Rule declaration and registry.
+
+A rule is one small declared unit (DESIGN §7): a stable code (family letter + 3 digits, never reused),
+a kebab-case name, a category (DESIGN §5), a default severity, the signals it needs (any one of them
+is enough), a frozen options dataclass with documented defaults, and a docstring with the headings
+What it detects / Why it matters / Typical causes / What to try / Options.
+
+The rule function receives the run context and its options and yields `Hit`s; the engine turns hits
+into `Finding`s (adding code, name, category, severity, run and the suggestion).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from report_gen.core import Severity
+
+CODE_RE = re.compile(r"^[A-Z][0-9]{3}$")
+NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+DOC_SECTIONS = ("What it detects", "Why it matters", "Typical causes", "What to try", "Options")
+
+CATEGORIES = (
+    "nonfinite-loss", "divergence", "plateau", "oscillation", "overfitting", "vanishing-gradients",
+    "exploding-gradients", "unbalanced-updates", "frozen-layer", "nonfinite-weights", "dead-kernels",
+    "low-kernel-diversity", "redundant-filters", "weight-collapse", "wide-weights", "bimodal-weights",
+    "dead-activations", "saturated-activations", "growing-activations", "redundant-channels",
+    "unstable-activations", "input-integrity",
+    # extensions (DESIGN §5 allows new categories)
+    "degenerate-attention",
+)
+
+# Signals a rule can need, with the logging call that would provide each (for `not_evaluated`).
+SIGNALS: dict[str, tuple[str, str]] = {
+    "train_loss": ("no training loss series found",
+                   "writer.add_scalar('train/loss', loss.item(), step)"),
+    "val_loss": ("no validation loss series found",
+                 "writer.add_scalar('val/loss', val_loss, step)"),
+    "train_acc": ("no training accuracy series found", "writer.add_scalar('train/acc', acc, step)"),
+    "val_acc": ("no validation accuracy series found", "writer.add_scalar('val/acc', val_acc, step)"),
+    "loss_any": ("no loss or metric series found", "writer.add_scalar('train/loss', loss.item(), step)"),
+    "grad_norm": ("no gradient-norm series found",
+                  "writer.add_scalar('train/grad_norm', torch.nn.utils.clip_grad_norm_(model.parameters(), float('inf')), step)"),
+    "grad_hist": ("no gradient histograms logged",
+                  "writer.add_histogram(f'grad_hist/{name}', p.grad, step)  # for name, p in model.named_parameters()"),
+    "optimizer_state": ("no optimizer state (Adam exp_avg_sq / SGD momentum) in the checkpoints",
+                        "torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step}, path)"),
+    "weight_hist": ("no weight histograms logged",
+                    "writer.add_histogram(f'weight_hist/{name}', p, step)  # for name, p in model.named_parameters()"),
+    "checkpoint": ("no readable checkpoint found",
+                   "torch.save({'model': model.state_dict(), 'step': step}, f'checkpoints/step_{step}.pt')"),
+    "checkpoint_series": ("fewer than two readable checkpoints",
+                          "save a checkpoint every few epochs: torch.save(model.state_dict(), f'checkpoints/epoch_{epoch}.pt')"),
+    "update_ratio": ("no update-ratio series logged",
+                     "report_gen.monitor.TrainingMonitor(...).log_after_step(model, step)  # writes update_ratio/<param>"),
+    "act_stats": ("no activation statistics logged",
+                  "writer.add_scalars(f'activation_stats/{layer}', {'mean': a.mean(), 'std': a.std(), 'max': a.max(), 'min': a.min()}, step)"),
+    "act_hist": ("no activation histograms logged", "writer.add_histogram(f'activations/{layer}', a, step)"),
+    "probe": ("no probe run (activations need the model)",
+              "report-gen diagnose RUN --model pkg.module:factory --probe-shape 8,3,32,32"),
+    "probe_series": ("no probe over two or more checkpoints",
+                     "report-gen diagnose RUN --model pkg.module:factory --probe batch.pt  (with 2+ checkpoints)"),
+    "attention": ("no attention modules captured by the probe",
+                  "report-gen diagnose RUN --model ... --probe ...  (a model with nn.MultiheadAttention)"),
+    "input_problems": ("", ""),
+}
+
+
+@dataclass
+class Hit:
+    """What a rule reports; the engine completes it into a Finding."""
+
+    subject: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    severity: str | None = None  # None = the rule's (possibly configured) severity
+    suggestion: str | None = None
+    plot: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    name: str
+    category: str
+    severity: str
+    needs: tuple[str, ...]
+    options: type
+    func: Callable[..., Iterable[Hit]]
+    suggestion: str
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.func.__doc__ or "")
+
+    @property
+    def family(self) -> str:
+        return self.code[0]
+
+    def option_defaults(self) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(self.options)}
+
+    def make_options(self, overrides: dict[str, Any] | None = None):
+        overrides = dict(overrides or {})
+        known = {f.name: f for f in dataclasses.fields(self.options)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ValueError(f"rule {self.code} ({self.name}) has no option {', '.join(unknown)}; "
+                             f"options: {', '.join(known) or 'none'}")
+        for k, v in overrides.items():
+            default = known[k].default
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    raise ValueError(f"rule {self.code} option {k} must be a number, got {v!r}")
+                overrides[k] = type(default)(v) if isinstance(default, float) else v
+        return self.options(**overrides)
+
+    def explain(self) -> str:
+        head = f"{self.code} {self.name}  [category: {self.category}, default severity: {self.severity}]"
+        needs = "needs any of: " + ", ".join(self.needs)
+        opts = self.option_defaults()
+        opt_lines = "\n".join(f"    {k} = {v!r}" for k, v in opts.items()) or "    (none)"
+        return f"{head}\n{needs}\n\n{self.doc}\n\nDefaults:\n{opt_lines}\n"
+
+
+REGISTRY: dict[str, Rule] = {}
+
+
+def rule(code: str, name: str, category: str, severity: str, needs: Iterable[str],
+         options: type = NoOptions, suggestion: str = ""):
+    """Declare a rule. Checks the declaration at import time so a bad one never ships."""
+
+    def deco(func):
+        if not CODE_RE.match(code):
+            raise ValueError(f"bad rule code {code!r}")
+        if code in REGISTRY:
+            raise ValueError(f"duplicate rule code {code}")
+        if any(r.name == name for r in REGISTRY.values()):
+            raise ValueError(f"duplicate rule name {name}")
+        if not NAME_RE.match(name):
+            raise ValueError(f"bad rule name {name!r}")
+        if category not in CATEGORIES:
+            raise ValueError(f"{code}: unknown category {category!r}")
+        Severity.parse(severity)
+        for n in needs:
+            if n not in SIGNALS:
+                raise ValueError(f"{code}: unknown signal {n!r}")
+        if not (dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen):
+            raise ValueError(f"{code}: options must be a frozen dataclass")
+        REGISTRY[code] = Rule(code, name, category, severity, tuple(needs), options, func,
+                              textwrap.dedent(suggestion).strip())
+        return func
+
+    return deco
+
+
+def all_rules() -> list[Rule]:
+    from report_gen import rules as _pkg  # noqa: F401  (imports every family module)
+
+    _pkg.load_all()
+    return [REGISTRY[c] for c in sorted(REGISTRY)]
+
+
+def find_rule(code_or_name: str) -> Rule | None:
+    key = code_or_name.strip()
+    for r in all_rules():
+        if r.code == key.upper() or r.name == key.lower():
+            return r
+    return None

@@ -1,0 +1,302 @@
+"""L: loss and metric curves."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from report_gen.facts import curves
+from report_gen.rules.base import Hit, rule
+
+
+def _loss_series(run, include_val: bool = True):
+    s = run.signals
+    out = []
+    if s.train_loss is not None:
+        out.append(("train_loss", s.train_loss))
+    if include_val and s.val_loss is not None:
+        out.append(("val_loss", s.val_loss))
+    for tag, series in s.other_losses.items():
+        out.append((f"other:{tag}", series))
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+@dataclass(frozen=True)
+class NonfiniteLossOptions:
+    include_metrics: bool = True  # also check accuracy and other logged metric series
+
+
+@rule("L101", "nonfinite-loss", "nonfinite-loss", "error", needs=["loss_any"],
+      options=NonfiniteLossOptions,
+      suggestion="Find the first bad step: lower the learning rate, add gradient clipping, check the data "
+                 "for NaN/Inf and the loss for log(0) or division by zero; with mixed precision use a GradScaler.")
+def nonfinite_loss(run, opts: NonfiniteLossOptions):
+    """
+    What it detects:
+        NaN or Inf values in a loss series (and, by default, in accuracy and other metric series).
+    Why it matters:
+        Once the loss is NaN the weights are usually NaN too: everything after that step is garbage,
+        and the final metrics cannot be trusted.
+    Typical causes:
+        Learning rate too high, exploding gradients, log(0) or division by zero in the loss, bad input
+        values, fp16 overflow without loss scaling.
+    What to try:
+        Lower the learning rate, clip gradients, check inputs for NaN/Inf, use numerically stable loss
+        functions (e.g. BCEWithLogitsLoss), use a GradScaler with mixed precision.
+    Options:
+        include_metrics: also check accuracy and other metric series (default true).
+    """
+    s = run.signals
+    named = _loss_series(run)
+    if opts.include_metrics:
+        for key in ("train_acc", "val_acc"):
+            if getattr(s, key) is not None:
+                named.append((key, getattr(s, key)))
+    for key, series in named:
+        i = curves.first_nonfinite(series.values)
+        if i is None:
+            continue
+        bad = int(np.sum(~np.isfinite(series.values)))
+        yield Hit(series.tag, f"{series.tag} becomes non-finite ({series.values[i]}) at step "
+                              f"{int(series.steps[i])}; {bad} of {len(series)} values are NaN/Inf",
+                  {"first_step": int(series.steps[i]), "nonfinite": bad, "total": len(series),
+                   "last_finite": float(series.values[:i][-1]) if i > 0 else None},
+                  plot={"kind": "curve", "run": run.name, "series": [key], "mark_step": int(series.steps[i])})
+
+
+@dataclass(frozen=True)
+class DivergenceOptions:
+    min_points: int = 10  # fewer finite points: not evaluated for this series
+    giveback_warning: float = 0.5  # final level gave back this share of the improvement at best...
+    giveback_error: float = 1.0  # ...or more than all of it (ends above where it started)
+    blowup_ratio: float = 10.0  # or the finite loss ends this many times above its best (positive losses)
+
+
+@rule("L102", "divergence", "divergence", "error", needs=["train_loss"], options=DivergenceOptions,
+      suggestion="Lower the learning rate (or shorten warm-up), clip gradients, and check the learning-rate "
+                 "schedule around the step where the loss turned.")
+def divergence(run, opts: DivergenceOptions):
+    """
+    What it detects:
+        The training loss rises far above its best value: by the end it has given back most of what it
+        learned (or more), or sits many times above its best.
+    Why it matters:
+        A diverging run's final weights are worse than an earlier checkpoint's; reported final metrics
+        understate what the model could do, or the run is broken outright.
+    Typical causes:
+        Learning rate too high or a schedule that raises it, missing warm-up, exploding gradients,
+        a data-pipeline change mid-run, numerical instability.
+    What to try:
+        Lower the learning rate, add warm-up and gradient clipping, inspect the schedule and the data
+        around the step where the loss turned.
+    Options:
+        min_points: minimum finite points before the rule looks (default 10).
+        giveback_warning / giveback_error: share of the improvement (start minus best) given back at
+        the end for a warning / an error (defaults 0.5 / 1.0).
+        blowup_ratio: final/best ratio for a positive loss that counts as an error (default 10).
+    """
+    s = run.signals.train_loss
+    v = s.values[np.isfinite(s.values)]
+    if v.size < opts.min_points:
+        return
+    summ = curves.summarize(v)
+    if summ is None:
+        return
+    rise = summ.end - summ.best
+    giveback = rise / summ.span if summ.span > 0 else (np.inf if rise > 0 else 0.0)
+    ratio = summ.end / summ.best if summ.best > 0 else None
+    sev = None
+    if giveback >= opts.giveback_error or (ratio is not None and ratio >= opts.blowup_ratio and rise > 0):
+        sev = "error"
+    elif giveback >= opts.giveback_warning and rise > 0:
+        sev = "warning"
+    if sev is None:
+        return
+    best_step = int(s.steps[np.isfinite(s.values)][summ.best_index])
+    yield Hit(s.tag, f"{s.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} at the "
+                     f"end, giving back {giveback:.0%} of the improvement from {_fmt(summ.start)}",
+              {"start": summ.start, "best": summ.best, "best_step": best_step, "end": summ.end,
+               "giveback": giveback, "end_over_best": ratio},
+              severity=sev, plot={"kind": "curve", "run": run.name, "series": ["train_loss"], "mark_step": best_step})
+
+
+@dataclass(frozen=True)
+class PlateauOptions:
+    min_points: int = 10
+    min_improvement: float = 0.05  # relative decrease of the loss from its start to its best
+    min_acc_gain: float = 0.02  # absolute accuracy gain from start to best
+
+
+@rule("L103", "plateau", "plateau", "warning", needs=["train_loss", "train_acc", "val_acc"],
+      options=PlateauOptions,
+      suggestion="Check that gradients reach every layer and the optimizer holds all parameters; try a larger "
+                 "learning rate, a different initialisation, normalization layers, or verify labels match inputs.")
+def plateau(run, opts: PlateauOptions):
+    """
+    What it detects:
+        The training loss never improves by more than a few percent over the whole run (or the accuracy
+        never rises): nothing is being learned. A curve that improves and then levels off (convergence)
+        is not a plateau.
+    Why it matters:
+        The run produced no useful model; its metrics reflect the initialisation.
+    Typical causes:
+        Vanishing gradients (deep sigmoid/tanh stacks), learning rate far too low or zero, parameters
+        missing from the optimizer, labels shuffled independently of inputs, saturated or dead units.
+    What to try:
+        Check gradient flow per layer (this report's gradient-by-depth plot), raise the learning rate,
+        use ReLU-family activations with He initialisation and normalization, verify the data pipeline.
+    Options:
+        min_points: minimum points before the rule looks (default 10).
+        min_improvement: relative loss decrease from start to best below which it is a plateau (0.05).
+        min_acc_gain: absolute accuracy gain below which accuracy is flat (0.02).
+    """
+    s = run.signals
+    if s.train_loss is not None and np.isfinite(s.train_loss.values).sum() >= opts.min_points:
+        v = s.train_loss.values
+        if curves.first_nonfinite(v) is None:
+            summ = curves.summarize(v)
+            imp = curves.relative_improvement(v)
+            if summ is not None and imp is not None and imp < opts.min_improvement:
+                yield Hit(s.train_loss.tag, f"{s.train_loss.tag} improved only {imp:.1%} over {summ.n} points "
+                                            f"(from {_fmt(summ.start)} to best {_fmt(summ.best)})",
+                          {"relative_improvement": imp, "start": summ.start, "best": summ.best,
+                           "points": summ.n, "threshold": opts.min_improvement},
+                          plot={"kind": "curve", "run": run.name, "series": ["train_loss"]})
+                return
+    for key in ("train_acc", "val_acc"):
+        a = getattr(s, key)
+        if a is None or np.isfinite(a.values).sum() < opts.min_points:
+            continue
+        summ = curves.summarize(a.values, higher_is_better=True)
+        if summ is not None and summ.best - summ.start < opts.min_acc_gain:
+            yield Hit(a.tag, f"{a.tag} never rose more than {opts.min_acc_gain:g} above its start "
+                             f"({_fmt(summ.start)} → best {_fmt(summ.best)})",
+                      {"start": summ.start, "best": summ.best, "gain": summ.best - summ.start,
+                       "threshold": opts.min_acc_gain},
+                      plot={"kind": "curve", "run": run.name, "series": [key]})
+            return
+
+
+@dataclass(frozen=True)
+class OscillationOptions:
+    window: int = 50  # last N points examined
+    min_points: int = 20
+    min_sign_change_rate: float = 0.5  # TheDeepChecker: smoothness below 0.5 = fluctuating
+    min_relative_swing: float = 0.2  # median step-to-step swing / total improvement span (AUTOTRAINER's eta)
+
+
+@rule("L104", "oscillation", "oscillation", "warning", needs=["train_loss", "val_loss"],
+      options=OscillationOptions,
+      suggestion="Lower the learning rate or increase the batch size; a learning-rate decay schedule usually "
+                 "calms late oscillation.")
+def oscillation(run, opts: OscillationOptions):
+    """
+    What it detects:
+        In the last `window` points the loss swings up and down step to step (direction changes on most
+        steps) with swings that are large compared with everything the run learned.
+    Why it matters:
+        The optimizer is bouncing around instead of settling; final metrics depend on where the run
+        happened to stop.
+    Typical causes:
+        Learning rate too high for the batch size, no decay schedule, a tiny batch, noisy labels.
+    What to try:
+        Lower the learning rate or decay it, increase the batch size (or accumulate gradients),
+        use momentum/Adam with sane betas.
+    Options:
+        window: points examined at the end (50). min_points: minimum points (20).
+        min_sign_change_rate: share of direction changes (0.5).
+        min_relative_swing: median |Δloss| over the whole-run improvement span (0.2).
+    """
+    for key in ("train_loss", "val_loss"):
+        s = getattr(run.signals, key)
+        if s is None:
+            continue
+        v = s.values[np.isfinite(s.values)]
+        if v.size < opts.min_points or curves.first_nonfinite(s.values) is not None:
+            continue
+        summ = curves.summarize(v)
+        tail = v[-opts.window:]
+        rate = curves.sign_change_rate(tail)
+        swing = curves.swing_amplitude(tail)
+        span = max(summ.span, abs(summ.best) * 1e-3, 1e-12)
+        rel = swing / span
+        if rate >= opts.min_sign_change_rate and rel >= opts.min_relative_swing:
+            yield Hit(s.tag, f"{s.tag} swings step to step in its last {tail.size} points: direction changes "
+                             f"{rate:.0%} of the time, median swing {_fmt(swing)} = {rel:.0%} of the run's improvement",
+                      {"sign_change_rate": rate, "median_swing": swing, "relative_swing": rel,
+                       "improvement_span": summ.span, "window": int(tail.size)},
+                      plot={"kind": "curve", "run": run.name, "series": [key]})
+
+
+@dataclass(frozen=True)
+class OverfittingOptions:
+    min_points: int = 6  # validation points needed
+    min_rise: float = 0.10  # val loss end above its best, relative to |best|
+    min_tail_share: float = 0.2  # the rise lasts at least this share of the validation points...
+    min_tail_points: int = 3  # ...and at least this many points
+    max_acc_gap: float = 0.25  # train acc - val acc at the end above this: overfitting (gap)
+
+
+@rule("L105", "overfitting", "overfitting", "warning", needs=["val_loss", "val_acc"], options=OverfittingOptions,
+      suggestion="Stop earlier (keep the best-validation checkpoint), add regularisation (weight decay, dropout, "
+                 "augmentation), get more data or use a smaller model.")
+def overfitting(run, opts: OverfittingOptions):
+    """
+    What it detects:
+        Validation loss rises for a sustained window after its best while the training loss keeps
+        improving (UMLAUT, SageMaker's Overfit rule); or, with accuracies logged, a large gap between
+        final training and validation accuracy.
+    Why it matters:
+        The model memorises the training set; the last checkpoint generalises worse than an earlier one.
+    Typical causes:
+        Too little data for the model size, too many epochs, no regularisation, noisy labels,
+        leakage between train and validation splits masking it earlier.
+    What to try:
+        Early stopping on validation, weight decay, dropout, data augmentation, a smaller model,
+        more data; report the best-validation checkpoint.
+    Options:
+        min_points: validation points needed (6). min_rise: relative rise of the validation loss
+        above its best (0.10). min_tail_share / min_tail_points: how long the rise must last (0.2 / 3).
+        max_acc_gap: train−val accuracy gap at the end (0.25).
+    """
+    s = run.signals
+    v = s.val_loss
+    if v is not None and np.isfinite(v.values).sum() >= opts.min_points and curves.first_nonfinite(v.values) is None:
+        vals, steps = v.values, v.steps
+        summ = curves.summarize(vals, frac=0.15, minimum=2)
+        tail_n = len(vals) - 1 - summ.best_index
+        rise = (summ.end - summ.best) / max(abs(summ.best), 1e-12)
+        if tail_n >= max(opts.min_tail_points, opts.min_tail_share * len(vals)) and rise >= opts.min_rise:
+            best_step = int(steps[summ.best_index])
+            train_ok = True
+            t = s.train_loss
+            if t is not None and np.isfinite(t.values).any():
+                before = t.values[(t.steps <= best_step) & np.isfinite(t.values)]
+                after = t.values[(t.steps > best_step) & np.isfinite(t.values)]
+                if before.size and after.size:
+                    train_ok = float(np.median(after[-max(1, after.size // 5):])) <= float(np.median(before[-max(1, before.size // 5):]))
+            if train_ok:
+                yield Hit(v.tag, f"{v.tag} rose {rise:.0%} above its best {_fmt(summ.best)} (step {best_step}) over "
+                                 f"the last {tail_n} evaluations while training loss kept improving",
+                          {"best": summ.best, "best_step": best_step, "end": summ.end, "relative_rise": rise,
+                           "evaluations_after_best": tail_n, "threshold": opts.min_rise},
+                          plot={"kind": "curve", "run": run.name, "series": ["train_loss", "val_loss"],
+                                "mark_step": best_step})
+                return
+    ta, va = s.train_acc, s.val_acc
+    if ta is not None and va is not None and len(ta) and len(va):
+        t_end = curves.late(ta.values, 0.1)
+        v_end = curves.late(va.values, 0.1)
+        if t_end.size and v_end.size:
+            gap = float(np.median(t_end) - np.median(v_end))
+            scale = 100.0 if max(np.nanmax(ta.values), np.nanmax(va.values)) > 1.5 else 1.0  # percent
+            if gap / scale >= opts.max_acc_gap:
+                yield Hit(va.tag, f"final training accuracy {_fmt(float(np.median(t_end)))} vs validation "
+                                  f"{_fmt(float(np.median(v_end)))}: a gap of {gap / scale:.0%}",
+                          {"train_acc": float(np.median(t_end)), "val_acc": float(np.median(v_end)),
+                           "gap": gap / scale, "threshold": opts.max_acc_gap},
+                          plot={"kind": "curve", "run": run.name, "series": ["train_acc", "val_acc"]})

@@ -1,0 +1,187 @@
+"""U: updates and training dynamics (checkpoint series, weight histograms over time, update ratios)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from report_gen.facts import histograms as hf
+from report_gen.rules.base import Hit, rule
+
+
+def module_of(param: str) -> str:
+    return param.rsplit(".", 1)[0] if "." in param else param
+
+
+def _changes(run) -> tuple[dict[str, float], str] | tuple[None, None]:
+    """param -> total relative change over the run, and the source used."""
+    params = [n for n in run.param_order if n in run.series and run.tensor_role(n) == "param"]
+    ckpt = {}
+    for n in params:
+        ru = np.asarray(run.series[n].rel_update, dtype=float)
+        ru = ru[np.isfinite(ru)]
+        if ru.size:
+            ckpt[n] = float(ru.sum())
+    if len(ckpt) >= 2:
+        return ckpt, "checkpoints"
+    hist = {}
+    for n, h in run.signals.weight_hist.items():
+        if len(h) >= 2:
+            hist[n] = 0.0 if hf.is_constant(h) else float("inf")
+    if len(hist) >= 2:
+        return hist, "weight histograms"
+    return None, None
+
+
+@dataclass(frozen=True)
+class FrozenOptions:
+    max_change: float = 0.0  # total relative change at or below this counts as unchanged
+    min_others_change: float = 1e-6  # the rest of the model must have changed at least this much (median)
+
+
+@rule("U101", "frozen-layer", "frozen-layer", "error", needs=["checkpoint_series", "weight_hist"],
+      options=FrozenOptions,
+      suggestion="Check that the layer's parameters are passed to the optimizer (e.g. optimizer built before "
+                 "the layer was added, or from a filtered parameter list) and have requires_grad=True. If the "
+                 "layer is frozen on purpose (fine-tuning), ignore this rule for it in the config.")
+def frozen_layer(run, opts: FrozenOptions):
+    """
+    What it detects:
+        Parameters that do not change at all across the checkpoint series (or whose logged weight
+        histogram stays identical) while the rest of the model does. Reported per layer. A frozen block
+        at the start of the model (a frozen backbone while fine-tuning) is a warning; a frozen layer
+        between trained layers is an error, since that is rarely intended.
+    Why it matters:
+        A layer silently left out of the optimizer keeps its random initialisation: the model trains
+        around it and ends up worse, and nobody notices until the metric is bad.
+    Typical causes:
+        The optimizer was built before the layer was created or replaced, a filtered parameter list,
+        requires_grad=False left over from a freezing stage, a learning rate of 0 in one param group.
+    What to try:
+        Build the optimizer from model.parameters() after the model is final; print the parameter
+        names per param group; check requires_grad.
+    Options:
+        max_change: total relative change regarded as none (0.0: bit-identical).
+        min_others_change: median total change of the other parameters needed (1e-6).
+    """
+    changes, source = _changes(run)
+    if not changes:
+        return
+    frozen = [n for n, c in changes.items() if c <= opts.max_change]
+    moving = [c for n, c in changes.items() if c > opts.max_change]
+    if not frozen or not moving or float(np.median(moving)) < opts.min_others_change:
+        return
+    order = [n for n in (run.param_order or list(changes)) if n in changes]
+    by_module: dict[str, list[str]] = {}
+    for n in order:
+        if n in frozen:
+            by_module.setdefault(module_of(n), []).append(n)
+    first_moving = next((i for i, n in enumerate(order) if n not in frozen), len(order))
+    for mod, params in by_module.items():
+        prefix = order.index(params[0]) < first_moving
+        sev = "warning" if prefix else "error"
+        where = "at the start of the model (a frozen backbone?)" if prefix else "between layers that train"
+        yield Hit(mod, f"{', '.join(params)} did not change across training ({source}) while "
+                       f"{len(moving)} other parameters did; the layer sits {where}",
+                  {"params": params, "source": source, "others_median_change": float(np.median(moving)),
+                   "prefix_of_model": prefix},
+                  severity=sev, plot={"kind": "layer_series", "run": run.name, "param": params[0], "fact": "rel_update"})
+
+
+@dataclass(frozen=True)
+class UpdateRatioOptions:
+    low: float = 1e-5  # per-step ||ΔW||/||W|| below this: hardly learning (TheDeepChecker's band is 1e-4..1e-1)
+    high: float = 1e-1  # above this: steps too large
+    min_points: int = 5
+
+
+@rule("U102", "update-ratio", "unbalanced-updates", "warning", needs=["update_ratio"], options=UpdateRatioOptions,
+      suggestion="Tune the learning rate (the CS231n rule of thumb is an update/weight ratio near 1e-3); "
+                 "consider per-layer learning rates or a normalised optimizer.")
+def update_ratio(run, opts: UpdateRatioOptions):
+    """
+    What it detects:
+        Per-step update/weight ratios (||ΔW|| / ||W||, logged as update_ratio/<param>) outside a healthy
+        band: the late-training median below `low` (the layer hardly moves) or above `high` (each step
+        rewrites a large part of the weights). TheDeepChecker uses log10 in [-4, -1]; the lower bound
+        here is a decade looser because Adam at the end of a decayed schedule legitimately goes below.
+    Why it matters:
+        The update ratio is the most direct view of the effective learning rate per layer.
+    Typical causes:
+        A learning rate far too high or too low, a schedule that decayed to ~0, weights that grew huge.
+    What to try:
+        Adjust the learning rate; use warm-up and decay; per-parameter-group learning rates.
+    Options:
+        low / high: the band (1e-5 / 1e-1). min_points: logged points needed (5).
+    """
+    for name, s in run.signals.update_ratio.items():
+        v = s.values[np.isfinite(s.values)]
+        if v.size < opts.min_points:
+            continue
+        med = float(np.median(v[v.size // 2:]))
+        if med <= 0:
+            continue
+        if med < opts.low or med > opts.high:
+            side = "below" if med < opts.low else "above"
+            yield Hit(name, f"late-training update/weight ratio {med:.2g} is {side} the healthy band "
+                            f"[{opts.low:g}, {opts.high:g}]",
+                      {"median_update_ratio": med, "low": opts.low, "high": opts.high},
+                      plot={"kind": "curve", "run": run.name, "series": [f"update_ratio:{name}"]})
+
+
+@dataclass(frozen=True)
+class ImbalanceOptions:
+    max_spread: float = 1e3  # largest/smallest relative change across weight layers
+    min_layers: int = 3
+
+
+@rule("U103", "unbalanced-updates", "unbalanced-updates", "warning", needs=["checkpoint_series", "update_ratio"],
+      options=ImbalanceOptions,
+      suggestion="Compare per-layer learning rates and initial scales; add normalization; check that no layer "
+                 "has a near-zero effective learning rate.")
+def unbalanced_updates(run, opts: ImbalanceOptions):
+    """
+    What it detects:
+        Very unequal relative updates across weight layers over the run (the seed tutorial's step 4:
+        are update ratios balanced across layers?): the most-moved layer changed more than
+        `max_spread` times as much as the least-moved one (frozen layers excluded: see frozen-layer).
+    Why it matters:
+        Some layers are effectively not learning while others dominate, which slows training and
+        often points at vanishing gradients or mis-scaled parameters.
+    Typical causes:
+        Vanishing gradients, per-layer learning-rate mistakes, layers with very different scales
+        (embeddings vs. dense layers), missing normalization.
+    What to try:
+        Inspect the gradient-by-depth plot, use normalization or residual connections, set per-group
+        learning rates deliberately.
+    Options:
+        max_spread: max/min ratio of relative change (1e3). min_layers: weight layers needed (3).
+    """
+    changes: dict[str, float] = {}
+    source = "checkpoints"
+    for n in run.param_order:
+        ps = run.series.get(n)
+        if ps is None or not n.endswith("weight") or not ps.stats or len(ps.stats[-1].shape) < 2:
+            continue
+        ru = np.asarray(ps.rel_update, dtype=float)
+        ru = ru[np.isfinite(ru)]
+        if ru.size and ru.sum() > 0:
+            changes[n] = float(ru.sum())
+    if len(changes) < opts.min_layers:
+        source = "update_ratio"
+        changes = {}
+        for n, s in run.signals.update_ratio.items():
+            v = s.values[np.isfinite(s.values)]
+            if v.size and n.endswith("weight") and np.median(v) > 0:
+                changes[n] = float(np.median(v))
+    if len(changes) < opts.min_layers:
+        return
+    lo = min(changes, key=changes.get)
+    hi = max(changes, key=changes.get)
+    spread = changes[hi] / changes[lo]
+    if spread > opts.max_spread:
+        yield Hit(lo, f"{lo} moved {spread:.3g}× less than {hi} over the run ({source}: "
+                      f"{changes[lo]:.3g} vs {changes[hi]:.3g})",
+                  {"least_moved": lo, "least_change": changes[lo], "most_moved": hi,
+                   "most_change": changes[hi], "spread": spread, "threshold": opts.max_spread, "source": source},
+                  plot={"kind": "layer_series", "run": run.name, "param": lo, "fact": "rel_update"})

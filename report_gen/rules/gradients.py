@@ -1,0 +1,151 @@
+"""G: gradients (from gradient histograms, optimizer state, or per-parameter gradient norms)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from report_gen.facts import curves
+from report_gen.rules.base import Hit, rule
+
+_SOURCE = {"grad_hist": "logged gradient histograms", "optimizer_state": "the optimizer's second-moment state",
+           "grad_norm_param": "logged per-parameter gradient norms"}
+
+
+def _weight_grads(run):
+    """[(name, GradEstimate)] for weight tensors (not biases/norm scales) in model order."""
+    est = run.grad_estimates
+    order = [n for n in run.param_order if n in est] + [n for n in est if n not in run.param_order]
+    picked = [(n, est[n]) for n in order if n.endswith("weight") and not _is_norm(run, n)]
+    return picked or [(n, est[n]) for n in order]
+
+
+def _is_norm(run, name: str) -> bool:
+    st = run.last_stats.get(name)
+    if st is not None:
+        return len(st.shape) == 1
+    low = name.lower()
+    return any(k in low for k in ("bn", "norm", ".ln", "layernorm", "batchnorm"))
+
+
+@dataclass(frozen=True)
+class VanishingOptions:
+    ratio_error: float = 1e-3  # first/last layer gradient RMS ratio (AUTOTRAINER)...
+    first_abs_error: float = 1e-4  # ...with the first layer's RMS below this: error
+    ratio_warning: float = 1e-2  # ratio below this alone: warning
+    all_tiny: float = 1e-7  # every layer's gradient RMS below this: nothing learns (SageMaker/DeepDiagnosis)
+    min_layers: int = 3  # weight tensors with gradients needed for the depth comparison
+
+
+@rule("G101", "vanishing-gradients", "vanishing-gradients", "error",
+      needs=["grad_hist", "optimizer_state"], options=VanishingOptions,
+      suggestion="Use ReLU-family activations with He/Kaiming initialisation, add normalization layers or "
+                 "residual connections, and check for saturated sigmoid/tanh units.")
+def vanishing_gradients(run, opts: VanishingOptions):
+    """
+    What it detects:
+        Gradients that shrink towards the input: the first weight layer's gradient RMS is orders of
+        magnitude below the last layer's (AUTOTRAINER's first/last ratio < 1e-3 with the first layer
+        < 1e-4), or every layer's gradient is below 1e-7 (SageMaker, DeepDiagnosis). Uses gradient
+        histograms (late-training median of the exact RMS), or, with checkpoints only, the RMS
+        estimated from Adam's exp_avg_sq.
+    Why it matters:
+        Early layers stop learning; the network behaves like a shallow one on random features, and
+        training stalls.
+    Typical causes:
+        Deep stacks of sigmoid/tanh, poor initialisation (too small), no normalization or skip
+        connections, saturated activations, a huge loss scale difference between heads.
+    What to try:
+        ReLU/GELU with He initialisation, BatchNorm/LayerNorm, residual connections, gradient-norm
+        monitoring per layer; check for saturated units (saturated-activations).
+    Options:
+        ratio_error / first_abs_error: first/last RMS ratio and first-layer RMS for an error (1e-3 / 1e-4).
+        ratio_warning: ratio for a warning (1e-2). all_tiny: every layer below this is an error (1e-7).
+        min_layers: weight tensors needed for the depth comparison (3).
+    """
+    layers = [(n, e) for n, e in _weight_grads(run) if np.isfinite(e.value)]
+    if not layers:
+        return
+    values = np.array([e.value for _, e in layers])
+    source = _SOURCE[layers[0][1].source]
+    if np.all(values < opts.all_tiny):
+        yield Hit("(all layers)", f"every layer's gradient RMS is below {opts.all_tiny:g} "
+                                  f"(max {values.max():.3g}, from {source}): nothing is learning",
+                  {"max_grad_rms": float(values.max()), "threshold": opts.all_tiny, "source": layers[0][1].source},
+                  plot={"kind": "grad_depth", "run": run.name})
+        return
+    if len(layers) < opts.min_layers:
+        return
+    first_name, first = layers[0]
+    last_name, last = layers[-1]
+    if last.value <= 0:
+        return
+    ratio = first.value / last.value
+    sev = None
+    if ratio < opts.ratio_error and first.value < opts.first_abs_error:
+        sev = "error"
+    elif ratio < opts.ratio_warning:
+        sev = "warning"
+    if sev is None:
+        return
+    yield Hit(first_name, f"gradient RMS of the first layer {first_name} is {first.value:.3g}, "
+                          f"{ratio:.2g}× that of the last layer {last_name} ({last.value:.3g}; from {source})",
+              {"first_layer": first_name, "first_grad_rms": first.value, "last_layer": last_name,
+               "last_grad_rms": last.value, "ratio": ratio, "ratio_threshold": opts.ratio_error
+               if sev == "error" else opts.ratio_warning, "source": first.source, "layers": len(layers)},
+              severity=sev, plot={"kind": "grad_depth", "run": run.name})
+
+
+@dataclass(frozen=True)
+class ExplodingOptions:
+    max_rms: float = 1e3  # any layer's late gradient RMS above this: error
+    growth_factor: float = 100.0  # gradient norm grew this much from the first to the last fifth...
+    min_monotonic: float = 0.6  # ...rising on at least this share of steps: warning
+    min_points: int = 10
+
+
+@rule("G102", "exploding-gradients", "exploding-gradients", "error",
+      needs=["grad_hist", "grad_norm", "optimizer_state"], options=ExplodingOptions,
+      suggestion="Clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, add normalization, "
+                 "and check the loss scale and inputs for extreme values.")
+def exploding_gradients(run, opts: ExplodingOptions):
+    """
+    What it detects:
+        Non-finite gradients; a layer's gradient RMS above `max_rms`; or a total gradient norm that grows
+        steadily by more than `growth_factor` over the run (TheDeepChecker's growth test, on logged norms).
+    Why it matters:
+        Huge gradients make steps that throw the weights far away: the loss spikes or becomes NaN and
+        earlier progress is lost.
+    Typical causes:
+        Learning rate too high, no gradient clipping (RNNs, transformers), bad initialisation (too
+        large), unnormalised inputs or targets, a loss that can become huge.
+    What to try:
+        Gradient clipping, a lower learning rate or warm-up, normalization layers, normalised inputs
+        and targets, check for division by small numbers in the loss.
+    Options:
+        max_rms: gradient RMS that counts as exploding (1e3). growth_factor / min_monotonic:
+        growth of the gradient norm from the first to the last fifth of the run and the share of
+        rising steps (100 / 0.6). min_points: points needed for the growth test (10).
+    """
+    est = run.grad_estimates
+    bad = [n for n, e in est.items() if e.nonfinite]
+    if bad:
+        yield Hit(bad[0], f"{len(bad)} parameter(s) have NaN/Inf gradients, first {bad[0]}",
+                  {"nonfinite_params": len(bad), "examples": bad[:5]}, plot={"kind": "grad_depth", "run": run.name})
+    big = [(n, e.value) for n, e in est.items() if np.isfinite(e.value) and e.value > opts.max_rms]
+    if big:
+        n, v = max(big, key=lambda t: t[1])
+        yield Hit(n, f"{len(big)} parameter(s) have gradient RMS above {opts.max_rms:g}; largest {n} at {v:.3g}",
+                  {"max_grad_rms": v, "params_above": len(big), "threshold": opts.max_rms},
+                  plot={"kind": "grad_depth", "run": run.name})
+    g = run.signals.grad_norm
+    if g is not None:
+        v = g.values[np.isfinite(g.values)]
+        if v.size >= opts.min_points:
+            factor = curves.growth_factor(v, 0.2)
+            mono = curves.monotonic_fraction(curves.ema_smooth(v, 0.6))
+            if factor is not None and factor >= opts.growth_factor and mono >= opts.min_monotonic:
+                yield Hit(g.tag, f"{g.tag} grew {factor:.3g}× from the start to the end of the run "
+                                 f"(rising on {mono:.0%} of steps)",
+                          {"growth_factor": factor, "rising_share": mono, "threshold": opts.growth_factor},
+                          severity="warning", plot={"kind": "curve", "run": run.name, "series": ["grad_norm"]})

@@ -1,0 +1,47 @@
+"""I: input integrity: what the readers found wrong with the run's files."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from report_gen.rules.base import Hit, rule
+
+_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+
+
+@dataclass(frozen=True)
+class IntegrityOptions:
+    min_severity: str = "warning"  # problems below this stay in inputs.runs[].problems only
+
+
+@rule("I101", "damaged-input", "input-integrity", "warning", needs=["input_problems"], options=IntegrityOptions,
+      suggestion="Re-copy or regenerate the file; if a run was killed mid-write this is expected for the last "
+                 "record only.")
+def damaged_input(run, opts: IntegrityOptions):
+    """
+    What it detects:
+        An input file that is unreadable, truncated in the middle, corrupt (bad CRC, junk bytes such as a
+        text log written into an event file), unsafe (a pickle that would run code), or not what its name
+        says (a Git LFS pointer or an HTML page named .pt). Each is reported with the file and, where
+        known, the byte offset; the rest of the report is built from what could be read.
+    Why it matters:
+        A report built from damaged inputs may miss data: findings (and the absence of findings) for the
+        affected run are less certain.
+    Typical causes:
+        Interrupted copies or uploads, two processes writing one file, Git LFS files not fetched, logs
+        redirected into the wrong file.
+    What to try:
+        Re-copy the file, `git lfs pull`, re-run the export; a truncated last record from a killed run is
+        normal and is listed only as information.
+    Options:
+        min_severity: lowest problem severity turned into a finding ("warning").
+    """
+    floor = _SEVERITY_RANK.get(opts.min_severity, 1)
+    for p in run.problems:
+        rank = _SEVERITY_RANK.get(p.severity, 1)
+        if rank < floor:
+            continue
+        where = f" at byte {p.offset}" if p.offset is not None else ""
+        count = f" ({p.count}×)" if p.count and p.count > 1 else ""
+        yield Hit(p.file, f"{p.kind}{where}{count}: {p.message}",
+                  {"file": p.file, "kind": p.kind, "offset": p.offset, "count": p.count},
+                  severity=p.severity)

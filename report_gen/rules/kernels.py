@@ -1,0 +1,198 @@
+"""K: conv kernels and linear units (from the last checkpoint)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from report_gen.rules.base import Hit, rule
+
+
+def _unit_layers(run, min_units: int = 2):
+    """(name, WeightStats) for conv/linear weights (ndim >= 2) of the last checkpoint, model order."""
+    for name in run.param_order:
+        st = run.last_stats.get(name)
+        if st is not None and len(st.shape) >= 2 and st.unit_absmax is not None and st.shape[0] >= min_units:
+            yield name, st
+
+
+def _kernel_plot(run, name, st):
+    return {"kind": "kernels", "run": run.name, "image": f"kernels:{name}"} if len(st.shape) == 4 else None
+
+
+@dataclass(frozen=True)
+class DeadKernelOptions:
+    threshold: float = 0.01  # a kernel/unit is dead when max |w| < threshold (seed tutorial)...
+    relative: float = 0.1  # ...and below this fraction of the layer's median kernel max |w| (scale guard)
+    warning_ratio: float = 0.05  # dead share above this: warning (the tutorial's healthy range is < 5%)
+    error_ratio: float = 0.15  # dead share above this: error
+    min_dead: int = 2  # at least this many dead kernels
+
+
+@rule("K101", "dead-kernels", "dead-kernels", "error", needs=["checkpoint"], options=DeadKernelOptions,
+      suggestion="Check the initialisation and learning rate of this layer; lower weight decay; "
+                 "dead kernels can also be pruned to save compute.")
+def dead_kernels(run, opts: DeadKernelOptions):
+    """
+    What it detects:
+        Conv kernels (or linear units) whose weights are all ~0: max |w| below `threshold` (the seed
+        tutorial's dead-kernel ratio, mean(|W|.amax(dim=[1,2,3]) < 0.01)), and far below the layer's
+        typical kernel so that layers with small weights by design are not flagged.
+    Why it matters:
+        A dead kernel produces a constant output channel: capacity is wasted and the units after it
+        see nothing. Many dead kernels mean the layer is collapsing.
+    Typical causes:
+        Too strong weight decay or L1, dying ReLUs upstream (no gradient reaches the kernel), a
+        learning rate that pushed kernels to zero, pruning.
+    What to try:
+        Lower weight decay, use LeakyReLU/GELU, check the init scale and learning rate; if
+        intentional (pruning), suppress this rule for the layer.
+    Options:
+        threshold: absolute max |w| for a dead kernel (0.01). relative: also below this fraction of
+        the layer's median kernel max |w| (0.1). warning_ratio / error_ratio: dead share for a warning
+        / an error (0.05 / 0.15). min_dead: minimum dead kernels (2).
+    """
+    for name, st in _unit_layers(run):
+        amax = np.asarray(st.unit_absmax, dtype=float)
+        med = float(np.median(amax))
+        dead_mask = (amax < opts.threshold) & (amax < opts.relative * med)
+        dead = int(dead_mask.sum())
+        total = int(amax.size)
+        ratio = dead / total
+        if dead < opts.min_dead or ratio <= opts.warning_ratio:
+            continue
+        sev = "error" if ratio > opts.error_ratio else "warning"
+        kind = "kernels" if len(st.shape) == 4 else "units"
+        yield Hit(name, f"{dead} of {total} {kind} ({ratio:.0%}) have max |w| < {opts.threshold:g}",
+                  {"dead": dead, "total": total, "ratio": ratio, "threshold": opts.threshold,
+                   "layer_median_max_abs": med, "dead_indices": np.flatnonzero(dead_mask)[:32].tolist()},
+                  severity=sev, plot=_kernel_plot(run, name, st))
+
+
+@dataclass(frozen=True)
+class NormScaleOptions:
+    threshold: float = 1e-3  # |gamma| below this: the channel is switched off
+    ratio: float = 0.1  # share of such channels for a warning
+    min_channels: int = 8
+
+
+@rule("K104", "dead-norm-channels", "dead-kernels", "warning", needs=["checkpoint"], options=NormScaleOptions,
+      suggestion="Lower weight decay on normalization scales (exclude them from decay), check the learning rate.")
+def dead_norm_channels(run, opts: NormScaleOptions):
+    """
+    What it detects:
+        BatchNorm/LayerNorm/GroupNorm scale parameters (gamma) near zero: the channel's output is
+        a constant (its bias) whatever the input.
+    Why it matters:
+        Such channels are dead even though the conv kernels before them look healthy.
+    Typical causes:
+        Weight decay applied to normalization scales, L1 sparsity on gamma (network slimming), a
+        learning rate too high.
+    What to try:
+        Exclude norm parameters from weight decay; if pruning by gamma is intended, suppress this rule.
+    Options:
+        threshold: |gamma| below which a channel is off (1e-3). ratio: share of such channels (0.1).
+        min_channels: ignore smaller layers (8).
+    """
+    from report_gen.facts.weights import is_norm_scale
+
+    for name in run.param_order:
+        st = run.last_stats.get(name)
+        if st is None or len(st.shape) != 1 or st.numel < opts.min_channels or not is_norm_scale(name, st.shape):
+            continue
+        share = _share_below(run, name, opts.threshold)
+        if share is None or share < opts.ratio:
+            continue
+        yield Hit(name, f"{share:.0%} of {st.numel} normalization scales are below {opts.threshold:g}",
+                  {"share": share, "channels": st.numel, "threshold": opts.threshold})
+
+
+def _share_below(run, name: str, threshold: float) -> float | None:
+    """Exact share of |w| < threshold of a small 1-D tensor, loaded from the last checkpoint holding it."""
+    for c in reversed(run.checkpoints):
+        if name in c.tensors:
+            t = c.load(name)
+            return float((t.abs() < threshold).float().mean())
+    return None
+
+
+@dataclass(frozen=True)
+class DiversityOptions:
+    min_relative_diversity: float = 0.01  # std of kernel means / std of all weights below this
+    min_kernels: int = 8
+
+
+@rule("K102", "low-kernel-diversity", "low-kernel-diversity", "warning", needs=["checkpoint"],
+      options=DiversityOptions,
+      suggestion="Check the initialisation (identical init gives identical kernels), raise the learning rate "
+                 "for this layer, or reduce its width.")
+def low_kernel_diversity(run, opts: DiversityOptions):
+    """
+    What it detects:
+        Conv kernels too alike in their statistics: the spread of per-kernel means (the seed tutorial's
+        kernel diversity std(W.mean(dim=[1,2,3]))) is tiny compared with the spread of the weights
+        themselves. The tutorial's absolute range (0.1–0.3) depends on the layer's scale, so the rule
+        uses the scale-free ratio.
+    Why it matters:
+        Kernels that all look the same extract the same feature: the layer's width is wasted.
+    Typical causes:
+        A constant or symmetric initialisation, a layer that barely trained (tiny learning rate,
+        frozen), strong regularisation pulling all kernels to the same point.
+    What to try:
+        Use a random (He/Xavier) initialisation, check that the layer is in the optimizer and learns,
+        reduce regularisation, or reduce the number of channels.
+    Options:
+        min_relative_diversity: std(kernel means)/std(weights) below this (0.01). min_kernels: 8.
+    """
+    for name, st in _unit_layers(run, opts.min_kernels):
+        if len(st.shape) != 4 or st.kernel_diversity is None or not st.std or not np.isfinite(st.std):
+            continue
+        rel = float(st.kernel_diversity) / float(st.std)
+        if rel < opts.min_relative_diversity:
+            yield Hit(name, f"kernel means vary by only {rel:.2%} of the weight spread "
+                            f"(diversity {st.kernel_diversity:.3g}, weight std {st.std:.3g})",
+                      {"kernel_diversity": float(st.kernel_diversity), "weight_std": float(st.std),
+                       "relative_diversity": rel, "threshold": opts.min_relative_diversity},
+                      plot=_kernel_plot(run, name, st))
+
+
+@dataclass(frozen=True)
+class RedundantOptions:
+    corr_threshold: float = 0.9  # a kernel is redundant when |corr| with another kernel exceeds this
+    ratio: float = 0.3  # share of redundant kernels for a warning
+    min_kernel_size: int = 16  # in*kh*kw: below this, random kernels correlate by chance
+    min_kernels: int = 8
+
+
+@rule("K103", "redundant-filters", "redundant-filters", "warning", needs=["checkpoint"], options=RedundantOptions,
+      suggestion="Consider fewer channels for this layer, or decorrelating regularisation; check that the layer trains.")
+def redundant_filters(run, opts: RedundantOptions):
+    """
+    What it detects:
+        Highly correlated kernels within a layer: a large share of kernels has a near-duplicate
+        (|Pearson correlation| of the flattened kernels above `corr_threshold`). The seed tutorial's
+        healthy range is a top-k correlation below 0.7; random kernels of small size correlate
+        strongly by chance, so tiny kernels are skipped and the threshold is higher.
+    Why it matters:
+        Duplicate filters waste capacity and compute; many duplicates suggest the layer collapsed.
+    Typical causes:
+        Too many channels for the task, symmetric initialisation, a layer that stopped learning early.
+    What to try:
+        Visualise the kernels (grid in this report), reduce the channel count, prune duplicates.
+    Options:
+        corr_threshold: |corr| for a duplicate (0.9). ratio: share of such kernels (0.3).
+        min_kernel_size: skip kernels with fewer weights (16). min_kernels: 8.
+    """
+    for name, st in _unit_layers(run, opts.min_kernels):
+        if st.unit_max_corr is None or int(np.prod(st.shape[1:])) < opts.min_kernel_size:
+            continue
+        mc = np.asarray(st.unit_max_corr, dtype=float)
+        mc = mc[np.isfinite(mc)]
+        if mc.size < opts.min_kernels:
+            continue
+        share = float(np.mean(mc > opts.corr_threshold))
+        if share >= opts.ratio:
+            yield Hit(name, f"{share:.0%} of {mc.size} sampled kernels have a near-duplicate (|corr| > "
+                            f"{opts.corr_threshold:g}); top-k mean |corr| {st.corr_topk_mean:.2f}",
+                      {"share": share, "sampled": int(mc.size), "corr_topk_mean": st.corr_topk_mean,
+                       "threshold": opts.corr_threshold}, plot=_kernel_plot(run, name, st))

@@ -1,0 +1,214 @@
+"""W: weight distributions (from checkpoints and weight histograms)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from report_gen.facts import histograms as hf
+from report_gen.rules.base import Hit, NoOptions, rule
+
+
+def _params(run):
+    """(name, ParamSeries) for parameters (not buffers) in model order."""
+    for name in run.param_order:
+        ps = run.series.get(name)
+        if ps is not None and ps.stats:
+            yield name, ps
+
+
+@rule("W101", "nonfinite-weights", "nonfinite-weights", "error", needs=["checkpoint", "weight_hist"],
+      options=NoOptions,
+      suggestion="Resume from the last checkpoint without NaN, lower the learning rate, clip gradients, "
+                 "and look for the step where the loss first became non-finite.")
+def nonfinite_weights(run, opts):
+    """
+    What it detects:
+        NaN or Inf values in parameters or buffers of a checkpoint, or in the statistics of a logged
+        weight histogram.
+    Why it matters:
+        A model with a NaN weight outputs NaN: it is unusable, and every later checkpoint inherits it.
+    Typical causes:
+        Divergence, exploding gradients, fp16 overflow, a bad running variance in BatchNorm, division by
+        zero in a custom layer.
+    What to try:
+        Find the first checkpoint with NaN (reported), lower the learning rate, clip gradients, use loss
+        scaling with mixed precision.
+    Options:
+        none.
+    """
+    for name, ps in run.series.items():
+        for i, st in enumerate(ps.stats):
+            bad = st.nan_count + st.inf_count
+            if bad:
+                step = ps.steps[ps.present[i]] if i < len(ps.present) else None
+                yield Hit(name, f"{bad} of {st.numel} values are NaN/Inf (first at checkpoint {i + 1}"
+                                f"{f', step {step}' if step is not None else ''})",
+                          {"nan": st.nan_count, "inf": st.inf_count, "numel": st.numel, "checkpoint_index": i,
+                           "step": step})
+                break
+    if run.series:
+        return
+    for name, h in run.signals.weight_hist.items():
+        stats = np.vstack([h.min, h.max, h.sum, h.sum_squares]).astype(float)
+        bad_steps = np.flatnonzero(~np.all(np.isfinite(stats), axis=0))
+        if bad_steps.size:
+            i = int(bad_steps[0])
+            yield Hit(name, f"weight histogram is non-finite from step {int(h.steps[i])}",
+                      {"first_step": int(h.steps[i]), "steps_affected": int(bad_steps.size)},
+                      plot={"kind": "distribution", "run": run.name, "key": f"weight:{name}"})
+
+
+def _rms_over_time(run, name):
+    """(steps, rms) of a parameter from checkpoints if there are 2+, else from weight histograms."""
+    ps = run.series.get(name)
+    if ps is not None and len(ps.stats) >= 2:
+        steps = [ps.steps[i] for i in ps.present]
+        return np.array([s if s is not None else -1 for s in steps]), np.array([st.rms for st in ps.stats]), "checkpoints"
+    h = run.signals.weight_hist.get(name)
+    if h is not None and len(h) >= 2:
+        return h.steps, h.rms, "weight histograms"
+    return None, None, None
+
+
+def _weight_names(run):
+    names = list(run.param_order) or list(run.signals.weight_hist)
+    return [n for n in names if n.endswith("weight")]
+
+
+@dataclass(frozen=True)
+class CollapseOptions:
+    shrink_ratio: float = 0.1  # RMS at the end below this fraction of the RMS at the start
+    zero_frac: float = 0.5  # or more than this share of exact zeros (not a pruned model)
+    min_numel: int = 16
+
+
+@rule("W102", "weight-collapse", "weight-collapse", "warning", needs=["checkpoint_series", "weight_hist", "checkpoint"],
+      options=CollapseOptions,
+      suggestion="Check initialisation and weight decay strength (too strong decay shrinks weights to 0); "
+                 "consider BatchNorm; check that this layer receives gradients.")
+def weight_collapse(run, opts: CollapseOptions):
+    """
+    What it detects:
+        A weight tensor whose distribution collapses to a spike at zero: its RMS shrinks below
+        `shrink_ratio` of its initial value over training, or most of its values are exactly zero.
+    Why it matters:
+        A collapsed layer passes (almost) nothing on: the units it feeds are effectively dead. The seed
+        tutorial reads a spike near 0 as a sign of vanishing gradients.
+    Typical causes:
+        Weight decay too strong for the learning rate, L1 regularisation, vanishing gradients,
+        a pruning mask applied by mistake, a tiny initialisation.
+    What to try:
+        Check the initialisation (He/Xavier), reduce weight decay, add BatchNorm, check gradient flow
+        to this layer.
+    Options:
+        shrink_ratio: end/start RMS below which weights collapsed (0.1). zero_frac: share of exact
+        zeros (0.5). min_numel: ignore tensors smaller than this (16).
+    """
+    for name in _weight_names(run):
+        st = run.last_stats.get(name)
+        if st is not None and st.numel >= opts.min_numel and st.zero_frac >= opts.zero_frac:
+            yield Hit(name, f"{st.zero_frac:.0%} of the {st.numel} weights are exactly zero",
+                      {"zero_frac": st.zero_frac, "numel": st.numel, "threshold": opts.zero_frac})
+            continue
+        steps, rms, source = _rms_over_time(run, name)
+        if rms is None or not np.isfinite(rms[0]) or rms[0] <= 0 or not np.isfinite(rms[-1]):
+            continue
+        ratio = float(rms[-1] / rms[0])
+        if ratio < opts.shrink_ratio:
+            yield Hit(name, f"weight RMS shrank to {ratio:.2g}× its initial value ({rms[0]:.3g} → {rms[-1]:.3g}, "
+                            f"from {source})",
+                      {"rms_start": float(rms[0]), "rms_end": float(rms[-1]), "ratio": ratio,
+                       "threshold": opts.shrink_ratio, "source": source},
+                      plot={"kind": "distribution", "run": run.name, "key": f"weight:{name}"})
+
+
+@dataclass(frozen=True)
+class WideOptions:
+    growth_ratio: float = 10.0  # RMS at the end above this multiple of the start
+    max_abs: float = 100.0  # or any weight with |w| above this
+
+
+@rule("W103", "wide-weights", "wide-weights", "warning", needs=["checkpoint_series", "weight_hist", "checkpoint"],
+      options=WideOptions,
+      suggestion="Lower the learning rate or add weight decay; check for exploding gradients.")
+def wide_weights(run, opts: WideOptions):
+    """
+    What it detects:
+        A weight distribution that is too wide or keeps widening: RMS grows more than `growth_ratio`
+        times over training, or weights reach magnitudes above `max_abs`.
+    Why it matters:
+        Large weights saturate activations, amplify noise and make training unstable; the seed
+        tutorial reads a too-wide distribution as parameters fluctuating too much.
+    Typical causes:
+        Learning rate too high, no weight decay, exploding gradients, no normalization.
+    What to try:
+        Lower the learning rate, add weight decay, add normalization layers, clip gradients.
+    Options:
+        growth_ratio: end/start RMS ratio (10). max_abs: largest acceptable |w| (100).
+    """
+    for name in _weight_names(run):
+        st = run.last_stats.get(name)
+        h = run.signals.weight_hist.get(name)
+        absmax = st.absmax if st is not None else (float(max(abs(h.min[-1]), abs(h.max[-1]))) if h is not None and len(h) else None)
+        if absmax is not None and np.isfinite(absmax) and absmax > opts.max_abs:
+            yield Hit(name, f"largest |w| is {absmax:.3g} (above {opts.max_abs:g})",
+                      {"absmax": absmax, "threshold": opts.max_abs})
+            continue
+        steps, rms, source = _rms_over_time(run, name)
+        if rms is None or not np.isfinite(rms[0]) or rms[0] <= 0 or not np.isfinite(rms[-1]):
+            continue
+        ratio = float(rms[-1] / rms[0])
+        if ratio > opts.growth_ratio:
+            yield Hit(name, f"weight RMS grew {ratio:.3g}× over training ({rms[0]:.3g} → {rms[-1]:.3g}, from {source})",
+                      {"rms_start": float(rms[0]), "rms_end": float(rms[-1]), "ratio": ratio,
+                       "threshold": opts.growth_ratio, "source": source},
+                      plot={"kind": "distribution", "run": run.name, "key": f"weight:{name}"})
+
+
+@dataclass(frozen=True)
+class BimodalOptions:
+    min_numel: int = 1024  # small tensors have too few values to tell
+    min_coefficient: float = 0.75  # Sarle's bimodality coefficient (0.555 = uniform; higher = two modes)
+    min_mode_mass: float = 0.15  # with histograms: each mode holds at least this share
+
+
+@rule("W104", "bimodal-weights", "bimodal-weights", "info", needs=["checkpoint", "weight_hist"],
+      options=BimodalOptions,
+      suggestion="Check data balance (a dominant class can split a layer's weights), try another optimizer "
+                 "or learning rate; often harmless for the last layer.")
+def bimodal_weights(run, opts: BimodalOptions):
+    """
+    What it detects:
+        A weight distribution split into two separated modes: Sarle's bimodality coefficient of the last
+        checkpoint's weights above `min_coefficient` (with both modes visible), or two modes in the
+        last logged weight histogram.
+    Why it matters:
+        The seed tutorial reads it as the model stuck in a local optimum; it also appears when a layer
+        learns a few saturated features. It is an observation worth a look, not a verdict.
+    Typical causes:
+        Strong class imbalance, too high a learning rate with sign-like updates, binarising
+        regularisers.
+    What to try:
+        Check the data balance, try another optimizer or a lower learning rate; compare with a
+        healthy run of the same architecture.
+    Options:
+        min_numel: ignore tensors smaller than this (1024). min_coefficient: Sarle's coefficient (0.75).
+        min_mode_mass: share each histogram mode must hold (0.15).
+    """
+    for name in _weight_names(run):
+        st = run.last_stats.get(name)
+        if st is not None:
+            if st.numel >= opts.min_numel and np.isfinite(st.bimodality) and st.bimodality >= opts.min_coefficient:
+                yield Hit(name, f"weights look bimodal (Sarle's coefficient {st.bimodality:.2f})",
+                          {"bimodality": st.bimodality, "skew": st.skew, "kurtosis": st.kurtosis,
+                           "threshold": opts.min_coefficient})
+            continue
+        h = run.signals.weight_hist.get(name)
+        if h is None or not len(h) or h.num[-1] < opts.min_numel:
+            continue
+        modes = hf.count_modes(h, len(h) - 1, min_mass=opts.min_mode_mass)
+        if modes >= 2:
+            yield Hit(name, f"the last weight histogram (step {int(h.steps[-1])}) has {modes} separated modes",
+                      {"modes": modes, "step": int(h.steps[-1])},
+                      plot={"kind": "distribution", "run": run.name, "key": f"weight:{name}"})

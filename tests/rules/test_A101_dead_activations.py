@@ -1,0 +1,49 @@
+import numpy as np
+import torch
+
+from rulekit import hist, hits, make_run, series
+from report_gen.facts.activations import ProbeResult, activation_stats
+from report_gen.readers.signals import Signals
+
+
+def _probe_run(dead_units: int, units: int = 20):
+    x = torch.relu(torch.randn(64, units))
+    x[:, :dead_units] = 0
+    st = activation_stats("fc1.act", "ReLU", x)
+    return make_run(probe=[(100, ProbeResult(activations={"fc1.act": st}))])
+
+
+def test_most_units_dead_on_the_probe_is_an_error():
+    [h] = hits(_probe_run(19), "A101")
+    assert h.subject == "fc1.act" and h.severity == "error"
+    assert abs(h.evidence["dead_share"] - 0.95) < 1e-6
+
+
+def test_half_dead_is_a_warning():
+    [h] = hits(_probe_run(12), "A101")
+    assert h.severity == "warning"
+
+
+def test_dead_share_at_the_warning_threshold_is_fine():
+    assert hits(_probe_run(10), "A101") == []  # exactly 50%: not above
+
+
+def test_all_zero_logged_activation_stats():
+    z = np.zeros(30)
+    stats = {"mean": series("activation_stats/relu2/mean", z), "max": series("activation_stats/relu2/max", z),
+             "min": series("activation_stats/relu2/min", z), "std": series("activation_stats/relu2/std", z)}
+    [h] = hits(make_run(signals=Signals(act_stats={"relu2": stats})), "A101")
+    assert h.subject == "relu2" and h.evidence["source"] == "activation_stats"
+    alive = dict(stats, max=series("activation_stats/relu2/max", np.full(30, 0.3)))
+    assert hits(make_run(signals=Signals(act_stats={"relu2": alive})), "A101") == []
+
+
+def test_activation_histogram_mostly_zero():
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.standard_normal(1000), 0)
+    x[:950] = 0
+    h = hist("activations/relu1", [x])
+    [f] = hits(make_run(signals=Signals(act_hist={"relu1": h})), "A101")
+    assert f.severity == "error"
+    healthy = hist("activations/relu1", [np.maximum(rng.standard_normal(1000), 0)])
+    assert hits(make_run(signals=Signals(act_hist={"relu1": healthy})), "A101") == []

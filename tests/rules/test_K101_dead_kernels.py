@@ -1,0 +1,36 @@
+import torch
+
+from rulekit import cnn_state, hits, make_run, mem_checkpoint
+
+
+def _with_dead(n_dead, out=32, scale=1e-3):
+    s = cnn_state(0, out=16)
+    w = s["conv2.weight"].clone()  # [32, 16, 3, 3]
+    w[:n_dead] *= scale
+    s["conv2.weight"] = w
+    return make_run(checkpoints=[mem_checkpoint(s, 100)])
+
+
+def test_many_dead_kernels_is_an_error_naming_the_layer():
+    [h] = hits(_with_dead(8), "K101")  # 25%
+    assert h.subject == "conv2.weight"
+    assert h.severity == "error"
+    assert h.evidence["dead"] == 8 and h.evidence["total"] == 32
+    assert h.evidence["dead_indices"] == list(range(8))
+    assert h.plot["kind"] == "kernels"
+
+
+def test_a_few_dead_kernels_is_a_warning():
+    [h] = hits(_with_dead(3), "K101")  # 9.4%
+    assert h.severity == "warning"
+
+
+def test_dead_share_at_warning_ratio_is_fine():
+    assert hits(_with_dead(1), "K101") == []  # 1 of 32 = 3% and below min_dead
+
+
+def test_small_but_alive_layers_are_not_dead():
+    # a layer whose kernels are all small by design: the relative guard keeps it quiet
+    s = cnn_state(0)
+    s["conv2.weight"] = s["conv2.weight"] * 0.05  # every kernel's max |w| < 0.01
+    assert hits(make_run(checkpoints=[mem_checkpoint(s, 1)]), "K101") == []

@@ -1,0 +1,38 @@
+import numpy as np
+
+from rulekit import decaying, hits, make_run, series
+from report_gen.readers.signals import Signals
+
+
+def _run(values):
+    return make_run(signals=Signals(train_loss=series("train/loss", values)))
+
+
+def test_loss_that_blows_up_after_learning_is_an_error():
+    v = np.concatenate([decaying(60, 2.3, 0.3), np.geomspace(0.3, 50.0, 40)])
+    [h] = hits(_run(v), "L102")
+    assert h.severity == "error"
+    assert h.evidence["giveback"] > 1.0
+    assert h.evidence["best"] < 0.5
+
+
+def test_partial_giveback_is_a_warning():
+    # learns 2.3 -> 0.3, then climbs back to ~1.5: gives back ~60% of the improvement
+    v = np.concatenate([decaying(60, 2.3, 0.3), np.linspace(0.3, 1.5, 40)])
+    [h] = hits(_run(v), "L102")
+    assert h.severity == "warning"
+    assert 0.5 <= h.evidence["giveback"] < 1.0
+
+
+def test_small_late_rise_below_threshold_is_not_divergence():
+    # gives back ~30% of the improvement: below giveback_warning=0.5
+    v = np.concatenate([decaying(60, 2.3, 0.3), np.linspace(0.3, 0.9, 40)])
+    assert hits(_run(v), "L102") == []
+
+
+def test_converged_noisy_loss_is_not_divergence():
+    assert hits(_run(decaying(200, 2.3, 0.05, noise=0.01)), "L102") == []
+
+
+def test_too_few_points_is_not_evaluated():
+    assert hits(_run([1.0, 5.0, 50.0]), "L102") == []

@@ -1,0 +1,38 @@
+import numpy as np
+
+from rulekit import decaying, hits, make_run, series
+from report_gen.readers.signals import Signals
+
+
+def _signals(val, train=None, **kw):
+    train = decaying(len(val) * 10, 2.3, 0.01) if train is None else train
+    return Signals(train_loss=series("train/loss", train, steps=np.arange(len(train))),
+                   val_loss=series("val/loss", val, steps=np.arange(len(val)) * 10 + 9), **kw)
+
+
+def test_val_loss_rising_while_train_improves_is_overfitting():
+    val = np.concatenate([np.linspace(2.0, 0.8, 10), np.linspace(0.8, 1.4, 10)])
+    [h] = hits(make_run(signals=_signals(val)), "L105")
+    assert h.subject == "val/loss"
+    assert h.evidence["relative_rise"] > 0.3
+    assert h.evidence["evaluations_after_best"] >= 5
+
+
+def test_small_rise_below_threshold_is_not_overfitting():
+    val = np.concatenate([np.linspace(2.0, 0.8, 10), np.linspace(0.8, 0.86, 10)])  # +7.5% < 10%
+    assert hits(make_run(signals=_signals(val)), "L105") == []
+
+
+def test_short_blip_at_the_end_is_not_overfitting():
+    val = np.concatenate([np.linspace(2.0, 0.8, 18), [1.2, 1.3]])  # only 2 evaluations after the best
+    assert hits(make_run(signals=_signals(val)), "L105") == []
+
+
+def test_large_accuracy_gap_is_overfitting():
+    s = Signals(train_acc=series("train/acc", np.linspace(0.5, 1.0, 20)),
+                val_acc=series("val/acc", np.linspace(0.4, 0.6, 20)))
+    [h] = hits(make_run(signals=s), "L105")
+    assert h.evidence["gap"] > 0.3
+    s2 = Signals(train_acc=series("train/acc", np.linspace(0.5, 0.98, 20)),
+                 val_acc=series("val/acc", np.linspace(0.4, 0.8, 20)))
+    assert hits(make_run(signals=s2), "L105") == []
