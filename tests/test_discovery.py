@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from event_builders import make_scalar_event, make_version_event, write_records
+from report_gen.core import InputError
+from report_gen.readers.discovery import discover
+
+
+def _events(path):
+    write_records(path, [make_version_event(), make_scalar_event("loss", 0, 1.0)])
+
+
+def test_log_dir_with_several_runs_and_checkpoints(tmp_path):
+    _events(tmp_path / "a" / "events.out.tfevents.1")
+    _events(tmp_path / "a" / "sub_metric_x" / "events.out.tfevents.2")  # add_scalars sibling
+    _events(tmp_path / "b c ü" / "events.out.tfevents")  # spaces, unicode, no suffix (CatBoost)
+    (tmp_path / "a" / "checkpoints").mkdir()
+    torch.save({"w": torch.zeros(2)}, tmp_path / "a" / "checkpoints" / "epoch_1.pt")
+    (tmp_path / "only_ckpts").mkdir()
+    torch.save({"w": torch.zeros(2)}, tmp_path / "only_ckpts" / "x.pt")
+    runs = {r.name: r for r in discover([str(tmp_path)])}
+    assert set(runs) == {"a", "b c ü", "only_ckpts"}
+    assert sorted(sub for _, sub in runs["a"].event_files) == ["", "sub_metric_x"]
+    assert [p.rsplit("/", 1)[-1] for p in runs["a"].checkpoints] == ["epoch_1.pt"]
+    assert runs["only_ckpts"].event_files == [] and len(runs["only_ckpts"].checkpoints) == 1
+
+
+def test_single_files_are_runs(tmp_path):
+    ev = tmp_path / "r" / "events.out.tfevents.9"
+    _events(ev)
+    ck = tmp_path / "model.pth"
+    torch.save({"w": torch.zeros(2)}, ck)
+    a, b = discover([str(ev), str(ck)])
+    assert a.event_files == [(str(ev), "")] and b.checkpoints == [str(ck)]
+
+
+def test_missing_path_empty_folder_and_unknown_file(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        discover([str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no TensorBoard event files or checkpoints"):
+        discover([str(tmp_path / "empty")])
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="notes.txt: not an event file"):
+        discover([str(tmp_path / "notes.txt")])

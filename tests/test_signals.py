@@ -1,0 +1,91 @@
+"""Tag → signal mapping (DESIGN §6) on event files written the ways users write them."""
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+
+from event_builders import make_hist_event, make_scalar_event, make_version_event, write_records
+from report_gen.readers.discovery import discover
+from report_gen.readers.events import read_events
+from report_gen.readers.signals import Signals, TagConventions, build_signals, param_name
+
+
+def _signals(path) -> Signals:
+    [spec] = discover([str(path)])
+    return build_signals(read_events(spec.event_files))
+
+
+def test_param_names_accept_slashes():
+    assert param_name("layer1/0/conv1/weight") == "layer1.0.conv1.weight"
+
+
+def test_tutorial_conventions_with_torch_writer(tmp_path):
+    w = SummaryWriter(str(tmp_path / "run"))
+    for step in range(3):
+        w.add_scalar("train/loss", 1.0 / (step + 1), step)
+        w.add_scalar("val/loss", 1.2 / (step + 1), step)
+        w.add_scalar("train/acc", 0.5 + step / 10, step)
+        w.add_scalar("val/acc", 0.4 + step / 10, step)
+        w.add_scalar("train/lr", 0.1, step)
+        w.add_scalar("train/grad_norm", 2.0, step)
+        w.add_histogram("weight_hist/layer1.0.conv1.weight", np.random.randn(50), step)
+        w.add_histogram("grad_hist/layer1.0.conv1.weight", np.random.randn(50) * 1e-3, step)
+        w.add_histogram("activations/relu1", np.abs(np.random.randn(50)), step)
+        w.add_scalars("activation_stats/layer1.relu", {"mean": 0.5, "std": 0.2, "max": 2.0, "min": 0.0}, step)
+        w.add_scalar("update_ratio/fc.weight", 1e-3, step)
+    w.close()
+    s = _signals(tmp_path / "run")
+    assert s.train_loss.tag == "train/loss" and len(s.train_loss) == 3
+    assert s.val_loss.tag == "val/loss"
+    assert s.train_acc.tag == "train/acc" and s.val_acc.tag == "val/acc"
+    assert s.lr.tag == "train/lr" and s.grad_norm.tag == "train/grad_norm"
+    assert list(s.weight_hist) == ["layer1.0.conv1.weight"]
+    assert list(s.grad_hist) == ["layer1.0.conv1.weight"]
+    assert list(s.act_hist) == ["relu1"]
+    # add_scalars wrote sibling folders; they are regrouped under the run
+    assert set(s.act_stats["layer1.relu"]) == {"mean", "std", "max", "min"}
+    np.testing.assert_allclose(s.act_stats["layer1.relu"]["max"].values, [2.0, 2.0, 2.0])
+    assert list(s.update_ratio) == ["fc.weight"]
+
+
+def test_second_convention_and_generic_loss_names(tmp_path):
+    recs = [make_version_event()]
+    for step in range(4):
+        recs += [make_scalar_event("loss/train", step, 1.0 - step / 10),
+                 make_scalar_event("loss/val", step, 1.1 - step / 10),
+                 make_scalar_event("accuracy/val", step, 0.5),
+                 make_scalar_event("learning_rate", step, 0.01),
+                 make_scalar_event("train/box_loss", step, 3.0),
+                 make_hist_event("weights/fc/weight", step, np.arange(10.0)),
+                 make_hist_event("fc.weight/grad", step, np.arange(10.0) * 1e-3),
+                 make_hist_event("conv1.weight", step, np.arange(10.0))]
+    write_records(tmp_path / "run" / "events.out.tfevents.1.host", recs)
+    s = _signals(tmp_path / "run")
+    assert s.train_loss.tag == "loss/train"
+    assert s.val_loss.tag == "loss/val"
+    assert s.val_acc.tag == "accuracy/val"
+    assert s.lr.tag == "learning_rate"
+    assert "train/box_loss" in s.other_losses
+    assert set(s.weight_hist) == {"fc.weight", "conv1.weight"}
+    assert set(s.grad_hist) == {"fc.weight"}
+
+
+def test_keras_train_and_validation_folders_form_one_run(tmp_path):
+    for phase, base in (("train", 1.0), ("validation", 1.5)):
+        write_records(tmp_path / "logs" / phase / "events.out.tfevents.1.host.v2",
+                      [make_version_event()] + [make_scalar_event("epoch_loss", e, base - e / 10) for e in range(5)]
+                      + [make_scalar_event("epoch_accuracy", e, 0.5 + e / 20) for e in range(5)])
+    [spec] = discover([str(tmp_path / "logs")])
+    assert sorted(sub for _, sub in spec.event_files) == ["train", "validation"]
+    s = build_signals(read_events(spec.event_files))
+    np.testing.assert_allclose(s.train_loss.values, [1.0, 0.9, 0.8, 0.7, 0.6])
+    np.testing.assert_allclose(s.val_loss.values, [1.5, 1.4, 1.3, 1.2, 1.1])
+    assert s.train_acc is not None and s.val_acc is not None
+
+
+def test_configured_prefixes_extend_the_defaults(tmp_path):
+    write_records(tmp_path / "r" / "events.out.tfevents.1",
+                  [make_hist_event("my_grads/fc.weight", 0, np.arange(5.0))])
+    [spec] = discover([str(tmp_path / "r")])
+    data = read_events(spec.event_files)
+    assert build_signals(data).grad_hist == {}
+    conv = TagConventions(grad_hist=("my_grads/",) + TagConventions().grad_hist)
+    assert list(build_signals(data, conv).grad_hist) == ["fc.weight"]
