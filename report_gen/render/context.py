@@ -1,0 +1,397 @@
+"""The one view model that feeds both template sets (HTML and Markdown) and the terminal summary.
+
+Every presentation decision lives here: sorting, grouping, rounding, text clean-up and truncation,
+which plots matter and in which order. Templates only lay out what `build_context` returns, so the
+HTML and the Markdown report always agree. This module reads ONLY the report dict (never the run)
+and never decides a diagnostic threshold: it shows the verdicts the rules already made.
+"""
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+SEVERITY_ORDER = ("error", "warning", "info")
+SEVERITY_LABELS = {"error": "Errors", "warning": "Warnings", "info": "Info"}
+VERDICT_LABELS = {"fail": "FAIL", "warn": "WARN", "pass": "PASS"}
+CURVE_GROUPS = (
+    ("Loss", lambda name: "loss" in name.lower()),
+    ("Accuracy", lambda name: name in ("train_acc", "val_acc")),
+    ("Learning rate", lambda name: name == "lr"),
+    ("Gradient norm", lambda name: name == "grad_norm"),
+)
+DISTRIBUTION_KINDS = ("weight", "grad", "activation")
+IMAGE_KINDS = ("kernels", "image")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much of the report to show. None means "everything".
+
+    max_findings: keep only the most severe N findings (the rest are counted as cut).
+    max_rows: cap for long secondary tables (layers, rule coverage, suppressed, problems).
+    max_text: longest free text (message, suggestion, name) before it is cut with an ellipsis.
+    """
+
+    max_findings: int | None = None
+    max_rows: int | None = None
+    max_text: int = 2000
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def clean_text(value: Any, limit: int = 2000) -> str:
+    """str(value) with control characters replaced by spaces, cut to `limit` characters with '…'."""
+    text = "" if value is None else str(value)
+    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def format_value(value: Any) -> str:
+    """A number or small value rounded for people: 4 significant digits, nan/inf kept as words."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(format_value(v) for v in value[:8])
+        return f"[{shown}{', …' if len(value) > 8 else ''}]"
+    if isinstance(value, dict):
+        items = list(value.items())
+        shown = ", ".join(f"{clean_text(k, 60)}={format_value(v)}" for k, v in items[:8])
+        return shown + (", …" if len(items) > 8 else "")
+    return clean_text(value, 200)
+
+
+def format_duration(seconds: Any) -> str:
+    """93.2 -> '1 min 33 s'; unknown -> '—'."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        return "—"
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
+
+
+def severity_rank(severity: Any) -> int:
+    """error=2, warning=1, info=0, anything unknown=-1 (sorted last)."""
+    return {"error": 2, "warning": 1, "info": 0}.get(str(severity), -1)
+
+
+def plot_key(spec: dict) -> str:
+    """A stable string naming one plot: the same spec gives the same key (and the same PNG)."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def template_root() -> Path:
+    """Where the templates live: inside the installed wheel, else the source checkout's templates/."""
+    packaged = resources.files("report_gen") / "templates"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+# ------------------------------------------------------------------------------------ plot specs
+
+
+def _curve_series_title(series: Iterable[str]) -> str:
+    return ", ".join(s.removeprefix("other:") for s in series)
+
+
+def plot_title(spec: dict) -> str:
+    """Human title (also the image alt text) for a plot spec."""
+    kind = spec.get("kind")
+    if kind == "curve":
+        title = _curve_series_title(_list(spec.get("series")))
+        step = spec.get("mark_step")
+        return f"{title} (step {format_value(step)} marked)" if step is not None else title
+    if kind == "distribution":
+        return f"{spec.get('key', '')} over time"
+    if kind == "grad_depth":
+        return "gradient RMS by depth"
+    if kind in IMAGE_KINDS:
+        return str(spec.get("image", ""))
+    if kind == "layer_series":
+        return f"{spec.get('fact', '')} of {spec.get('param', '')}"
+    return str(kind)
+
+
+def _plot_ref(spec: dict | None, limits: Limits) -> dict | None:
+    if not isinstance(spec, dict) or not spec.get("kind"):
+        return None
+    return {"key": plot_key(spec), "spec": spec, "title": clean_text(plot_title(spec), min(limits.max_text, 200)),
+            "is_image": spec.get("kind") in IMAGE_KINDS}
+
+
+# -------------------------------------------------------------------------------------- findings
+
+
+def _finding_view(finding: dict, index: int, limits: Limits) -> dict:
+    text = limits.max_text
+    evidence = [(clean_text(k, 80), format_value(v)) for k, v in _dict(finding.get("evidence")).items()]
+    severity = str(finding.get("severity", "info"))
+    return {
+        "id": f"finding-{index}",
+        "code": clean_text(finding.get("code", ""), 20),
+        "name": clean_text(finding.get("name", ""), 80),
+        "category": clean_text(finding.get("category", ""), 80),
+        "severity": severity if severity in SEVERITY_ORDER else "info",
+        "run": clean_text(finding.get("run", ""), 200),
+        "subject": clean_text(finding.get("subject", ""), 300),
+        "message": clean_text(finding.get("message", ""), text),
+        "suggestion": clean_text(finding.get("suggestion", ""), text),
+        "status": clean_text(finding.get("status") or "", 20),
+        "reason": clean_text(finding.get("reason") or "", text),
+        "evidence": evidence[:40],
+        "plot": _plot_ref(finding.get("plot"), limits),
+    }
+
+
+def sort_findings(findings: Iterable[Any]) -> list[dict]:
+    """Most severe first, then by code, run and subject (a stable, readable order)."""
+    items = [f for f in findings if isinstance(f, dict)]
+    return sorted(items, key=lambda f: (-severity_rank(f.get("severity")), str(f.get("code", "")),
+                                        str(f.get("run", "")), str(f.get("subject", ""))))
+
+
+def _group_by_severity(views: list[dict]) -> list[dict]:
+    return [{"severity": s, "label": SEVERITY_LABELS[s], "findings": [v for v in views if v["severity"] == s]}
+            for s in SEVERITY_ORDER if any(v["severity"] == s for v in views)]
+
+
+def _capped(rows: list, limits: Limits) -> dict:
+    cap = limits.max_rows
+    shown = rows if cap is None else rows[:cap]
+    return {"rows": shown, "cut": len(rows) - len(shown)}
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], limits: Limits) -> dict:
+    """One run's summary card plus its layer table and plot references; `findings` are raw dicts."""
+    name = str(run_input.get("name", ""))
+    summary = _dict(details.get("summary"))
+    steps = _list(summary.get("steps")) or [run_input.get("first_step"), run_input.get("last_step")]
+    first, last = (steps + [None, None])[:2]
+    own = [f for f in findings if str(f.get("run", "")) == name]
+    counts = {s: sum(1 for f in own if f.get("severity") == s) for s in SEVERITY_ORDER}
+    problems = [{"file": clean_text(p.get("file", ""), 300), "kind": clean_text(p.get("kind", ""), 60),
+                 "severity": p.get("severity") if p.get("severity") in SEVERITY_ORDER else "warning",
+                 "message": clean_text(p.get("message", ""), limits.max_text),
+                 "offset": format_value(p.get("offset")) if p.get("offset") is not None else ""}
+                for p in map(_dict, _list(run_input.get("problems")))]
+    return {
+        "id": f"run-{index}",
+        "name": clean_text(name, 200),
+        "path": clean_text(run_input.get("path", ""), 500),
+        "steps": f"{format_value(first)} – {format_value(last)}" if first is not None or last is not None else "—",
+        "wall_time": format_duration(summary.get("wall_time_s")),
+        "event_files": format_value(run_input.get("event_files")),
+        "checkpoints": format_value(summary.get("checkpoints", run_input.get("checkpoints"))),
+        "parameters": format_value(summary.get("parameters")),
+        "parameter_count": format_value(summary.get("parameter_count")),
+        "signals": [clean_text(s, 200) for s in _list(summary.get("signals"))][:60],
+        "hparams": [(clean_text(k, 100), format_value(v)) for k, v in _dict(summary.get("hparams")).items()][:60],
+        "problems": _capped(problems, limits),
+        "counts": counts,
+        "verdict": "fail" if counts["error"] else "warn" if counts["warning"] else "pass",
+        "layers": _layers_view(_list(details.get("layers")), limits),
+        "curves": _curve_refs(name, _dict(details.get("curves")), limits),
+        "distributions": _distribution_refs(name, _dict(details.get("distributions")), limits),
+        "grad_depth": _plot_ref({"kind": "grad_depth", "run": name}, limits) if _list(details.get("grad_depth")) else None,
+        "images": _image_refs(name, _dict(details.get("images")), limits),
+    }
+
+
+def _layers_view(layers: list, limits: Limits) -> dict:
+    rows_in = [_dict(layer) for layer in layers]
+    columns: list[str] = []
+    for layer in rows_in:
+        columns += [k for k in _dict(layer.get("facts")) if k not in columns]
+    rows = []
+    for layer in rows_in:
+        facts, flags = _dict(layer.get("facts")), _dict(layer.get("flags"))
+        cells = [{"value": format_value(facts.get(c)) if c in facts else "",
+                  "severity": str(flags[c]) if str(flags.get(c)) in SEVERITY_ORDER else None} for c in columns]
+        shape = _list(layer.get("shape"))
+        rows.append({"param": clean_text(layer.get("param", ""), 200),
+                     "shape": "×".join(format_value(s) for s in shape) if shape else "",
+                     "cells": cells, "flagged": any(c["severity"] for c in cells)})
+    if limits.max_rows is not None:  # when rows get cut, keep the flagged ones
+        rows.sort(key=lambda r: not r["flagged"])
+    return {"columns": [clean_text(c, 60) for c in columns], **_capped(rows, limits)}
+
+
+def _curve_refs(run: str, curves: dict, limits: Limits) -> list[dict]:
+    refs = []
+    for title, belongs in CURVE_GROUPS:
+        series = [name for name in curves if belongs(name)]
+        if series:
+            ref = _plot_ref({"kind": "curve", "run": run, "series": series}, limits)
+            refs.append({**ref, "title": title})
+    return refs
+
+
+def _distribution_refs(run: str, distributions: dict, limits: Limits) -> list[dict]:
+    def order(key: str) -> tuple:
+        kind = key.split(":", 1)[0]
+        return (DISTRIBUTION_KINDS.index(kind) if kind in DISTRIBUTION_KINDS else len(DISTRIBUTION_KINDS), key)
+
+    return [_plot_ref({"kind": "distribution", "run": run, "key": key}, limits) for key in sorted(distributions, key=order)]
+
+
+def _image_refs(run: str, images: dict, limits: Limits) -> list[dict]:
+    refs = []
+    for key, image in images.items():
+        image = _dict(image)
+        ref = _plot_ref({"kind": "image", "run": run, "image": key}, limits)
+        title = clean_text(image.get("title") or key, 200)
+        step = image.get("step")
+        refs.append({**ref, "title": title if step is None else f"{title} (step {format_value(step)})"})
+    return refs
+
+
+# -------------------------------------------------------------------------------------- baseline
+
+
+def _baseline_view(baseline: Any, views: list[dict], limits: Limits) -> dict | None:
+    if not isinstance(baseline, dict):
+        return None
+    resolved = [_finding_view(f, i, limits) for i, f in enumerate(sort_findings(_list(baseline.get("resolved"))))]
+    for view in resolved:
+        view["id"] = "resolved-" + view["id"]
+    deltas = []
+    for d in map(_dict, _list(baseline.get("deltas"))):
+        deltas.append({"run": clean_text(d.get("run", ""), 200), "metric": clean_text(d.get("metric", ""), 200),
+                       "baseline": format_value(d.get("baseline")), "candidate": format_value(d.get("candidate")),
+                       "better": clean_text(d.get("better", ""), 20), "change": _delta_direction(d)})
+    return {
+        "path": clean_text(baseline.get("path", ""), 500),
+        "new": [v for v in views if v["status"] == "new"],
+        "persisting": [v for v in views if v["status"] != "new"],
+        "new_count": format_value(baseline.get("new", sum(1 for v in views if v["status"] == "new"))),
+        "persisting_count": format_value(baseline.get("persisting", sum(1 for v in views if v["status"] != "new"))),
+        "resolved": resolved,
+        "deltas": deltas,
+    }
+
+
+def _delta_direction(delta: dict) -> str:
+    """'better', 'worse', 'same' or '' (unknown): candidate vs baseline in the metric's good direction."""
+    base, cand, better = delta.get("baseline"), delta.get("candidate"), delta.get("better")
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (base, cand))
+    if not numeric or better not in ("lower", "higher"):
+        return ""
+    if cand == base:
+        return "same"
+    return "better" if (cand < base) == (better == "lower") else "worse"
+
+
+# ------------------------------------------------------------------------------------- the model
+
+
+def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
+    """Turn a report dict (report.json schema 1 + `details`) into the view model the templates show.
+
+    Never raises on missing or oddly-typed pieces: whatever is absent is simply not shown.
+    """
+    all_sorted = sort_findings(_list(report.get("findings")))
+    shown = all_sorted if limits.max_findings is None else all_sorted[: max(limits.max_findings, 0)]
+    views = [_finding_view(f, i, limits) for i, f in enumerate(shown)]
+    summary = _dict(report.get("summary"))
+    verdict = str(summary.get("verdict", "pass"))
+    counts = _dict(summary.get("counts"))
+    details_runs = _dict(_dict(report.get("details")).get("runs"))
+    run_inputs = [_dict(r) for r in _list(_dict(report.get("inputs")).get("runs"))]
+    known = {str(r.get("name", "")) for r in run_inputs}
+    run_inputs += [{"name": name} for name in details_runs if name not in known]
+    runs = [_run_view(i, r, _dict(details_runs.get(str(r.get("name", "")))), all_sorted, limits)
+            for i, r in enumerate(run_inputs)]
+    baseline = _baseline_view(report.get("baseline"), views, limits)
+    generator = _dict(report.get("generator"))
+    context = {
+        "generator": clean_text(f"{generator.get('name', 'report_gen')} {generator.get('version', '')}".strip(), 100),
+        "created": clean_text(report.get("created", ""), 40),
+        "verdict": verdict if verdict in VERDICT_LABELS else "pass",
+        "verdict_label": VERDICT_LABELS.get(verdict, clean_text(verdict, 20).upper()),
+        "counts": [(s, counts.get(s, 0) if isinstance(counts.get(s, 0), int) else 0) for s in SEVERITY_ORDER],
+        "runs": runs,
+        "probe": format_value(_dict(report.get("inputs")).get("probe")) if _dict(report.get("inputs")).get("probe") else "",
+        "findings": views,
+        "groups": _group_by_severity(views),
+        "findings_total": len(all_sorted),
+        "findings_cut": len(all_sorted) - len(views),
+        "baseline": baseline,
+        "evaluated": _capped([{"code": clean_text(e.get("code", ""), 20), "name": clean_text(e.get("name", ""), 80),
+                               "category": clean_text(e.get("category", ""), 80),
+                               "runs": ", ".join(clean_text(r, 200) for r in _list(e.get("runs")))}
+                              for e in map(_dict, _list(report.get("evaluated")))], limits),
+        "not_evaluated": _capped([{"code": clean_text(e.get("code", ""), 20), "name": clean_text(e.get("name", ""), 80),
+                                   "reason": clean_text(e.get("reason", ""), limits.max_text),
+                                   "enable": clean_text(e.get("enable", ""), 500)}
+                                  for e in map(_dict, _list(report.get("not_evaluated")))], limits),
+        "suppressed": _capped([_finding_view(f, i, limits) for i, f in
+                               enumerate(sort_findings(_list(report.get("suppressed"))))], limits),
+        "unused_suppressions": [clean_text(s, 100) for s in _list(report.get("unused_suppressions"))][:100],
+    }
+    for i, view in enumerate(context["suppressed"]["rows"]):
+        view["id"] = f"suppressed-{i}"
+    context["plot_order"] = _plot_order(context)
+    context["sections"] = _sections(context)
+    return context
+
+
+def _plot_order(context: dict) -> list[dict]:
+    """Every plot the report can show, most important first (the figure cap keeps a prefix)."""
+    refs = [v["plot"] for v in context["findings"] if v["plot"]]
+    for run in context["runs"]:
+        refs += ([run["grad_depth"]] if run["grad_depth"] else []) + run["curves"] + run["distributions"] + run["images"]
+    unique: dict[str, dict] = {}
+    for ref in refs:
+        unique.setdefault(ref["key"], ref["spec"])
+    return list(unique.values())
+
+
+def _sections(context: dict) -> list[tuple[str, str]]:
+    """Table of contents: (anchor, title) of the sections that have something to show."""
+    runs = context["runs"]
+    present = [
+        ("summary", "Summary", True),
+        ("baseline", "Compared with baseline", context["baseline"] is not None),
+        ("findings", "Findings", True),
+        ("layers", "Layer health", any(r["layers"]["rows"] for r in runs)),
+        ("curves", "Training curves", any(r["curves"] for r in runs)),
+        ("distributions", "Distributions", any(r["distributions"] for r in runs)),
+        ("gradients", "Gradients by depth", any(r["grad_depth"] for r in runs)),
+        ("images", "Kernels and images", any(r["images"] for r in runs)),
+        ("coverage", "Rule coverage", bool(context["evaluated"]["rows"] or context["not_evaluated"]["rows"])),
+        ("suppressed", "Suppressed", bool(context["suppressed"]["rows"] or context["unused_suppressions"])),
+        ("problems", "Input problems", any(r["problems"]["rows"] for r in runs)),
+    ]
+    return [(anchor, title) for anchor, title, shown in present if shown]

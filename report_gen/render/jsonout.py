@@ -1,0 +1,43 @@
+"""report.json: exactly the report dict, strict JSON (NaN/Inf as strings), UTF-8, indent=1."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from report_gen.core import InputError, _jsonable
+
+SCHEMA_VERSION = 1
+
+
+def dumps(report: dict) -> str:
+    """The report as strict JSON text; numpy values become plain numbers, NaN/Inf become strings."""
+    return json.dumps(_jsonable(report), allow_nan=False, ensure_ascii=False, indent=1)
+
+
+def write_json(report: dict, path: str | Path) -> Path:
+    """Write the report to `path` (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(dumps(report) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def load_report(path: str | Path) -> dict:
+    """Read a report.json written by report_gen; InputError (one line) when it is not one."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read ({error.__class__.__name__})") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno})") from None
+    if not isinstance(report, dict):
+        raise InputError(f"{path}: not a report (expected a JSON object)")
+    version = report.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InputError(f"{path}: unsupported schema_version {version!r} (expected {SCHEMA_VERSION})")
+    return report

@@ -1,0 +1,241 @@
+"""Evidence plots drawn from the numbers in a report's `details` (matplotlib, Agg, no pyplot).
+
+One style for every figure, a colour-blind-safe palette (Okabe-Ito), small PNGs. A `PlotStore` draws
+each plot key once and hands the same PNG bytes to the HTML and the Markdown renderer; it draws at
+most `max_figures` figures, in the priority order the view model gives, reusing one Figure object.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from cycler import cycler
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from report_gen.render.context import IMAGE_KINDS, plot_key
+
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+STYLE = {
+    "axes.prop_cycle": cycler(color=OKABE_ITO),
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "legend.fontsize": 7,
+    "legend.frameon": False,
+    "figure.facecolor": "white",
+}
+FIGSIZE = (6.0, 2.6)
+DPI = 100
+MARGINS = {"left": 0.1, "right": 0.98, "top": 0.9, "bottom": 0.17}
+DEFAULT_MAX_FIGURES = 40
+TENSORBOARD_SMOOTHING = 0.6
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BAND_PAIRS = (("0", "100", 0.15), ("7", "93", 0.25), ("16", "84", 0.35), ("31", "69", 0.5))
+
+
+def to_floats(values: Any) -> np.ndarray:
+    """JSON numbers to float64; None and 'nan' become NaN, 'inf'/'-inf' become ±inf, junk becomes NaN."""
+    out = []
+    for v in values if isinstance(values, list) else []:
+        try:
+            out.append(float(v) if v is not None and not isinstance(v, bool) else math.nan)
+        except (TypeError, ValueError):
+            out.append(math.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+def ema_smooth(values: np.ndarray, weight: float = TENSORBOARD_SMOOTHING) -> np.ndarray:
+    """TensorBoard's scalar smoothing: a debiased exponential moving average.
+
+    Non-finite points are passed through unsmoothed and do not enter the average; a constant series is
+    left as it is (both as in TensorBoard's `classicSmoothing`).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0 or np.all(values == values[0]):
+        return values.copy()
+    out = values.copy()
+    last, accumulated = 0.0, 0
+    for i, y in enumerate(values):
+        if not math.isfinite(y):
+            continue
+        last = last * weight + (1 - weight) * y
+        accumulated += 1
+        out[i] = last / (1 - weight**accumulated)
+    return out
+
+
+def decode_png(encoded: Any) -> bytes | None:
+    """base64 text -> PNG bytes, or None when it is not valid base64 of a PNG."""
+    if not isinstance(encoded, str):
+        return None
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if data.startswith(PNG_SIGNATURE) else None
+
+
+class PlotStore:
+    """Draws plots for one report on demand and remembers their PNG bytes by plot key."""
+
+    def __init__(self, report: dict, max_figures: int = DEFAULT_MAX_FIGURES) -> None:
+        runs = report.get("details", {}).get("runs", {}) if isinstance(report.get("details"), dict) else {}
+        self._runs: dict = runs if isinstance(runs, dict) else {}
+        self._max_figures = max_figures
+        self._png: dict[str, bytes | None] = {}
+        self._figure: Figure | None = None
+        self.figures_drawn = 0
+
+    def prepare(self, specs: Iterable[dict]) -> None:
+        """Draw (or decode) every spec not seen yet, in order, until the figure cap is reached."""
+        with rc_context(STYLE):
+            for spec in specs:
+                key = plot_key(spec)
+                if key in self._png:
+                    continue
+                if spec.get("kind") in IMAGE_KINDS:
+                    self._png[key] = self._logged_image(spec)
+                elif self.figures_drawn < self._max_figures:
+                    self._png[key] = self._draw(spec)
+
+    def png(self, key: str) -> bytes | None:
+        """PNG bytes of a prepared plot, or None (not prepared, over the cap, or nothing to draw)."""
+        return self._png.get(key)
+
+    # -------------------------------------------------------------------------------- drawing
+
+    def _run(self, spec: dict) -> dict:
+        run = self._runs.get(str(spec.get("run", "")))
+        return run if isinstance(run, dict) else {}
+
+    def _logged_image(self, spec: dict) -> bytes | None:
+        image = self._run(spec).get("images", {}).get(str(spec.get("image", "")))
+        return decode_png(image.get("png_base64")) if isinstance(image, dict) else None
+
+    def _draw(self, spec: dict) -> bytes | None:
+        painter: Callable[[Any, dict, dict], bool] | None = {
+            "curve": _paint_curves, "distribution": _paint_distribution,
+            "grad_depth": _paint_grad_depth, "layer_series": _paint_layer_series,
+        }.get(str(spec.get("kind")))
+        if painter is None:
+            return None
+        if self._figure is None:
+            self._figure = Figure(figsize=FIGSIZE, dpi=DPI)
+            FigureCanvasAgg(self._figure)
+        fig = self._figure
+        fig.clear()
+        fig.subplots_adjust(**MARGINS)  # fixed margins: tight_layout would double the drawing time
+        ax = fig.add_subplot()
+        try:
+            drawn = painter(ax, self._run(spec), spec)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+            drawn = False  # malformed numbers in details: show no plot rather than stop the report
+        if not drawn:
+            return None
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        self.figures_drawn += 1
+        return buffer.getvalue()
+
+
+def _xy(series: Any, values_key: str = "values") -> tuple[np.ndarray, np.ndarray]:
+    series = series if isinstance(series, dict) else {}
+    x, y = to_floats(series.get("steps")), to_floats(series.get(values_key))
+    n = min(len(x), len(y))
+    return x[:n], y[:n]
+
+
+def _label(text: str, limit: int = 60) -> str:
+    """Data-provided text as a matplotlib label: single line, no mathtext ($), bounded length."""
+    text = " ".join(str(text).split()).replace("$", r"\$")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _tail(name: str, limit: int = 18) -> str:
+    """The end of a long parameter name (where names differ): 'layer2.0.conv1.weight' -> '…0.conv1.weight'."""
+    name = _label(name, 200)
+    return name if len(name) <= limit else "…" + name[-(limit - 1):]
+
+
+def _paint_curves(ax, run: dict, spec: dict) -> bool:
+    curves = run.get("curves", {}) if isinstance(run.get("curves"), dict) else {}
+    drawn = False
+    for index, name in enumerate(s for s in spec.get("series", []) if s in curves):
+        x, y = _xy(curves[name])
+        if not len(x):
+            continue
+        colour = OKABE_ITO[index % len(OKABE_ITO)]
+        ax.plot(x, y, color=colour, alpha=0.3, linewidth=0.8)
+        ax.plot(x, ema_smooth(y), color=colour, linewidth=1.4, label=_label(name.removeprefix("other:")))
+        bad = ~np.isfinite(y)
+        if bad.any():
+            ax.plot(x[bad], np.full(int(bad.sum()), 0.96), "x", color=colour, markersize=5,
+                    transform=ax.get_xaxis_transform(), label="non-finite")
+        drawn = True
+    if not drawn:
+        return False
+    mark = spec.get("mark_step")
+    if isinstance(mark, (int, float)) and not isinstance(mark, bool):
+        ax.axvline(mark, color="#555555", linestyle="--", linewidth=1)
+    ax.set_xlabel("step")
+    ax.legend(loc="best")
+    return True
+
+
+def _paint_distribution(ax, run: dict, spec: dict) -> bool:
+    dists = run.get("distributions", {}) if isinstance(run.get("distributions"), dict) else {}
+    dist = dists.get(str(spec.get("key", "")))
+    if not isinstance(dist, dict) or not isinstance(dist.get("percentiles"), dict):
+        return False
+    steps = to_floats(dist.get("steps"))
+    pct = {k: to_floats(v)[: len(steps)] for k, v in dist["percentiles"].items()}
+    if not len(steps) or "50" not in pct:
+        return False
+    colour = OKABE_ITO[0]
+    for low, high, alpha in BAND_PAIRS:
+        if low in pct and high in pct and len(pct[low]) == len(pct[high]) == len(steps):
+            ax.fill_between(steps, pct[low], pct[high], color=colour, alpha=alpha, linewidth=0)
+    ax.plot(steps[: len(pct["50"])], pct["50"], color=colour, linewidth=1.2, label="median")
+    ax.set_xlabel("step")
+    ax.set_title(_label(str(spec.get("key", "")), 90), loc="left")
+    return True
+
+
+def _paint_grad_depth(ax, run: dict, spec: dict) -> bool:
+    rows = [r for r in run.get("grad_depth", []) if isinstance(r, dict)]
+    rms = to_floats([r.get("grad_rms") for r in rows])
+    positive = np.where(np.isfinite(rms) & (rms > 0), rms, np.nan)
+    if not np.isfinite(positive).any():
+        return False
+    depth = np.arange(len(rows))
+    ax.bar(depth, positive, color=OKABE_ITO[0], width=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("grad RMS (log)")
+    ax.set_xlabel("depth (input → output)")
+    if len(rows) <= 24:
+        ax.set_xticks(depth, [_tail(str(r.get("param", ""))) for r in rows], rotation=45, ha="right",
+                      fontsize=6)
+        ax.figure.subplots_adjust(bottom=0.36)
+    return True
+
+
+def _paint_layer_series(ax, run: dict, spec: dict) -> bool:
+    series = run.get("layer_series", {}) if isinstance(run.get("layer_series"), dict) else {}
+    x, y = _xy(series.get(str(spec.get("param", ""))), str(spec.get("fact", "")))
+    if not len(x):
+        return False
+    ax.plot(x, y, color=OKABE_ITO[0], linewidth=1.2, label=_label(str(spec.get("fact", ""))))
+    ax.set_xlabel("step")
+    ax.set_title(_label(str(spec.get("param", "")), 90), loc="left")
+    if np.all(y[np.isfinite(y)] > 0) and np.isfinite(y).sum() > 1:
+        ax.set_yscale("log")
+    return True

@@ -1,0 +1,56 @@
+"""Plot drawing: PNGs, figure cap, shared store, bad data."""
+from __future__ import annotations
+
+import base64
+import struct
+
+from report_gen.render.context import build_context, plot_key
+from report_gen.render.plots import PlotStore, decode_png
+from sample_report import make_report_dict, tiny_png
+
+
+def _size(png: bytes) -> tuple[int, int]:
+    return struct.unpack(">II", png[16:24])
+
+
+def test_plots_are_small_pngs_drawn_once_per_key():
+    report = make_report_dict(n_findings=6)
+    order = build_context(report)["plot_order"]
+    store = PlotStore(report)
+    store.prepare(order)
+    drawn = store.figures_drawn
+    store.prepare(order)  # a second renderer asking again draws nothing new
+    assert store.figures_drawn == drawn
+    curve = plot_key({"kind": "curve", "run": "healthy_cnn", "series": ["train_loss", "val_loss"]})
+    png = store.png(curve)
+    assert png.startswith(b"\x89PNG") and _size(png) == (600, 260)
+
+
+def test_figure_cap_keeps_the_most_important_plots():
+    report = make_report_dict(n_findings=6)
+    order = build_context(report)["plot_order"]
+    store = PlotStore(report, max_figures=2)
+    store.prepare(order)
+    assert store.figures_drawn == 2
+    drawn = [s for s in order if store.png(plot_key(s)) and s["kind"] not in ("image", "kernels")]
+    assert drawn == [s for s in order if s["kind"] not in ("image", "kernels")][:2]
+    kernels = {"kind": "kernels", "run": "healthy_cnn", "image": "kernels:conv1.weight"}
+    assert store.png(plot_key(kernels)) == tiny_png(64, 64, 1)  # logged images are not figures: never capped
+
+
+def test_bad_data_gives_no_plot_instead_of_an_error():
+    report = {"details": {"runs": {"r": {"curves": {"a": {"steps": [1, 2], "values": ["x", "y"]}},
+                                         "grad_depth": [{"grad_rms": 0}, {"grad_rms": -1}],
+                                         "distributions": {"w": {"steps": [1], "percentiles": {"0": [1]}}}}}}}
+    specs = [{"kind": "grad_depth", "run": "r"}, {"kind": "distribution", "run": "r", "key": "w"},
+             {"kind": "curve", "run": "missing", "series": ["a"]}, {"kind": "unknown", "run": "r"}]
+    store = PlotStore(report)
+    store.prepare(specs)
+    assert [store.png(plot_key(s)) for s in specs] == [None] * 4
+    assert store.figures_drawn == 0
+
+
+def test_decode_png_accepts_only_base64_png():
+    assert decode_png(base64.b64encode(tiny_png()).decode()) == tiny_png()
+    assert decode_png(base64.b64encode(b"GIF89a....").decode()) is None
+    assert decode_png("not base64!") is None and decode_png(None) is None
