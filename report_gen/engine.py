@@ -62,8 +62,9 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFac
         try:
             c = open_checkpoint(path, trust_pickles=opts.trust_pickles)
         except CheckpointError as e:
-            problems.append(Problem(file=path, kind=getattr(e, "kind", "unreadable-checkpoint"),
-                                    message=str(e), severity="warning"))
+            # a saved tensor or list beside the checkpoints (a probe batch, embeddings) is not damage
+            harmless = e.kind == "no-weights"
+            problems.append(Problem(file=path, kind=e.kind, message=str(e), severity="info" if harmless else "warning"))
             continue
         problems.extend(c.problems)
         if c.tensors:

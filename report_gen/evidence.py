@@ -144,8 +144,9 @@ def _layers(run: RunFacts, findings) -> list[dict[str, Any]]:
                 facts["dead_kernel_ratio"] = _num(np.mean(amax < 0.01)) if amax.size else None
             if st.kernel_diversity is not None:
                 facts["kernel_diversity"] = _num(st.kernel_diversity)
-            if st.unit_max_corr is not None and len(st.unit_max_corr):
-                facts["max_corr"] = _num(np.nanmax(np.asarray(st.unit_max_corr, dtype=float)))
+            mc = np.asarray(st.unit_max_corr if st.unit_max_corr is not None else [], dtype=float)
+            if np.isfinite(mc).any():
+                facts["max_corr"] = _num(np.nanmax(mc))
         elif n in run.signals.weight_hist:
             h = run.signals.weight_hist[n]
             facts["weight_std"] = _num(h.std[-1]) if len(h) else None

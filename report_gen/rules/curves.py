@@ -72,8 +72,14 @@ def nonfinite_loss(run, opts: NonfiniteLossOptions):
 class DivergenceOptions:
     min_points: int = 10  # fewer finite points: not evaluated for this series
     giveback_warning: float = 0.5  # final level gave back this share of the improvement at best...
-    giveback_error: float = 1.0  # ...or more than all of it (ends above where it started)
-    blowup_ratio: float = 10.0  # or the finite loss ends this many times above its best (positive losses)
+    giveback_error: float = 1.0  # ...or all of it (ends at or above where it started)
+    spike_factor: float = 10.0  # or, after its best, the loss spiked this many improvement-spans above it
+    min_span: float = 0.05  # improvements smaller than this share of the starting loss count as this much
+
+
+def _scale(summ: curves.CurveSummary, min_span: float) -> float:
+    """The yardstick for rises: what the run learned, but never less than min_span of its start level."""
+    return max(summ.span, min_span * abs(summ.start), 1e-12)
 
 
 @rule("L102", "divergence", "divergence", "error", needs=["train_loss"], options=DivergenceOptions,
@@ -83,7 +89,9 @@ def divergence(run, opts: DivergenceOptions):
     """
     What it detects:
         The training loss rises far above its best value: by the end it has given back most of what it
-        learned (or more), or sits many times above its best.
+        learned (or more), or after its best it spiked to many times the whole improvement above it.
+        Rises are measured against what the run learned (start minus best), never against the loss
+        value itself, so a loss near 0 that moves from 0.001 to 0.01 is not "10× worse".
     Why it matters:
         A diverging run's final weights are worse than an earlier checkpoint's; reported final metrics
         understate what the model could do, or the run is broken outright.
@@ -97,30 +105,40 @@ def divergence(run, opts: DivergenceOptions):
         min_points: minimum finite points before the rule looks (default 10).
         giveback_warning / giveback_error: share of the improvement (start minus best) given back at
         the end for a warning / an error (defaults 0.5 / 1.0).
-        blowup_ratio: final/best ratio for a positive loss that counts as an error (default 10).
+        spike_factor: a post-best peak this many improvement spans above the best is an error (10).
+        min_span: the improvement span is at least this share of the starting loss (0.05), so noise
+        on a flat curve is not read as divergence.
     """
     s = run.signals.train_loss
-    v = s.values[np.isfinite(s.values)]
+    finite = np.isfinite(s.values)
+    v = s.values[finite]
     if v.size < opts.min_points:
         return
     summ = curves.summarize(v)
     if summ is None:
         return
-    rise = summ.end - summ.best
-    giveback = rise / summ.span if summ.span > 0 else (np.inf if rise > 0 else 0.0)
-    ratio = summ.end / summ.best if summ.best > 0 else None
+    scale = _scale(summ, opts.min_span)
+    giveback = (summ.end - summ.best) / scale
+    peak_i = summ.best_index + int(np.argmax(v[summ.best_index:]))
+    spike = (float(v[peak_i]) - summ.best) / scale
     sev = None
-    if giveback >= opts.giveback_error or (ratio is not None and ratio >= opts.blowup_ratio and rise > 0):
+    if giveback >= opts.giveback_error or spike >= opts.spike_factor:
         sev = "error"
-    elif giveback >= opts.giveback_warning and rise > 0:
+    elif giveback >= opts.giveback_warning:
         sev = "warning"
     if sev is None:
         return
-    best_step = int(s.steps[np.isfinite(s.values)][summ.best_index])
-    yield Hit(s.tag, f"{s.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} at the "
-                     f"end, giving back {giveback:.0%} of the improvement from {_fmt(summ.start)}",
-              {"start": summ.start, "best": summ.best, "best_step": best_step, "end": summ.end,
-               "giveback": giveback, "end_over_best": ratio},
+    steps = s.steps[finite]
+    best_step = int(steps[summ.best_index])
+    if spike >= opts.spike_factor and giveback < opts.giveback_error:
+        msg = (f"{s.tag} spiked to {_fmt(float(v[peak_i]))} at step {int(steps[peak_i])} after reaching its best "
+               f"{_fmt(summ.best)} (step {best_step}): {spike:.3g}× the whole improvement from {_fmt(summ.start)}")
+    else:
+        msg = (f"{s.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} at the end, "
+               f"giving back {giveback:.0%} of the improvement from {_fmt(summ.start)}")
+    yield Hit(s.tag, msg, {"start": summ.start, "best": summ.best, "best_step": best_step, "end": summ.end,
+                           "giveback": giveback, "peak": float(v[peak_i]), "peak_step": int(steps[peak_i]),
+                           "spike": spike},
               severity=sev, plot={"kind": "curve", "run": run.name, "series": ["train_loss"], "mark_step": best_step})
 
 
@@ -128,7 +146,8 @@ def divergence(run, opts: DivergenceOptions):
 class PlateauOptions:
     min_points: int = 10
     min_improvement: float = 0.05  # relative decrease of the loss from its start to its best
-    min_acc_gain: float = 0.02  # absolute accuracy gain from start to best
+    min_acc_gain: float = 0.02  # absolute accuracy gain from start to best...
+    max_acc_level: float = 0.9  # ...for an accuracy that never got near its ceiling
 
 
 @rule("L103", "plateau", "plateau", "warning", needs=["train_loss", "train_acc", "val_acc"],
@@ -152,7 +171,8 @@ def plateau(run, opts: PlateauOptions):
     Options:
         min_points: minimum points before the rule looks (default 10).
         min_improvement: relative loss decrease from start to best below which it is a plateau (0.05).
-        min_acc_gain: absolute accuracy gain below which accuracy is flat (0.02).
+        min_acc_gain: absolute accuracy gain below which accuracy is flat (0.02); accuracy is only
+        judged when no training loss was logged, and not once it reached max_acc_level (0.9).
     """
     s = run.signals
     if s.train_loss is not None and np.isfinite(s.train_loss.values).sum() >= opts.min_points:
@@ -166,14 +186,16 @@ def plateau(run, opts: PlateauOptions):
                           {"relative_improvement": imp, "start": summ.start, "best": summ.best,
                            "points": summ.n, "threshold": opts.min_improvement},
                           plot={"kind": "curve", "run": run.name, "series": ["train_loss"]})
-                return
+        return  # the loss decides; accuracy is only the fallback when no training loss was logged
     for key in ("train_acc", "val_acc"):
         a = getattr(s, key)
         if a is None or np.isfinite(a.values).sum() < opts.min_points:
             continue
         summ = curves.summarize(a.values, higher_is_better=True)
-        if summ is not None and summ.best - summ.start < opts.min_acc_gain:
-            yield Hit(a.tag, f"{a.tag} never rose more than {opts.min_acc_gain:g} above its start "
+        ceiling = 100.0 if np.nanmax(a.values) > 1.5 else 1.0
+        if summ is not None and summ.best - summ.start < opts.min_acc_gain * ceiling \
+                and summ.best < opts.max_acc_level * ceiling:
+            yield Hit(a.tag, f"{a.tag} never rose more than {opts.min_acc_gain * ceiling:g} above its start "
                              f"({_fmt(summ.start)} → best {_fmt(summ.best)})",
                       {"start": summ.start, "best": summ.best, "gain": summ.best - summ.start,
                        "threshold": opts.min_acc_gain},
@@ -187,6 +209,7 @@ class OscillationOptions:
     min_points: int = 20
     min_sign_change_rate: float = 0.5  # TheDeepChecker: smoothness below 0.5 = fluctuating
     min_relative_swing: float = 0.2  # median step-to-step swing / total improvement span (AUTOTRAINER's eta)
+    min_level: float = 0.1  # the span is at least this share of the loss level at the end
 
 
 @rule("L104", "oscillation", "oscillation", "warning", needs=["train_loss", "val_loss"],
@@ -210,6 +233,7 @@ def oscillation(run, opts: OscillationOptions):
         window: points examined at the end (50). min_points: minimum points (20).
         min_sign_change_rate: share of direction changes (0.5).
         min_relative_swing: median |Δloss| over the whole-run improvement span (0.2).
+        min_level: the span counts as at least this share of the final loss level (0.1).
     """
     for key in ("train_loss", "val_loss"):
         s = getattr(run.signals, key)
@@ -222,7 +246,8 @@ def oscillation(run, opts: OscillationOptions):
         tail = v[-opts.window:]
         rate = curves.sign_change_rate(tail)
         swing = curves.swing_amplitude(tail)
-        span = max(summ.span, abs(summ.best) * 1e-3, 1e-12)
+        # yardstick: what the run learned, but at least min_level of the loss level (noise on a flat curve)
+        span = max(summ.span, opts.min_level * abs(float(np.median(tail))), 1e-12)
         rel = swing / span
         if rate >= opts.min_sign_change_rate and rel >= opts.min_relative_swing:
             yield Hit(s.tag, f"{s.tag} swings step to step in its last {tail.size} points: direction changes "
@@ -235,7 +260,7 @@ def oscillation(run, opts: OscillationOptions):
 @dataclass(frozen=True)
 class OverfittingOptions:
     min_points: int = 6  # validation points needed
-    min_rise: float = 0.10  # val loss end above its best, relative to |best|
+    min_rise: float = 0.25  # val loss end above its best, relative to how much it improved (start - best)
     min_tail_share: float = 0.2  # the rise lasts at least this share of the validation points...
     min_tail_points: int = 3  # ...and at least this many points
     max_acc_gap: float = 0.25  # train acc - val acc at the end above this: overfitting (gap)
@@ -259,8 +284,8 @@ def overfitting(run, opts: OverfittingOptions):
         Early stopping on validation, weight decay, dropout, data augmentation, a smaller model,
         more data; report the best-validation checkpoint.
     Options:
-        min_points: validation points needed (6). min_rise: relative rise of the validation loss
-        above its best (0.10). min_tail_share / min_tail_points: how long the rise must last (0.2 / 3).
+        min_points: validation points needed (6). min_rise: rise of the validation loss above its
+        best, as a share of its improvement from start to best (0.25). min_tail_share / min_tail_points: how long the rise must last (0.2 / 3).
         max_acc_gap: train−val accuracy gap at the end (0.25).
     """
     s = run.signals
@@ -269,7 +294,7 @@ def overfitting(run, opts: OverfittingOptions):
         vals, steps = v.values, v.steps
         summ = curves.summarize(vals, frac=0.15, minimum=2)
         tail_n = len(vals) - 1 - summ.best_index
-        rise = (summ.end - summ.best) / max(abs(summ.best), 1e-12)
+        rise = (summ.end - summ.best) / max(summ.span, 0.05 * abs(summ.start), 1e-12)
         if tail_n >= max(opts.min_tail_points, opts.min_tail_share * len(vals)) and rise >= opts.min_rise:
             best_step = int(steps[summ.best_index])
             train_ok = True
@@ -280,15 +305,17 @@ def overfitting(run, opts: OverfittingOptions):
                 if before.size and after.size:
                     train_ok = float(np.median(after[-max(1, after.size // 5):])) <= float(np.median(before[-max(1, before.size // 5):]))
             if train_ok:
-                yield Hit(v.tag, f"{v.tag} rose {rise:.0%} above its best {_fmt(summ.best)} (step {best_step}) over "
-                                 f"the last {tail_n} evaluations while training loss kept improving",
+                yield Hit(v.tag, f"{v.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} "
+                                 f"over the last {tail_n} evaluations ({rise:.0%} of its improvement given back) "
+                                 f"while training loss kept improving",
                           {"best": summ.best, "best_step": best_step, "end": summ.end, "relative_rise": rise,
                            "evaluations_after_best": tail_n, "threshold": opts.min_rise},
                           plot={"kind": "curve", "run": run.name, "series": ["train_loss", "val_loss"],
                                 "mark_step": best_step})
                 return
     ta, va = s.train_acc, s.val_acc
-    if ta is not None and va is not None and len(ta) and len(va):
+    losses_finite = all(x is None or curves.first_nonfinite(x.values) is None for x in (s.train_loss, s.val_loss))
+    if ta is not None and va is not None and len(ta) and len(va) and losses_finite:
         t_end = curves.late(ta.values, 0.1)
         v_end = curves.late(va.values, 0.1)
         if t_end.size and v_end.size:

@@ -37,6 +37,7 @@ def _changes(run) -> tuple[dict[str, float], str] | tuple[None, None]:
 class FrozenOptions:
     max_change: float = 0.0  # total relative change at or below this counts as unchanged
     min_others_change: float = 1e-6  # the rest of the model must have changed at least this much (median)
+    tiny_grad: float = 1e-8  # gradient RMS below this: the layer gets no signal (a symptom, not a frozen layer)
 
 
 @rule("U101", "frozen-layer", "frozen-layer", "error", needs=["checkpoint_series", "weight_hist"],
@@ -48,9 +49,11 @@ def frozen_layer(run, opts: FrozenOptions):
     """
     What it detects:
         Parameters that do not change at all across the checkpoint series (or whose logged weight
-        histogram stays identical) while the rest of the model does. Reported per layer. A frozen block
-        at the start of the model (a frozen backbone while fine-tuning) is a warning; a frozen layer
-        between trained layers is an error, since that is rarely intended.
+        histogram stays identical) while the rest of the model does. Reported per layer. A frozen layer
+        between trained layers that still receives gradients is an error (it is missing from the
+        optimizer); a frozen block at the start of the model (a frozen backbone while fine-tuning), or
+        a layer whose logged gradients are ~0 (its stillness is a symptom of dead units or vanishing
+        gradients upstream), is a warning.
     Why it matters:
         A layer silently left out of the optimizer keeps its random initialisation: the model trains
         around it and ends up worse, and nobody notices until the metric is bad.
@@ -63,6 +66,7 @@ def frozen_layer(run, opts: FrozenOptions):
     Options:
         max_change: total relative change regarded as none (0.0: bit-identical).
         min_others_change: median total change of the other parameters needed (1e-6).
+        tiny_grad: gradient RMS under which the layer is starved rather than frozen (1e-8).
     """
     changes, source = _changes(run)
     if not changes:
@@ -77,14 +81,23 @@ def frozen_layer(run, opts: FrozenOptions):
         if n in frozen:
             by_module.setdefault(module_of(n), []).append(n)
     first_moving = next((i for i, n in enumerate(order) if n not in frozen), len(order))
+    grads = run.grad_estimates
     for mod, params in by_module.items():
         prefix = order.index(params[0]) < first_moving
-        sev = "warning" if prefix else "error"
-        where = "at the start of the model (a frozen backbone?)" if prefix else "between layers that train"
+        g = [grads[p].value for p in params if p in grads and np.isfinite(grads[p].value)]
+        no_grad = bool(g) and max(g) < opts.tiny_grad
+        if no_grad:
+            sev, why = "warning", (f"its gradients are ~0 (RMS {max(g):.2g}): nothing reaches it, so look upstream "
+                                   f"(dead or saturated units, vanishing gradients) rather than at the optimizer")
+        elif prefix:
+            sev, why = "warning", "it sits at the start of the model (a frozen backbone?)"
+        else:
+            sev, why = "error", "it sits between layers that train" + (
+                f" and receives gradients (RMS {max(g):.2g}): is it missing from the optimizer?" if g else "")
         yield Hit(mod, f"{', '.join(params)} did not change across training ({source}) while "
-                       f"{len(moving)} other parameters did; the layer sits {where}",
+                       f"{len(moving)} other parameters did; {why}",
                   {"params": params, "source": source, "others_median_change": float(np.median(moving)),
-                   "prefix_of_model": prefix},
+                   "prefix_of_model": prefix, "grad_rms": max(g) if g else None},
                   severity=sev, plot={"kind": "layer_series", "run": run.name, "param": params[0], "fact": "rel_update"})
 
 

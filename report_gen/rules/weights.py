@@ -37,16 +37,24 @@ def nonfinite_weights(run, opts):
     Options:
         none.
     """
-    for name, ps in run.series.items():
+    bad = []  # (checkpoint index, name, stats) of the first non-finite checkpoint of each tensor
+    for name in run.param_order + [n for n in run.series if n not in run.param_order]:
+        ps = run.series.get(name)
+        if ps is None:
+            continue
         for i, st in enumerate(ps.stats):
-            bad = st.nan_count + st.inf_count
-            if bad:
-                step = ps.steps[ps.present[i]] if i < len(ps.present) else None
-                yield Hit(name, f"{bad} of {st.numel} values are NaN/Inf (first at checkpoint {i + 1}"
-                                f"{f', step {step}' if step is not None else ''})",
-                          {"nan": st.nan_count, "inf": st.inf_count, "numel": st.numel, "checkpoint_index": i,
-                           "step": step})
+            if st.nan_count + st.inf_count:
+                bad.append((ps.present[i], name, st, ps.steps[ps.present[i]]))
                 break
+    if bad:
+        first_i = min(b[0] for b in bad)
+        ci, name, st, step = next(b for b in bad if b[0] == first_i)
+        where = f"checkpoint {ci + 1}" + (f", step {step}" if step is not None else "")
+        others = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        yield Hit(name, f"{st.nan_count + st.inf_count} of {st.numel} values of {name} are NaN/Inf{others}, "
+                        f"first at {where}",
+                  {"nan": st.nan_count, "inf": st.inf_count, "numel": st.numel, "checkpoint_index": ci,
+                   "step": step, "tensors_affected": len(bad), "tensors": [b[1] for b in bad][:20]})
     if run.series:
         return
     for name, h in run.signals.weight_hist.items():

@@ -36,3 +36,23 @@ def test_converged_noisy_loss_is_not_divergence():
 
 def test_too_few_points_is_not_evaluated():
     assert hits(_run([1.0, 5.0, 50.0]), "L102") == []
+
+
+def test_spike_after_learning_is_an_error_even_if_the_end_recovers():
+    v = np.concatenate([decaying(60, 2.3, 0.3), [0.3, 1e6, 0.4, 0.35] + [0.3] * 10])
+    [h] = hits(_run(v), "L102")
+    assert h.severity == "error" and h.evidence["peak"] == 1e6
+    assert "spiked" in h.message
+
+
+def test_noise_on_a_flat_curve_is_not_divergence():
+    # a stuck loss (ln 4) that wobbles: the tiny "improvement" is not a yardstick
+    rng = np.random.default_rng(0)
+    v = 1.386 + 0.01 * rng.standard_normal(300)
+    v[150] = 1.35
+    assert hits(_run(v), "L102") == []
+
+
+def test_near_zero_loss_moving_tenfold_is_not_divergence():
+    v = np.concatenate([decaying(80, 2.3, 0.001), np.linspace(0.001, 0.01, 20)])
+    assert hits(_run(v), "L102") == []

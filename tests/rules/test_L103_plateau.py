@@ -27,3 +27,14 @@ def test_flat_accuracy_without_loss_is_a_plateau():
     assert h.subject == "val/acc"
     acc_ok = np.linspace(0.1, 0.13, 30)
     assert hits(make_run(signals=Signals(val_acc=series("val/acc", acc_ok))), "L103") == []
+
+
+def test_accuracy_is_not_judged_when_the_loss_learned():
+    acc = np.full(30, 0.985) + np.linspace(0, 0.01, 30)  # flat because it was high from the first epoch
+    run = make_run(signals=Signals(train_loss=series("train/loss", decaying(100)), train_acc=series("train/acc", acc)))
+    assert hits(run, "L103") == []
+
+
+def test_accuracy_near_its_ceiling_is_not_a_plateau():
+    acc = np.full(30, 97.0) + np.linspace(0, 1.0, 30)  # percent
+    assert hits(make_run(signals=Signals(val_acc=series("val/acc", acc))), "L103") == []

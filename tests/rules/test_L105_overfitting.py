@@ -36,3 +36,17 @@ def test_large_accuracy_gap_is_overfitting():
     s2 = Signals(train_acc=series("train/acc", np.linspace(0.5, 0.98, 20)),
                  val_acc=series("val/acc", np.linspace(0.4, 0.8, 20)))
     assert hits(make_run(signals=s2), "L105") == []
+
+
+def test_tiny_rise_of_an_almost_zero_val_loss_is_not_overfitting():
+    # healthy run: val loss 1.4 -> 0.0085, ends at 0.012 (+45% of the best, 0.3% of the improvement)
+    val = np.concatenate([np.geomspace(1.4, 0.0085, 12), [0.009, 0.011, 0.012, 0.0123]])
+    assert hits(make_run(signals=_signals(val)), "L105") == []
+
+
+def test_accuracy_gap_is_not_judged_after_the_loss_went_nan():
+    train = decaying(100)
+    train[90:] = np.nan
+    s = Signals(train_loss=series("train/loss", train), train_acc=series("train/acc", np.linspace(0.5, 0.9, 20)),
+                val_acc=series("val/acc", np.linspace(0.4, 0.3, 20)))
+    assert hits(make_run(signals=s), "L105") == []

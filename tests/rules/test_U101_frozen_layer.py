@@ -48,3 +48,20 @@ def test_constant_weight_histogram_while_others_change():
           "c.weight": hist("w/c", [x * (2 + i) for i in range(4)])}
     [h] = hits(make_run(signals=Signals(weight_hist=wh)), "U101")
     assert h.subject == "b" and h.evidence["source"] == "weight histograms"
+
+
+def test_layer_starved_of_gradients_is_a_warning_pointing_upstream():
+    run = _series({"conv2.weight", "conv2.bias"})
+    rng = np.random.default_rng(0)
+    run.signals.grad_hist = {"conv2.weight": hist("g/conv2.weight", [np.zeros(100)] * 3),
+                             "fc.weight": hist("g/fc.weight", [rng.standard_normal(100) * 1e-2] * 3)}
+    [h] = hits(run, "U101")
+    assert h.severity == "warning" and "upstream" in h.message
+
+
+def test_layer_with_gradients_but_no_change_is_missing_from_the_optimizer():
+    run = _series({"conv2.weight", "conv2.bias"})
+    rng = np.random.default_rng(0)
+    run.signals.grad_hist = {"conv2.weight": hist("g/conv2.weight", [rng.standard_normal(100) * 1e-3] * 3)}
+    [h] = hits(run, "U101")
+    assert h.severity == "error" and "optimizer" in h.message

@@ -27,3 +27,10 @@ def test_nonfinite_weight_histogram_without_checkpoints():
     assert f.evidence["first_step"] == 10
     h2 = hist("weights/fc.weight", [x, x, x])
     assert hits(make_run(signals=Signals(weight_hist={"fc.weight": h2})), "W101") == []
+
+
+def test_nan_everywhere_is_one_finding_naming_the_first_tensor():
+    a, b = cnn_state(0), {k: torch.full_like(v, float("nan")) for k, v in cnn_state(1).items()}
+    [h] = hits(make_run(checkpoints=[mem_checkpoint(a, 10), mem_checkpoint(b, 20)]), "W101")
+    assert h.subject == "conv1.weight"
+    assert h.evidence["tensors_affected"] == 6

@@ -1,0 +1,48 @@
+"""The committed sample runs are real trainings: each pathological one must show its fault (naming the
+layer where there is one) and the healthy ones must be clean. This is the calibration guard: a threshold
+change that makes a healthy run cry wolf, or hides a real fault, fails here."""
+import pytest
+
+from report_gen.cli import sample_runs_dir
+from report_gen.engine import Options, diagnose
+
+
+@pytest.fixture(scope="module")
+def report():
+    return diagnose([str(sample_runs_dir())], Options())
+
+
+def _findings(report, run):
+    return [f for f in report["findings"] if f["run"] == run]
+
+
+@pytest.mark.parametrize("run", ["healthy_cnn", "healthy_mlp"])
+def test_healthy_runs_have_no_error_and_no_warning(report, run):
+    assert run in {r["name"] for r in report["inputs"]["runs"]}
+    found = _findings(report, run)
+    assert [f for f in found if f["severity"] == "error"] == []
+    assert [f for f in found if f["severity"] == "warning"] == []
+
+
+@pytest.mark.parametrize("run, category, subject, severity", [
+    ("frozen_layer", "frozen-layer", "conv2", "error"),
+    ("dead_relu", "dead-activations", "act2", "error"),
+    ("vanishing_sigmoid", "vanishing-gradients", "fc1.weight", "error"),
+    ("diverging", "nonfinite-loss", "train/loss", "error"),
+    ("diverging", "divergence", "train/loss", "error"),
+    ("diverging", "nonfinite-weights", None, "error"),
+    ("overfitting", "overfitting", "val/loss", "warning"),
+    ("vanishing_sigmoid", "plateau", "train/loss", "warning"),
+])
+def test_pathological_runs_show_their_fault(report, run, category, subject, severity):
+    hits = [f for f in _findings(report, run) if f["category"] == category]
+    assert hits, f"{run}: no {category} finding; got {[(f['code'], f['subject']) for f in _findings(report, run)]}"
+    if subject is not None:
+        assert subject in {f["subject"] for f in hits}
+    assert severity in {f["severity"] for f in hits}
+
+
+def test_every_run_was_read_without_damage(report):
+    for r in report["inputs"]["runs"]:
+        assert r["event_files"] >= 1 and r["checkpoints"] >= 1, r["name"]
+        assert [p for p in r["problems"] if p["severity"] != "info"] == [], r["name"]
