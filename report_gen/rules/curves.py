@@ -306,8 +306,7 @@ def overfitting(run, opts: OverfittingOptions):
                     train_ok = float(np.median(after[-max(1, after.size // 5):])) <= float(np.median(before[-max(1, before.size // 5):]))
             if train_ok:
                 yield Hit(v.tag, f"{v.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} "
-                                 f"over the last {tail_n} evaluations ({rise:.0%} of its improvement given back) "
-                                 f"while training loss kept improving",
+                                 f"over the last {tail_n} evaluations while training loss kept improving",
                           {"best": summ.best, "best_step": best_step, "end": summ.end, "relative_rise": rise,
                            "evaluations_after_best": tail_n, "threshold": opts.min_rise},
                           plot={"kind": "curve", "run": run.name, "series": ["train_loss", "val_loss"],

@@ -82,14 +82,14 @@ def frozen_layer(run, opts: FrozenOptions):
             by_module.setdefault(module_of(n), []).append(n)
     first_moving = next((i for i, n in enumerate(order) if n not in frozen), len(order))
     grads = run.grad_estimates
+    starved: list[tuple[str, list[str], float]] = []
     for mod, params in by_module.items():
         prefix = order.index(params[0]) < first_moving
         g = [grads[p].value for p in params if p in grads and np.isfinite(grads[p].value)]
-        no_grad = bool(g) and max(g) < opts.tiny_grad
-        if no_grad:
-            sev, why = "warning", (f"its gradients are ~0 (RMS {max(g):.2g}): nothing reaches it, so look upstream "
-                                   f"(dead or saturated units, vanishing gradients) rather than at the optimizer")
-        elif prefix:
+        if g and max(g) < opts.tiny_grad:
+            starved.append((mod, params, max(g)))
+            continue
+        if prefix:
             sev, why = "warning", "it sits at the start of the model (a frozen backbone?)"
         else:
             sev, why = "error", "it sits between layers that train" + (
@@ -99,6 +99,17 @@ def frozen_layer(run, opts: FrozenOptions):
                   {"params": params, "source": source, "others_median_change": float(np.median(moving)),
                    "prefix_of_model": prefix, "grad_rms": max(g) if g else None},
                   severity=sev, plot={"kind": "layer_series", "run": run.name, "param": params[0], "fact": "rel_update"})
+    if starved:
+        # one finding: the stillness of these layers is a symptom of dead units or vanishing gradients
+        mods = [m for m, _, _ in starved]
+        params = [p for _, ps, _ in starved for p in ps]
+        yield Hit(mods[0], f"{len(params)} parameter(s) in {len(mods)} layer(s) ({', '.join(mods[:6])}"
+                           f"{', ...' if len(mods) > 6 else ''}) did not change while {len(moving)} others did; their "
+                           f"gradients are ~0 (RMS ≤ {max(g for _, _, g in starved):.2g}): nothing reaches them, so look "
+                           f"upstream (dead or saturated units, vanishing gradients) rather than at the optimizer",
+                  {"params": params, "layers": mods, "source": source, "max_grad_rms": max(g for _, _, g in starved)},
+                  severity="warning",
+                  plot={"kind": "layer_series", "run": run.name, "param": params[0], "fact": "rel_update"})
 
 
 @dataclass(frozen=True)
