@@ -43,3 +43,19 @@ def test_missing_path_empty_folder_and_unknown_file(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="notes.txt: not an event file"):
         discover([str(tmp_path / "notes.txt")])
+
+
+def test_folder_of_safetensors_steps_is_a_series_but_hf_folder_is_one(tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "run" / "ckpts").mkdir(parents=True)
+    for step in (10, 20, 30):
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "run" / "ckpts" / f"step-{step}.safetensors"))
+    hf = tmp_path / "run" / "checkpoint-500"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(hf / "model.safetensors"))
+    _events(tmp_path / "run" / "events.out.tfevents.1")
+    [run] = discover([str(tmp_path / "run")])
+    names = sorted(p.rsplit("/", 1)[-1] for p in run.checkpoints)
+    assert names == ["checkpoint-500", "step-10.safetensors", "step-20.safetensors", "step-30.safetensors"]

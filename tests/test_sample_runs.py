@@ -46,3 +46,23 @@ def test_every_run_was_read_without_damage(report):
     for r in report["inputs"]["runs"]:
         assert r["event_files"] >= 1 and r["checkpoints"] >= 1, r["name"]
         assert [p for p in r["problems"] if p["severity"] != "info"] == [], r["name"]
+
+
+@pytest.mark.parametrize("run, dead_layer", [("dead_relu", "act2"), ("healthy_cnn", None), ("healthy_mlp", None)])
+def test_probe_through_the_cli_finds_what_the_run_contains(tmp_path, run, dead_layer):
+    import json
+
+    from report_gen.cli import main
+
+    root = sample_runs_dir()
+    code = main(["diagnose", str(root / run), "--model", f"{root / 'models.py'}:{run}", "--probe",
+                 str(root / run / "probe.pt"), "-o", str(tmp_path), "-q", "--format", "json"])
+    rep = json.loads((tmp_path / "report.json").read_text())
+    probe = rep["inputs"]["runs"][0]["probe"]
+    assert probe["checkpoints"] >= 2 and probe["load_report"]["missing"] == []
+    dead = [f for f in rep["findings"] if f["code"] == "A101" and f["evidence"].get("source") == "probe"]
+    if dead_layer is None:
+        assert code == 0 and dead == [] and rep["summary"]["counts"]["warning"] == 0
+    else:
+        assert code == 1 and [f["subject"] for f in dead] == [dead_layer]
+        assert dead[0]["evidence"]["dead_share"] == 1.0

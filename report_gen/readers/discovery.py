@@ -23,6 +23,10 @@ from report_gen.core import InputError
 from report_gen.readers.checkpoints import is_checkpoint_path
 from report_gen.readers.events import is_event_file_name
 
+# a folder is ONE checkpoint (HF model folder, sharded weights) only when it says so by these names;
+# a folder of several step-N.safetensors files is a series of checkpoints
+_MODEL_FOLDER_MARKERS = ("config.json", "model.safetensors", "model.safetensors.index.json",
+                         "pytorch_model.bin", "pytorch_model.bin.index.json")
 PHASE_NAMES = {"train", "training", "validation", "valid", "val", "eval", "evaluation", "test"}
 _SKIP_DIRS = {".git", "__pycache__", "node_modules", ".ipynb_checkpoints"}
 
@@ -42,7 +46,7 @@ def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if n not in _SKIP_DIRS)
-        if is_checkpoint_path(str(d)) and d != root:
+        if d != root and any(m in filenames for m in _MODEL_FOLDER_MARKERS) and is_checkpoint_path(str(d)):
             # an HF model folder / sharded checkpoint folder: one checkpoint, don't descend
             ckpts.append(d)
             dirnames[:] = []

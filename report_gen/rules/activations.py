@@ -153,8 +153,8 @@ class GrowingOptions:
 def growing_activations(run, opts: GrowingOptions):
     """
     What it detects:
-        Activation magnitude (logged std, or |mean| when std is missing; or the probe's std across a
-        checkpoint series) that keeps increasing over training: more than `growth_factor` times from
+        Activation magnitude (logged std, or |mean| when std is missing; or, for activation-function
+        modules, the probe's std across a checkpoint series) that keeps increasing over training: more than `growth_factor` times from
         the first to the last fifth, rising on most steps.
     Why it matters:
         Growing activations precede overflow and saturation; the seed tutorial attributes it to missing
@@ -191,8 +191,9 @@ def growing_activations(run, opts: GrowingOptions):
             yield hit
     if len(run.probe) >= 2:
         layers = run.probe[-1][1].activations
-        for layer in layers:
-            if layer in seen:
+        for layer, last in layers.items():
+            # hidden activations only: a classifier's logits growing as it gets confident is healthy
+            if layer in seen or last.kind not in ("relu-like", "sigmoid", "tanh"):
                 continue
             vals = [r.activations[layer].std for _, r in run.probe if layer in r.activations]
             hit = check(layer, vals, "probe over checkpoints", {"kind": "probe_series", "run": run.name, "layer": layer})

@@ -26,3 +26,11 @@ def test_growth_across_probed_checkpoints():
         probes.append((i, ProbeResult(activations={"relu": activation_stats("relu", "ReLU", x)})))
     [h] = hits(make_run(probe=probes), "A103")
     assert h.evidence["source"] == "probe over checkpoints"
+
+
+def test_growing_logits_of_a_linear_output_are_not_flagged():
+    probes = []
+    for i, s in enumerate([1, 3, 10, 30, 100]):
+        x = torch.randn(32, 4) * s
+        probes.append((i, ProbeResult(activations={"fc": activation_stats("fc", "Linear", x)})))
+    assert hits(make_run(probe=probes), "A103") == []
