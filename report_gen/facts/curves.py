@@ -6,18 +6,32 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def ema_smooth(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
-    """TensorBoard's debiased exponential moving average (non-finite values are carried through)."""
+def ema_smooth(values: np.ndarray, weight: float = 0.6, block: int = 512) -> np.ndarray:
+    """TensorBoard's debiased exponential moving average; non-finite values pass through unchanged
+    and do not enter the average.
+
+    Vectorised in blocks: inside a block, s_t = w^t·(s_0 + (1-w)·Σ_{i≤t} w^-i·x_i), with the block
+    short enough that w^-block stays far from float64 overflow.
+    """
     v = np.asarray(values, dtype=np.float64)
-    out = np.empty_like(v)
-    last, n = 0.0, 0
-    for i, x in enumerate(v):
-        if not np.isfinite(x):
-            out[i] = x
-            continue
-        last = last * weight + (1 - weight) * x
-        n += 1
-        out[i] = last / (1 - weight**n) if weight > 0 else x
+    out = v.copy()
+    finite = np.isfinite(v)
+    x = v[finite]
+    if x.size == 0 or weight <= 0:
+        return out
+    w = float(weight)
+    block = max(1, min(block, int(150 / max(-np.log10(w), 1e-12))))  # keeps w^-block below 1e150
+    ema = np.empty_like(x)
+    state = 0.0
+    for start in range(0, x.size, block):
+        chunk = x[start:start + block]
+        k = np.arange(1, chunk.size + 1, dtype=np.float64)
+        inv = w ** -k
+        acc = state + (1 - w) * np.cumsum(chunk * inv)
+        ema[start:start + chunk.size] = acc * w**k
+        state = ema[start + chunk.size - 1]
+    n = np.arange(1, x.size + 1, dtype=np.float64)
+    out[finite] = ema / (1 - w**n)
     return out
 
 

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from report_gen.facts import curves
+
+
+def reference_ema(values, weight):
+    """TensorBoard's smoothing, written as its JavaScript loop does it."""
+    out, last, n = [], 0.0, 0
+    for x in values:
+        if not np.isfinite(x):
+            out.append(x)
+            continue
+        last = last * weight + (1 - weight) * x
+        n += 1
+        out.append(last / (1 - weight**n))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("weight", [0.0001, 0.3, 0.6, 0.9, 0.99, 0.999])
+def test_vectorised_ema_matches_the_loop(weight):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(3000) * 10 + 3
+    x[[5, 100, 2000]] = np.nan
+    x[7] = np.inf
+    got, want = curves.ema_smooth(x, weight), reference_ema(x, weight)
+    assert np.array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-10, atol=1e-10)
+
+
+def test_summary_numbers():
+    v = np.array([4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0])
+    s = curves.summarize(v, frac=0.2, minimum=2, smoothing=0.0)
+    assert (s.start, s.best, s.end, s.best_index, s.span) == (3.5, 1.0, 3.0, 3, 2.5)
+    assert curves.summarize([np.nan, 1.0]) is None
+
+
+def test_small_helpers():
+    assert curves.first_nonfinite([1.0, 2.0, np.nan, np.inf]) == 2
+    assert curves.first_nonfinite([1.0]) is None
+    assert curves.sign_change_rate([0, 1, 0, 1, 0]) == 1.0
+    assert curves.sign_change_rate([0, 1, 2, 3]) == 0.0
+    assert curves.swing_amplitude([0, 2, 0, 2]) == 2.0
+    assert curves.growth_factor(np.r_[np.ones(10), np.full(10, 50.0)], 0.2) == 50.0
+    assert curves.monotonic_fraction([1, 2, 3, 2]) == pytest.approx(2 / 3)
+    st, va = curves.downsample(np.arange(10_000), np.r_[np.ones(9_999), np.nan], 100)
+    assert len(st) <= 101 and st[0] == 0 and st[-1] == 9_999 and np.isnan(va[-1])
