@@ -1,0 +1,98 @@
+"""Facts about how each parameter moves across an ordered series of checkpoints.
+
+Parameters are processed name by name, and for each name at most two versions (previous and current
+checkpoint) are in memory at once, so peak memory stays near twice the largest tensor.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from report_gen.facts.weights import WeightStats, float64_sum, weight_stats
+from report_gen.readers.types import CheckpointData
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class ParamSeries:
+    """One parameter across the checkpoint series (checkpoint index i = position in the series).
+
+    steps: the step of every checkpoint of the series (None where unknown).
+    stats: one WeightStats per checkpoint holding the parameter; `present[k]` is the checkpoint
+           index of `stats[k]`.
+    rel_update[i]: ||W_{i+1} - W_i|| / ||W_i|| between checkpoints i and i+1 (L2 norms; nan where
+           either is missing or the shape changed; inf when ||W_i|| = 0 but the update is not).
+    abs_update_mean[i]: mean |W_{i+1} - W_i| (same convention).
+    nan_appeared_at: index of the first checkpoint whose tensor holds NaN or Inf, else None.
+    """
+
+    name: str
+    steps: list[int | None]
+    stats: list[WeightStats]
+    rel_update: np.ndarray
+    abs_update_mean: np.ndarray
+    nan_appeared_at: int | None = None
+    present: list[int] = field(default_factory=list)
+
+
+def update_facts(prev: torch.Tensor, cur: torch.Tensor, prev_l2: float) -> tuple[float, float]:
+    """(relative L2 update, mean absolute update) from `prev` to `cur` (same shape)."""
+    diff = cur.to(torch.float32) - prev.to(torch.float32)
+    n = diff.numel()
+    if n == 0:
+        return math.nan, math.nan
+    diff_l2 = math.sqrt(float64_sum(diff, power=2))
+    abs_mean = float64_sum(diff.abs_()) / n
+    if prev_l2 == 0.0:
+        return (math.nan if diff_l2 == 0.0 else math.inf), abs_mean
+    return diff_l2 / prev_l2, abs_mean
+
+
+def _ordered_names(ckpts: list[CheckpointData]) -> list[str]:
+    names: dict[str, None] = {}
+    for ckpt in ckpts:
+        names.update(dict.fromkeys(ckpt.tensors))
+    return list(names)
+
+
+def _param_series(name: str, ckpts: list[CheckpointData]) -> ParamSeries:
+    n = len(ckpts)
+    series = ParamSeries(name=name, steps=[c.step for c in ckpts], stats=[],
+                         rel_update=np.full(max(n - 1, 0), np.nan),
+                         abs_update_mean=np.full(max(n - 1, 0), np.nan))
+    prev: torch.Tensor | None = None
+    prev_l2 = math.nan
+    for i, ckpt in enumerate(ckpts):
+        if name not in ckpt.tensors:
+            prev = None
+            continue
+        cur = ckpt.load(name)
+        stats = weight_stats(name, cur)
+        series.stats.append(stats)
+        series.present.append(i)
+        if series.nan_appeared_at is None and (stats.nan_count or stats.inf_count):
+            series.nan_appeared_at = i
+        if prev is not None and prev.shape == cur.shape:
+            series.rel_update[i - 1], series.abs_update_mean[i - 1] = update_facts(prev, cur, prev_l2)
+        prev, prev_l2 = cur, stats.l2
+    return series
+
+
+def series_facts(ckpts: list[CheckpointData], *, progress: ProgressFn | None = None
+                 ) -> dict[str, ParamSeries]:
+    """ParamSeries for every tensor name found in the (already ordered) checkpoints.
+
+    progress(done, total, name) is called after each name, if given.
+    """
+    names = _ordered_names(ckpts)
+    out: dict[str, ParamSeries] = {}
+    for done, name in enumerate(names, start=1):
+        out[name] = _param_series(name, ckpts)
+        if progress is not None:
+            progress(done, len(names), name)
+    return out

@@ -1,0 +1,129 @@
+"""weight_stats against hand-computed numpy, and is_norm_scale."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from report_gen.facts import weights as wf
+from report_gen.facts.weights import is_norm_scale, weight_stats
+
+
+def _numpy_moments(x: np.ndarray) -> dict[str, float]:
+    x = x.astype(np.float64).ravel()
+    m = x.mean()
+    d = x - m
+    m2, m3, m4 = (d**2).mean(), (d**3).mean(), (d**4).mean()
+    n = x.size
+    skew, kurt = m3 / m2**1.5, m4 / m2**2 - 3
+    return {"mean": m, "std": math.sqrt(m2), "absmax": np.abs(x).max(), "l2": np.sqrt((x**2).sum()),
+            "rms": np.sqrt((x**2).mean()), "skew": skew, "kurtosis": kurt,
+            "bimodality": (skew**2 + 1) / (kurt + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3)))}
+
+
+def test_moments_match_numpy():
+    x = torch.randn(5, 3, 2, 2, generator=torch.Generator().manual_seed(1)) * 0.3 + 0.1
+    s = weight_stats("conv.weight", x)
+    for key, value in _numpy_moments(x.numpy()).items():
+        assert getattr(s, key) == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    q = np.quantile(np.abs(x.numpy().astype(np.float64)), [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
+    assert list(s.abs_quantiles) == ["0.01", "0.05", "0.25", "0.5", "0.75", "0.95", "0.99"]
+    np.testing.assert_allclose(list(s.abs_quantiles.values()), q, rtol=1e-12)
+    assert (s.shape, s.numel, s.dtype, s.nan_count, s.inf_count) == ((5, 3, 2, 2), 60, "float32", 0, 0)
+
+
+def test_unit_facts_match_numpy():
+    w = torch.randn(6, 2, 3, 3, generator=torch.Generator().manual_seed(2))
+    w[4] = 0.0  # a dead kernel
+    w[5] = 2 * w[0] + 1  # perfectly correlated with unit 0
+    s = weight_stats("conv.weight", w)
+    flat = w.numpy().reshape(6, -1).astype(np.float64)
+    np.testing.assert_allclose(s.unit_absmax, np.abs(flat).max(axis=1), rtol=1e-7)
+    np.testing.assert_allclose(s.unit_mean, flat.mean(axis=1), rtol=1e-9)
+    assert s.kernel_diversity == pytest.approx(np.std(flat.mean(axis=1), ddof=1), rel=1e-9)
+    corr = np.abs(np.corrcoef(np.delete(flat, 4, axis=0)))
+    np.fill_diagonal(corr, np.nan)
+    expected = np.nanmax(corr, axis=1)
+    np.testing.assert_allclose(np.delete(s.unit_max_corr, 4), expected, rtol=1e-9)
+    assert math.isnan(s.unit_max_corr[4])  # a constant kernel has no correlation
+    pairs = corr[np.triu_indices(5, k=1)]
+    assert s.corr_topk_mean == pytest.approx(np.sort(pairs)[-10:].mean(), rel=1e-9)
+    assert s.unit_max_corr[0] == pytest.approx(1.0)
+    assert s.zero_frac == pytest.approx(18 / 108)
+    sv = np.linalg.svd(flat, compute_uv=False)
+    assert s.stable_rank == pytest.approx((flat**2).sum() / sv[0] ** 2, rel=1e-6)
+
+
+def test_stable_rank_by_power_iteration_for_large_matrices(monkeypatch):
+    monkeypatch.setattr(wf, "_EXACT_SVD_MIN_DIM", 4)
+    w = torch.randn(40, 30, generator=torch.Generator().manual_seed(3))
+    w += torch.outer(torch.ones(40), torch.ones(30))  # a clear top singular value
+    s = weight_stats("fc.weight", w)
+    sv = np.linalg.svd(w.double().numpy(), compute_uv=False)
+    assert s.stable_rank == pytest.approx((sv**2).sum() / sv[0] ** 2, rel=1e-4)
+    assert s.alpha is None
+
+
+def test_alpha_is_a_hill_estimate_on_the_top_half():
+    w = torch.randn(64, 32, generator=torch.Generator().manual_seed(4))
+    s = weight_stats("fc.weight", w)
+    eig = np.sort(np.linalg.svd(w.double().numpy(), compute_uv=False) ** 2)[::-1]
+    k = 16
+    assert s.alpha == pytest.approx(1 + k / np.log(eig[:k] / eig[k - 1]).sum(), rel=1e-6)
+
+
+def test_nan_inf_and_zeros_are_counted_and_moments_use_finite_values():
+    x = torch.tensor([1.0, 2.0, 0.0, float("nan"), float("inf"), 3.0, 0.0, -1.0])
+    s = weight_stats("b", x)
+    finite = np.array([1.0, 2.0, 0.0, 3.0, 0.0, -1.0])
+    assert (s.nan_count, s.inf_count) == (1, 1)
+    assert s.zero_frac == pytest.approx(2 / 8)
+    assert s.mean == pytest.approx(finite.mean()) and s.absmax == 3.0
+    assert s.unit_absmax is None and s.stable_rank is None
+
+
+def test_degenerate_shapes():
+    s = weight_stats("c", torch.full((3,), 0.5))
+    assert s.std == 0 and math.isnan(s.skew) and math.isnan(s.kurtosis) and math.isnan(s.bimodality)
+    one = weight_stats("fc.weight", torch.ones(1, 5))
+    assert math.isnan(one.kernel_diversity) and one.unit_max_corr is None
+
+
+def test_half_precision_input_and_float64_accumulation():
+    x = torch.full((3_000_001,), 0.1, dtype=torch.float16)
+    s = weight_stats("big", x)
+    assert s.dtype == "float16"
+    assert s.mean == pytest.approx(float(torch.tensor(0.1, dtype=torch.float16)), rel=1e-12)
+
+
+def test_chunked_sums_equal_numpy(monkeypatch):
+    monkeypatch.setattr(wf, "_CHUNK", 7)
+    x = torch.randn(101, generator=torch.Generator().manual_seed(5))
+    assert wf.float64_sum(x, power=2) == pytest.approx(float((x.double() ** 2).sum()), rel=1e-12)
+    s = weight_stats("x", x)
+    assert s.std == pytest.approx(x.double().std(unbiased=False).item(), rel=1e-12)
+
+
+def test_quantiles_on_a_deterministic_sample(monkeypatch):
+    monkeypatch.setattr(wf, "_QUANTILE_SAMPLE", 1000)
+    x = torch.rand(50_000, generator=torch.Generator().manual_seed(6))
+    a, b = weight_stats("x", x), weight_stats("x", x)
+    assert a.abs_quantiles == b.abs_quantiles
+    assert a.abs_quantiles["0.5"] == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("name,shape,siblings,expected", [
+    ("layer1.0.bn1.weight", (64,), None, True),
+    ("transformer.ln_f.weight", (768,), None, True),
+    ("encoder.layers.0.self_attn_layer_norm.weight", (16,), None, True),
+    ("blocks.0.norm1.weight", (16,), None, True),
+    ("layer1.0.downsample.1.weight", (64,), {"layer1.0.downsample.1.running_mean": (64,)}, True),
+    ("layer1.0.downsample.1.weight", (64,), None, False),
+    ("layer1.0.bn1.bias", (64,), None, False),
+    ("layer1.0.conv1.weight", (64, 3, 3, 3), None, False),
+    ("fc.weight", (10,), None, False),
+])
+def test_is_norm_scale(name, shape, siblings, expected):
+    assert is_norm_scale(name, shape, siblings) is expected
