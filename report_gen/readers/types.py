@@ -75,8 +75,9 @@ class ImageRef:
 class EventData:
     """Everything read from the event files of one run (after add_scalars regrouping).
 
-    scalars: tidy DataFrame with columns SCALAR_COLUMNS (run = the run's name, or for an
-             add_scalars sibling folder `tag_key` the key). Sorted by (tag, step).
+    scalars: tidy DataFrame with columns SCALAR_COLUMNS; `run` is the sub-folder the value came
+             from ("" for the run folder itself, e.g. "activation_stats_conv1_mean" for an
+             add_scalars sibling or "validation" for Keras). Sorted by (run, tag, step, write order).
     histograms: tag -> HistogramSeries
     images: tag -> list[ImageRef] (ordered by step)
     texts: tag -> list[(step, text)]
@@ -121,7 +122,7 @@ class CheckpointData:
     tensors: parameter name -> TensorInfo for model parameters/buffers (prefixes stripped)
     load(name) -> torch.Tensor (float32 on CPU) for one tensor, loaded on demand, never the whole file
     optimizer: optional dict with keys "kind" ("adam", "sgd", ...), "grad_rms": {param: float},
-               "mapping": "by-order-shapes-verified" | "ambiguous" | ..., "step": int | None
+               "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None
     metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...)
     problems: Problems found (e.g. unsafe globals replaced by placeholders)
     """
