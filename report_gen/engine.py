@@ -49,7 +49,6 @@ def _noop(msg: str, done: int, total: int) -> None:
 
 def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFacts:
     """Read one run's files into RunFacts; file damage becomes Problems, never exceptions."""
-    from report_gen.readers.checkpoints import CheckpointError, open_checkpoint, order_series
     from report_gen.readers.events import read_events
     from report_gen.readers.types import EventData
 
@@ -57,6 +56,8 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFac
     events = read_events(spec.event_files) if spec.event_files else EventData.empty()
     problems.extend(events.problems)
     ckpts = []
+    if spec.checkpoints:  # torch is imported only when there is a checkpoint to read
+        from report_gen.readers.checkpoints import CheckpointError, open_checkpoint, order_series
     for i, path in enumerate(spec.checkpoints):
         progress(f"{spec.name}: checkpoint {i + 1}/{len(spec.checkpoints)}", i, len(spec.checkpoints))
         try:
@@ -69,7 +70,7 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFac
         problems.extend(c.problems)
         if c.tensors:
             ckpts.append(c)
-    ckpts = order_series(ckpts)
+    ckpts = order_series(ckpts) if ckpts else []
     signals = build_signals(events, opts.config.tags)
     if not ckpts and events.scalars.empty and not events.histograms and (spec.event_files or spec.checkpoints):
         problems.append(Problem(file=spec.path, kind="nothing-readable", severity="error",

@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from report_gen.facts.weights import WeightStats, float64_sum, weight_stats
+from report_gen.facts.weights import WeightStats, weight_stats
+from report_gen.numeric import float64_sum
 from report_gen.readers.types import CheckpointData
 
 ProgressFn = Callable[[int, int, str], None]

@@ -8,12 +8,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
 
-_CHUNK = 1 << 20  # elements per float64 chunk (8 MB): bounds temporaries
+from report_gen.numeric import CHUNK as _CHUNK
+from report_gen.numeric import chunks as _chunks
+from report_gen.numeric import float64_sum
+
 _QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _QUANTILE_SAMPLE = 1 << 20
 _CORR_UNITS = 256
@@ -59,23 +62,6 @@ class WeightStats:
     corr_topk_mean: float | None = None
     stable_rank: float | None = None
     alpha: float | None = None
-
-
-def _chunks(t: torch.Tensor) -> Iterator[torch.Tensor]:
-    flat = t.reshape(-1)
-    for start in range(0, flat.numel(), _CHUNK):
-        yield flat[start:start + _CHUNK]
-
-
-def float64_sum(t: torch.Tensor, power: int = 1, center: float = 0.0) -> float:
-    """sum((t - center) ** power), accumulated in float64 chunk by chunk."""
-    total = 0.0
-    for chunk in _chunks(t):
-        d = chunk.to(torch.float64)
-        if center:
-            d = d - center
-        total += float((d if power == 1 else d.pow(power)).sum())
-    return total
 
 
 def _central_moments(x: torch.Tensor, mean: float) -> tuple[float, float, float]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from report_gen.core import InputError
-from report_gen.readers.checkpoints import is_checkpoint_path
+from report_gen.readers.paths import is_checkpoint_path
 from report_gen.readers.events import is_event_file_name
 
 # a folder is ONE checkpoint (HF model folder, sharded weights) only when it says so by these names;
