@@ -55,7 +55,10 @@ def _summary(run: RunFacts) -> dict[str, Any]:
     if run.checkpoints:
         c = run.checkpoints[-1]
         count = int(sum(int(np.prod(t.shape)) for n, t in c.tensors.items() if getattr(t, "role", "param") == "param"))
+    opt = next((c.optimizer for c in reversed(run.checkpoints) if c.optimizer), None)
+    optimizer = None if not opt else {k: opt.get(k) for k in ("kind", "mapping", "note", "step")}
     return {"steps": [first, last], "wall_time_s": run.wall_time, "checkpoints": len(run.checkpoints),
+            "optimizer": optimizer,
             "parameters": n_params, "parameter_count": count, "signals": sorted(run.available - {"input_problems"}),
             "hparams": {str(k): (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
                         for k, v in run.signals.hparams.items()},
@@ -130,6 +133,7 @@ def _layers(run: RunFacts, findings) -> list[dict[str, Any]]:
                 flags[p][fact] = f.severity
     rows = []
     est = run.grad_estimates
+    opt_rms = next((c.optimizer.get("grad_rms") or {} for c in reversed(run.checkpoints) if c.optimizer), {})
     names = list(run.param_order) or list(est)
     for n in names:
         st = run.last_stats.get(n)
@@ -152,6 +156,8 @@ def _layers(run: RunFacts, findings) -> list[dict[str, Any]]:
             facts["weight_std"] = _num(h.std[-1]) if len(h) else None
         if n in est:
             facts["grad_rms"] = _num(est[n].value)
+        if n in opt_rms:  # the optimizer's post-hoc window onto gradients, shown beside logged ones
+            facts["grad_rms_optimizer"] = _num(opt_rms[n])
         if ps is not None and len(ps.rel_update):
             ru = np.asarray(ps.rel_update, dtype=float)
             facts["update_ratio"] = _num(np.nanmedian(ru)) if np.isfinite(ru).any() else None

@@ -66,3 +66,14 @@ def test_probe_through_the_cli_finds_what_the_run_contains(tmp_path, run, dead_l
     else:
         assert code == 1 and [f["subject"] for f in dead] == [dead_layer]
         assert dead[0]["evidence"]["dead_share"] == 1.0
+
+
+def test_frozen_layer_report_shows_the_optimizer_window(report):
+    [f] = [f for f in _findings(report, "frozen_layer") if f["category"] == "frozen-layer"]
+    assert "7 optimizer entries for 8 model parameters" in f["evidence"]["optimizer_note"]
+    assert "optimizer state says" in f["message"]
+    details = report["details"]["runs"]["frozen_layer"]
+    assert details["summary"]["optimizer"]["kind"] == "adam"
+    rows = {r["param"]: r["facts"] for r in details["layers"]}
+    assert rows["conv1.weight"]["grad_rms_optimizer"] > 0  # Adam's exp_avg_sq as a gradient estimate
+    assert "grad_rms_optimizer" not in rows["conv2.weight"]  # never reached the optimizer

@@ -94,10 +94,16 @@ def frozen_layer(run, opts: FrozenOptions):
         else:
             sev, why = "error", "it sits between layers that train" + (
                 f" and receives gradients (RMS {max(g):.2g}): is it missing from the optimizer?" if g else "")
+        opt = next((c.optimizer for c in reversed(run.checkpoints) if c.optimizer), None)
+        in_opt = None if not opt or opt.get("mapping") not in ("names-in-file", "shapes-verified") else \
+            all(p in opt.get("grad_rms", {}) for p in params)
+        if opt and opt.get("mapping") in ("ambiguous", "unmapped") and not prefix:
+            why += f" (the optimizer state says: {opt.get('note')})"
         yield Hit(mod, f"{', '.join(params)} did not change across training ({source}) while "
                        f"{len(moving)} other parameters did; {why}",
                   {"params": params, "source": source, "others_median_change": float(np.median(moving)),
-                   "prefix_of_model": prefix, "grad_rms": max(g) if g else None},
+                   "prefix_of_model": prefix, "grad_rms": max(g) if g else None,
+                   "optimizer_note": opt.get("note") if opt else None, "has_optimizer_state": in_opt},
                   severity=sev, plot={"kind": "layer_series", "run": run.name, "param": params[0], "fact": "rel_update"})
     if starved:
         # one finding: the stillness of these layers is a symptom of dead units or vanishing gradients
