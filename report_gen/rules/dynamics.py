@@ -109,12 +109,17 @@ def frozen_layer(run, opts: FrozenOptions):
         # one finding: the stillness of these layers is a symptom of dead units or vanishing gradients
         mods = [m for m, _, _ in starved]
         params = [p for _, ps, _ in starved for p in ps]
+        top = max(g for _, _, g in starved)
+        size = "exactly 0" if top == 0 else f"~0 (RMS ≤ {top:.2g})"
         yield Hit(mods[0], f"{len(params)} parameter(s) in {len(mods)} layer(s) ({', '.join(mods[:6])}"
                            f"{', ...' if len(mods) > 6 else ''}) did not change while {len(moving)} others did; their "
-                           f"gradients are ~0 (RMS ≤ {max(g for _, _, g in starved):.2g}): nothing reaches them, so look "
-                           f"upstream (dead or saturated units, vanishing gradients) rather than at the optimizer",
-                  {"params": params, "layers": mods, "source": source, "max_grad_rms": max(g for _, _, g in starved)},
+                           f"gradients are {size}: nothing reaches them, so look upstream (dead or saturated units, "
+                           f"vanishing gradients) rather than at the optimizer",
+                  {"params": params, "layers": mods, "source": source, "max_grad_rms": top},
                   severity="warning",
+                  suggestion="Fix what starves these layers: see this run's dead-activations, saturated-activations "
+                             "and vanishing-gradients findings (dead ReLUs before them, or gradients dying on the way "
+                             "back); the layers will move once a gradient reaches them.",
                   plot={"kind": "layer_series", "run": run.name, "param": params[0], "fact": "rel_update"})
 
 
