@@ -1,132 +1,215 @@
 """Compare a candidate report with a baseline (a run folder or a previous report.json).
 
 Findings are matched by a key that does not depend on layer order, file names or step counts:
-(code, subject) for most rules; for input-integrity findings, (code, problem kind, file base name).
+(code, subject) for most rules; for input-integrity findings, (code, problem kind, file pattern), where
+the file pattern is "event file" for TensorBoard event files and the base name with every digit run
+replaced by '#' otherwise (`epoch_12.pt` and `epoch_7.pt` match). Matching counts duplicates: two equal
+keys in the candidate against one in the baseline give one persisting and one new finding.
+
 Runs are paired by name; when each side has exactly one run they are paired whatever their names.
+Everything stored in `report["baseline"]` is plain numbers and names; the renderer decides how to show it.
 """
 from __future__ import annotations
 
+import logging
+import re
+from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from report_gen.core import InputError
+from report_gen.core import InputError, Severity
 
-LAYER_FACTS = ("dead_kernel_ratio", "grad_rms", "update_ratio")
+if TYPE_CHECKING:
+    from report_gen.engine import Options
+
+log = logging.getLogger("report_gen")
+
+# (label, curve key in details.runs[run].curves, aggregate, which direction is better)
+SCALAR_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("best train loss", "train_loss", "min", "lower"),
+    ("final train loss", "train_loss", "last", "lower"),
+    ("best val loss", "val_loss", "min", "lower"),
+    ("final val loss", "val_loss", "last", "lower"),
+    ("best val accuracy", "val_acc", "max", "higher"),
+    ("final val accuracy", "val_acc", "last", "higher"),
+)
+# per-layer fact in details.runs[run].layers[].facts -> which direction is better (None: neither)
+LAYER_FACTS: dict[str, str | None] = {"dead_kernel_ratio": "lower", "grad_rms": None, "update_ratio": None}
+OVERLAY_CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
+_RANK = {s.value: s.rank for s in Severity}
+_AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
+    "min": lambda v: float(np.min(v)), "max": lambda v: float(np.max(v)), "last": lambda v: float(v[-1]),
+}
 
 
-def _key(f: dict[str, Any]) -> tuple:
-    if f.get("category") == "input-integrity":
-        ev = f.get("evidence") or {}
-        return (f.get("code"), ev.get("kind"), Path(str(ev.get("file") or f.get("subject", ""))).name)
-    return (f.get("code"), f.get("subject"))
+# ------------------------------------------------------------------------------------------ loading
 
 
-def _pair_runs(base: dict, cand: dict) -> dict[str, str]:
-    """candidate run name -> baseline run name."""
-    b_names = [r["name"] for r in base["inputs"]["runs"]]
-    c_names = [r["name"] for r in cand["inputs"]["runs"]]
-    if len(b_names) == 1 and len(c_names) == 1:
-        return {c_names[0]: b_names[0]}
-    return {n: n for n in c_names if n in b_names}
+def load_baseline(path: str, opts: Options) -> dict[str, Any]:
+    """The baseline as a report dict: a report.json is read as is, anything else is diagnosed now.
 
-
-def load_baseline(path: str, opts) -> dict[str, Any]:
+    Raises InputError when the path does not exist or the JSON is not a report_gen report.
+    """
     p = Path(path)
-    if p.is_file() and p.suffix == ".json":
+    if p.suffix.lower() == ".json":
         from report_gen.render import load_report
 
         return load_report(p)
     if not p.exists():
         raise InputError(f"{path}: baseline not found (give a run folder or a report.json)")
-    from dataclasses import replace
-
     from report_gen.engine import diagnose
 
     return diagnose([path], replace(opts, baseline=None))
 
 
-def apply_baseline(report: dict[str, Any], baseline: str | dict, opts=None) -> None:
-    base = baseline if isinstance(baseline, dict) else load_baseline(baseline, opts)
-    pairs = _pair_runs(base, report)
-    base_by_run: dict[str, dict[tuple, dict]] = {}
-    for f in base["findings"]:
-        base_by_run.setdefault(f["run"], {})[_key(f)] = f
-    matched: set[tuple[str, tuple]] = set()
-    for f in report["findings"]:
-        b_run = pairs.get(f["run"])
-        k = _key(f)
-        if b_run is not None and k in base_by_run.get(b_run, {}):
-            f["status"] = "persisting"
-            matched.add((b_run, k))
-        else:
-            f["status"] = "new"
-    paired_base = set(pairs.values())
-    resolved = [dict(f, status="resolved") for f in base["findings"]
-                if f["run"] in paired_base and (f["run"], _key(f)) not in matched]
-    # lead with what the change made worse: new findings first, by severity
-    order = {"error": 0, "warning": 1, "info": 2}
-    report["findings"].sort(key=lambda f: (f["status"] != "new", order.get(f["severity"], 3), f["run"], f["code"]))
-    report["baseline"] = {
-        "path": baseline if isinstance(baseline, str) else base.get("inputs", {}).get("path"),
-        "runs": {c: b for c, b in pairs.items()},
-        "new": sum(f["status"] == "new" for f in report["findings"]),
-        "persisting": sum(f["status"] == "persisting" for f in report["findings"]),
-        "resolved": resolved,
-        "deltas": _deltas(base, report, pairs),
-        "curves": {c: _base_curves(base, b) for c, b in pairs.items()},
-        "summary": base.get("summary"),
-    }
+# ----------------------------------------------------------------------------------------- matching
 
 
-def _curve_values(details: dict, run: str, key: str) -> np.ndarray | None:
-    c = details.get("runs", {}).get(run, {}).get("curves", {}).get(key)
-    if not c:
-        return None
-    v = np.array([np.nan if x is None or isinstance(x, str) else x for x in c["values"]], dtype=float)
-    return v if np.isfinite(v).any() else None
+def match_key(finding: dict[str, Any]) -> tuple:
+    """The identity of a finding across two runs (see the module docstring)."""
+    if finding.get("category") == "input-integrity":
+        evidence = finding.get("evidence") or {}
+        name = Path(str(evidence.get("file") or finding.get("subject", ""))).name
+        pattern = "event file" if "tfevents" in name else re.sub(r"\d+", "#", name)
+        return (finding.get("code"), evidence.get("kind"), pattern)
+    return (finding.get("code"), finding.get("subject"))
 
 
-def _deltas(base: dict, cand: dict, pairs: dict[str, str]) -> list[dict[str, Any]]:
-    out = []
-    metrics = (("best train loss", "train_loss", np.nanmin, "lower"), ("final train loss", "train_loss", None, "lower"),
-               ("best val loss", "val_loss", np.nanmin, "lower"), ("final val loss", "val_loss", None, "lower"),
-               ("best val accuracy", "val_acc", np.nanmax, "higher"), ("final val accuracy", "val_acc", None, "higher"))
+def pair_runs(base: dict[str, Any], cand: dict[str, Any]) -> dict[str, str]:
+    """candidate run name -> baseline run name (one run on each side: paired whatever the names)."""
+    b_names = [r.get("name") for r in base.get("inputs", {}).get("runs", [])]
+    c_names = [r.get("name") for r in cand.get("inputs", {}).get("runs", [])]
+    if len(b_names) == 1 and len(c_names) == 1:
+        return {c_names[0]: b_names[0]}
+    return {n: n for n in c_names if n in b_names}
+
+
+def classify(cand_findings: list[dict], base_findings: list[dict], pairs: dict[str, str]) -> list[dict]:
+    """Set `status` ("new" | "persisting") on every candidate finding; return the resolved baseline ones.
+
+    Resolved findings are copies with status "resolved" and without their plot (it points into the
+    baseline's details, which the candidate report does not carry).
+    """
+    unmatched: dict[tuple, list[dict]] = defaultdict(list)
+    for f in base_findings:
+        unmatched[(f.get("run"), match_key(f))].append(f)
+    for f in cand_findings:
+        pool = unmatched.get((pairs.get(f.get("run")), match_key(f)))
+        f["status"] = "persisting" if pool else "new"
+        if pool:
+            pool.pop(0)
+    paired = set(pairs.values())
+    return [{**{k: v for k, v in f.items() if k != "plot"}, "status": "resolved"}
+            for (run, _), left in unmatched.items() if run in paired for f in left]
+
+
+def _lead_with_new(finding: dict) -> tuple:
+    return (finding.get("status") != "new", -_RANK.get(str(finding.get("severity")), -1),
+            str(finding.get("run")), str(finding.get("code")), str(finding.get("subject")))
+
+
+# ------------------------------------------------------------------------------------------- deltas
+
+
+def _run_details(report: dict, run: str) -> dict:
+    return report.get("details", {}).get("runs", {}).get(run, {})
+
+
+def _finite_values(curve: dict | None) -> np.ndarray:
+    values = (curve or {}).get("values") or []
+    out = np.array([v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in values],
+                   dtype=float)
+    return out[np.isfinite(out)]
+
+
+def scalar_deltas(base: dict, cand: dict, pairs: dict[str, str]) -> list[dict[str, Any]]:
+    """Best/final loss and accuracy of each paired run, and its last step, baseline vs candidate."""
+    out: list[dict[str, Any]] = []
     for c_run, b_run in pairs.items():
-        for label, key, agg, better in metrics:
-            b = _curve_values(base.get("details", {}), b_run, key)
-            c = _curve_values(cand.get("details", {}), c_run, key)
-            if b is None or c is None:
-                continue
-            bv = float(agg(b)) if agg else float(b[np.isfinite(b)][-1])
-            cv = float(agg(c)) if agg else float(c[np.isfinite(c)][-1])
-            out.append({"run": c_run, "metric": label, "baseline": bv, "candidate": cv, "better": better,
-                        "worse": (cv > bv) if better == "lower" else (cv < bv)})
-        b_in = next((r for r in base["inputs"]["runs"] if r["name"] == b_run), {})
-        c_in = next((r for r in cand["inputs"]["runs"] if r["name"] == c_run), {})
-        if b_in.get("last_step") is not None and c_in.get("last_step") is not None:
-            out.append({"run": c_run, "metric": "steps", "baseline": b_in["last_step"],
-                        "candidate": c_in["last_step"], "better": None, "worse": False})
-        b_layers = {r["param"]: r["facts"] for r in base.get("details", {}).get("runs", {}).get(b_run, {}).get("layers", [])}
-        for row in cand.get("details", {}).get("runs", {}).get(c_run, {}).get("layers", []):
-            bf = b_layers.get(row["param"])
-            if not bf:
-                continue
-            for fact in LAYER_FACTS:
-                bv, cv = bf.get(fact), row["facts"].get(fact)
-                if not isinstance(bv, (int, float)) or not isinstance(cv, (int, float)):
-                    continue
-                changed = abs(cv - bv) > 0.05 if fact == "dead_kernel_ratio" else (
-                    bv > 0 and cv > 0 and abs(np.log10(cv / bv)) >= 1.0)
-                if changed:
-                    worse = cv > bv if fact == "dead_kernel_ratio" else None
-                    out.append({"run": c_run, "metric": f"{fact} of {row['param']}", "baseline": bv,
-                                "candidate": cv, "better": "lower" if fact == "dead_kernel_ratio" else None,
-                                "worse": bool(worse)})
+        b_curves, c_curves = _run_details(base, b_run).get("curves", {}), _run_details(cand, c_run).get("curves", {})
+        for label, key, aggregate, better in SCALAR_METRICS:
+            b, c = _finite_values(b_curves.get(key)), _finite_values(c_curves.get(key))
+            if b.size and c.size:
+                out.append({"run": c_run, "metric": label, "baseline": _AGGREGATES[aggregate](b),
+                            "candidate": _AGGREGATES[aggregate](c), "better": better})
+        b_last, c_last = _last_step(base, b_run), _last_step(cand, c_run)
+        if b_last is not None and c_last is not None:
+            out.append({"run": c_run, "metric": "steps", "baseline": b_last, "candidate": c_last, "better": None})
     return out
 
 
-def _base_curves(base: dict, run: str) -> dict[str, Any]:
-    curves = base.get("details", {}).get("runs", {}).get(run, {}).get("curves", {})
-    return {k: v for k, v in curves.items() if k in ("train_loss", "val_loss", "train_acc", "val_acc")}
+def _last_step(report: dict, run: str) -> int | None:
+    return next((r.get("last_step") for r in report.get("inputs", {}).get("runs", []) if r.get("name") == run), None)
+
+
+def layer_deltas(base: dict, cand: dict, pairs: dict[str, str]) -> list[dict[str, Any]]:
+    """Per-layer facts (dead-kernel ratio, gradient RMS, update ratio) of every parameter in both runs."""
+    out: list[dict[str, Any]] = []
+    for c_run, b_run in pairs.items():
+        b_layers = {row.get("param"): row.get("facts") or {} for row in _run_details(base, b_run).get("layers", [])}
+        for row in _run_details(cand, c_run).get("layers", []):
+            b_facts = b_layers.get(row.get("param"))
+            if b_facts is None:
+                continue
+            for fact, better in LAYER_FACTS.items():
+                b, c = b_facts.get(fact), (row.get("facts") or {}).get(fact)
+                if _is_number(b) and _is_number(c):
+                    out.append({"run": c_run, "param": row["param"], "fact": fact, "baseline": b, "candidate": c,
+                                "better": better})
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def baseline_curves(base: dict, pairs: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """candidate run -> the paired baseline run's loss/accuracy curves, to overlay on the candidate's."""
+    out = {}
+    for c_run, b_run in pairs.items():
+        curves = _run_details(base, b_run).get("curves", {})
+        out[c_run] = {k: curves[k] for k in OVERLAY_CURVES if k in curves}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the API
+
+
+def apply_baseline(report: dict[str, Any], baseline: str | dict[str, Any], opts: Options | None = None) -> None:
+    """Compare `report` with a baseline (path or report dict) in place.
+
+    Every finding gets a status, findings are reordered new first (then by severity), and
+    `report["baseline"]` gets: path, runs (candidate -> baseline run), new, persisting, resolved,
+    deltas (scalar metrics), layer_deltas, curves (baseline curves by candidate run) and the
+    baseline's summary.
+    """
+    if isinstance(baseline, dict):
+        base = baseline
+    else:
+        if opts is None:
+            from report_gen.engine import Options
+
+            opts = Options()
+        base = load_baseline(baseline, opts)
+    pairs = pair_runs(base, report)
+    if not pairs:
+        log.warning("baseline: no run of the baseline matches a run of the candidate by name; "
+                    "every finding counts as new")
+    findings = report.get("findings", [])
+    resolved = classify(findings, base.get("findings", []), pairs)
+    findings.sort(key=_lead_with_new)
+    resolved.sort(key=_lead_with_new)
+    report["baseline"] = {
+        "path": baseline if isinstance(baseline, str) else None,
+        "runs": pairs,
+        "new": sum(f["status"] == "new" for f in findings),
+        "persisting": sum(f["status"] == "persisting" for f in findings),
+        "resolved": resolved,
+        "deltas": scalar_deltas(base, report, pairs),
+        "layer_deltas": layer_deltas(base, report, pairs),
+        "curves": baseline_curves(base, pairs),
+        "summary": base.get("summary"),
+    }

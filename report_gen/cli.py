@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
     d.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
     d.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
-    d.add_argument("--fail-on", choices=("error", "warning", "never"), help="exit 1 at this level (default: error)")
+    d.add_argument("--fail-on", choices=("error", "warning", "never"),
+                   help="exit 1 on a finding at or above this level (default: error); with --baseline only "
+                        "new findings count")
+    d.add_argument("--fail-on-persisting", action="store_true",
+                   help="with --baseline, let findings already in the baseline count for --fail-on too")
     d.add_argument("--model", help="MODULE:FACTORY (or path/to/file.py:FACTORY) to probe activations post hoc")
     d.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
     g = d.add_mutually_exclusive_group()
@@ -180,7 +184,7 @@ def cmd_diagnose(args) -> int:
     if not args.quiet:
         for fmt, path in written.items():
             print(f"{fmt:>4}: {path}")
-    return exit_code(report, args.fail_on or cfg.fail_on)
+    return exit_code(report, args.fail_on or cfg.fail_on, args.fail_on_persisting)
 
 
 def cmd_rules(args) -> int:

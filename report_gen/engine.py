@@ -260,13 +260,18 @@ def _plain(d: Any) -> Any:
     return _jsonable(d)
 
 
-def exit_code(report: dict[str, Any], fail_on: str) -> int:
-    """0 when no (new, with a baseline) finding is at or above fail_on, else 1."""
+def exit_code(report: dict[str, Any], fail_on: str, fail_on_persisting: bool = False) -> int:
+    """0 when no finding at or above fail_on counts, else 1.
+
+    With a baseline only new findings count, unless fail_on_persisting (then persisting ones count too;
+    resolved ones never do).
+    """
     if fail_on == "never":
         return 0
     levels = {"error": ("error",), "warning": ("error", "warning")}[fail_on]
+    counted = ("new", "persisting") if fail_on_persisting else ("new",)
     with_baseline = report.get("baseline") is not None
     for f in report["findings"]:
-        if f["severity"] in levels and (not with_baseline or f.get("status", "new") == "new"):
+        if f["severity"] in levels and (not with_baseline or f.get("status", "new") in counted):
             return 1
     return 0

@@ -26,6 +26,7 @@ CURVE_GROUPS = (
 )
 DISTRIBUTION_KINDS = ("weight", "grad", "activation")
 IMAGE_KINDS = ("kernels", "image")
+CHANGE_ORDER = ("worse", "better", "same", "")  # baseline metric changes: what got worse is shown first
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ def plot_title(spec: dict) -> str:
     kind = spec.get("kind")
     if kind == "curve":
         title = _curve_series_title(_list(spec.get("series")))
+        if spec.get("baseline"):
+            title += " vs baseline (dashed)"
         step = spec.get("mark_step")
         return f"{title} (step {format_value(step)} marked)" if step is not None else title
     if kind == "distribution":
@@ -151,7 +154,8 @@ def _plot_ref(spec: dict | None, limits: Limits) -> dict | None:
 # -------------------------------------------------------------------------------------- findings
 
 
-def _finding_view(finding: dict, index: int, limits: Limits) -> dict:
+def _finding_view(finding: dict, index: int, limits: Limits, overlay: dict[str, set] | None = None) -> dict:
+    """One finding for the templates; `overlay` (run -> baseline curve names) adds the baseline to curve plots."""
     text = limits.max_text
     evidence = [(clean_text(k, 80), format_value(v)) for k, v in _dict(finding.get("evidence")).items()]
     severity = str(finding.get("severity", "info"))
@@ -168,8 +172,16 @@ def _finding_view(finding: dict, index: int, limits: Limits) -> dict:
         "status": clean_text(finding.get("status") or "", 20),
         "reason": clean_text(finding.get("reason") or "", text),
         "evidence": evidence[:40],
-        "plot": _plot_ref(finding.get("plot"), limits),
+        "plot": _plot_ref(_with_overlay(finding.get("plot"), overlay or {}), limits),
     }
+
+
+def _with_overlay(spec: Any, overlay: dict[str, set]) -> Any:
+    """A curve plot spec marked to draw the baseline's curves too, when the baseline has any of its series."""
+    if isinstance(spec, dict) and spec.get("kind") == "curve" and \
+            overlay.get(str(spec.get("run", "")), set()) & set(_list(spec.get("series"))):
+        return {**spec, "baseline": True}
+    return spec
 
 
 def sort_findings(findings: Iterable[Any]) -> list[dict]:
@@ -193,8 +205,12 @@ def _capped(rows: list, limits: Limits) -> dict:
 # ------------------------------------------------------------------------------------------ runs
 
 
-def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], limits: Limits) -> dict:
-    """One run's summary card plus its layer table and plot references; `findings` are raw dicts."""
+def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], limits: Limits,
+              overlay: dict[str, set] | None = None) -> dict:
+    """One run's summary card plus its layer table and plot references; `findings` are raw dicts.
+
+    `overlay` (run -> baseline curve names) makes the run's curve plots draw the baseline's curves too.
+    """
     name = str(run_input.get("name", ""))
     summary = _dict(details.get("summary"))
     steps = _list(summary.get("steps")) or [run_input.get("first_step"), run_input.get("last_step")]
@@ -222,7 +238,7 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "counts": counts,
         "verdict": "fail" if counts["error"] else "warn" if counts["warning"] else "pass",
         "layers": _layers_view(_list(details.get("layers")), limits),
-        "curves": _curve_refs(name, _dict(details.get("curves")), limits),
+        "curves": _curve_refs(name, _dict(details.get("curves")), limits, overlay or {}),
         "distributions": _distribution_refs(name, _dict(details.get("distributions")), limits),
         "grad_depth": _plot_ref({"kind": "grad_depth", "run": name}, limits) if _list(details.get("grad_depth")) else None,
         "images": _image_refs(name, _dict(details.get("images")), limits),
@@ -248,12 +264,12 @@ def _layers_view(layers: list, limits: Limits) -> dict:
     return {"columns": [clean_text(c, 60) for c in columns], **_capped(rows, limits)}
 
 
-def _curve_refs(run: str, curves: dict, limits: Limits) -> list[dict]:
+def _curve_refs(run: str, curves: dict, limits: Limits, overlay: dict[str, set]) -> list[dict]:
     refs = []
     for title, belongs in CURVE_GROUPS:
         series = [name for name in curves if belongs(name)]
         if series:
-            ref = _plot_ref({"kind": "curve", "run": run, "series": series}, limits)
+            ref = _plot_ref(_with_overlay({"kind": "curve", "run": run, "series": series}, overlay), limits)
             refs.append({**ref, "title": title})
     return refs
 
@@ -280,34 +296,77 @@ def _image_refs(run: str, images: dict, limits: Limits) -> list[dict]:
 # -------------------------------------------------------------------------------------- baseline
 
 
-def _baseline_view(baseline: Any, views: list[dict], limits: Limits) -> dict | None:
+def baseline_overlay(baseline: Any) -> dict[str, set]:
+    """candidate run -> names of the baseline curves stored for it (report["baseline"]["curves"])."""
+    curves = _dict(_dict(baseline).get("curves"))
+    return {str(run): {str(k) for k in _dict(series)} for run, series in curves.items() if _dict(series)}
+
+
+def _baseline_view(baseline: Any, views: list[dict], runs: list[dict], limits: Limits) -> dict | None:
     if not isinstance(baseline, dict):
         return None
     resolved = [_finding_view(f, i, limits) for i, f in enumerate(sort_findings(_list(baseline.get("resolved"))))]
     for view in resolved:
         view["id"] = "resolved-" + view["id"]
-    deltas = []
-    for d in map(_dict, _list(baseline.get("deltas"))):
-        deltas.append({"run": clean_text(d.get("run", ""), 200), "metric": clean_text(d.get("metric", ""), 200),
-                       "baseline": format_value(d.get("baseline")), "candidate": format_value(d.get("candidate")),
-                       "better": clean_text(d.get("better", ""), 20), "change": _delta_direction(d)})
+    deltas = [{"run": clean_text(d.get("run", ""), 200), "metric": clean_text(d.get("metric", ""), 200),
+               "baseline": format_value(d.get("baseline")), "candidate": format_value(d.get("candidate")),
+               "better": clean_text(d.get("better") or "", 20), "change": _delta_direction(d)}
+              for d in map(_dict, _list(baseline.get("deltas")))]
+    deltas.sort(key=lambda d: CHANGE_ORDER.index(d["change"]))  # what got worse first, then better
     return {
-        "path": clean_text(baseline.get("path", ""), 500),
+        "path": clean_text(baseline.get("path") or "", 500),
         "new": [v for v in views if v["status"] == "new"],
         "persisting": [v for v in views if v["status"] != "new"],
         "new_count": format_value(baseline.get("new", sum(1 for v in views if v["status"] == "new"))),
         "persisting_count": format_value(baseline.get("persisting", sum(1 for v in views if v["status"] != "new"))),
         "resolved": resolved,
         "deltas": deltas,
+        "worse_count": sum(d["change"] == "worse" for d in deltas),
+        "better_count": sum(d["change"] == "better" for d in deltas),
+        "layer_deltas": _layer_deltas_view(_list(baseline.get("layer_deltas")), limits),
+        "curves": [{"run": run["name"], "plots": [r for r in run["curves"] if r["spec"].get("baseline")]}
+                   for run in runs if any(r["spec"].get("baseline") for r in run["curves"])],
     }
+
+
+def _layer_deltas_view(layer_deltas: list, limits: Limits) -> dict:
+    """Per-layer fact changes, the largest relative change first (capped like other long tables)."""
+    items = sorted(map(_dict, layer_deltas), key=_change_size, reverse=True)
+    rows = [{"run": clean_text(d.get("run", ""), 200), "param": clean_text(d.get("param", ""), 200),
+             "fact": clean_text(d.get("fact", ""), 60), "baseline": format_value(d.get("baseline")),
+             "candidate": format_value(d.get("candidate")), "ratio": _ratio_text(d), "change": _delta_direction(d)}
+            for d in items]
+    return _capped(rows, limits)
+
+
+def _pair(delta: dict) -> tuple[float, float] | None:
+    """(baseline, candidate) of a delta when both are finite numbers, else None."""
+    pair = (delta.get("baseline"), delta.get("candidate"))
+    finite = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+    return pair if finite else None
+
+
+def _change_size(delta: dict) -> float:
+    """|log10(candidate / baseline)|; infinite when exactly one side is 0, 0 when unknown or equal."""
+    pair = _pair(delta)
+    if pair is None or pair[0] == pair[1]:
+        return 0.0
+    base, cand = pair
+    return abs(math.log10(cand / base)) if base and cand and cand / base > 0 else math.inf
+
+
+def _ratio_text(delta: dict) -> str:
+    """'×2.5' (candidate / baseline), or '—' when there is no finite ratio."""
+    pair = _pair(delta)
+    return f"×{pair[1] / pair[0]:.3g}" if pair is not None and pair[0] else "—"
 
 
 def _delta_direction(delta: dict) -> str:
     """'better', 'worse', 'same' or '' (unknown): candidate vs baseline in the metric's good direction."""
-    base, cand, better = delta.get("baseline"), delta.get("candidate"), delta.get("better")
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (base, cand))
-    if not numeric or better not in ("lower", "higher"):
+    pair, better = _pair(delta), delta.get("better")
+    if pair is None or better not in ("lower", "higher"):
         return ""
+    base, cand = pair
     if cand == base:
         return "same"
     return "better" if (cand < base) == (better == "lower") else "worse"
@@ -323,7 +382,6 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
     """
     all_sorted = sort_findings(_list(report.get("findings")))
     shown = all_sorted if limits.max_findings is None else all_sorted[: max(limits.max_findings, 0)]
-    views = [_finding_view(f, i, limits) for i, f in enumerate(shown)]
     summary = _dict(report.get("summary"))
     verdict = str(summary.get("verdict", "pass"))
     counts = _dict(summary.get("counts"))
@@ -331,9 +389,11 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
     run_inputs = [_dict(r) for r in _list(_dict(report.get("inputs")).get("runs"))]
     known = {str(r.get("name", "")) for r in run_inputs}
     run_inputs += [{"name": name} for name in details_runs if name not in known]
-    runs = [_run_view(i, r, _dict(details_runs.get(str(r.get("name", "")))), all_sorted, limits)
+    overlay = baseline_overlay(report.get("baseline"))
+    views = [_finding_view(f, i, limits, overlay) for i, f in enumerate(shown)]
+    runs = [_run_view(i, r, _dict(details_runs.get(str(r.get("name", "")))), all_sorted, limits, overlay)
             for i, r in enumerate(run_inputs)]
-    baseline = _baseline_view(report.get("baseline"), views, limits)
+    baseline = _baseline_view(report.get("baseline"), views, runs, limits)
     generator = _dict(report.get("generator"))
     context = {
         "generator": clean_text(f"{generator.get('name', 'report_gen')} {generator.get('version', '')}".strip(), 100),

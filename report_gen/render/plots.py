@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import math
+from functools import partial
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -90,6 +91,8 @@ class PlotStore:
     def __init__(self, report: dict, max_figures: int = DEFAULT_MAX_FIGURES) -> None:
         runs = report.get("details", {}).get("runs", {}) if isinstance(report.get("details"), dict) else {}
         self._runs: dict = runs if isinstance(runs, dict) else {}
+        baseline = report.get("baseline") if isinstance(report.get("baseline"), dict) else {}
+        self._baseline_curves: dict = baseline.get("curves") if isinstance(baseline.get("curves"), dict) else {}
         self._max_figures = max_figures
         self._png: dict[str, bytes | None] = {}
         self._figure: Figure | None = None
@@ -128,6 +131,8 @@ class PlotStore:
         }.get(str(spec.get("kind")))
         if painter is None:
             return None
+        if spec.get("kind") == "curve" and spec.get("baseline"):
+            painter = partial(_paint_curves, baseline=self._baseline_curves.get(str(spec.get("run", ""))))
         if self._figure is None:
             self._figure = Figure(figsize=FIGSIZE, dpi=DPI)
             FigureCanvasAgg(self._figure)
@@ -166,21 +171,27 @@ def _tail(name: str, limit: int = 18) -> str:
     return name if len(name) <= limit else "…" + name[-(limit - 1):]
 
 
-def _paint_curves(ax, run: dict, spec: dict) -> bool:
+def _paint_curves(ax, run: dict, spec: dict, baseline: Any = None) -> bool:
+    """The spec's series, raw (faint) and smoothed; a `baseline` run's same series dashed, smoothed."""
     curves = run.get("curves", {}) if isinstance(run.get("curves"), dict) else {}
+    baseline = baseline if isinstance(baseline, dict) else {}
     drawn = False
-    for index, name in enumerate(s for s in spec.get("series", []) if s in curves):
-        x, y = _xy(curves[name])
-        if not len(x):
-            continue
+    for index, name in enumerate(s for s in spec.get("series", []) if s in curves or s in baseline):
         colour = OKABE_ITO[index % len(OKABE_ITO)]
-        ax.plot(x, y, color=colour, alpha=0.3, linewidth=0.8)
-        ax.plot(x, ema_smooth(y), color=colour, linewidth=1.4, label=_label(name.removeprefix("other:")))
-        bad = ~np.isfinite(y)
-        if bad.any():
-            ax.plot(x[bad], np.full(int(bad.sum()), 0.96), "x", color=colour, markersize=5,
-                    transform=ax.get_xaxis_transform(), label="non-finite")
-        drawn = True
+        label = _label(name.removeprefix("other:"))
+        x, y = _xy(curves.get(name))
+        if len(x):
+            ax.plot(x, y, color=colour, alpha=0.3, linewidth=0.8)
+            ax.plot(x, ema_smooth(y), color=colour, linewidth=1.4, label=label)
+            bad = ~np.isfinite(y)
+            if bad.any():
+                ax.plot(x[bad], np.full(int(bad.sum()), 0.96), "x", color=colour, markersize=5,
+                        transform=ax.get_xaxis_transform(), label="non-finite")
+            drawn = True
+        bx, by = _xy(baseline.get(name))
+        if len(bx):
+            ax.plot(bx, ema_smooth(by), color=colour, linewidth=1.2, linestyle="--", label=f"{label} (baseline)")
+            drawn = True
     if not drawn:
         return False
     mark = spec.get("mark_step")
