@@ -89,3 +89,28 @@ def test_configured_prefixes_extend_the_defaults(tmp_path):
     assert build_signals(data).grad_hist == {}
     conv = TagConventions(grad_hist=("my_grads/",) + TagConventions().grad_hist)
     assert list(build_signals(data, conv).grad_hist) == ["fc.weight"]
+
+
+def test_ultralytics_and_lightning_style_tags(tmp_path):
+    recs = [make_version_event()]
+    for e in range(5):
+        recs += [make_scalar_event(t, e, 1.0 - e / 10) for t in
+                 ("train/box_loss", "train/cls_loss", "val/box_loss", "val/cls_loss", "lr/pg0", "metrics/mAP50(B)")]
+        recs += [make_scalar_event("val_loss", e, 0.9), make_scalar_event("epoch", e, e)]
+    write_records(tmp_path / "yolo" / "events.out.tfevents.1", recs)
+    s = _signals(tmp_path / "yolo")
+    assert s.train_loss.tag == "train/box_loss" and "train/cls_loss" in s.other_losses
+    assert s.val_loss.tag == "val_loss"  # the conventional name wins over the generic ones
+    assert {"val/box_loss", "val/cls_loss"} <= set(s.other_losses)
+    assert s.lr.tag == "lr/pg0"
+    assert "metrics/mAP50(B)" in s.other_scalars and "epoch" in s.other_scalars
+
+
+def test_tf1_estimator_eval_subfolder_is_validation(tmp_path):
+    write_records(tmp_path / "model_dir" / "events.out.tfevents.1",
+                  [make_version_event()] + [make_scalar_event("loss", i, 1.0 / (i + 1)) for i in range(5)])
+    write_records(tmp_path / "model_dir" / "eval" / "events.out.tfevents.2",
+                  [make_version_event()] + [make_scalar_event("loss", i * 2, 1.5 / (i + 1)) for i in range(3)])
+    s = _signals(tmp_path / "model_dir")
+    assert len(s.train_loss) == 5 and s.train_loss.tag == "loss"
+    assert len(s.val_loss) == 3 and s.val_loss.tag == "eval/loss"
