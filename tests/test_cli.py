@@ -123,3 +123,15 @@ def test_render_from_json_alone(tmp_path):
 def test_python_dash_m_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "report_gen", "rules", "explain", "L101"], capture_output=True, text=True)
     assert r.returncode == 0 and "nonfinite-loss" in r.stdout
+
+
+def test_trust_pickles_is_said_in_every_format(tmp_path):
+    import torch
+
+    torch.save({"model": {"fc.weight": torch.randn(4, 4)}, "step": 3}, tmp_path / "model.pt")
+    for flag, expected in (([], False), (["--trust-pickles"], True)):
+        out = tmp_path / f"out{len(flag)}"
+        assert main(["diagnose", str(tmp_path / "model.pt"), "-o", str(out), "-q", "--fail-on", "never", *flag]) == 0
+        assert json.loads((out / "report.json").read_text())["inputs"]["trust_pickles"] is expected
+        assert ("--trust-pickles was used" in (out / "report.md").read_text()) is expected
+        assert ("--trust-pickles was used" in (out / "report.html").read_text()) is expected

@@ -234,6 +234,8 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "parameter_count": format_value(summary.get("parameter_count")),
         "signals": [clean_text(s, 200) for s in _list(summary.get("signals"))][:60],
         "hparams": [(clean_text(k, 100), format_value(v)) for k, v in _dict(summary.get("hparams")).items()][:60],
+        "optimizer": _optimizer_text(_dict(summary.get("optimizer"))),
+        "probe": _probe_text(_dict(run_input.get("probe"))),
         "problems": _capped(problems, limits),
         "counts": counts,
         "verdict": "fail" if counts["error"] else "warn" if counts["warning"] else "pass",
@@ -243,6 +245,23 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "grad_depth": _plot_ref({"kind": "grad_depth", "run": name}, limits) if _list(details.get("grad_depth")) else None,
         "images": _image_refs(name, _dict(details.get("images")), limits),
     }
+
+
+def _optimizer_text(opt: dict) -> str:
+    if not opt:
+        return ""
+    note = f" ({clean_text(opt.get('note', ''), 300)})" if opt.get("note") else ""
+    return clean_text(f"{opt.get('kind', '?')}, state mapped: {opt.get('mapping', '?')}", 200) + note
+
+
+def _probe_text(probe: dict) -> str:
+    if not probe:
+        return ""
+    parts = [f"model {clean_text(probe.get('model', '?'), 200)}", f"input {clean_text(probe.get('input', '?'), 200)}",
+             f"{format_value(probe.get('checkpoints', 0))} checkpoint(s) probed"]
+    if probe.get("note"):
+        parts.append(clean_text(probe["note"], 200))
+    return "; ".join(parts)
 
 
 def _layers_view(layers: list, limits: Limits) -> dict:
@@ -403,6 +422,7 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
         "counts": [(s, counts.get(s, 0) if isinstance(counts.get(s, 0), int) else 0) for s in SEVERITY_ORDER],
         "runs": runs,
         "probe": format_value(_dict(report.get("inputs")).get("probe")) if _dict(report.get("inputs")).get("probe") else "",
+        "trust_pickles": _dict(report.get("inputs")).get("trust_pickles") is True,
         "findings": views,
         "groups": _group_by_severity(views),
         "findings_total": len(all_sorted),
