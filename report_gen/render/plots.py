@@ -14,6 +14,8 @@ from functools import partial
 from typing import Any, Callable, Iterable
 
 import numpy as np
+
+from report_gen.facts import curves
 from cycler import cycler
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -55,23 +57,11 @@ def to_floats(values: Any) -> np.ndarray:
 
 
 def ema_smooth(values: np.ndarray, weight: float = TENSORBOARD_SMOOTHING) -> np.ndarray:
-    """TensorBoard's scalar smoothing: a debiased exponential moving average.
-
-    Non-finite points are passed through unsmoothed and do not enter the average; a constant series is
-    left as it is (both as in TensorBoard's `classicSmoothing`).
-    """
+    """TensorBoard's scalar smoothing (the same function the rules use); a constant series stays exact."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0 or np.all(values == values[0]):
         return values.copy()
-    out = values.copy()
-    last, accumulated = 0.0, 0
-    for i, y in enumerate(values):
-        if not math.isfinite(y):
-            continue
-        last = last * weight + (1 - weight) * y
-        accumulated += 1
-        out[i] = last / (1 - weight**accumulated)
-    return out
+    return curves.ema_smooth(values, weight)
 
 
 def decode_png(encoded: Any) -> bytes | None:
@@ -176,11 +166,13 @@ def _paint_curves(ax, run: dict, spec: dict, baseline: Any = None) -> bool:
     curves = run.get("curves", {}) if isinstance(run.get("curves"), dict) else {}
     baseline = baseline if isinstance(baseline, dict) else {}
     drawn = False
+    seen: list[np.ndarray] = []
     for index, name in enumerate(s for s in spec.get("series", []) if s in curves or s in baseline):
         colour = OKABE_ITO[index % len(OKABE_ITO)]
         label = _label(name.removeprefix("other:"))
         x, y = _xy(curves.get(name))
         if len(x):
+            seen.append(y)
             ax.plot(x, y, color=colour, alpha=0.3, linewidth=0.8)
             ax.plot(x, ema_smooth(y), color=colour, linewidth=1.4, label=label)
             bad = ~np.isfinite(y)
@@ -197,6 +189,10 @@ def _paint_curves(ax, run: dict, spec: dict, baseline: Any = None) -> bool:
     mark = spec.get("mark_step")
     if isinstance(mark, (int, float)) and not isinstance(mark, bool):
         ax.axvline(mark, color="#555555", linestyle="--", linewidth=1)
+    finite = np.concatenate(seen)[np.isfinite(np.concatenate(seen))] if seen else np.array([])
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 1e3:
+        ax.set_yscale("log")  # a blow-up would flatten everything else to a line at 0
+        ax.set_ylabel("log scale")
     ax.set_xlabel("step")
     ax.legend(loc="best")
     return True

@@ -1,0 +1,394 @@
+"""Post-hoc activation probe: build the model, load a checkpoint, run one batch, keep statistics.
+
+The probe registers forward hooks on activation modules, Conv/Linear layers and
+nn.MultiheadAttention, runs one forward pass in eval mode under torch.no_grad, and reduces every
+captured output to an ActivationStats / AttentionStats inside the hook, so memory stays bounded by
+one layer output at a time. Hooks and patches are removed in a `finally`, also when forward raises.
+
+Only modules are seen: functional activations (`F.relu(x)`) inside a forward are invisible.
+A module called several times in one forward (torchvision's BasicBlock reuses its `relu`) is
+reported once per call: `layer1.0.relu`, then `layer1.0.relu#2`.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+from collections import Counter
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from report_gen.core import InputError
+from report_gen.facts.activations import (ProbeResult, activation_kind, activation_stats,
+                                          attention_stats, even_indices)
+
+_STRIPPABLE_PREFIXES = ("module.", "model.")
+_MAX_SYNTHETIC_ELEMENTS = 1 << 26  # refuse --probe-shape batches above ~256 MB of float32
+
+
+def _one_line(exc: BaseException) -> str:
+    """`Type: message` on one line, shortened for an error message."""
+    text = re.sub(r"\s+", " ", f"{type(exc).__name__}: {exc}").strip()
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# --------------------------------------------------------------------------- model factory
+
+def load_factory(spec: str, kwargs: dict | None = None) -> nn.Module:
+    """Build a model from "pkg.module:factory" or "path/to/file.py:factory" called with kwargs.
+
+    Never downloads weights: a factory with a `weights` parameter is called with weights=None unless
+    given, and non-empty `weights` or a true `pretrained` kwarg is refused. Raises InputError (one
+    line) when the spec is malformed, cannot be imported, or the call fails or returns no nn.Module.
+    """
+    module_part, sep, attr = spec.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise InputError(f"--model {spec}: expected MODULE:FACTORY or path/to/file.py:FACTORY")
+    factory = getattr(_import_module(spec, module_part), attr, None)
+    if not callable(factory):
+        raise InputError(f"--model {spec}: {module_part} has no callable {attr!r}")
+    call_kwargs = _no_download_kwargs(spec, factory, dict(kwargs or {}))
+    try:
+        model = factory(**call_kwargs)
+    except Exception as exc:  # any failure of user code becomes one line
+        raise InputError(f"--model {spec}: calling the factory failed: {_one_line(exc)}") from exc
+    if not isinstance(model, nn.Module):
+        raise InputError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _import_module(spec: str, module_part: str) -> Any:
+    """Import a dotted module or execute a .py file (its folder temporarily on sys.path)."""
+    try:
+        if module_part.endswith(".py") or os.sep in module_part or "/" in module_part:
+            return _import_file(module_part)
+        return importlib.import_module(module_part)
+    except InputError:
+        raise
+    except Exception as exc:  # ImportError, SyntaxError, errors raised while importing
+        raise InputError(f"--model {spec}: cannot import {module_part}: {_one_line(exc)}") from exc
+
+
+def _import_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise InputError(f"--model {path}: file not found")
+    name = "_report_gen_model_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+def _no_download_kwargs(spec: str, factory: Callable, kwargs: dict) -> dict:
+    """Force weights=None where the factory takes it; refuse kwargs that would fetch weights."""
+    if kwargs.get("weights") is not None or kwargs.get("pretrained"):
+        raise InputError(f"--model {spec}: pretrained weights are never downloaded; "
+                         "drop weights/pretrained from --model-kwargs (the checkpoint supplies the weights)")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins / C extensions without a signature
+        return kwargs
+    if "weights" in params:
+        kwargs["weights"] = None
+    return kwargs
+
+
+# --------------------------------------------------------------------------- probe input
+
+def load_probe_input(path: str | None, shape: str | None, *, seed: int = 0) -> tuple[Any, str]:
+    """The probe batch and a one-line description of it.
+
+    path: a tensor saved with torch.save (read with weights_only=True), a dict of tensors (passed as
+    keyword arguments when the model's forward accepts them, else its first tensor), a list/tuple of
+    tensors (positional arguments), or a .npy array. shape: "8,3,32,32" gives a seeded
+    standard-normal batch described as synthetic. Floating inputs become float32.
+    Raises InputError unless exactly one of path/shape is given and it can be used.
+    """
+    if (path is None) == (shape is None):
+        raise InputError("probe input: give exactly one of --probe FILE or --probe-shape N,C,H,W")
+    if shape is not None:
+        return _synthetic_input(shape, seed)
+    return _file_input(path)
+
+
+def _synthetic_input(shape: str, seed: int) -> tuple[torch.Tensor, str]:
+    parts = [p for p in re.split(r"[,x×\s]+", shape.strip()) if p]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise InputError(f"--probe-shape {shape!r}: expected positive integers such as 8,3,32,32")
+    dims = [int(p) for p in parts]
+    if int(np.prod(dims)) > _MAX_SYNTHETIC_ELEMENTS:
+        raise InputError(f"--probe-shape {shape!r}: {int(np.prod(dims))} elements is too large for a probe batch")
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.randn(*dims, generator=generator)
+    return batch, f"synthetic standard-normal batch {'×'.join(parts)} (seed {seed})"
+
+
+def _file_input(path: str) -> tuple[Any, str]:
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: probe input file not found")
+    try:
+        if path.endswith(".npy"):
+            obj: Any = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unsafe pickle, corrupt zip, wrong format...
+        raise InputError(f"{path}: cannot read probe input: {_one_line(exc)}") from exc
+    inputs = _as_model_input(path, obj)
+    return inputs, f"{os.path.basename(path)}: {_describe(inputs)}"
+
+
+def _as_model_input(path: str, obj: Any) -> Any:
+    """Tensor, dict of tensors or tuple of tensors with floating values cast to float32."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, dict) and any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {str(k): _as_model_input(path, v) if isinstance(v, torch.Tensor) else v for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(v, torch.Tensor) for v in obj):
+        return tuple(_as_model_input(path, v) for v in obj)
+    raise InputError(f"{path}: probe input holds {type(obj).__name__}, expected a tensor, "
+                     "a dict of tensors or a list of tensors")
+
+
+def _describe(inputs: Any) -> str:
+    if isinstance(inputs, torch.Tensor):
+        return f"tensor {'×'.join(map(str, inputs.shape))} {str(inputs.dtype).removeprefix('torch.')}"
+    if isinstance(inputs, dict):
+        return "dict " + ", ".join(f"{k}={_describe(v)}" for k, v in inputs.items() if isinstance(v, torch.Tensor))
+    return "tuple " + ", ".join(_describe(v) for v in inputs)
+
+
+# --------------------------------------------------------------------------- state dict
+
+def apply_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, list[str]]:
+    """Load tensors non-strictly; returns {"missing": [...], "unexpected": [...], "mismatched": [...]}.
+
+    "module."/"model." prefixes (DataParallel, Lightning) are stripped when that makes more keys
+    match the model. Tensors whose shape differs from the model's are not loaded and are listed under
+    "mismatched" (they also count as missing); non-tensor entries are ignored.
+    """
+    expected = model.state_dict()
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    tensors = _strip_prefixes(tensors, set(expected))
+    mismatched = sorted(k for k, v in tensors.items()
+                        if k in expected and tuple(v.shape) != tuple(expected[k].shape))
+    result = model.load_state_dict({k: v for k, v in tensors.items() if k not in mismatched}, strict=False)
+    return {"missing": sorted(result.missing_keys), "unexpected": sorted(result.unexpected_keys),
+            "mismatched": mismatched}
+
+
+def _strip_prefixes(tensors: dict[str, Any], expected: set[str]) -> dict[str, Any]:
+    """Repeatedly strip the known prefix that most increases the overlap with the model's keys."""
+    def overlap(d: dict[str, Any]) -> int:
+        return len(expected.intersection(d))
+
+    while True:
+        candidates = [{(k[len(p):] if k.startswith(p) else k): v for k, v in tensors.items()}
+                      for p in _STRIPPABLE_PREFIXES]
+        best = max(candidates, key=overlap)
+        if overlap(best) <= overlap(tensors):
+            return tensors
+        tensors = best
+
+
+# --------------------------------------------------------------------------- probing
+
+def _probed(module: nn.Module) -> bool:
+    """Modules captured by default: activations, Conv/Linear, multi-head attention."""
+    return isinstance(module, nn.MultiheadAttention) or activation_kind(type(module).__name__) != "other"
+
+
+def _select_modules(model: nn.Module, layers: list[str] | None) -> dict[str, nn.Module]:
+    named = dict(model.named_modules())
+    if layers is None:
+        return {name: m for name, m in named.items() if name and _probed(m)}
+    unknown = [name for name in layers if name not in named]
+    if unknown:
+        raise InputError(f"probe: layer(s) not in the model: {', '.join(unknown[:5])}")
+    return {name: named[name] for name in layers}
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        return next((v for v in value if isinstance(v, torch.Tensor)), None)
+    if isinstance(value, dict):
+        return next((v for v in value.values() if isinstance(v, torch.Tensor)), None)
+    return None
+
+
+class _Recorder:
+    """Forward hooks that reduce each output to statistics right away."""
+
+    def __init__(self, max_maps: int) -> None:
+        self.max_maps = max_maps
+        self.result = ProbeResult()
+        self._calls: Counter[str] = Counter()
+
+    def hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def record(module: nn.Module, _args: Any, output: Any) -> None:
+            self._calls[name] += 1
+            key = name if self._calls[name] == 1 else f"{name}#{self._calls[name]}"
+            if isinstance(module, nn.MultiheadAttention):
+                self._record_attention(key, output)
+            else:
+                self._record_activation(key, type(module).__name__, _first_tensor(output))
+        return record
+
+    def _record_attention(self, key: str, output: Any) -> None:
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if isinstance(weights, torch.Tensor):
+            # average_attn_weights=False is forced: a 3-d result comes from an unbatched query
+            batched = weights.unsqueeze(0) if weights.ndim == 3 else weights
+            self.result.attention[key] = attention_stats(key, batched)
+
+    def _record_activation(self, key: str, module_type: str, output: torch.Tensor | None) -> None:
+        if output is not None and output.ndim >= 2 and output.numel() and output.is_floating_point():
+            self.result.activations[key] = activation_stats(key, module_type, output, max_maps=self.max_maps)
+
+
+def _force_attention_weights(mha: nn.MultiheadAttention) -> None:
+    """Make this instance return per-head weights whatever its caller asked for."""
+    original = mha.forward
+    signature = inspect.signature(original)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["need_weights"] = True
+        bound.arguments["average_attn_weights"] = False
+        return original(*bound.args, **bound.kwargs)
+
+    mha.forward = forward  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _hooked(model: nn.Module, modules: dict[str, nn.Module], recorder: _Recorder) -> Iterator[None]:
+    """Hooks, attention patches, eval mode and no MHA fast path; all undone on exit, even on error."""
+    handles = []
+    patched = [m for m in modules.values() if isinstance(m, nn.MultiheadAttention)]
+    was_training = model.training
+    mha_backend = getattr(torch.backends, "mha", None)
+    fastpath = mha_backend.get_fastpath_enabled() if mha_backend else None
+    try:
+        if mha_backend:
+            mha_backend.set_fastpath_enabled(False)  # the fused encoder path bypasses self_attn
+        for m in patched:
+            _force_attention_weights(m)
+        handles = [m.register_forward_hook(recorder.hook(name)) for name, m in modules.items()]
+        model.eval()
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m in patched:
+            m.__dict__.pop("forward", None)
+        model.train(was_training)
+        if mha_backend:
+            mha_backend.set_fastpath_enabled(fastpath)
+
+
+def _never_updated_batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers still at their initial running statistics: no batch tracked, mean 0, var 1."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and m.num_batches_tracked is not None and int(m.num_batches_tracked) == 0
+            and not m.running_mean.any() and bool((m.running_var == 1).all())}
+
+
+@contextlib.contextmanager
+def _batch_statistics(norms: dict[str, nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """Run these BatchNorm layers in training mode, restoring their buffers and mode on exit.
+
+    A fresh model (or a checkpoint without BN buffers) in eval mode normalises with mean 0 / var 1,
+    which no real forward ever used and which makes whole channels look dead.
+    """
+    saved = {name: (m.training, [b.clone() for b in m.buffers()]) for name, m in norms.items()}
+    try:
+        for m in norms.values():
+            m.train()
+        yield
+    finally:
+        for name, m in norms.items():
+            training, buffers = saved[name]
+            for buffer, original in zip(m.buffers(), buffers):
+                buffer.copy_(original)
+            m.train(training)
+
+
+def _forward(model: nn.Module, inputs: Any) -> Any:
+    """Call the model with a tensor, a tuple (positional) or a dict (kwargs when accepted)."""
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    if isinstance(inputs, dict):
+        params = inspect.signature(model.forward).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if takes_any or set(inputs) <= set(params):
+            return model(**inputs)
+        return model(_first_tensor(inputs))
+    return model(inputs)
+
+
+def probe(model: nn.Module, inputs: Any, *, layers: list[str] | None = None, max_maps: int = 4,
+          description: str = "") -> ProbeResult:
+    """Run `inputs` through `model` once (eval, no_grad) and return per-layer statistics.
+
+    layers: module names from named_modules() to capture (default: every activation module,
+    Conv/Linear layer and nn.MultiheadAttention). max_maps: channel maps of sample 0 kept per 4-d
+    output. description: copied into the result (e.g. from load_probe_input).
+    BatchNorm layers whose running statistics were never updated normalise with the batch's own
+    statistics (batch size > 1; buffers restored afterwards) and are listed in
+    `batchnorm_batch_stats`. Raises InputError for an unknown layer name or when the forward pass
+    fails (hooks removed).
+    """
+    recorder = _Recorder(max_maps)
+    modules = _select_modules(model, layers)
+    first = _first_tensor(inputs) if not isinstance(inputs, torch.Tensor) else inputs
+    fresh_norms = _never_updated_batchnorms(model) if first is not None and first.ndim and len(first) > 1 else {}
+    with _hooked(model, modules, recorder), _batch_statistics(fresh_norms):
+        try:
+            with torch.no_grad():
+                _forward(model, inputs)
+        except Exception as exc:  # a shape mismatch between probe input and model, mostly
+            where = description or "the probe input"
+            raise InputError(f"probe: forward pass of {type(model).__name__} failed on {where}: "
+                             f"{_one_line(exc)}") from exc
+    recorder.result.input_description = description
+    recorder.result.batchnorm_batch_stats = sorted(fresh_norms)
+    return recorder.result
+
+
+def probe_series(model_factory: Callable[[], nn.Module],
+                 checkpoints: list[tuple[int | None, dict[str, Any] | Callable[[], dict[str, Any]]]],
+                 inputs: Any, *, max_checkpoints: int = 6, **kw: Any) -> list[tuple[int | None, ProbeResult]]:
+    """Probe the same batch through an evenly spaced subset of checkpoints (first and last kept).
+
+    checkpoints: (step, state_dict) pairs in training order; the state_dict may also be a
+    zero-argument callable returning it, so only the chosen checkpoints are ever loaded.
+    A fresh model from `model_factory` is used per checkpoint; each result carries its load_report.
+    Extra keyword arguments go to probe().
+    """
+    results = []
+    for index in even_indices(len(checkpoints), max_checkpoints):
+        step, state = checkpoints[int(index)]
+        model = model_factory()
+        report = apply_state_dict(model, state() if callable(state) else state)
+        result = probe(model, inputs, **kw)
+        result.load_report = report
+        results.append((step, result))
+    return results
