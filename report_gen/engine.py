@@ -86,18 +86,16 @@ def _run_probe(run: RunFacts, spec: ProbeSpec) -> None:
     from report_gen import probe as probe_mod
 
     inputs, description = probe_mod.load_probe_input(spec.probe_file, spec.probe_shape)
-    factory = lambda: probe_mod.load_factory(spec.model, spec.model_kwargs)  # noqa: E731
-    states = []
-    for c in run.checkpoints:
-        states.append((c.step, c))
-    if not states:
-        model = factory()
-        run.probe = [(None, probe_mod.probe(model, inputs))]
+    model = probe_mod.load_factory(spec.model, spec.model_kwargs)  # fails early, before any checkpoint is read
+    if not run.checkpoints:
+        run.probe = [(None, probe_mod.probe(model, inputs, description=description))]
         run.probe_info = {"model": spec.model, "input": description, "checkpoints": 0,
                           "note": "no checkpoint: the model's initial weights were probed"}
         return
-    loaded = [(step, {n: c.load(n) for n in c.tensors}) for step, c in _evenly(states, spec.max_checkpoints)]
-    results = probe_mod.probe_series(factory, loaded, inputs, max_checkpoints=spec.max_checkpoints)
+    # lazy loaders: probe_series picks an evenly spaced subset and only those checkpoints are read
+    states = [(c.step, lambda c=c: {n: c.load(n) for n in c.tensors}) for c in run.checkpoints]
+    results = probe_mod.probe_series(lambda: probe_mod.load_factory(spec.model, spec.model_kwargs), states, inputs,
+                                     max_checkpoints=spec.max_checkpoints, description=description)
     run.probe = results
     load_report = results[-1][1].load_report if results else None
     run.probe_info = {"model": spec.model, "input": description, "checkpoints": len(results),
@@ -107,13 +105,6 @@ def _run_probe(run: RunFacts, spec: ProbeSpec) -> None:
                                     message=f"loading into {spec.model}: {len(load_report.get('missing', []))} missing, "
                                             f"{len(load_report.get('unexpected', []))} unexpected keys "
                                             f"(e.g. {(load_report.get('missing') or load_report.get('unexpected'))[:3]})"))
-
-
-def _evenly(items: list, k: int) -> list:
-    if len(items) <= k:
-        return items
-    idx = sorted({round(i * (len(items) - 1) / (k - 1)) for i in range(k)})
-    return [items[i] for i in idx]
 
 
 def effective_config(opts: Options) -> Config:

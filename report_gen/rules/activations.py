@@ -25,6 +25,7 @@ class DeadActivationOptions:
     error_share: float = 0.9
     zero_tol: float = 1e-6  # logged stats: max and min within this of 0 = all-zero output
     late_share: float = 0.3  # logged stats: look at the last 30% of the points
+    min_cells: int = 16  # probe: samples x positions per unit needed before "never active" means anything
 
 
 @rule("A101", "dead-activations", "dead-activations", "error", needs=["probe", "act_stats", "act_hist"],
@@ -50,12 +51,16 @@ def dead_activations(run, opts: DeadActivationOptions):
     Options:
         warning_share / error_share: dead-unit share for a warning / an error (0.5 / 0.9).
         zero_tol: tolerance for all-zero logged statistics (1e-6). late_share: late part examined (0.3).
+        min_cells: probe samples × positions per unit needed to judge a unit (16). With fewer than
+        100 cells "active on fewer than 1%" means "never active on this batch"; a unit that fires on
+        10% of inputs stays silent on 16 of them 19% of the time, so give the probe 64+ inputs
+        when you can.
     """
     reported = set()
     probe = _last_probe(run)
     if probe is not None:
         for layer, st in probe.activations.items():
-            if st.kind != "relu-like" or not np.isfinite(st.dead_unit_frac):
+            if st.kind != "relu-like" or not np.isfinite(st.dead_unit_frac) or st.cells < opts.min_cells:
                 continue
             share = float(st.dead_unit_frac)
             if share > opts.warning_share:

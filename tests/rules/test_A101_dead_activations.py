@@ -47,3 +47,11 @@ def test_activation_histogram_mostly_zero():
     assert f.severity == "error"
     healthy = hist("activations/relu1", [np.maximum(rng.standard_normal(1000), 0)])
     assert hits(make_run(signals=Signals(act_hist={"relu1": healthy})), "A101") == []
+
+
+def test_probe_too_small_to_judge_units_is_not_reported():
+    x = torch.relu(torch.randn(8, 20))  # 8 cells per unit: too few to call a unit dead
+    x[:, :19] = 0
+    run = make_run(probe=[(1, ProbeResult(activations={"fc1.act": activation_stats("fc1.act", "ReLU", x)}))])
+    assert hits(run, "A101") == []
+    assert len(hits(run, "A101", min_cells=8)) == 1
