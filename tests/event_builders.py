@@ -141,6 +141,23 @@ def make_tensor_scalar_event(tag: str, step: int, value: float, wall_time: float
     return make_summary_event([value_pb], step, wall_time)
 
 
+def make_tensor_event(tag: str, step: int, tensor: tensor_pb2.TensorProto, plugin: str | None = None,
+                      wall_time: float = DEFAULT_WALL_TIME) -> bytes:
+    """A summary value holding any (possibly malformed) TensorProto, e.g. from :func:`raw_tensor`."""
+    kwargs = {"metadata": plugin_metadata(plugin)} if plugin else {}
+    return make_summary_event([summary_pb2.Summary.Value(tag=tag, tensor=tensor, **kwargs)], step, wall_time)
+
+
+def raw_tensor(dtype: str, shape: Sequence[int], **fields) -> tensor_pb2.TensorProto:
+    """A TensorProto with a free ``shape`` (not checked against the values), for hostile-input tests.
+
+    dtype: a ``types_pb2`` name such as ``"DT_FLOAT"``; ``fields``: ``tensor_content=...``,
+    ``float_val=[...]``, ``string_val=[...]``...
+    """
+    dims = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape])
+    return tensor_pb2.TensorProto(dtype=types_pb2.DataType.Value(dtype), tensor_shape=dims, **fields)
+
+
 def histogram_buckets(values, bins: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """(right edges, counts) of ``values`` over ``bins`` equal buckets."""
     counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)

@@ -8,8 +8,8 @@ from tensorboard.compat.proto import event_pb2
 from event_builders import (
     frame, make_event, make_graph_event, make_hist_event, make_hparams_event, make_image_event,
     make_meta_graph_event, make_scalar_event, make_session_log_event, make_string_scalar_event,
-    make_tensor_hist_event, make_tensor_image_event, make_tensor_scalar_event, make_text_event,
-    make_version_event, tiny_png, write_bytes, write_records,
+    make_tensor_event, make_tensor_hist_event, make_tensor_image_event, make_tensor_scalar_event,
+    make_text_event, make_version_event, raw_tensor, tiny_png, write_bytes, write_records,
 )
 from report_gen.readers.events import is_event_file_name, read_events
 
@@ -111,6 +111,123 @@ def test_bad_proto_is_counted(tmp_path):
     assert series(data, "loss") == ([1, 2], [1.0, 2.0])
     (problem,) = data.problems
     assert (problem.kind, problem.count, problem.offset) == ("bad-proto", 2, len(first))
+
+
+# -- hostile / malformed tensors ----------------------------------------------------------------------
+def bad_proto(data):
+    return [(p.kind, p.count, p.offset) for p in data.problems if p.kind == "bad-proto"]
+
+
+def test_claimed_shape_never_drives_allocation(tmp_path):
+    """A few-hundred-byte file claiming 50M-element tensors: skipped as bad-proto, no big allocation."""
+    import tracemalloc
+
+    huge = 50_000_000
+    first = frame(make_scalar_event("loss", 1, 1.0))
+    path = write_bytes(tmp_path / "events.out.tfevents.1", first + b"".join(frame(r) for r in [
+        make_tensor_event("w", 1, raw_tensor("DT_FLOAT", [huge // 3, 3], float_val=[1.0]), "histograms"),
+        make_tensor_event("lr", 1, raw_tensor("DT_FLOAT", [huge], float_val=[1.0]), "scalars"),
+        make_tensor_event("lr", 2, raw_tensor("DT_FLOAT", [2], float_val=[1.0, 2.0]), "scalars"),
+        make_tensor_event("w", 2, raw_tensor("DT_DOUBLE", [2**40, 2**40, 3], double_val=[0.0]), "histograms"),
+        make_tensor_event("w", 3, raw_tensor("DT_DOUBLE", [-1, 3], double_val=[0.0]), "histograms"),
+        make_tensor_event("txt", 1, raw_tensor("DT_STRING", [huge], string_val=[b"x"]), "text"),
+        make_tensor_event("img", 1, raw_tensor("DT_STRING", [huge], string_val=[b"2", b"2", b"png"]), "images"),
+        make_scalar_event("loss", 2, 2.0),
+    ]))
+    tracemalloc.start()
+    try:
+        data = read_one(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6
+    assert series(data, "loss") == ([1, 2], [1.0, 2.0])
+    assert data.histograms == {} and data.texts == {} and data.images == {}
+    assert bad_proto(data) == [("bad-proto", 7, len(first))]
+
+
+def test_scalar_tensor_must_have_exactly_one_element(tmp_path):
+    path = write_records(tmp_path / "events.out.tfevents.1", [
+        make_tensor_event("lr", 1, raw_tensor("DT_FLOAT", [1, 1], float_val=[0.5]), "scalars"),  # product 1: ok
+        make_tensor_event("lr", 2, raw_tensor("DT_FLOAT", [], float_val=[]), "scalars"),  # no value
+        make_tensor_event("lr", 3, raw_tensor("DT_FLOAT", [], float_val=[1.0, 2.0]), "scalars"),  # too many
+        make_tensor_event("vec", 1, raw_tensor("DT_FLOAT", [3], float_val=[1.0]), None),  # unnamed vector: not ours
+    ])
+    data = read_one(path)
+    assert series(data, "lr") == ([1], [0.5]) and series(data, "vec") == ([], [])
+    assert [(k, c) for k, c, _ in bad_proto(data)] == [("bad-proto", 2)]
+
+
+def test_last_value_fill_only_for_small_tensors_within_the_file_budget(tmp_path):
+    """TF's "trailing copies of the last value left out" form is rebuilt for small tensors only."""
+    k = 333_333  # 999,999 elements: just under the per-tensor limit
+    path = write_records(tmp_path / "events.out.tfevents.1", [
+        make_tensor_event("empty", 1, raw_tensor("DT_DOUBLE", [30, 3], double_val=[0.0]), "histograms"),
+        make_tensor_event("two", 1, raw_tensor("DT_DOUBLE", [2, 3], double_val=[0.0, 1.0, 2.0, 2.0]), "histograms"),
+        make_tensor_event("big", 1, raw_tensor("DT_DOUBLE", [k, 3], double_val=[0.0]), "histograms"),
+        # the file's fill budget (1M + 16 x file size elements) is spent by now
+        make_tensor_event("big", 2, raw_tensor("DT_DOUBLE", [k, 3], double_val=[0.0]), "histograms"),
+        make_tensor_event("over", 1, raw_tensor("DT_DOUBLE", [(1 << 20) // 3 + 1, 3], double_val=[0.0]),
+                          "histograms"),
+    ])
+    data = read_one(path)
+    assert data.histograms["empty"].num.tolist() == [0.0] and data.histograms["empty"].limits[0].size == 30
+    assert data.histograms["two"].counts[0].tolist() == [2.0, 2.0]
+    assert data.histograms["big"].steps.tolist() == [1] and "over" not in data.histograms
+    assert [(k, c) for k, c, _ in bad_proto(data)] == [("bad-proto", 2)]
+
+
+@pytest.mark.parametrize("tensor, plugin", [
+    (raw_tensor("DT_FLOAT", [], tensor_content=b"\x00\x00\x80"), "scalars"),  # 3 bytes of float32
+    (raw_tensor("DT_HALF", [], tensor_content=b"\x00"), "scalars"),
+    (raw_tensor("DT_BFLOAT16", [], tensor_content=b"\x00\x00\x00"), None),
+    (raw_tensor("DT_FLOAT", [], tensor_content=b"\x00" * 8), "scalars"),  # a multiple, but 2 values
+    (raw_tensor("DT_DOUBLE", [2, 3], tensor_content=b"\x00" * 20), "histograms"),  # 20 % 8 != 0
+    (raw_tensor("DT_DOUBLE", [2, 3], tensor_content=b"\x00" * 40), "histograms"),  # 5 values for 6
+    (raw_tensor("DT_DOUBLE", [2, 2], double_val=[0.0] * 4), "histograms"),  # not [k, 3]
+    (raw_tensor("DT_STRING", [2], string_val=[b"a"]), "text"),
+    (raw_tensor("DT_STRING", [4], string_val=[b"2", b"2", b"p"]), "images"),
+])
+def test_malformed_tensor_is_bad_proto_and_the_rest_is_read(tmp_path, tensor, plugin):
+    first = frame(make_version_event()) + frame(make_scalar_event("loss", 1, 1.0))
+    path = write_bytes(tmp_path / "events.out.tfevents.1", first + b"".join(frame(r) for r in [
+        make_tensor_event("x", 1, tensor, plugin),
+        make_tensor_event("x", 2, tensor, plugin),
+        make_scalar_event("loss", 2, 2.0),
+    ]))
+    data = read_one(path)
+    assert series(data, "loss") == ([1, 2], [1.0, 2.0])
+    assert bad_proto(data) == [("bad-proto", 2, len(first))]
+    assert [p.kind for p in data.problems] == ["bad-proto"]
+
+
+def test_bad_value_does_not_drop_the_other_values_of_its_record(tmp_path):
+    from tensorboard.compat.proto import summary_pb2
+    bad = summary_pb2.Summary.Value(tag="x", tensor=raw_tensor("DT_FLOAT", [], tensor_content=b"\x01"),
+                                    metadata=summary_pb2.SummaryMetadata(
+                                        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")))
+    good = summary_pb2.Summary.Value(tag="loss", simple_value=0.5)
+    path = write_records(tmp_path / "events.out.tfevents.1",
+                         [make_event(3, T0, summary=summary_pb2.Summary(value=[bad, good]))])
+    data = read_one(path)
+    assert series(data, "loss") == ([3], [0.5])
+    assert bad_proto(data) == [("bad-proto", 1, 0)]
+
+
+def test_no_decoding_error_escapes(tmp_path, monkeypatch):
+    """Whatever a record's content makes the decoding code raise, read_events reports and goes on."""
+    import report_gen.readers.events as events
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("hostile")
+
+    monkeypatch.setattr(events, "_from_histo", boom)
+    monkeypatch.setattr(events._SimpleScalars, "decode", classmethod(boom))  # the bulk path too
+    path = write_records(tmp_path / "events.out.tfevents.1", [
+        make_scalar_event("loss", 1, 1.0), make_hist_event("w", 1, [1.0]), make_scalar_event("loss", 2, 2.0)])
+    data = read_one(path)
+    assert series(data, "loss") == ([1, 2], [1.0, 2.0])  # the slow path took over
+    assert [(k, c) for k, c, _ in bad_proto(data)] == [("bad-proto", 1)]
 
 
 def test_unreadable_file_does_not_stop_the_run(tmp_path):
@@ -232,6 +349,27 @@ def test_files_merge_by_first_wall_time_then_name(tmp_path):
     assert data.files == [str(early), str(late)]
     # the later file restarts at step 10: the earlier value at step 10 is dropped
     assert series(data, "loss") == ([10], [2.0])
+
+
+def test_tags_are_in_write_order_not_alphabetical(tmp_path):
+    """Histogram/image/text keys follow first appearance (model depth: input layer first)."""
+    layers = ["features.0.weight", "features.3.weight", "features.10.weight", "classifier.1.weight"]
+    first = write_records(tmp_path / "events.out.tfevents.1", [
+        rec for step in range(2) for rec in
+        [make_scalar_event("loss", step, 1.0, T0 + step)]
+        + [make_hist_event(f"grad/{name}", step, [1.0], T0 + step) for name in layers]
+        + [make_image_event("z_img", step, wall_time=T0 + step), make_image_event("a_img", step, wall_time=T0 + step),
+           make_text_event("z_txt", step, "z", T0 + step), make_text_event("a_txt", step, "a", T0 + step)]])
+    # a later file (merge order: later first wall time) introduces a new tag and repeats an old one
+    second = write_records(tmp_path / "events.out.tfevents.0", [
+        make_hist_event("grad/aaa.head", 5, [1.0], T0 + 100),
+        make_hist_event("grad/features.0.weight", 5, [1.0], T0 + 100)])
+    sub = write_records(tmp_path / "b_sub" / "events.out.tfevents.2", [
+        make_hist_event("zz", 0, [1.0], T0 - 50), make_hist_event("aa", 0, [1.0], T0 - 50)])
+    data = read_events([(str(sub), "b_sub"), (str(second), ""), (str(first), "")])
+    assert list(data.histograms) == [f"grad/{name}" for name in layers] + ["grad/aaa.head", "b_sub/zz", "b_sub/aa"]
+    assert list(data.images) == ["z_img", "a_img"] and list(data.texts) == ["z_txt", "a_txt"]
+    assert data.histograms["grad/features.0.weight"].steps.tolist() == [0, 1, 5]
 
 
 # -- step policy ------------------------------------------------------------------------------------

@@ -19,12 +19,37 @@ What is decoded
     In TF2 a value carries its plugin name only on the first occurrence of its tag in a file, so the
     plugin is remembered per tag per file.
 
+Hostile or malformed records
+    Nothing in a record's content can stop the read or make memory grow beyond what the file holds:
+    a record that is not an ``Event`` proto, or a value that fails to decode, is skipped and counted,
+    and the rest of the file is read (one ``Problem(kind="bad-proto", severity="warning")`` per file
+    with the number of such records and the offset of the first). A TF2 tensor's claimed shape is
+    never used to allocate: it must match the values actually present. ``tensor_content`` must hold
+    exactly (number of elements) x (dtype size) bytes; a repeated value field must hold exactly that
+    many values, except TF's compression where trailing copies of the last value are left out, which is
+    honoured only for non-scalar tensors of at most ``_MAX_FILL`` elements (and at most
+    ``_MAX_FILL`` + 16 x file size elements filled per file). A tensor with the ``scalars`` plugin must
+    claim exactly one element (shape ``[]`` or a shape whose product is 1) and hold exactly one value;
+    a ``histograms`` tensor's element count must be a multiple of 3; a string tensor (images, text)
+    must hold as many strings as its shape claims. Records breaking these rules count as bad-proto.
+    A numeric tensor without plugin name claiming more than one element is not a scalar and is
+    skipped without being decoded.
+
 Sub-folders
     ``read_events`` gets ``(path, sub)`` pairs for one run. ``sub`` is recorded, not interpreted: in the
     scalar DataFrame the ``run`` column holds ``sub`` ("" for files directly in the run folder); the keys
     of ``histograms``, ``images`` and ``texts`` (and the ``tag`` attribute of their items) are ``tag``
     when ``sub == ""`` and ``f"{sub}/{tag}"`` otherwise. Files of the same sub are merged in write order:
     by the wall time of their first event, then by file name.
+
+Order of tags
+    ``histograms``, ``images`` and ``texts`` are dicts in order of FIRST APPEARANCE (write order): subs
+    in sorted order ("" first), then files in merge order, then records in file order; a tag first
+    logged in a later file comes after every tag of the earlier files. Downstream code relies on this:
+    loggers write per-layer histograms from the input layer to the output layer, so key order is model
+    depth (alphabetical order would put ``classifier.*`` before ``features.*``). The scalar DataFrame
+    is NOT in write order: its rows are sorted by ``run``, then ``tag`` (both alphabetically), then
+    step, then write order.
 
 Step policy (like TensorBoard's purge of orphaned data)
     Values of one (sub, tag) are taken in write order. A value at step ``s`` starts a *restart* when
@@ -65,6 +90,13 @@ from report_gen.readers.types import SCALAR_COLUMNS, EventData, HistogramSeries,
 ALL_KINDS = ("scalars", "histograms", "images", "texts", "hparams")
 
 _SESSION_START = event_pb2.SessionLog.START
+
+# TF leaves out trailing copies of a tensor's last value; such a tensor is rebuilt only if it has at
+# most _MAX_FILL elements, and a file may rebuild at most _MAX_FILL + _FILL_PER_BYTE * (its size)
+# elements in all, so a tiny hostile file cannot make the reader allocate gigabytes.
+_MAX_FILL = 1 << 20
+_FILL_PER_BYTE = 16
+_HUGE = 1 << 63  # claimed element counts are clamped here (shapes can multiply to enormous numbers)
 
 # dtype enum -> (numpy dtype of the values, TensorProto repeated field holding them)
 _TENSOR_FIELDS: dict[int, tuple[str, str]] = {
@@ -169,6 +201,7 @@ def _decode_file(path: str, sub: str, kinds: frozenset[str]) -> _FileContent:
     decoder = _EventDecoder(_FileContent(path, sub), kinds)
     seq = 0
     for batch in reader.batches():
+        decoder.file_bytes = reader.bytes_total
         decoder.decode_batch(batch, seq)
         seq += len(batch)
     content = decoder.finish()
@@ -191,40 +224,59 @@ class _EventDecoder:
         self.versions = 0
         self.bad_proto = 0
         self.bad_proto_offset: int | None = None
+        self.file_bytes = 0  # size of the file (sets the fill budget, see _MAX_FILL)
+        self.filled = 0  # tensor elements rebuilt from TF's "last value left out" form so far
         self._slow_scalars: tuple[list, list, list, list, list] = ([], [], [], [], [])
 
     def decode_batch(self, batch: RecordBatch, first_seq: int) -> None:
         """Decode one batch; record ``i`` gets sequence number ``first_seq + i``."""
-        fast = _SimpleScalars.decode(batch.buffer, batch.starts, batch.lengths)
-        if fast.mask.any():
+        try:
+            fast = _SimpleScalars.decode(batch.buffer, batch.starts, batch.lengths)
+        except Exception:  # noqa: BLE001 - defensive: the bulk path never loses a batch, the slow path decides
+            fast = None
+        if fast is not None and fast.mask.any():
             seqs = first_seq + np.flatnonzero(fast.mask)
             self.content.note_first(int(seqs[0]), float(fast.wall_times[0]))
             if "scalars" in self.kinds:
                 self.content.scalar_tags.append(fast.tags)
                 self.content.scalar_cols.append((seqs, fast.steps, fast.wall_times, fast.values))
         buf = batch.buffer
-        rest = np.flatnonzero(~fast.mask)
+        rest = np.flatnonzero(~fast.mask) if fast is not None else np.arange(len(batch))
         for i, start, length in zip(rest.tolist(), batch.starts[rest].tolist(), batch.lengths[rest].tolist()):
             self._decode_record(buf[start:start + length], first_seq + i, batch.base + start - 12)
 
     def _decode_record(self, data: bytes, seq: int, offset: int) -> None:
+        """Decode one record; if it (or any of its values) cannot be decoded it is counted as bad-proto."""
         try:
-            event = event_pb2.Event.FromString(data)
-        except DecodeError:
+            ok = self._decode_event(data, seq)
+        except Exception:  # noqa: BLE001 - no record's content may stop the read
+            ok = False
+        if not ok:
             self.bad_proto += 1
             if self.bad_proto_offset is None:
                 self.bad_proto_offset = offset
-            return
+
+    def _decode_event(self, data: bytes, seq: int) -> bool:
+        """Decode one Event; False if it is not an Event or some of its values were malformed."""
+        try:
+            event = event_pb2.Event.FromString(data)
+        except DecodeError:
+            return False
         self.content.note_first(seq, event.wall_time)
         what = event.WhichOneof("what")
+        ok = True
         if what == "summary":
             for value in event.summary.value:
-                self._decode_value(value, seq, event.step, event.wall_time)
+                try:  # the other values of the record are still read
+                    self._decode_value(value, seq, event.step, event.wall_time)
+                except Exception:  # noqa: BLE001 - _Malformed, or anything a hostile value triggers
+                    ok = False
         elif what == "file_version":
             self.versions += 1
         elif what == "session_log" and event.session_log.status == _SESSION_START:
             self.content.session_starts.append(seq)
         # anything else (graph_def, meta_graph_def, ...) is recognised and skipped
+        return ok
 
     def _decode_value(self, value: summary_pb2.Summary.Value, seq: int, step: int, wall: float) -> None:
         tag = value.tag
@@ -250,21 +302,37 @@ class _EventDecoder:
 
     def _decode_tensor(self, tensor: tensor_pb2.TensorProto, plugin: str, tag: str, seq: int, step: int,
                        wall: float) -> None:
+        """Decode a TF2 tensor value; raises :class:`_Malformed` if its content contradicts its shape."""
         is_string = tensor.dtype == types_pb2.DT_STRING
+        spec = _TENSOR_FIELDS.get(tensor.dtype)
         if plugin in ("scalars", "") and not is_string:
-            array = _tensor_array(tensor)
-            if array is not None and array.size == 1:
-                self._add_scalar(tag, seq, step, wall, float(array.ravel()[0]))
+            if spec is None or "scalars" not in self.kinds:
+                return
+            if _claimed_size(tensor) != 1:
+                if plugin == "scalars":
+                    raise _Malformed("a scalar tensor must have exactly one element")
+                return  # an unnamed non-scalar tensor: not ours, and never decoded
+            flat, _ = _tensor_values(tensor, spec, 1, max_fill=0)
+            self._add_scalar(tag, seq, step, wall, float(flat[0]))
         elif plugin == "histograms" and not is_string:
-            array = _tensor_array(tensor)
-            if array is not None and array.size % 3 == 0:
-                self._add(self.content.histograms, "histograms", tag, seq, step, wall,
-                          lambda: _from_tensor_buckets(array.reshape(-1, 3)))
-        elif plugin == "images" and is_string and len(tensor.string_val) >= 2:
-            self._add(self.content.images, "images", tag, seq, step, wall, lambda: _tensor_images(tensor))
-        elif plugin == "text" and is_string:
+            if spec is None or "histograms" not in self.kinds:
+                return
+            claimed = _claimed_size(tensor)
+            if claimed % 3:
+                raise _Malformed("a histogram tensor must be [k, 3]")
+            budget = _MAX_FILL + _FILL_PER_BYTE * self.file_bytes - self.filled
+            flat, filled = _tensor_values(tensor, spec, claimed, max_fill=min(_MAX_FILL, budget))
+            self.filled += filled
+            self._add(self.content.histograms, "histograms", tag, seq, step, wall,
+                      lambda: _from_tensor_buckets(flat.reshape(-1, 3)))
+        elif plugin == "images" and is_string and "images" in self.kinds:
+            items = _tensor_strings(tensor)
+            if len(items) >= 2:
+                self._add(self.content.images, "images", tag, seq, step, wall, lambda: _tensor_images(items))
+        elif plugin == "text" and is_string and "texts" in self.kinds:
+            items = _tensor_strings(tensor)
             self._add(self.content.texts, "texts", tag, seq, step, wall,
-                      lambda: "\n".join(s.decode("utf-8", "replace") for s in tensor.string_val))
+                      lambda: "\n".join(s.decode("utf-8", "replace") for s in items))
 
     def _add_scalar(self, tag: str, seq: int, step: int, wall: float, value: float) -> None:
         if "scalars" in self.kinds:
@@ -275,7 +343,8 @@ class _EventDecoder:
              payload) -> None:
         """Append a point built by ``payload()`` (called only if ``kind`` is wanted)."""
         if kind in self.kinds:
-            store.setdefault(tag, []).append(_Point(seq, step, wall, payload()))
+            point = _Point(seq, step, wall, payload())  # built first: if it raises, nothing is stored
+            store.setdefault(tag, []).append(point)
 
     def version_only(self, n_records: int) -> bool:
         """The file held file_version records and nothing else."""
@@ -292,29 +361,62 @@ class _EventDecoder:
         if self.bad_proto:
             path = self.content.path
             self.content.problems.append(Problem(
-                path, "bad-proto", f"{path}: {self.bad_proto} record(s) are not Event protos; skipped",
+                path, "bad-proto",
+                f"{path}: {self.bad_proto} record(s) are not Event protos or hold malformed values; skipped",
                 severity="warning", offset=self.bad_proto_offset, count=self.bad_proto))
         return self.content
 
 
 # -- value conversion --------------------------------------------------------------------------
-def _tensor_array(tensor: tensor_pb2.TensorProto) -> np.ndarray | None:
-    """A numeric TensorProto as a numpy array (None for strings and unsupported dtypes)."""
-    spec = _TENSOR_FIELDS.get(tensor.dtype)
-    if spec is None:
-        return None
+class _Malformed(ValueError):
+    """A value whose content contradicts its own description (e.g. its shape); counted as bad-proto."""
+
+
+def _claimed_size(tensor: tensor_pb2.TensorProto) -> int:
+    """Number of elements the tensor's shape claims (clamped at ``_HUGE``); never allocates."""
+    size = 1
+    for dim in tensor.tensor_shape.dim:
+        if dim.size < 0:
+            raise _Malformed("negative (unknown) dimension in a tensor value")
+        size = min(size * dim.size, _HUGE)
+    return size
+
+
+def _tensor_values(tensor: tensor_pb2.TensorProto, spec: tuple[str, str], claimed: int,
+                   max_fill: int) -> tuple[np.ndarray, int]:
+    """The ``claimed`` values of a numeric TensorProto, flat, and how many elements were filled in.
+
+    The values present must match ``claimed`` exactly: ``tensor_content`` of ``claimed`` x item size
+    bytes, or ``claimed`` values in the typed field. The one exception is TF's compression (trailing
+    copies of the last value left out), rebuilt only when ``claimed <= max_fill``. Anything else
+    raises :class:`_Malformed`, so memory never exceeds what the record holds plus ``max_fill``.
+    """
     dtype, field_name = spec
-    shape = tuple(d.size for d in tensor.tensor_shape.dim)
-    size = int(np.prod(shape, dtype=np.int64))
-    if tensor.tensor_content:
-        flat = _from_raw(tensor.tensor_content, dtype)
-    else:
-        flat = _from_repeated(getattr(tensor, field_name), dtype)
-        if 0 < flat.size < size:  # TF stores a repeated last value only once
-            flat = np.concatenate([flat, np.repeat(flat[-1:], size - flat.size)])
-    if flat.size != size:
-        return None
-    return flat.reshape(shape)
+    content = tensor.tensor_content
+    if content:
+        itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+        if len(content) != claimed * itemsize:
+            raise _Malformed(f"tensor_content of {len(content)} bytes for {claimed} x {itemsize}-byte values")
+        return _from_raw(content, dtype), 0
+    values = getattr(tensor, field_name)
+    n = len(values)
+    if n == claimed:
+        return _from_repeated(values, dtype), 0
+    if 0 < n < claimed <= max_fill:
+        flat = _from_repeated(values, dtype)
+        return np.concatenate([flat, np.repeat(flat[-1:], claimed - n)]), claimed - n
+    raise _Malformed(f"{n} value(s) for a tensor of {claimed} element(s)")
+
+
+def _tensor_strings(tensor: tensor_pb2.TensorProto):
+    """The strings of a string TensorProto; there must be exactly as many as its shape claims.
+
+    (TF never compresses string tensors, so no "last value left out" form is accepted here.)
+    """
+    items = tensor.string_val
+    if len(items) != _claimed_size(tensor):
+        raise _Malformed(f"{len(items)} string(s) for a tensor of {_claimed_size(tensor)} element(s)")
+    return items
 
 
 def _from_raw(content: bytes, dtype: str) -> np.ndarray:
@@ -352,9 +454,8 @@ def _from_tensor_buckets(buckets: np.ndarray) -> tuple:
     return (lo, hi, counts.sum(), float(counts @ centres), float(counts @ centres**2), right.copy(), counts.copy())
 
 
-def _tensor_images(tensor: tensor_pb2.TensorProto) -> list[tuple[int, int, bytes]]:
+def _tensor_images(items: Sequence[bytes]) -> list[tuple[int, int, bytes]]:
     """(width, height, encoded) for each image of a TF2 ``[width, height, png...]`` string tensor."""
-    items = tensor.string_val
     try:
         width, height = int(items[0]), int(items[1])
     except ValueError:
@@ -531,10 +632,13 @@ def _merge_points(sub: str, group: list[_FileContent], max_per_tag: int | None, 
     """Merge histograms, images and texts of one sub into ``data`` (keys prefixed with ``sub/``)."""
     prefix = f"{sub}/" if sub else ""
     for attr in ("histograms", "images", "texts"):
-        tags = sorted({tag for c in group for tag in getattr(c, attr)})
+        # first appearance: files in merge order, then (dict insertion order) records in file order
+        tags = dict.fromkeys(tag for c in group for tag in getattr(c, attr))
         for tag in tags:
             points = [(i, p) for i, c in enumerate(group) for p in getattr(c, attr).get(tag, [])]
-            file_index = np.array([i for i, _ in points])
+            if not points:
+                continue
+            file_index = np.array([i for i, _ in points], dtype=np.int64)
             seqs = np.array([p.seq for _, p in points], dtype=np.int64)
             steps = np.array([p.step for _, p in points], dtype=np.int64)
             kept, found = _select(steps, _session_ids(group, file_index, seqs), max_per_tag)

@@ -77,10 +77,14 @@ class EventData:
 
     scalars: tidy DataFrame with columns SCALAR_COLUMNS; `run` is the sub-folder the value came
              from ("" for the run folder itself, e.g. "activation_stats_conv1_mean" for an
-             add_scalars sibling or "validation" for Keras). Sorted by (run, tag, step, write order).
-    histograms: tag -> HistogramSeries
-    images: tag -> list[ImageRef] (ordered by step)
-    texts: tag -> list[(step, text)]
+             add_scalars sibling or "validation" for Keras). Rows sorted by run and tag
+             (alphabetically), then step, then write order: row order says nothing about model depth.
+    histograms: tag -> HistogramSeries. Keys are in WRITE ORDER (order of first appearance: sub-folders
+             sorted, "" first; then files in merge order; then records in file order), NOT
+             alphabetical. Loggers write per-layer histograms from the input layer to the output layer,
+             so consumers may take key order as model depth (input first).
+    images: tag -> list[ImageRef] (ordered by step); keys in write order, as for histograms
+    texts: tag -> list[(step, text)]; keys in write order, as for histograms
     hparams: flat dict of hyper-parameters found in hparams plugin data (may be empty)
     problems: damage found while reading (truncation, CRC errors, junk, restarts...)
     files: the event files read, in merge order
