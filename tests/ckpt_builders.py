@@ -214,3 +214,122 @@ def write_malicious(path: Path, state: dict | None, marker: Path) -> Path:
         payload["state_dict"] = state
     torch.save(payload, path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile files: a tiny pickle assembler (opcodes by hand, so nothing is ever pickled from a real
+# object) and raw torch zip / legacy writers around it
+
+import pickle  # noqa: E402
+import struct  # noqa: E402
+
+
+def pk_global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def pk_str(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def pk_bytes(raw: bytes) -> bytes:
+    return b"B" + struct.pack("<I", len(raw)) + raw
+
+
+def pk_int(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n) if -2**31 <= n < 2**31 else b"L" + str(n).encode() + b"L\n"
+
+
+def pk_tuple(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def pk_list(*items: bytes) -> bytes:
+    return b"]" + (b"(" + b"".join(items) + b"e" if items else b"")
+
+
+def pk_call(func: bytes, args: bytes) -> bytes:
+    return func + args + b"R"
+
+
+def pk_build(obj: bytes, state: bytes) -> bytes:
+    return obj + state + b"b"
+
+
+def pk_dict(*pairs: tuple[bytes, bytes]) -> bytes:
+    return b"}" + (b"(" + b"".join(k + v for k, v in pairs) + b"u" if pairs else b"")
+
+
+PK_NONE, PK_FALSE, PK_TRUE = b"N", b"\x89", b"\x88"
+
+
+def pk_dump(body: bytes) -> bytes:
+    return b"\x80\x02" + body + b"."
+
+
+def pk_storage_id(key: str, numel: int, storage_type: str = "FloatStorage", view: bytes | None = None) -> bytes:
+    items = [pk_str("storage"), pk_global("torch", storage_type), pk_str(key), pk_str("cpu"), pk_int(numel)]
+    if view is not None:
+        items.append(view)
+    return pk_tuple(*items)
+
+
+def pk_tensor(key: str, numel: int, shape: tuple, stride: tuple, offset: int = 0,
+              storage_type: str = "FloatStorage") -> bytes:
+    """torch._utils._rebuild_tensor_v2(persistent storage, offset, shape, stride, False, OrderedDict())."""
+    return pk_call(pk_global("torch._utils", "_rebuild_tensor_v2"),
+                   pk_tuple(pk_storage_id(key, numel, storage_type) + b"Q", pk_int(offset),
+                            pk_tuple(*[pk_int(s) for s in shape]), pk_tuple(*[pk_int(s) for s in stride]),
+                            PK_FALSE, pk_call(pk_global("collections", "OrderedDict"), pk_tuple())))
+
+
+def pk_namespace() -> bytes:
+    """argparse.Namespace(): makes torch's weights_only loader refuse, so the restricted reader runs."""
+    return pk_call(pk_global("argparse", "Namespace"), pk_tuple())
+
+
+def pk_state_dict(*named: tuple[str, bytes]) -> bytes:
+    return pk_dict(*[(pk_str(n), t) for n, t in named])
+
+
+def write_raw_torch_zip(path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None,
+                        compression: int = zipfile.ZIP_STORED) -> Path:
+    """A torch zip by hand: archive/data.pkl + archive/data/<key> (+ archive/version)."""
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/version", "3\n")
+        for key, raw in (storages or {}).items():
+            zf.writestr(f"archive/data/{key}", raw)
+    return path
+
+
+def write_raw_legacy(path: Path, root_body: bytes, keys: list[str], blocks: list[tuple[int, bytes]]) -> Path:
+    """A legacy (non-zip) torch file by hand: magic, protocol, sys info, root pickle, storage keys,
+    then per key an int64 element count and the raw bytes."""
+    with open(path, "wb") as f:
+        f.write(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2))
+        f.write(pickle.dumps(1001, protocol=2))
+        f.write(pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2))
+        f.write(pk_dump(root_body))
+        f.write(pickle.dumps(keys, protocol=2))
+        for numel, raw in blocks:
+            f.write(struct.pack("<q", numel) + raw)
+    return path
+
+
+def pk_numpy_dtype(spec: str) -> bytes:
+    return pk_call(pk_global("numpy", "dtype"), pk_tuple(pk_str(spec), PK_FALSE, PK_TRUE))
+
+
+def pk_object_pointer_array() -> bytes:
+    """The segfault reproduction: a 'V16' dtype re-BUILT into two object fields, then an ndarray
+    whose raw bytes (0x41...) would be dereferenced by numpy as PyObject pointers."""
+    obj = pk_numpy_dtype("O8")
+    evil = pk_build(pk_numpy_dtype("V16"), pk_tuple(
+        pk_int(3), pk_str("|"), PK_NONE, pk_tuple(pk_str("a"), pk_str("b")),
+        pk_dict((pk_str("a"), pk_tuple(obj, pk_int(0))), (pk_str("b"), pk_tuple(obj, pk_int(8)))),
+        pk_int(16), pk_int(1), pk_int(0)))
+    arr = pk_call(pk_global("numpy.core.multiarray", "_reconstruct"),
+                  pk_tuple(pk_global("numpy", "ndarray"), pk_tuple(pk_int(0)), b"C\x01b"))
+    return pk_build(arr, pk_tuple(pk_int(1), pk_tuple(pk_int(1)), evil, PK_FALSE, b"C\x10" + b"\x41" * 16))

@@ -294,3 +294,282 @@ def test_order_series_content_then_name_then_mtime(tmp_path, state):
     assert ordered == ["ckpt-10.pt", "zz.pt", "epoch_200.pt", "first.pt", "last.pt"]
     assert [c.step_source for c in order_series(opened)] == ["filename", "content", "filename",
                                                              "mtime", "mtime"]
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile and damaged files: only CheckpointError, checked at open time, bounded memory
+
+import io  # noqa: E402
+import json  # noqa: E402
+import tarfile  # noqa: E402
+import tracemalloc  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ONES = np.ones(64, np.float32).tobytes()
+
+
+def _lightning_like(path, named_tensors, storages, extra=(), compression=zipfile.ZIP_STORED):
+    """A torch zip the weights-only loader refuses (argparse.Namespace), so the restricted reader runs."""
+    body = cb.pk_dict((cb.pk_str("hyper_parameters"), cb.pk_namespace()),
+                      (cb.pk_str("state_dict"), cb.pk_state_dict(*named_tensors)), *extra)
+    return cb.write_raw_torch_zip(path, cb.pk_dump(body), storages, compression)
+
+
+def test_missing_storage_drops_only_that_tensor(tmp_path):
+    path = _lightning_like(tmp_path / "a.pt", [("fc.weight", cb.pk_tensor("0", 4, (2, 2), (2, 1))),
+                                               ("fc.bias", cb.pk_tensor("1", 2, (2,), (1,)))], {"0": ONES[:16]})
+    ckpt = open_checkpoint(str(path))
+    assert list(ckpt.tensors) == ["fc.weight"]
+    problem = next(p for p in ckpt.problems if p.kind == "unreadable-tensor")
+    assert problem.severity == "warning" and problem.count == 1 and "data/1 is missing" in problem.message
+    torch.testing.assert_close(ckpt.load("fc.weight"), torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("tensor,reason", [
+    (cb.pk_tensor("0", 4, (2, 2), (-2, 1), offset=3), "negative"),  # negative stride
+    (cb.pk_tensor("0", 4, (8, 8), (8, 1)), "needs 64 elements"),  # beyond the 16-byte entry
+    (cb.pk_tensor("0", 4, (2, 2), (2, 1), offset=2), "needs 6 elements"),  # offset pushes it out
+    (cb.pk_tensor("0", 200_000_000, (200_000_000,), (1,)), "needs 200,000,000"),  # 800 MB claim
+    (cb.pk_tensor("0", 4, (10**9,), (0,)), "repeat"),  # stride 0: 4 GB from 4 bytes
+    (cb.pk_tensor("0", 4, (2, 2), (2,)), "do not match"),
+], ids=["negative-stride", "beyond-entry", "offset-beyond", "huge-claim", "stride-0", "ndim-mismatch"])
+def test_bad_views_are_refused_when_the_file_is_opened(tmp_path, tensor, reason):
+    path = _lightning_like(tmp_path / "b.pt", [("fc.weight", tensor)], {"0": ONES[:16]})
+    tracemalloc.start()
+    try:
+        err = _error(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.kind == "corrupt" and reason in str(err)
+    assert peak < 16 << 20
+
+
+def test_overread_does_not_reach_the_next_zip_record(tmp_path):
+    """64 floats claimed from a 16-byte entry: the bytes after it (the next record) are never read."""
+    path = _lightning_like(tmp_path / "c.pt", [("w", cb.pk_tensor("0", 4, (8, 8), (8, 1))),
+                                               ("ok", cb.pk_tensor("1", 4, (4,), (1,)))],
+                           {"0": ONES[:16], "1": ONES[:16]})
+    ckpt = open_checkpoint(str(path))
+    assert list(ckpt.tensors) == ["ok"]
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load("w")
+    assert info.value.kind == "missing-tensor"
+
+
+def test_legacy_storage_bounds_are_checked(tmp_path):
+    def legacy(name, view_numel, shape, stride):
+        root = cb.pk_dict((cb.pk_str("w"), cb.pk_call(
+            cb.pk_global("torch._utils", "_rebuild_tensor_v2"),
+            cb.pk_tuple(cb.pk_storage_id("k0", view_numel) + b"Q", cb.pk_int(0),
+                        cb.pk_tuple(*map(cb.pk_int, shape)), cb.pk_tuple(*map(cb.pk_int, stride)), cb.PK_FALSE,
+                        cb.pk_call(cb.pk_global("collections", "OrderedDict"), cb.pk_tuple())))))
+        return cb.write_raw_legacy(tmp_path / name, root, ["k0"], [(4, ONES[:16])])
+
+    good = open_checkpoint(str(legacy("good.pt", 4, (2, 2), (2, 1))))
+    torch.testing.assert_close(good.load("w"), torch.ones(2, 2))
+    assert _error(legacy("over.pt", 4, (4, 4), (4, 1))).kind == "corrupt"
+    assert _error(legacy("neg.pt", 4, (2, 2), (-1, 1))).kind == "corrupt"
+
+
+def test_non_numeric_optimizer_values_do_not_break_the_file(tmp_path):
+    opt = cb.pk_dict(
+        (cb.pk_str("state"), cb.pk_dict((cb.pk_int(0), cb.pk_dict(
+            (cb.pk_str("exp_avg_sq"), cb.pk_tensor("1", 4, (2, 2), (2, 1))), (cb.pk_str("step"), cb.pk_int(3)))))),
+        (cb.pk_str("param_groups"), cb.pk_list(cb.pk_dict(
+            (cb.pk_str("params"), cb.pk_list(cb.pk_int(0))),
+            (cb.pk_str("betas"), cb.pk_tuple(cb.pk_str("0.9"), cb.pk_str("x"))),
+            (cb.pk_str("momentum"), cb.pk_str("y"))))))
+    path = _lightning_like(tmp_path / "d.pt", [("fc.weight", cb.pk_tensor("0", 4, (2, 2), (2, 1)))],
+                           {"0": ONES[:16], "1": ONES[:16]}, [(cb.pk_str("optimizer"), opt)])
+    ckpt = open_checkpoint(str(path))
+    assert ckpt.optimizer["kind"] == "adam" and ckpt.optimizer["grad_rms"] == {"fc.weight": 1.0}
+
+
+def test_optimizer_state_with_a_missing_storage_is_skipped(tmp_path):
+    opt = cb.pk_dict(
+        (cb.pk_str("state"), cb.pk_dict((cb.pk_int(0), cb.pk_dict(
+            (cb.pk_str("exp_avg_sq"), cb.pk_tensor("9", 4, (2, 2), (2, 1))))))),
+        (cb.pk_str("param_groups"), cb.pk_list(cb.pk_dict((cb.pk_str("params"), cb.pk_list(cb.pk_int(0)))))))
+    path = _lightning_like(tmp_path / "d.pt", [("fc.weight", cb.pk_tensor("0", 4, (2, 2), (2, 1)))],
+                           {"0": ONES[:16]}, [(cb.pk_str("optimizer"), opt)])
+    assert open_checkpoint(str(path)).optimizer["grad_rms"] == {}
+
+
+@pytest.mark.parametrize("step", ["²", "٣", "9" * 5000, "-3", "1e3"],
+                         ids=["superscript", "arabic-indic", "5000-digits", "negative", "float-text"])
+def test_odd_step_strings_are_ignored(tmp_path, state, step):
+    path = cb.write_nested(tmp_path / "ckpt-7.pt", state, "model", step=step)
+    ckpt = open_checkpoint(str(path))
+    assert (ckpt.step, ckpt.step_source) == (7, "filename")
+
+
+def test_open_checkpoint_raises_only_checkpoint_error(tmp_path, monkeypatch, state):
+    path = cb.write_plain(tmp_path / "w.pt", state)
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("internal failure\nsecond line")
+
+    monkeypatch.setattr(ck, "_checkpoint_from_tree", boom)
+    err = _error(path)
+    assert err.kind == "unreadable" and "RuntimeError: internal failure" in str(err)
+
+
+def test_load_failures_are_checkpoint_errors(tmp_path, state):
+    path = cb.write_whole_module(tmp_path / "w.pt", _model_with(state))  # restricted reader
+    ckpt = open_checkpoint(str(path))
+    path.write_bytes(path.read_bytes()[:200])  # rewritten (cut) after it was opened
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load("fc.weight")
+    assert info.value.kind in ("truncated", "corrupt", "unreadable-tensor")
+    plain = cb.write_plain(tmp_path / "p.pt", state)  # torch.load(mmap=True) reader
+    mapped = open_checkpoint(str(plain))
+    # a live run rewrites last.ckpt: rewritten in place (truncated), touching the old mapping would
+    # kill the process (SIGBUS), so any change since opening is refused. Replaced here (new inode)
+    # so that a regression fails this test instead of crashing pytest.
+    (tmp_path / "new.pt").write_bytes(plain.read_bytes()[:100])
+    os.replace(tmp_path / "new.pt", plain)
+    with pytest.raises(CheckpointError) as info:
+        mapped.load("fc.weight")
+    assert info.value.kind == "unreadable-tensor" and "changed on disk" in str(info.value)
+
+
+def test_read_exact_checks_the_size_before_allocating(tmp_path):
+    path = tmp_path / "small.bin"
+    path.write_bytes(b"\0" * 100)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError) as info:
+            ck._read_exact(str(path), 10, 10**12)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.kind == "truncated" and peak < 1 << 20
+
+
+def _compressed_zero_storage(path, entry_mb=64):
+    """A re-zipped (deflate) checkpoint: a 64 MB zero storage of which the tensor needs 16 bytes."""
+    body = cb.pk_dict((cb.pk_str("hyper_parameters"), cb.pk_namespace()),
+                      (cb.pk_str("state_dict"), cb.pk_state_dict(("w", cb.pk_tensor("0", 4, (2, 2), (2, 1))),
+                                                                 ("tail", cb.pk_tensor("0", 4, (4,), (1,), offset=(entry_mb << 18) - 4)))))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", cb.pk_dump(body))
+        with zf.open("archive/data/0", "w") as dst:
+            dst.write(np.arange(4, dtype=np.float32).tobytes())
+            chunk = bytes(1 << 20)
+            for _ in range(entry_mb):
+                dst.write(chunk)
+    return path
+
+
+def test_compressed_entries_are_streamed_not_inflated_whole(tmp_path):
+    path = _compressed_zero_storage(tmp_path / "bomb.pt")
+    assert path.stat().st_size < 1 << 20
+    ckpt = open_checkpoint(str(path))
+    tracemalloc.start()
+    try:
+        head = ckpt.load("w")
+        tail = ckpt.load("tail")  # streams through the entry, keeping only 1 MiB chunks
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    torch.testing.assert_close(head, torch.arange(4.0).reshape(2, 2))
+    torch.testing.assert_close(tail, torch.zeros(4))
+    assert peak < 8 << 20
+
+
+def test_rezipped_checkpoint_without_refusal_reads_through_the_stream(tmp_path, state):
+    plain = cb.write_plain(tmp_path / "p.pt", state)
+    rezipped = tmp_path / "z.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(rezipped, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    ckpt = open_checkpoint(str(rezipped))
+    torch.testing.assert_close(ckpt.load("conv1.weight"), state["conv1.weight"])
+
+
+def test_torch_load_failure_is_corrupt_not_truncated(tmp_path, state):
+    plain = cb.write_plain(tmp_path / "p.pt", state)
+    broken = tmp_path / "broken.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(broken, "w") as dst:
+        for info in src.infolist():
+            if not info.filename.endswith("/data/0"):
+                dst.writestr(info, src.read(info))
+    err = _error(broken)
+    assert err.kind == "corrupt" and "torch.load failed" in str(err)
+    assert _error(cb.write_truncated(tmp_path / "cut.pt", plain)).kind == "truncated"
+
+
+def test_stray_bin_and_tar_files_are_not_checkpoints(tmp_path, state):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with tarfile.open(tmp_path / "data.tar", "w") as tar:
+        tar.add(tmp_path / "notes.txt", arcname="notes.txt")
+    (tmp_path / "vocab.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "notes.bin").write_text("hello\n")
+    for name in ("data.tar", "vocab.bin", "notes.bin"):
+        assert not is_checkpoint_path(str(tmp_path / name)), name
+    assert _error(tmp_path / "data.tar").kind == "not-a-checkpoint"
+    assert _error(tmp_path / "vocab.bin").kind == "not-a-checkpoint"
+    # torch, legacy and safetensors content keeps a .bin a checkpoint, as does the HF name
+    assert is_checkpoint_path(str(cb.write_plain(tmp_path / "w.bin", state)))
+    assert is_checkpoint_path(str(cb.write_legacy(tmp_path / "l.bin", state)))
+    assert is_checkpoint_path(str(cb.write_safetensors(tmp_path / "s.bin", state)))
+    assert is_checkpoint_path(str(cb.write_lfs_pointer(tmp_path / "pytorch_model.bin")))
+    with tarfile.open(tmp_path / "old.tar", "w") as tar:  # the pre-0.4 torch tar layout
+        for name in ("sys_info", "pickle", "tensors", "storages"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"\0" * 4))
+    assert is_checkpoint_path(str(tmp_path / "old.tar")) and _error(tmp_path / "old.tar").kind == "legacy-tar"
+
+
+def _index(folder, weight_map):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.safetensors.index.json"
+    path.write_text(json.dumps({"weight_map": weight_map}))
+    return path
+
+
+@pytest.mark.parametrize("shard", ["ABSOLUTE", "../outside/secret.safetensors", "sub/../../outside/secret.safetensors"])
+def test_shard_paths_must_stay_inside_the_index_folder(tmp_path, state, shard):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.safetensors"
+    secret.write_text("https://x-access-token:SECRET_TOKEN@github.com\n")
+    shard = str(secret) if shard == "ABSOLUTE" else shard
+    err = _error(_index(tmp_path / "run", {"x": shard}))
+    assert err.kind == "unsafe-path" and "SECRET_TOKEN" not in str(err)
+    assert _error(tmp_path / "run").kind == "unsafe-path"  # the folder route too
+
+
+def test_symlinked_shards_outside_the_folder_are_refused(tmp_path, state):
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_text("SECRET_TOKEN\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model-00001-of-00001.safetensors").symlink_to(outside)
+    err = _error(_index(run, {"x": "model-00001-of-00001.safetensors"}))
+    assert err.kind == "unsafe-path" and "SECRET_TOKEN" not in str(err)
+    link = run / "model.pt"
+    link.symlink_to(outside)
+    assert "SECRET_TOKEN" not in str(_error(link))  # content behind a link is never quoted
+
+
+def test_hf_cache_snapshot_links_into_blobs_are_allowed(tmp_path, state):
+    repo = tmp_path / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    cb.write_safetensors(repo / "blobs" / "f00d", state)
+    (snapshot / "model-00001-of-00001.safetensors").symlink_to("../../blobs/f00d")
+    ckpt = open_checkpoint(str(_index(snapshot, dict.fromkeys(state, "model-00001-of-00001.safetensors"))))
+    torch.testing.assert_close(ckpt.load("fc.weight"), state["fc.weight"])
+
+
+def test_compressed_entry_far_larger_than_its_tensors_need_is_refused(tmp_path):
+    path = _compressed_zero_storage(tmp_path / "bomb.pt", entry_mb=80)  # 'w' needs 16 bytes of 80 MB
+    ckpt = open_checkpoint(str(path))
+    assert list(ckpt.tensors) == ["tail"]  # 'tail' really needs the whole entry
+    problem = next(p for p in ckpt.problems if p.kind == "unreadable-tensor")
+    assert "zip bomb" in problem.message and problem.count == 1

@@ -67,3 +67,46 @@ def test_loads_one_tensor_at_a_time_and_reports_progress(tmp_path):
     # name by name: all three versions of one tensor before the next name
     assert calls == [n for n in ckpts[0].tensors for _ in range(3)]
     assert seen[-1] == (9, 9, "fc.bias") and len(seen) == 9
+
+
+def test_unreadable_tensor_is_skipped_for_that_checkpoint_only(tmp_path):
+    from report_gen.readers.checkpoints import CheckpointError
+
+    states = [{"w": torch.ones(2, 2) * (i + 1), "b": torch.ones(3)} for i in range(3)]
+    ckpts = _series(tmp_path, states)
+    original = ckpts[1].load
+
+    def flaky(name):
+        if name == "w":
+            raise CheckpointError(ckpts[1].path, "corrupt", "storage data/0 is missing from the archive")
+        return original(name)
+
+    ckpts[1].load = flaky
+    problems = []
+    facts = series_facts(ckpts, problems=problems)
+    w = facts["w"]
+    assert w.present == [0, 2] and w.unreadable == [1] and len(w.stats) == 2
+    assert np.isnan(w.rel_update).all()  # no update into or out of the unreadable version
+    assert facts["b"].present == [0, 1, 2] and facts["b"].unreadable == []
+    (problem,) = problems
+    assert (problem.file, problem.kind, problem.severity, problem.count) == (
+        ckpts[1].path, "unreadable-tensor", "warning", 1)
+    assert "w: storage data/0 is missing" in problem.message and ckpts[1].path not in problem.message
+    assert series_facts(ckpts)["w"].unreadable == [1]  # the old call form still works, silently
+
+
+def test_file_damaged_after_opening_does_not_abort_the_series(tmp_path):
+    paths = [cb.write_whole_module(tmp_path / f"ckpt-{i}.pt", _model(i)) for i in (1, 2, 3)]
+    ckpts = order_series([open_checkpoint(str(p)) for p in paths])  # restricted reader
+    paths[1].write_bytes(paths[1].read_bytes()[:300])  # cut after it was opened
+    problems = []
+    facts = series_facts(ckpts, problems=problems)
+    (problem,) = problems
+    assert problem.file == str(paths[1]) and problem.count == len(ckpts[1].tensors)
+    assert all(s.present == [0, 2] for s in facts.values())
+
+
+def _model(seed):
+    model = cb.TinyNet()
+    model.load_state_dict(cb.tiny_state(seed))
+    return model

@@ -2,6 +2,10 @@
 
 Parameters are processed name by name, and for each name at most two versions (previous and current
 checkpoint) are in memory at once, so peak memory stays near twice the largest tensor.
+
+A tensor that cannot be read from one checkpoint (`CheckpointData.load` raises CheckpointError) is
+skipped for that checkpoint only, as if it were missing there; the failures are reported as one
+`Problem` per checkpoint through the optional `problems` list of `series_facts`.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from report_gen.core import InputError, Problem
 from report_gen.facts.weights import WeightStats, weight_stats
 from report_gen.numeric import float64_sum
 from report_gen.readers.types import CheckpointData
@@ -30,6 +35,8 @@ class ParamSeries:
            either is missing or the shape changed; inf when ||W_i|| = 0 but the update is not).
     abs_update_mean[i]: mean |W_{i+1} - W_i| (same convention).
     nan_appeared_at: index of the first checkpoint whose tensor holds NaN or Inf, else None.
+    unreadable: checkpoint indexes where the tensor is listed but could not be read (skipped, so
+           treated like a missing tensor: no stats, and no update into or out of that checkpoint).
     """
 
     name: str
@@ -39,6 +46,30 @@ class ParamSeries:
     abs_update_mean: np.ndarray
     nan_appeared_at: int | None = None
     present: list[int] = field(default_factory=list)
+    unreadable: list[int] = field(default_factory=list)
+
+
+class _Failures:
+    """Tensor load failures, one entry per checkpoint: (count, first failure message)."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[str, tuple[int, str, str]] = {}
+
+    def add(self, path: str, name: str, exc: Exception) -> None:
+        count, kind, first = self.by_path.get(path, (0, "", ""))
+        if not count:
+            kind = str(getattr(exc, "kind", None) or "unreadable-tensor")
+            text = str(exc)
+            if text.startswith(f"{path}: "):  # CheckpointError messages start with the path
+                text = text[len(path) + 2:]
+            first = f"{name}: {text}" if isinstance(exc, InputError) else f"{name}: {type(exc).__name__}: {text}"
+        self.by_path[path] = (count + 1, kind, first)
+
+    def problems(self) -> list[Problem]:
+        return [Problem(file=path, kind="unreadable-tensor", severity="warning", count=count,
+                        message=f"{count} tensor(s) could not be read from this checkpoint and were skipped "
+                                f"({kind}; first: {first.splitlines()[0][:300] if first else ''})")
+                for path, (count, kind, first) in self.by_path.items()]
 
 
 def update_facts(prev: torch.Tensor, cur: torch.Tensor, prev_l2: float) -> tuple[float, float]:
@@ -61,7 +92,15 @@ def _ordered_names(ckpts: list[CheckpointData]) -> list[str]:
     return list(names)
 
 
-def _param_series(name: str, ckpts: list[CheckpointData]) -> ParamSeries:
+def _load(ckpt: CheckpointData, name: str, failures: _Failures) -> torch.Tensor | None:
+    try:
+        return ckpt.load(name)
+    except Exception as exc:  # noqa: BLE001 - CheckpointError by contract; anything else is damage too
+        failures.add(ckpt.path, name, exc)
+        return None
+
+
+def _param_series(name: str, ckpts: list[CheckpointData], failures: _Failures | None = None) -> ParamSeries:
     n = len(ckpts)
     series = ParamSeries(name=name, steps=[c.step for c in ckpts], stats=[],
                          rel_update=np.full(max(n - 1, 0), np.nan),
@@ -72,7 +111,11 @@ def _param_series(name: str, ckpts: list[CheckpointData]) -> ParamSeries:
         if name not in ckpt.tensors:
             prev = None
             continue
-        cur = ckpt.load(name)
+        cur = _load(ckpt, name, failures if failures is not None else _Failures())
+        if cur is None:
+            series.unreadable.append(i)
+            prev = None
+            continue
         stats = weight_stats(name, cur)
         series.stats.append(stats)
         series.present.append(i)
@@ -84,16 +127,22 @@ def _param_series(name: str, ckpts: list[CheckpointData]) -> ParamSeries:
     return series
 
 
-def series_facts(ckpts: list[CheckpointData], *, progress: ProgressFn | None = None
-                 ) -> dict[str, ParamSeries]:
+def series_facts(ckpts: list[CheckpointData], *, progress: ProgressFn | None = None,
+                 problems: list[Problem] | None = None) -> dict[str, ParamSeries]:
     """ParamSeries for every tensor name found in the (already ordered) checkpoints.
 
     progress(done, total, name) is called after each name, if given.
+    problems: if given, one Problem (kind "unreadable-tensor", severity "warning", count = number of
+    tensors) is appended per checkpoint from which some tensor could not be read; those tensors
+    are skipped for that checkpoint (see ParamSeries.unreadable) and everything else is computed.
     """
     names = _ordered_names(ckpts)
+    failures = _Failures()
     out: dict[str, ParamSeries] = {}
     for done, name in enumerate(names, start=1):
-        out[name] = _param_series(name, ckpts)
+        out[name] = _param_series(name, ckpts, failures)
         if progress is not None:
             progress(done, len(names), name)
+    if problems is not None:
+        problems.extend(failures.problems())
     return out
