@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from report_gen.core import InputError, Severity
+from report_gen.core import InputError, severity_rank
 
 if TYPE_CHECKING:
     from report_gen.engine import Options
@@ -39,7 +39,6 @@ SCALAR_METRICS: tuple[tuple[str, str, str, str], ...] = (
 # per-layer fact in details.runs[run].layers[].facts -> which direction is better (None: neither)
 LAYER_FACTS: dict[str, str | None] = {"dead_kernel_ratio": "lower", "grad_rms": None, "update_ratio": None}
 OVERLAY_CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
-_RANK = {s.value: s.rank for s in Severity}
 _AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
     "min": lambda v: float(np.min(v)), "max": lambda v: float(np.max(v)), "last": lambda v: float(v[-1]),
 }
@@ -107,7 +106,7 @@ def classify(cand_findings: list[dict], base_findings: list[dict], pairs: dict[s
 
 
 def _lead_with_new(finding: dict) -> tuple:
-    return (finding.get("status") != "new", -_RANK.get(str(finding.get("severity")), -1),
+    return (finding.get("status") != "new", -severity_rank(finding.get("severity")),
             str(finding.get("run")), str(finding.get("code")), str(finding.get("subject")))
 
 

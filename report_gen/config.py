@@ -76,9 +76,9 @@ class Config:
 
     def options_for(self, rule) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key, opts in self.rule_options.items():
-            if match_length(key, rule) >= 0:
-                out.update(opts)
+        matching = [(match_length(k, rule), k) for k in self.rule_options if match_length(k, rule) >= 0]
+        for _, key in sorted(matching):  # least specific first, so [rules.L102] beats [rules.L10]
+            out.update(self.rule_options[key])
         return out
 
     def severity_for(self, rule) -> str | None:
@@ -94,7 +94,7 @@ def match_length(selector: str, rule) -> int:
     """How specifically `selector` matches `rule`: -1 no match; names and full codes beat prefixes."""
     s = selector.strip()
     if s.lower() == rule.name:
-        return 100
+        return len(rule.code)  # a name is as specific as the full code (ignore wins a tie)
     if s.upper() == "ALL":
         return 0
     if s and rule.code.startswith(s.upper()):
@@ -123,6 +123,8 @@ def from_table(table: dict[str, Any], src: str) -> Config:
     if fail_on not in FAIL_ON:
         raise InputError(f"{src}: fail-on must be one of {', '.join(FAIL_ON)}, got {fail_on!r}")
     cfg.fail_on = fail_on
+    if not isinstance(table.get("severity", {}), dict) or not isinstance(table.get("per-subject-ignores", {}), dict):
+        raise InputError(f"{src}: severity and per-subject-ignores must be tables ([tool.report_gen.severity])")
     for code, sev in dict(table.get("severity", {})).items():
         try:
             cfg.severity[code] = Severity.parse(sev).value
@@ -155,15 +157,18 @@ def load_config(path: str | None = None, search_from: str | None = None) -> Conf
         if not p.is_file():
             raise InputError(f"{path}: config file not found")
         data = _read_toml(p)
-        table = data.get("tool", {}).get("report_gen") if "tool" in data else data
-        return from_table(table or {}, str(p))
+        table = data.get("tool", {}).get("report_gen") if isinstance(data.get("tool"), dict) else data
+        if not isinstance(table, dict):
+            raise InputError(f"{p}: [tool.report_gen] must be a table")
+        return from_table(table, str(p))
     start = Path(search_from or ".").resolve()
     for d in [start, *start.parents]:
         py = d / "pyproject.toml"
         if py.is_file():
             data = _read_toml(py)
-            table = data.get("tool", {}).get("report_gen")
-            if table is not None:
+            tool = data.get("tool", {})
+            table = tool.get("report_gen") if isinstance(tool, dict) else None
+            if isinstance(table, dict):
                 return from_table(table, str(py))
             break
     return Config()

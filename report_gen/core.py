@@ -11,6 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+
+
+def severity_rank(severity: Any) -> int:
+    """error=2, warning=1, info=0, anything unknown=-1 (sorted last). The one severity order."""
+    return SEVERITY_RANK.get(str(severity), -1)
+
+
 class Severity(str, enum.Enum):
     INFO = "info"
     WARNING = "warning"
@@ -18,7 +26,7 @@ class Severity(str, enum.Enum):
 
     @property
     def rank(self) -> int:
-        return {"info": 0, "warning": 1, "error": 2}[self.value]
+        return SEVERITY_RANK[self.value]
 
     @classmethod
     def parse(cls, text: str) -> "Severity":

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from report_gen import __version__
-from report_gen.config import Config
-from report_gen.core import Finding, InputError, Problem, severity_counts, verdict_for
+from report_gen.config import Config, match_length
+from report_gen.core import Finding, InputError, Problem, severity_counts, severity_rank, verdict_for
 from report_gen.facts.run import RunFacts
 from report_gen.readers.discovery import RunSpec, discover
 from report_gen.readers.signals import build_signals
@@ -53,7 +53,13 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFac
     from report_gen.readers.types import EventData
 
     problems: list[Problem] = []
-    events = read_events(spec.event_files) if spec.event_files else EventData.empty()
+    try:
+        events = read_events(spec.event_files) if spec.event_files else EventData.empty()
+    except Exception as e:  # noqa: BLE001 - the reader reports damage as Problems; this is a last resort
+        log.debug("reading events of %s failed", spec.name, exc_info=True)
+        events = EventData.empty()
+        problems.append(Problem(file=spec.path, kind="unreadable", severity="error",
+                                message=f"the event files could not be read: {type(e).__name__}: {e}"))
     problems.extend(events.problems)
     ckpts = []
     if spec.checkpoints:  # torch is imported only when there is a checkpoint to read
@@ -64,8 +70,13 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFac
             c = open_checkpoint(path, trust_pickles=opts.trust_pickles)
         except CheckpointError as e:
             # a saved tensor or list beside the checkpoints (a probe batch, embeddings) is not damage
-            harmless = e.kind == "no-weights"
+            harmless = e.kind in ("no-weights", "not-a-checkpoint")
             problems.append(Problem(file=path, kind=e.kind, message=str(e), severity="info" if harmless else "warning"))
+            continue
+        except Exception as e:  # noqa: BLE001 - one odd file must not lose the rest of the report
+            log.debug("opening %s failed", path, exc_info=True)
+            problems.append(Problem(file=path, kind="unreadable", severity="warning",
+                                    message=f"{path}: could not be read ({type(e).__name__}: {e})"))
             continue
         problems.extend(c.problems)
         if c.tensors:
@@ -109,11 +120,22 @@ def _run_probe(run: RunFacts, spec: ProbeSpec) -> None:
 
 def effective_config(opts: Options) -> Config:
     cfg = opts.config
+    if opts.select is not None and not opts.select:
+        opts = Options(**{**opts.__dict__, "select": None})  # an empty --select (unset CI variable) = not given
+    if opts.select:
+        rules = all_rules()
+        dead = [s for s in opts.select if not any(match_length(s, r) >= 0 for r in rules)]
+        if dead:
+            raise InputError(f"--select {','.join(dead)}: matches no rule (see `report-gen rules`); "
+                             "a gate that runs no rule would always pass")
     if opts.select is not None or opts.ignore:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, select=opts.select if opts.select is not None else cfg.select,
                                   ignore=list(cfg.ignore) + list(opts.ignore or []))
+    if not any(cfg.is_enabled(r) for r in all_rules()):
+        raise InputError(f"{cfg.source or 'the command line'}: the selection enables no rule; "
+                         "a gate that runs no rule would always pass")
     return cfg
 
 
@@ -175,11 +197,8 @@ def _complete(rule: Rule, run: str, hit, cfg: Config) -> Finding:
                    suggestion=hit.suggestion or rule.suggestion, plot=hit.plot)
 
 
-SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-
-
 def sort_findings(findings: list[Finding]) -> list[Finding]:
-    return sorted(findings, key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.run, f.code, f.subject))
+    return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.run, f.code, f.subject))
 
 
 def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dict[str, Any]:

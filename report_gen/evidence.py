@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from report_gen.core import Finding
+from report_gen.core import Finding, severity_rank
 from report_gen.facts import curves
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import RunFacts
@@ -129,7 +129,7 @@ def _layers(run: RunFacts, findings) -> list[dict[str, Any]]:
         params = f.evidence.get("params") or [f.subject]
         for p in params:
             prev = flags.setdefault(p, {}).get(fact)
-            if prev is None or {"info": 0, "warning": 1, "error": 2}[f.severity] > {"info": 0, "warning": 1, "error": 2}[prev]:
+            if prev is None or severity_rank(f.severity) > severity_rank(prev):
                 flags[p][fact] = f.severity
     rows = []
     est = run.grad_estimates
@@ -276,4 +276,8 @@ def _images(run: RunFacts, findings) -> dict[str, Any]:
                 mosaic = np.concatenate(list(m[:8]), axis=1)
                 out[f"attention:{layer}"] = {"title": f"attention maps of {layer} (heads side by side, probe sample 0)",
                                              "png_base64": png_base64(np.kron(mosaic, np.ones((4, 4))))}
+    for f in findings:  # image-backed plot kinds point at the image they need, or at nothing
+        if f.plot and f.plot.get("kind") in ("probe_maps", "attention"):
+            key = f"{'probe' if f.plot['kind'] == 'probe_maps' else 'attention'}:{f.plot.get('layer')}"
+            f.plot = {"kind": "image", "run": run.name, "image": key} if key in out else None
     return out

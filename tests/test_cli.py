@@ -84,6 +84,11 @@ def test_bad_paths_exit_2_with_one_line(tmp_path, capsys, setup, message):
 
 def test_usage_errors_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / "run", healthy_losses())
+    assert main(["diagnose", str(run), "--select", "K9"]) == 2  # a typo must not turn the gate off
+    assert "matches no rule" in capsys.readouterr().err
+    assert main(["diagnose", str(run), "-o", str(tmp_path / "o"), "-q", "--select", ""]) == 0  # empty = not given
+    assert main(["diagnose", str(run), "--ignore", "ALL"]) == 2
+    assert "enables no rule" in capsys.readouterr().err
     assert main(["diagnose", str(run), "--probe-shape", "1,2"]) == 2
     assert "--model" in capsys.readouterr().err
     assert main(["diagnose", str(run), "--model", "x:y", "--model-kwargs", "{bad"]) == 2

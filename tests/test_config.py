@@ -64,7 +64,26 @@ def test_pyproject_and_explicit_config(tmp_path):
     assert load_config(search_from=str(tmp_path / "sub")).ignore == []
 
 
-def test_match_length_prefers_names_and_full_codes():
+def test_match_length_names_rank_as_full_codes():
     r = find_rule("K101")
-    assert match_length("dead-kernels", r) > match_length("K101", r) > match_length("K1", r) > match_length("ALL", r)
+    assert match_length("dead-kernels", r) == match_length("K101", r) > match_length("K1", r) > match_length("ALL", r)
     assert match_length("L", r) == -1
+    # a tie between select and ignore: ignore wins, whichever spelling each uses
+    assert not from_table({"select": ["dead-kernels"], "ignore": ["K101"]}, "x").is_enabled(r)
+    assert not from_table({"select": ["K101"], "ignore": ["dead-kernels"]}, "x").is_enabled(r)
+
+
+def test_rule_options_apply_most_specific_last():
+    cfg = from_table({"rules": {"L102": {"min_points": 20}, "L10": {"min_points": 50}, "L": {"min_points": 70}}}, "x")
+    assert cfg.options_for(find_rule("L102")) == {"min_points": 20}
+    assert cfg.options_for(find_rule("L105")) == {"min_points": 50}
+
+
+def test_malformed_tables_are_input_errors(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text('severity = "warning"\n')
+    with pytest.raises(InputError, match="must be tables"):
+        load_config(str(bad))
+    bad.write_text("tool = 1\n")
+    with pytest.raises(InputError, match="unknown key"):
+        load_config(str(bad))

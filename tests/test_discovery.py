@@ -59,3 +59,27 @@ def test_folder_of_safetensors_steps_is_a_series_but_hf_folder_is_one(tmp_path):
     [run] = discover([str(tmp_path / "run")])
     names = sorted(p.rsplit("/", 1)[-1] for p in run.checkpoints)
     assert names == ["checkpoint-500", "step-10.safetensors", "step-20.safetensors", "step-30.safetensors"]
+
+
+def test_trainer_output_folder_keeps_its_events_and_checkpoints(tmp_path):
+    from safetensors.torch import save_file
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(out / "model.safetensors"))  # the final model
+    _events(out / "events.out.tfevents.1")  # events beside it
+    ck = out / "checkpoint-500"
+    ck.mkdir()
+    (ck / "config.json").write_text("{}")
+    save_file({"w": torch.ones(2)}, str(ck / "model.safetensors"))
+    [run] = discover([str(out)])
+    assert [f.rsplit("/", 1)[-1] for f, _ in run.event_files] == ["events.out.tfevents.1"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in run.checkpoints) == ["checkpoint-500", "out"]
+
+
+def test_repeated_and_nested_paths_are_read_once(tmp_path):
+    _events(tmp_path / "b" / "run" / "events.out.tfevents.1")
+    _events(tmp_path / "b" / "other" / "events.out.tfevents.1")
+    runs = discover([str(tmp_path / "b" / "run"), str(tmp_path / "b"), str(tmp_path / "b")])
+    assert sorted(r.name for r in runs) == ["other", "run"]

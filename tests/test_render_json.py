@@ -58,3 +58,28 @@ def test_render_rejects_unknown_formats_and_unwritable_dirs(tmp_path):
     blocker.write_text("x")
     with pytest.raises(InputError, match="cannot create output directory"):
         render(make_report_dict(), blocker / "out", formats=("json",))
+
+
+def test_load_report_rejects_wrong_shapes(tmp_path):
+    import json as _json
+
+    import pytest
+
+    from report_gen.core import InputError
+    from report_gen.render import load_report
+
+    base = {"schema_version": 1, "summary": {"verdict": "pass", "counts": {}}, "inputs": {"runs": []}, "findings": []}
+    cases = [({"findings": [{"code": "K101", "subject": ["a"]}]}, "findings\\[0\\].subject"),
+             ({"inputs": [1, 2]}, "inputs.runs"), ({"findings": "x"}, "findings")]
+    for patch, where in cases:
+        p = tmp_path / "r.json"
+        p.write_text(_json.dumps({**base, **patch}))
+        with pytest.raises(InputError, match=where):
+            load_report(p)
+
+
+def test_unknown_verdict_is_derived_not_printed(tmp_path):
+    from report_gen.render.context import build_context
+
+    ctx = build_context({"schema_version": 1, "summary": {"verdict": "@org/team|<b>", "counts": {"warning": 1}}})
+    assert ctx["verdict"] == "warn" and ctx["verdict_label"] == "WARN"

@@ -54,3 +54,31 @@ def test_decode_png_accepts_only_base64_png():
     assert decode_png(base64.b64encode(tiny_png()).decode()) == tiny_png()
     assert decode_png(base64.b64encode(b"GIF89a....").decode()) is None
     assert decode_png("not base64!") is None and decode_png(None) is None
+
+
+def test_every_plot_kind_a_rule_emits_can_be_shown():
+    """A rule's evidence plot must reach the page: a painter draws it, or evidence turns it into an image."""
+    import pathlib
+    import re
+
+    import report_gen.rules as rules_pkg
+    from report_gen.render.context import IMAGE_KINDS
+    from report_gen.render.plots import PAINTERS
+
+    converted_by_evidence = {"probe_maps", "attention"}  # become {"kind": "image"} or no plot
+    kinds = set()
+    for path in pathlib.Path(rules_pkg.__file__).parent.glob("*.py"):
+        kinds |= set(re.findall(r'"kind":\s*"([a-z_]+)"', path.read_text()))
+    assert kinds, "no plot kinds found in the rules"
+    assert kinds <= set(PAINTERS) | set(IMAGE_KINDS) | converted_by_evidence, kinds - set(PAINTERS) - set(IMAGE_KINDS)
+
+
+def test_activation_series_painter_draws_logged_stats():
+    from report_gen.render.plots import PlotStore, plot_key
+
+    report = {"details": {"runs": {"r": {"activation_series": {"relu1": {
+        "steps": [0, 1, 2, 3], "mean": [0.1, 0.2, 0.3, 0.4], "std": [0.1] * 4, "max": [1, 2, 3, 4], "min": [0] * 4}}}}}}
+    store = PlotStore(report)
+    spec = {"kind": "activation_series", "run": "r", "layer": "relu1"}
+    store.prepare([spec])
+    assert store.png(plot_key(spec)).startswith(b"\x89PNG")

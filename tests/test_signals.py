@@ -114,3 +114,12 @@ def test_tf1_estimator_eval_subfolder_is_validation(tmp_path):
     s = _signals(tmp_path / "model_dir")
     assert len(s.train_loss) == 5 and s.train_loss.tag == "loss"
     assert len(s.val_loss) == 3 and s.val_loss.tag == "eval/loss"
+
+
+def test_loss_scale_and_other_near_misses_are_not_losses():
+    from report_gen.readers.signals import _metric
+
+    assert _metric("train/loss_scale") is None
+    assert _metric("amp/loss_scaler") is None
+    for tag in ("train/loss", "loss/train", "val_loss", "Logloss", "epoch_loss", "train/box_loss", "box_loss/val", "loss"):
+        assert _metric(tag) == "loss", tag

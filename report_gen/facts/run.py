@@ -18,10 +18,6 @@ from report_gen.readers.types import CheckpointData, EventData
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def is_weight_matrix_name(name: str) -> bool:
-    return name.endswith("weight") and not name.endswith("_weight_ignored")
-
-
 @dataclass
 class GradEstimate:
     value: float  # RMS of the gradient, late-training median
@@ -75,7 +71,12 @@ class RunFacts:
             return {}
         from report_gen.facts.dynamics import series_facts
 
-        return series_facts(self.checkpoints, progress=self.progress)
+        try:
+            return series_facts(self.checkpoints, progress=self.progress, problems=self.problems)
+        except Exception as e:  # noqa: BLE001 - a tensor that cannot be read must not lose the report
+            self.problems.append(Problem(file=self.checkpoints[-1].path, kind="unreadable-tensor", severity="warning",
+                                         message=f"checkpoint facts could not be computed: {type(e).__name__}: {e}"))
+            return {}
 
     @cached_property
     def last_stats(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from report_gen.numeric import CHUNK as _CHUNK
 from report_gen.numeric import chunks as _chunks
 from report_gen.numeric import float64_sum
 
+_SMALL_1D = 1 << 16  # 1-D tensors up to this size keep their values (per-channel facts)
 _QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _QUANTILE_SAMPLE = 1 << 20
 _CORR_UNITS = 256
@@ -62,6 +63,7 @@ class WeightStats:
     corr_topk_mean: float | None = None
     stable_rank: float | None = None
     alpha: float | None = None
+    values: np.ndarray | None = None  # the values themselves, for small 1-D tensors (norm scales, biases)
 
 
 def _central_moments(x: torch.Tensor, mean: float) -> tuple[float, float, float]:
@@ -206,6 +208,8 @@ def weight_stats(name: str, t: torch.Tensor) -> WeightStats:
         abs_quantiles=_abs_quantiles(x), skew=skew, kurtosis=kurt, bimodality=bimodality)
     if t.ndim >= 2 and numel:
         _add_unit_facts(stats, t.reshape(t.shape[0], -1), sum_sq, finite=not (nan_count or inf_count))
+    elif t.ndim == 1 and numel <= _SMALL_1D:
+        stats.values = t.numpy().copy()
     return stats
 
 

@@ -46,16 +46,16 @@ def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if n not in _SKIP_DIRS)
-        if d != root and any(m in filenames for m in _MODEL_FOLDER_MARKERS) and is_checkpoint_path(str(d)):
-            # an HF model folder / sharded checkpoint folder: one checkpoint, don't descend
+        # an HF model folder / sharded checkpoint folder is ONE checkpoint; its event files and its
+        # sub folders (a Trainer's runs/ and checkpoint-N/) are still walked
+        model_folder = any(m in filenames for m in _MODEL_FOLDER_MARKERS) and is_checkpoint_path(str(d))
+        if model_folder:
             ckpts.append(d)
-            dirnames[:] = []
-            continue
         for name in sorted(filenames):
             p = d / name
             if is_event_file_name(name):
                 events.setdefault(d, []).append(p)
-            elif is_checkpoint_path(str(p)):
+            elif not model_folder and is_checkpoint_path(str(p)):
                 ckpts.append(p)
     return events, ckpts
 
@@ -96,9 +96,10 @@ def discover(paths: list[str]) -> list[RunSpec]:
     runs: list[RunSpec] = []
     taken: set[str] = set()
     for raw in paths:
-        p = Path(raw)
-        if not p.exists():
+        if not Path(raw).exists():
             raise InputError(f"{raw}: no such file or directory")
+    for raw in _without_nested(paths):
+        p = Path(raw)
         if p.is_file():
             if is_event_file_name(p.name):
                 runs.append(RunSpec(_unique_name(p.parent.name or p.stem, taken), str(p), [(str(p), "")]))
@@ -115,6 +116,17 @@ def discover(paths: list[str]) -> list[RunSpec]:
     return runs
 
 
+def _without_nested(paths: list[str]) -> list[str]:
+    """Drop repeated paths and paths inside another given folder (they would be read twice)."""
+    resolved = [(raw, Path(raw).resolve()) for raw in paths]
+    kept = []
+    for raw, r in resolved:
+        if any(o != r and o in r.parents for _, o in resolved) or any(r == k for _, k in kept):
+            continue
+        kept.append((raw, r))
+    return [raw for raw, _ in kept]
+
+
 def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
     events, ckpts = _walk(top)
     roots = _run_roots(list(events))
@@ -129,7 +141,7 @@ def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
     orphan: dict[Path, list[Path]] = {}
     for c in ckpts:
         owner = next((by_root[r] for r in sorted(by_root, key=lambda r: -len(r.parts))
-                      if r == c.parent or r in c.parents), None)
+                      if r == c or r in c.parents), None)
         if owner is None:
             orphan.setdefault(c.parent if c.is_file() else c.parent, []).append(c)
         else:

@@ -99,7 +99,11 @@ def _metric(tag: str) -> str | None:
     if not toks:
         return None
     last = toks[-1]
-    if any(t.endswith("loss") for t in toks[-2:]) or (len(toks) >= 2 and toks[0] == "loss"):
+    parts = [p for p in tag.lower().split("/") if p]
+    # DESIGN §6: a loss is a tag whose last part ends in "loss" (train/box_loss, Logloss), or the
+    # `loss/<phase>` shape; `train/loss_scale` (AMP's scaler) is not a loss
+    if parts[-1].endswith("loss") or (len(parts) >= 2 and parts[0] == "loss") \
+            or (len(parts) >= 2 and parts[-2].endswith("loss") and set(_tokens(parts[-1])) <= VAL_WORDS | TRAIN_WORDS):
         return "loss"
     if last in {"acc", "accuracy", "top1"} or last.endswith("accuracy") or toks[0] in {"acc", "accuracy"} \
             or (len(toks) >= 2 and toks[-2:] == ["acc", "top1"]):

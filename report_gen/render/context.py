@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
+from report_gen.core import severity_rank
+
 SEVERITY_ORDER = ("error", "warning", "info")
 SEVERITY_LABELS = {"error": "Errors", "warning": "Warnings", "info": "Info"}
 VERDICT_LABELS = {"fail": "FAIL", "warn": "WARN", "pass": "PASS"}
@@ -99,11 +101,6 @@ def format_duration(seconds: Any) -> str:
     return f"{secs} s"
 
 
-def severity_rank(severity: Any) -> int:
-    """error=2, warning=1, info=0, anything unknown=-1 (sorted last)."""
-    return {"error": 2, "warning": 1, "info": 0}.get(str(severity), -1)
-
-
 def plot_key(spec: dict) -> str:
     """A stable string naming one plot: the same spec gives the same key (and the same PNG)."""
     return json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
@@ -141,6 +138,10 @@ def plot_title(spec: dict) -> str:
         return str(spec.get("image", ""))
     if kind == "layer_series":
         return f"{spec.get('fact', '')} of {spec.get('param', '')}"
+    if kind == "activation_series":
+        return f"activation statistics of {spec.get('layer', '')} over training"
+    if kind == "probe_series":
+        return f"probe activation statistics of {spec.get('layer', '')} across checkpoints"
     return str(kind)
 
 
@@ -403,6 +404,9 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
     shown = all_sorted if limits.max_findings is None else all_sorted[: max(limits.max_findings, 0)]
     summary = _dict(report.get("summary"))
     verdict = str(summary.get("verdict", "pass"))
+    if verdict not in VERDICT_LABELS:  # a hand-edited report.json: derive it, never print it raw
+        c = _dict(summary.get("counts"))
+        verdict = "fail" if c.get("error") else "warn" if c.get("warning") else "pass"
     counts = _dict(summary.get("counts"))
     details_runs = _dict(_dict(report.get("details")).get("runs"))
     run_inputs = [_dict(r) for r in _list(_dict(report.get("inputs")).get("runs"))]
@@ -417,8 +421,8 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
     context = {
         "generator": clean_text(f"{generator.get('name', 'report_gen')} {generator.get('version', '')}".strip(), 100),
         "created": clean_text(report.get("created", ""), 40),
-        "verdict": verdict if verdict in VERDICT_LABELS else "pass",
-        "verdict_label": VERDICT_LABELS.get(verdict, clean_text(verdict, 20).upper()),
+        "verdict": verdict,
+        "verdict_label": VERDICT_LABELS[verdict],
         "counts": [(s, counts.get(s, 0) if isinstance(counts.get(s, 0), int) else 0) for s in SEVERITY_ORDER],
         "runs": runs,
         "probe": format_value(_dict(report.get("inputs")).get("probe")) if _dict(report.get("inputs")).get("probe") else "",

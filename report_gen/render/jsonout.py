@@ -40,4 +40,31 @@ def load_report(path: str | Path) -> dict:
     version = report.get("schema_version")
     if version != SCHEMA_VERSION:
         raise InputError(f"{path}: unsupported schema_version {version!r} (expected {SCHEMA_VERSION})")
+    _check_shape(report, path)
     return report
+
+
+_FINDING_TEXT = ("code", "name", "category", "severity", "run", "subject", "message")
+
+
+def _check_shape(report: dict, path: Path) -> None:
+    """The contract keys other code relies on have the contract's types (renderers tolerate the rest)."""
+    def bad(where: str, what: str) -> InputError:
+        return InputError(f"{path}: not a report: {where} must be {what}")
+
+    if not isinstance(report.get("summary", {}), dict):
+        raise bad("summary", "an object")
+    inputs = report.get("inputs", {})
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("runs", []), list) \
+            or not all(isinstance(r, dict) for r in inputs.get("runs", [])):
+        raise bad("inputs.runs", "a list of objects")
+    for key in ("findings", "suppressed", "not_evaluated", "evaluated"):
+        items = report.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(f, dict) for f in items):
+            raise bad(key, "a list of objects")
+    for i, f in enumerate(report.get("findings", [])):
+        for key in _FINDING_TEXT:
+            if key in f and not isinstance(f[key], str):
+                raise bad(f"findings[{i}].{key}", "a string")
+        if not isinstance(f.get("evidence", {}), dict):
+            raise bad(f"findings[{i}].evidence", "an object")

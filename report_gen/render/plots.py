@@ -51,7 +51,7 @@ def to_floats(values: Any) -> np.ndarray:
     for v in values if isinstance(values, list) else []:
         try:
             out.append(float(v) if v is not None and not isinstance(v, bool) else math.nan)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             out.append(math.nan)
     return np.asarray(out, dtype=np.float64)
 
@@ -115,10 +115,7 @@ class PlotStore:
         return decode_png(image.get("png_base64")) if isinstance(image, dict) else None
 
     def _draw(self, spec: dict) -> bytes | None:
-        painter: Callable[[Any, dict, dict], bool] | None = {
-            "curve": _paint_curves, "distribution": _paint_distribution,
-            "grad_depth": _paint_grad_depth, "layer_series": _paint_layer_series,
-        }.get(str(spec.get("kind")))
+        painter: Callable[[Any, dict, dict], bool] | None = PAINTERS.get(str(spec.get("kind")))
         if painter is None:
             return None
         if spec.get("kind") == "curve" and spec.get("baseline"):
@@ -235,6 +232,32 @@ def _paint_grad_depth(ax, run: dict, spec: dict) -> bool:
     return True
 
 
+def _paint_activation_series(ax, run: dict, spec: dict) -> bool:
+    """mean ± std band and min/max lines of a layer's activations (logged, or probed per checkpoint)."""
+    series = run.get("activation_series", {}) if isinstance(run.get("activation_series"), dict) else {}
+    prefix = "probe:" if spec.get("kind") == "probe_series" else ""
+    data = series.get(prefix + str(spec.get("layer", "")))
+    if not isinstance(data, dict):
+        return False
+    x = to_floats(data.get("steps"))
+    drawn = False
+    for index, key in enumerate(("mean", "max", "min")):
+        y = to_floats(data.get(key))[: len(x)]
+        if len(y) and np.isfinite(y).any():
+            ax.plot(x[: len(y)], y, color=OKABE_ITO[index], linewidth=1.2, marker="o" if len(y) < 12 else None,
+                    markersize=3, label=key)
+            drawn = True
+    mean, std = to_floats(data.get("mean"))[: len(x)], to_floats(data.get("std"))[: len(x)]
+    if drawn and len(mean) == len(std) == len(x) and len(x):
+        ax.fill_between(x, mean - std, mean + std, color=OKABE_ITO[0], alpha=0.2, linewidth=0, label="mean ± std")
+    if not drawn:
+        return False
+    ax.set_xlabel("step")
+    ax.set_title(_label(str(spec.get("layer", "")), 90), loc="left")
+    ax.legend(loc="best")
+    return True
+
+
 def _paint_layer_series(ax, run: dict, spec: dict) -> bool:
     series = run.get("layer_series", {}) if isinstance(run.get("layer_series"), dict) else {}
     x, y = _xy(series.get(str(spec.get("param", ""))), str(spec.get("fact", "")))
@@ -246,3 +269,11 @@ def _paint_layer_series(ax, run: dict, spec: dict) -> bool:
     if np.all(y[np.isfinite(y)] > 0) and np.isfinite(y).sum() > 1:
         ax.set_yscale("log")
     return True
+
+
+# plot kind (a finding's or a section's `plot.kind`) -> painter; image kinds are decoded, not drawn
+PAINTERS: dict[str, Callable[[Any, dict, dict], bool]] = {
+    "curve": _paint_curves, "distribution": _paint_distribution, "grad_depth": _paint_grad_depth,
+    "layer_series": _paint_layer_series, "activation_series": _paint_activation_series,
+    "probe_series": _paint_activation_series,
+}

@@ -88,8 +88,10 @@ def _scale(summ: curves.CurveSummary, min_span: float) -> float:
 def divergence(run, opts: DivergenceOptions):
     """
     What it detects:
-        The training loss rises far above its best value: by the end it has given back most of what it
-        learned (or more), or after its best it spiked to many times the whole improvement above it.
+        The training loss rises far above its best value: by the end it has given back all of what it
+        learned (error) or half of it (warning); or after its best it spiked to many times the whole
+        improvement above it: an error when the loss then ended NaN/Inf, a warning when the run
+        recovered (a bad batch or an lr spike worth a look).
         Rises are measured against what the run learned (start minus best), never against the loss
         value itself, so a loss near 0 that moves from 0.001 to 0.01 is not "10× worse".
     Why it matters:
@@ -105,7 +107,7 @@ def divergence(run, opts: DivergenceOptions):
         min_points: minimum finite points before the rule looks (default 10).
         giveback_warning / giveback_error: share of the improvement (start minus best) given back at
         the end for a warning / an error (defaults 0.5 / 1.0).
-        spike_factor: a post-best peak this many improvement spans above the best is an error (10).
+        spike_factor: a post-best peak this many improvement spans above the best is a warning (10).
         min_span: the improvement span is at least this share of the starting loss (0.05), so noise
         on a flat curve is not read as divergence.
     """
@@ -121,18 +123,21 @@ def divergence(run, opts: DivergenceOptions):
     giveback = (summ.end - summ.best) / scale
     peak_i = summ.best_index + int(np.argmax(v[summ.best_index:]))
     spike = (float(v[peak_i]) - summ.best) / scale
+    ended_nonfinite = not np.isfinite(s.values[-1])  # the run blew up for good, never recovered
     sev = None
-    if giveback >= opts.giveback_error or spike >= opts.spike_factor:
+    if giveback >= opts.giveback_error or (spike >= opts.spike_factor and ended_nonfinite):
         sev = "error"
-    elif giveback >= opts.giveback_warning:
-        sev = "warning"
+    elif giveback >= opts.giveback_warning or spike >= opts.spike_factor:
+        sev = "warning"  # a spike the run recovered from is worth a look, not a broken run
     if sev is None:
         return
     steps = s.steps[finite]
     best_step = int(steps[summ.best_index])
-    if spike >= opts.spike_factor and giveback < opts.giveback_error:
+    if spike >= opts.spike_factor and giveback < opts.giveback_warning:
+        after = ("then became NaN/Inf" if ended_nonfinite else f"then recovered to {_fmt(summ.end)}")
         msg = (f"{s.tag} spiked to {_fmt(float(v[peak_i]))} at step {int(steps[peak_i])} after reaching its best "
-               f"{_fmt(summ.best)} (step {best_step}): {spike:.3g}× the whole improvement from {_fmt(summ.start)}")
+               f"{_fmt(summ.best)} (step {best_step}): {spike:.3g}× the whole improvement from {_fmt(summ.start)}, "
+               f"{after}")
     else:
         msg = (f"{s.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} at the end, "
                f"giving back {giveback:.0%} of the improvement from {_fmt(summ.start)}")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from report_gen.core import severity_rank
 from report_gen.rules.base import Hit, rule
 
-_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,9 @@ def damaged_input(run, opts: IntegrityOptions):
     Options:
         min_severity: lowest problem severity turned into a finding ("warning").
     """
-    floor = _SEVERITY_RANK.get(opts.min_severity, 1)
+    floor = severity_rank(opts.min_severity)
     for p in run.problems:
-        rank = _SEVERITY_RANK.get(p.severity, 1)
-        if rank < floor:
+        if severity_rank(p.severity) < floor:
             continue
         where = f" at byte {p.offset}" if p.offset is not None else ""
         count = f" ({p.count}×)" if p.count and p.count > 1 else ""

@@ -100,20 +100,13 @@ def dead_norm_channels(run, opts: NormScaleOptions):
         st = run.last_stats.get(name)
         if st is None or len(st.shape) != 1 or st.numel < opts.min_channels or not is_norm_scale(name, st.shape):
             continue
-        share = _share_below(run, name, opts.threshold)
-        if share is None or share < opts.ratio:
+        if st.values is None:
+            continue
+        share = float(np.mean(np.abs(st.values) < opts.threshold))
+        if share < opts.ratio:
             continue
         yield Hit(name, f"{share:.0%} of {st.numel} normalization scales are below {opts.threshold:g}",
                   {"share": share, "channels": st.numel, "threshold": opts.threshold})
-
-
-def _share_below(run, name: str, threshold: float) -> float | None:
-    """Exact share of |w| < threshold of a small 1-D tensor, loaded from the last checkpoint holding it."""
-    for c in reversed(run.checkpoints):
-        if name in c.tensors:
-            t = c.load(name)
-            return float((t.abs() < threshold).float().mean())
-    return None
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,11 @@ def test_too_few_points_is_not_evaluated():
     assert hits(_run([1.0, 5.0, 50.0]), "L102") == []
 
 
-def test_spike_after_learning_is_an_error_even_if_the_end_recovers():
+def test_spike_the_run_recovers_from_is_a_warning():
     v = np.concatenate([decaying(60, 2.3, 0.3), [0.3, 1e6, 0.4, 0.35] + [0.3] * 10])
     [h] = hits(_run(v), "L102")
-    assert h.severity == "error" and h.evidence["peak"] == 1e6
-    assert "spiked" in h.message
+    assert h.severity == "warning" and h.evidence["peak"] == 1e6
+    assert "spiked" in h.message and "recovered" in h.message
 
 
 def test_noise_on_a_flat_curve_is_not_divergence():
@@ -56,3 +56,9 @@ def test_noise_on_a_flat_curve_is_not_divergence():
 def test_near_zero_loss_moving_tenfold_is_not_divergence():
     v = np.concatenate([decaying(80, 2.3, 0.001), np.linspace(0.001, 0.01, 20)])
     assert hits(_run(v), "L102") == []
+
+
+def test_spike_that_ends_in_nan_is_an_error():
+    v = np.concatenate([decaying(60, 2.3, 0.3), [0.3, 1e6, 0.4, np.nan, np.nan]])
+    [h] = hits(_run(v), "L102")
+    assert h.severity == "error" and "NaN" in h.message
