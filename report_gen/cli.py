@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from report_gen import __version__
-from report_gen.core import InputError
+from report_gen.core import REPORT_FORMATS, InputError
 
-FORMATS = ("html", "md", "json")
+FORMATS = REPORT_FORMATS
 
 
 def _formats(text: str) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+REPORT_FORMATS = ("html", "md", "json")
 
 
 def severity_rank(severity: Any) -> int:

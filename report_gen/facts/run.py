@@ -13,9 +13,8 @@ import numpy as np
 from report_gen.core import Problem
 from report_gen.facts import curves
 from report_gen.readers.signals import Signals
-from report_gen.readers.types import CheckpointData, EventData
+from report_gen.readers.types import BUFFER_SUFFIXES, CheckpointData, EventData
 
-_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass
@@ -92,7 +91,7 @@ class RunFacts:
             info = c.tensors.get(name)
             if info is not None:
                 return getattr(info, "role", "param")
-        return "buffer" if name.endswith(_BUFFER_SUFFIXES) else "param"
+        return "buffer" if name.endswith(BUFFER_SUFFIXES) else "param"
 
     @cached_property
     def param_order(self) -> list[str]:

@@ -59,7 +59,7 @@ from report_gen.readers.paths import (
     is_checkpoint_path,
     is_torch_tar,
 )
-from report_gen.readers.types import CheckpointData, TensorInfo
+from report_gen.readers.types import BUFFER_SUFFIXES, CheckpointData, TensorInfo
 
 Leaf = Any  # torch.Tensor | TensorRef
 
@@ -709,7 +709,6 @@ _OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_states", "opt
 _STEP_KEYS = ("global_step", "step", "iteration", "iter", "epoch")
 _HPARAM_KEYS = ("hyper_parameters", "hparams", "args", "config", "cfg")
 _STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")
-_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _as_mapping(obj: Any) -> Mapping | None:
@@ -726,7 +725,7 @@ def _is_module_like(obj: Any) -> bool:
 
 def _role_by_name(name: str, floating: bool) -> str:
     """"buffer" for BatchNorm statistics and non-float tensors (never trainable), else "param"."""
-    return "param" if floating and not name.endswith(_BUFFER_SUFFIXES) else "buffer"
+    return "param" if floating and not name.endswith(BUFFER_SUFFIXES) else "buffer"
 
 
 def _is_floating(leaf: Leaf) -> bool:

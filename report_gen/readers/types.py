@@ -14,6 +14,7 @@ import pandas as pd
 from report_gen.core import Problem
 
 SCALAR_COLUMNS = ["run", "tag", "step", "wall_time", "value"]
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")  # state, not trained parameters
 
 
 @dataclass

@@ -8,14 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Collection
 
-from report_gen.core import InputError
+from report_gen.core import REPORT_FORMATS, InputError
 from report_gen.render.html import render_html
 from report_gen.render.jsonout import load_report, write_json
 from report_gen.render.markdown import render_markdown
 from report_gen.render.plots import PlotStore
 from report_gen.render.terminal import print_summary
 
-FORMATS = ("html", "md", "json")
+FORMATS = REPORT_FORMATS
 IMAGE_DIR = "report_files"
 
 __all__ = ["FORMATS", "load_report", "print_summary", "render", "render_html", "render_markdown", "write_json"]
