@@ -131,7 +131,8 @@ def _unit_correlations(w: torch.Tensor) -> tuple[np.ndarray | None, float | None
     norms = z.norm(dim=1)
     valid = (norms > 0) & torch.isfinite(norms)
     z = z / torch.where(valid, norms, torch.ones_like(norms)).unsqueeze(1)
-    corr = (z @ z.T).abs().numpy()
+    zn = z.numpy()
+    corr = np.abs(zn @ zn.T)  # numpy: torch's thread pool makes small matmuls ~1000x slower on a busy machine
     mask = valid.numpy()
     corr[~mask, :] = np.nan
     corr[:, ~mask] = np.nan
