@@ -97,7 +97,8 @@ def _run_probe(run: RunFacts, spec: ProbeSpec) -> None:
     from report_gen import probe as probe_mod
 
     inputs, description = probe_mod.load_probe_input(spec.probe_file, spec.probe_shape)
-    model = probe_mod.load_factory(spec.model, spec.model_kwargs)  # fails early, before any checkpoint is read
+    build = probe_mod.resolve_factory(spec.model, spec.model_kwargs)  # the model file is imported once
+    model = build()  # fails early, before any checkpoint is read
     if not run.checkpoints:
         run.probe = [(None, probe_mod.probe(model, inputs, description=description))]
         run.probe_info = {"model": spec.model, "input": description, "checkpoints": 0,
@@ -105,7 +106,7 @@ def _run_probe(run: RunFacts, spec: ProbeSpec) -> None:
         return
     # lazy loaders: probe_series picks an evenly spaced subset and only those checkpoints are read
     states = [(c.step, lambda c=c: {n: c.load(n) for n in c.tensors}) for c in run.checkpoints]
-    results = probe_mod.probe_series(lambda: probe_mod.load_factory(spec.model, spec.model_kwargs), states, inputs,
+    results = probe_mod.probe_series(build, states, inputs,
                                      max_checkpoints=spec.max_checkpoints, description=description)
     run.probe = results
     load_report = results[-1][1].load_report if results else None

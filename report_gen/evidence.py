@@ -15,7 +15,7 @@ import numpy as np
 from report_gen.core import Finding, severity_rank
 from report_gen.facts import curves
 from report_gen.facts import histograms as hf
-from report_gen.facts.run import RunFacts
+from report_gen.facts.run import RunFacts, is_weight_name
 
 MAX_CURVE_POINTS = 1000
 MAX_DISTRIBUTIONS = 12
@@ -90,7 +90,7 @@ def _distributions(run: RunFacts, findings) -> dict[str, Any]:
     s = run.signals
     keys = _flagged_subjects(findings, "distribution")
     # summary distributions: first and last weight layer's gradient and weight
-    order = [n for n in run.param_order if n.endswith("weight")]
+    order = [n for n in run.param_order if is_weight_name(n)]
     for n in (order[:1] + order[-1:]):
         for prefix in ("grad", "weight"):
             keys.append(f"{prefix}:{n}")

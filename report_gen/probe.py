@@ -48,6 +48,12 @@ def load_factory(spec: str, kwargs: dict | None = None) -> nn.Module:
     given, and non-empty `weights` or a true `pretrained` kwarg is refused. Raises InputError (one
     line) when the spec is malformed, cannot be imported, or the call fails or returns no nn.Module.
     """
+    return resolve_factory(spec, kwargs)()
+
+
+def resolve_factory(spec: str, kwargs: dict | None = None) -> Callable[[], nn.Module]:
+    """Import the factory ONCE and return a zero-argument builder (the model file is executed once,
+    however many checkpoints are probed)."""
     module_part, sep, attr = spec.rpartition(":")
     if not sep or not module_part or not attr:
         raise InputError(f"--model {spec}: expected MODULE:FACTORY or path/to/file.py:FACTORY")
@@ -55,6 +61,10 @@ def load_factory(spec: str, kwargs: dict | None = None) -> nn.Module:
     if not callable(factory):
         raise InputError(f"--model {spec}: {module_part} has no callable {attr!r}")
     call_kwargs = _no_download_kwargs(spec, factory, dict(kwargs or {}))
+    return lambda: _build(spec, factory, call_kwargs)
+
+
+def _build(spec: str, factory: Callable, call_kwargs: dict) -> nn.Module:
     try:
         model = factory(**call_kwargs)
     except Exception as exc:  # any failure of user code becomes one line

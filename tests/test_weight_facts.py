@@ -127,3 +127,17 @@ def test_quantiles_on_a_deterministic_sample(monkeypatch):
 ])
 def test_is_norm_scale(name, shape, siblings, expected):
     assert is_norm_scale(name, shape, siblings) is expected
+
+
+def test_largest_near_duplicate_family():
+    from report_gen.facts.weights import weight_stats
+
+    torch.manual_seed(0)
+    base = torch.randn(64)
+    w = torch.randn(10, 64)
+    for i in (2, 5, 7):  # one family of 4: 0, 2, 5, 7
+        w[i] = base * (i + 1)
+    w[0] = base
+    w[9] = w[8] * 2  # a separate pair
+    s = weight_stats("x.weight", w)
+    assert s.dup_family_share == pytest.approx(0.4)

@@ -48,7 +48,7 @@ def window(n: int, frac: float, minimum: int) -> int:
 @dataclass(frozen=True)
 class CurveSummary:
     n: int
-    start: float  # median of the first window
+    start: float  # the untrained level: the worse of the first value and the first window's median
     best: float  # min (or max for higher-is-better) of the smoothed curve
     best_index: int
     end: float  # median of the last window
@@ -65,7 +65,9 @@ def summarize(values: np.ndarray, *, higher_is_better: bool = False, frac: float
     w = window(v.size, frac, minimum)
     s = ema_smooth(v, smoothing)
     idx = int(np.argmax(s) if higher_is_better else np.argmin(s))
-    start = float(np.median(v[:w]))
+    # a task learned within the first window would make its median look "trained": the first
+    # value is the untrained level then (min/max: the worse of the two)
+    start = float(min(np.median(v[:w]), v[0]) if higher_is_better else max(np.median(v[:w]), v[0]))
     return CurveSummary(n=int(v.size), start=start, best=float(s[idx]), best_index=idx,
                         end=float(np.median(v[-w:])), span=abs(start - float(s[idx])))
 

@@ -17,6 +17,19 @@ from report_gen.readers.types import BUFFER_SUFFIXES, CheckpointData, EventData
 
 
 
+def is_weight_name(name: str) -> bool:
+    """A weight tensor (not a bias): `fc.weight`, and RNNs' `lstm.weight_ih_l0` / `weight_hh_l0`."""
+    last = name.rsplit(".", 1)[-1]
+    return last == "weight" or last.startswith("weight_")
+
+
+def is_embedding_name(name: str) -> bool:
+    """A lookup table (token/position embedding): only the rows a batch touches get a gradient, so
+    its RMS over the whole table is diluted by the vocabulary size, not by depth."""
+    parts = name.lower().split(".")[:-1]
+    return any("embed" in p or p in {"wte", "wpe", "emb", "tok_emb", "pos_emb", "word_emb"} for p in parts)
+
+
 @dataclass
 class GradEstimate:
     value: float  # RMS of the gradient, late-training median

@@ -17,6 +17,7 @@ from report_gen.numeric import CHUNK as _CHUNK
 from report_gen.numeric import chunks as _chunks
 from report_gen.numeric import float64_sum
 
+DUP_CORR = 0.9  # |corr| above which two units count as near-duplicates (a fixed reporting level)
 _SMALL_1D = 1 << 16  # 1-D tensors up to this size keep their values (per-channel facts)
 _QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _QUANTILE_SAMPLE = 1 << 20
@@ -61,6 +62,7 @@ class WeightStats:
     kernel_diversity: float | None = None
     unit_max_corr: np.ndarray | None = None
     corr_topk_mean: float | None = None
+    dup_family_share: float | None = None  # largest group of sampled units linked by |corr| > DUP_CORR, / units
     stable_rank: float | None = None
     alpha: float | None = None
     values: np.ndarray | None = None  # the values themselves, for small 1-D tensors (norm scales, biases)
@@ -116,11 +118,12 @@ def _row_absmax_mean(w: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(absmax).numpy(), torch.cat(mean).numpy()
 
 
-def _unit_correlations(w: torch.Tensor) -> tuple[np.ndarray | None, float | None]:
-    """(max |corr| of each sampled unit with any other, mean of the top-k |corr| pairs)."""
+def _unit_correlations(w: torch.Tensor) -> tuple[np.ndarray | None, float | None, float | None]:
+    """(max |corr| of each sampled unit with any other, mean of the top-k |corr| pairs, share of the
+    sampled units in the largest family of near-duplicates)."""
     out, width = w.shape
     if out < 2 or width < 2:
-        return None, None
+        return None, None, None
     rows = np.unique(np.linspace(0, out - 1, min(out, _CORR_UNITS)).round().astype(np.int64))
     sample = w[torch.from_numpy(rows)]
     if width > _CORR_COLUMNS:
@@ -144,7 +147,26 @@ def _unit_correlations(w: torch.Tensor) -> tuple[np.ndarray | None, float | None
     pairs = corr[np.triu_indices(len(rows), k=1)]
     pairs = pairs[~np.isnan(pairs)]
     topk = float(np.sort(pairs)[-min(10, pairs.size):].mean()) if pairs.size else math.nan
-    return unit_max, topk
+    return unit_max, topk, _largest_family(np.nan_to_num(corr) > DUP_CORR) / len(rows)
+
+
+def _largest_family(adjacent: np.ndarray) -> int:
+    """Size of the largest connected group in a boolean adjacency matrix (breadth-first search)."""
+    seen = np.zeros(len(adjacent), dtype=bool)
+    best = 0
+    for start in range(len(adjacent)):
+        if seen[start]:
+            continue
+        frontier, size = [start], 0
+        seen[start] = True
+        while frontier:
+            node = frontier.pop()
+            size += 1
+            nxt = np.flatnonzero(adjacent[node] & ~seen)
+            seen[nxt] = True
+            frontier.extend(nxt.tolist())
+        best = max(best, size)
+    return best
 
 
 def _top_singular_value(w: torch.Tensor) -> float:
@@ -217,7 +239,7 @@ def weight_stats(name: str, t: torch.Tensor) -> WeightStats:
 def _add_unit_facts(stats: WeightStats, w: torch.Tensor, frob_sq: float, finite: bool) -> None:
     stats.unit_absmax, stats.unit_mean = _row_absmax_mean(w)
     stats.kernel_diversity = float(np.std(stats.unit_mean, ddof=1)) if w.shape[0] > 1 else math.nan
-    stats.unit_max_corr, stats.corr_topk_mean = _unit_correlations(w)
+    stats.unit_max_corr, stats.corr_topk_mean, stats.dup_family_share = _unit_correlations(w)
     if finite:
         stats.stable_rank, stats.alpha = _spectral(w, frob_sq)
 

@@ -149,6 +149,7 @@ def saturated_activations(run, opts: SaturationOptions):
 class GrowingOptions:
     growth_factor: float = 10.0  # late/early magnitude ratio
     min_rising: float = 0.7  # share of rising steps of the smoothed series
+    min_late_growth: float = 3.0  # last fifth over middle fifth: still growing, not settled at a new level
     min_points: int = 5
 
 
@@ -160,7 +161,9 @@ def growing_activations(run, opts: GrowingOptions):
     What it detects:
         Activation magnitude (logged std, or |mean| when std is missing; or, for activation-function
         modules, the probe's std across a checkpoint series) that keeps increasing over training: more than `growth_factor` times from
-        the first to the last fifth, rising on most steps.
+        the first to the last fifth, rising on most steps, and still growing at the end (the last
+        fifth at least `min_late_growth` times the middle fifth). A layer that wakes up from a near-
+        silent start and settles at a healthy level (an LSTM learning) is not growing without bound.
     Why it matters:
         Growing activations precede overflow and saturation; the seed tutorial attributes it to missing
         normalization.
@@ -170,7 +173,7 @@ def growing_activations(run, opts: GrowingOptions):
         Add BatchNorm/LayerNorm, lower the learning rate, add weight decay.
     Options:
         growth_factor: late/early ratio (10). min_rising: share of rising smoothed steps (0.7).
-        min_points: points needed (5).
+        min_late_growth: last-fifth over middle-fifth ratio (3). min_points: points needed (5).
     """
     def check(layer, values, source, plot):
         v = np.asarray(values, dtype=float)
@@ -179,7 +182,11 @@ def growing_activations(run, opts: GrowingOptions):
             return None
         factor = curves.growth_factor(v, 0.2, 1)
         rising = curves.monotonic_fraction(curves.ema_smooth(np.abs(v), 0.6))
-        if factor is not None and factor > opts.growth_factor and rising >= opts.min_rising:
+        fifth = max(1, v.size // 5)
+        middle = float(np.median(np.abs(v[2 * fifth:3 * fifth]))) if v.size >= 5 else float(abs(v[0]))
+        late_growth = float(np.median(np.abs(v[-fifth:]))) / middle if middle > 0 else float("inf")
+        if factor is not None and factor > opts.growth_factor and rising >= opts.min_rising \
+                and late_growth >= opts.min_late_growth:
             return Hit(layer, f"activation magnitude of {layer} grew {factor:.3g}× over training ({source})",
                        {"growth_factor": factor, "rising_share": rising, "source": source,
                         "threshold": opts.growth_factor}, plot=plot)

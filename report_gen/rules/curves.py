@@ -225,7 +225,9 @@ def oscillation(run, opts: OscillationOptions):
     """
     What it detects:
         In the last `window` points the loss swings up and down step to step (direction changes on most
-        steps) with swings that are large compared with everything the run learned.
+        steps) with swings that are large compared with everything the run learned. When a validation
+        loss is logged, a zigzagging training loss counts only if the validation loss zigzags too
+        (per-batch losses of small or noisy batches always zigzag).
     Why it matters:
         The optimizer is bouncing around instead of settling; final metrics depend on where the run
         happened to stop.
@@ -240,20 +242,41 @@ def oscillation(run, opts: OscillationOptions):
         min_relative_swing: median |Δloss| over the whole-run improvement span (0.2).
         min_level: the span counts as at least this share of the final loss level (0.1).
     """
-    for key in ("train_loss", "val_loss"):
+    train = run.signals.train_loss
+    first_train = float(train.values[np.isfinite(train.values)][0]) \
+        if train is not None and np.isfinite(train.values).any() else -np.inf
+
+    def measure(v):
+        summ = curves.summarize(v)
+        tail = v[-opts.window:]
+        rate = curves.sign_change_rate(tail)
+        swing = curves.swing_amplitude(tail)
+        # yardstick: what the run learned from its untrained level (for validation, the first training
+        # loss when higher: the first evaluation often comes after an epoch), but at least min_level
+        # of the loss level (noise on a flat curve)
+        learned = max(summ.start, first_train) - summ.best
+        span = max(learned, opts.min_level * abs(float(np.median(tail))), 1e-12)
+        return summ, tail, rate, swing, swing / span
+
+    val = run.signals.val_loss
+    val_v = val.values[np.isfinite(val.values)] if val is not None else np.array([])
+    # per-batch training losses zigzag with sampling noise (small batches, noisy labels): when a
+    # validation curve exists (even a short one), the training curve only counts if validation
+    # oscillates too, by the same two criteria
+    val_oscillates = None
+    if val_v.size >= 3:
+        _, _, vrate, _, vrel = measure(val_v)
+        val_oscillates = vrate >= opts.min_sign_change_rate and vrel >= opts.min_relative_swing
+    for key in ("val_loss", "train_loss"):
         s = getattr(run.signals, key)
         if s is None:
             continue
         v = s.values[np.isfinite(s.values)]
         if v.size < opts.min_points or curves.first_nonfinite(s.values) is not None:
             continue
-        summ = curves.summarize(v)
-        tail = v[-opts.window:]
-        rate = curves.sign_change_rate(tail)
-        swing = curves.swing_amplitude(tail)
-        # yardstick: what the run learned, but at least min_level of the loss level (noise on a flat curve)
-        span = max(summ.span, opts.min_level * abs(float(np.median(tail))), 1e-12)
-        rel = swing / span
+        if key == "train_loss" and val_oscillates is False:
+            continue
+        summ, tail, rate, swing, rel = measure(v)
         if rate >= opts.min_sign_change_rate and rel >= opts.min_relative_swing:
             yield Hit(s.tag, f"{s.tag} swings step to step in its last {tail.size} points: direction changes "
                              f"{rate:.0%} of the time, median swing {_fmt(swing)} = {rel:.0%} of the run's improvement",
@@ -290,7 +313,8 @@ def overfitting(run, opts: OverfittingOptions):
         more data; report the best-validation checkpoint.
     Options:
         min_points: validation points needed (6). min_rise: rise of the validation loss above its
-        best, as a share of its improvement from start to best (0.25). min_tail_share / min_tail_points: how long the rise must last (0.2 / 3).
+        best, as a share of the improvement from the untrained level (the higher of the first
+        validation and the first training loss) to the best (0.25). min_tail_share / min_tail_points: how long the rise must last (0.2 / 3).
         max_acc_gap: train−val accuracy gap at the end (0.25).
     """
     s = run.signals
@@ -299,7 +323,12 @@ def overfitting(run, opts: OverfittingOptions):
         vals, steps = v.values, v.steps
         summ = curves.summarize(vals, frac=0.15, minimum=2)
         tail_n = len(vals) - 1 - summ.best_index
-        rise = (summ.end - summ.best) / max(summ.span, 0.05 * abs(summ.start), 1e-12)
+        # yardstick: from the untrained level (the first training loss when it is higher: the first
+        # evaluation often comes after an epoch that already learned most of the task) to the best
+        t = s.train_loss
+        first_train = float(t.values[np.isfinite(t.values)][0]) if t is not None and np.isfinite(t.values).any() else -np.inf
+        span = max(summ.start, first_train) - summ.best
+        rise = (summ.end - summ.best) / max(span, 0.05 * abs(summ.start), 1e-12)
         if tail_n >= max(opts.min_tail_points, opts.min_tail_share * len(vals)) and rise >= opts.min_rise:
             best_step = int(steps[summ.best_index])
             train_ok = True

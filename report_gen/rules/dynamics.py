@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from report_gen.facts import histograms as hf
+from report_gen.facts.run import is_weight_name
 from report_gen.rules.base import Hit, rule
 
 
@@ -127,6 +128,7 @@ def frozen_layer(run, opts: FrozenOptions):
 class UpdateRatioOptions:
     low: float = 1e-5  # per-step ||ΔW||/||W|| below this: hardly learning (TheDeepChecker's band is 1e-4..1e-1)
     high: float = 1e-1  # above this: steps too large
+    min_lr_share: float = 0.3  # with a logged lr, the low side is judged where lr >= this share of its peak
     min_points: int = 5
 
 
@@ -148,16 +150,29 @@ def update_ratio(run, opts: UpdateRatioOptions):
         Adjust the learning rate; use warm-up and decay; per-parameter-group learning rates.
     Options:
         low / high: the band (1e-5 / 1e-1). min_points: logged points needed (5).
+        min_lr_share: with a logged learning rate, the low side is judged only on steps where the lr
+        is at least this share of its peak (0.3): a cosine schedule's tail is meant to move little.
     """
+    lr = run.signals.lr
     for name, s in run.signals.update_ratio.items():
-        v = s.values[np.isfinite(s.values)]
+        finite = np.isfinite(s.values)
+        v, steps = s.values[finite], s.steps[finite]
         if v.size < opts.min_points:
             continue
         med = float(np.median(v[v.size // 2:]))
         if med <= 0:
             continue
-        if med < opts.low or med > opts.high:
-            side = "below" if med < opts.low else "above"
+        low_med = med
+        if lr is not None and len(lr) and np.isfinite(lr.values).any():
+            # small updates while the schedule has decayed the lr are expected: judge the low side
+            # only where the lr is still a good share of its peak
+            peak = float(np.nanmax(lr.values))
+            at = np.interp(steps, lr.steps, np.nan_to_num(lr.values))
+            hot = v[at >= opts.min_lr_share * peak] if peak > 0 else v
+            low_med = float(np.median(hot[hot.size // 2:])) if hot.size >= opts.min_points else np.inf
+        if low_med < opts.low or med > opts.high:
+            side = "below" if low_med < opts.low else "above"
+            med = low_med if side == "below" else med
             yield Hit(name, f"late-training update/weight ratio {med:.2g} is {side} the healthy band "
                             f"[{opts.low:g}, {opts.high:g}]",
                       {"median_update_ratio": med, "low": opts.low, "high": opts.high},
@@ -196,7 +211,7 @@ def unbalanced_updates(run, opts: ImbalanceOptions):
     source = "checkpoints"
     for n in run.param_order:
         ps = run.series.get(n)
-        if ps is None or not n.endswith("weight") or not ps.stats or len(ps.stats[-1].shape) < 2:
+        if ps is None or not is_weight_name(n) or not ps.stats or len(ps.stats[-1].shape) < 2:
             continue
         ru = np.asarray(ps.rel_update, dtype=float)
         ru = ru[np.isfinite(ru)]
@@ -207,7 +222,7 @@ def unbalanced_updates(run, opts: ImbalanceOptions):
         changes = {}
         for n, s in run.signals.update_ratio.items():
             v = s.values[np.isfinite(s.values)]
-            if v.size and n.endswith("weight") and np.median(v) > 0:
+            if v.size and is_weight_name(n) and np.median(v) > 0:
                 changes[n] = float(np.median(v))
     if len(changes) < opts.min_layers:
         return

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from report_gen.facts import curves
+from report_gen.facts.run import is_embedding_name, is_weight_name
 from report_gen.rules.base import Hit, rule
 
 _SOURCE = {"grad_hist": "logged gradient histograms", "optimizer_state": "the optimizer's second-moment state",
@@ -16,7 +17,7 @@ def _weight_grads(run):
     """[(name, GradEstimate)] for weight tensors (not biases/norm scales) in model order."""
     est = run.grad_estimates
     order = [n for n in run.param_order if n in est] + [n for n in est if n not in run.param_order]
-    picked = [(n, est[n]) for n in order if n.endswith("weight") and not _is_norm(run, n)]
+    picked = [(n, est[n]) for n in order if is_weight_name(n) and not _is_norm(run, n) and not is_embedding_name(n)]
     return picked or [(n, est[n]) for n in order]
 
 
@@ -48,7 +49,8 @@ def vanishing_gradients(run, opts: VanishingOptions):
         magnitude below the last layer's (AUTOTRAINER's first/last ratio < 1e-3 with the first layer
         < 1e-4), or every layer's gradient is below 1e-7 (SageMaker, DeepDiagnosis). Uses gradient
         histograms (late-training median of the exact RMS), or, with checkpoints only, the RMS
-        estimated from Adam's exp_avg_sq.
+        estimated from Adam's exp_avg_sq. Embedding tables are left out of the depth comparison: only
+        the rows a batch touches get a gradient, so their RMS shrinks with the vocabulary, not depth.
     Why it matters:
         Early layers stop learning; the network behaves like a shallow one on random features, and
         training stalls.

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from report_gen.facts import histograms as hf
+from report_gen.facts.run import is_weight_name
 from report_gen.rules.base import Hit, NoOptions, rule
 
 
@@ -81,7 +82,7 @@ def _rms_over_time(run, name):
 
 def _weight_names(run):
     names = list(run.param_order) or list(run.signals.weight_hist)
-    return [n for n in names if n.endswith("weight")]
+    return [n for n in names if is_weight_name(n)]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,11 @@ def test_vectorised_ema_matches_the_loop(weight):
 def test_summary_numbers():
     v = np.array([4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0])
     s = curves.summarize(v, frac=0.2, minimum=2, smoothing=0.0)
-    assert (s.start, s.best, s.end, s.best_index, s.span) == (3.5, 1.0, 3.0, 3, 2.5)
+    # start is the untrained level: the first value (4) when it is above the first window's median (3.5)
+    assert (s.start, s.best, s.end, s.best_index, s.span) == (4.0, 1.0, 3.0, 3, 3.0)
+    a = curves.summarize(np.array([0.5, 0.2, 0.6, 0.7, 0.9, 0.9]), higher_is_better=True, frac=0.34, minimum=2,
+                         smoothing=0.0)
+    assert a.start == 0.35 and a.best == 0.9  # accuracy: the worse (lower) of first value and window median
     assert curves.summarize([np.nan, 1.0]) is None
 
 

@@ -34,3 +34,9 @@ def test_growing_logits_of_a_linear_output_are_not_flagged():
         x = torch.randn(32, 4) * s
         probes.append((i, ProbeResult(activations={"fc": activation_stats("fc", "Linear", x)})))
     assert hits(make_run(probe=probes), "A103") == []
+
+
+def test_waking_up_and_settling_is_not_growth():
+    # an LSTM layer: near-silent at init, grows 17x while learning, then levels off
+    v = np.r_[np.geomspace(0.07, 1.2, 25), np.linspace(1.2, 1.31, 15)]
+    assert hits(_logged(v), "A103") == []

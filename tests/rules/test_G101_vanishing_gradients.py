@@ -48,3 +48,18 @@ def test_optimizer_state_is_used_without_histograms():
     [h] = hits(run, "G101")
     assert h.evidence["source"] == "optimizer_state"
     assert h.subject == "conv1.weight"
+
+
+def test_embedding_tables_are_not_the_first_layer():
+    rng = np.random.default_rng(0)
+    names_scales = [("embed.weight", 1e-7), ("encoder.0.weight", 2e-3), ("encoder.1.weight", 3e-3), ("head.weight", 1e-2)]
+    grads = {n: hist(f"grad_hist/{n}", [rng.standard_normal(500) * s for _ in range(4)]) for n, s in names_scales}
+    assert hits(make_run(signals=Signals(grad_hist=grads)), "G101") == []
+
+
+def test_recurrent_weights_count_as_weights():
+    rng = np.random.default_rng(0)
+    names_scales = [("rnn.weight_ih_l0", 1e-7), ("rnn.weight_hh_l0", 1e-6), ("rnn.weight_ih_l1", 1e-4), ("head.weight", 1e-2)]
+    grads = {n: hist(f"grad_hist/{n}", [rng.standard_normal(500) * s for _ in range(4)]) for n, s in names_scales}
+    [h] = hits(make_run(signals=Signals(grad_hist=grads)), "G101")
+    assert h.subject == "rnn.weight_ih_l0"

@@ -50,3 +50,10 @@ def test_accuracy_gap_is_not_judged_after_the_loss_went_nan():
     s = Signals(train_loss=series("train/loss", train), train_acc=series("train/acc", np.linspace(0.5, 0.9, 20)),
                 val_acc=series("val/acc", np.linspace(0.4, 0.3, 20)))
     assert hits(make_run(signals=s), "L105") == []
+
+
+def test_task_learned_before_the_first_evaluation_is_measured_from_the_untrained_loss():
+    # first training loss 1.4; the first evaluation (after an epoch) is already 0.05; val ends +0.02
+    train = np.r_[1.4, np.geomspace(0.3, 0.001, 199)]
+    val = np.r_[0.05, 0.03, 0.02, 0.019, 0.02, 0.025, 0.03, 0.035, 0.039, 0.04]
+    assert hits(make_run(signals=_signals(val, train=train)), "L105") == []

@@ -21,3 +21,14 @@ def test_update_ratio_far_below_band():
 def test_ratio_inside_band_is_fine():
     assert hits(_run(np.full(20, 1e-3)), "U102") == []
     assert hits(_run(np.full(20, 0.09)), "U102") == []
+
+
+def test_small_updates_in_the_decayed_tail_of_the_schedule_are_fine():
+    steps = np.arange(100)
+    lr = 3e-4 * 0.5 * (1 + np.cos(np.pi * steps / 100))  # cosine to 0
+    ratio = np.where(steps < 64, 2e-4, 5e-6)  # tiny only once the lr fell below 30% of its peak
+    s = Signals(update_ratio={"fc.weight": series("update_ratio/fc.weight", ratio)}, lr=series("lr", lr))
+    assert hits(make_run(signals=s), "U102") == []
+    flat = Signals(update_ratio={"fc.weight": series("update_ratio/fc.weight", np.full(100, 5e-6))},
+                   lr=series("lr", np.full(100, 3e-4)))
+    assert len(hits(make_run(signals=flat), "U102")) == 1
