@@ -243,6 +243,7 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "layers": _layers_view(_list(details.get("layers")), limits),
         "curves": _curve_refs(name, _dict(details.get("curves")), limits, overlay or {}),
         "distributions": _distribution_refs(name, _dict(details.get("distributions")), limits),
+        "activations": _activation_refs(name, _dict(details.get("activation_series")), limits),
         "grad_depth": _plot_ref({"kind": "grad_depth", "run": name}, limits) if _list(details.get("grad_depth")) else None,
         "images": _image_refs(name, _dict(details.get("images")), limits),
     }
@@ -300,6 +301,20 @@ def _distribution_refs(run: str, distributions: dict, limits: Limits) -> list[di
         return (DISTRIBUTION_KINDS.index(kind) if kind in DISTRIBUTION_KINDS else len(DISTRIBUTION_KINDS), key)
 
     return [_plot_ref({"kind": "distribution", "run": run, "key": key}, limits) for key in sorted(distributions, key=order)]
+
+
+MAX_ACTIVATION_PLOTS = 8
+
+
+def _activation_refs(run: str, series: dict, limits: Limits) -> list[dict]:
+    """Activation statistics against step: probed checkpoints first (the post-hoc view), then logged."""
+    keys = sorted(series, key=lambda k: (not str(k).startswith("probe:"), str(k)))[:MAX_ACTIVATION_PLOTS]
+    refs = []
+    for key in keys:
+        key = str(key)
+        kind, layer = ("probe_series", key[6:]) if key.startswith("probe:") else ("activation_series", key)
+        refs.append(_plot_ref({"kind": kind, "run": run, "layer": layer}, limits))
+    return refs
 
 
 def _image_refs(run: str, images: dict, limits: Limits) -> list[dict]:
@@ -455,7 +470,8 @@ def _plot_order(context: dict) -> list[dict]:
     """Every plot the report can show, most important first (the figure cap keeps a prefix)."""
     refs = [v["plot"] for v in context["findings"] if v["plot"]]
     for run in context["runs"]:
-        refs += ([run["grad_depth"]] if run["grad_depth"] else []) + run["curves"] + run["distributions"] + run["images"]
+        refs += ([run["grad_depth"]] if run["grad_depth"] else []) + run["curves"] + run["distributions"] + \
+            run["activations"] + run["images"]
     unique: dict[str, dict] = {}
     for ref in refs:
         unique.setdefault(ref["key"], ref["spec"])
@@ -473,6 +489,7 @@ def _sections(context: dict) -> list[tuple[str, str]]:
         ("curves", "Training curves", any(r["curves"] for r in runs)),
         ("distributions", "Distributions", any(r["distributions"] for r in runs)),
         ("gradients", "Gradients by depth", any(r["grad_depth"] for r in runs)),
+        ("activations", "Activations over training", any(r["activations"] for r in runs)),
         ("images", "Kernels and images", any(r["images"] for r in runs)),
         ("coverage", "Rule coverage", bool(context["evaluated"]["rows"] or context["not_evaluated"]["rows"])),
         ("suppressed", "Suppressed", bool(context["suppressed"]["rows"] or context["unused_suppressions"])),
