@@ -94,13 +94,13 @@ class Finding:
             "run": self.run,
             "subject": self.subject,
             "message": self.message,
-            "evidence": _jsonable(self.evidence),
+            "evidence": jsonable(self.evidence),
             "suggestion": self.suggestion,
         }
         if self.status is not None:
             d["status"] = self.status
         if self.plot is not None:
-            d["plot"] = _jsonable(self.plot)
+            d["plot"] = jsonable(self.plot)
         return d
 
     @classmethod
@@ -120,7 +120,7 @@ class Finding:
         )
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Turn numpy scalars/arrays and non-finite floats into plain JSON values."""
     import math
 
@@ -129,12 +129,12 @@ def _jsonable(value: Any) -> Any:
     except ImportError:  # pragma: no cover
         np = None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if np is not None:
         if isinstance(value, np.ndarray):
-            return [_jsonable(v) for v in value.tolist()]
+            return [jsonable(v) for v in value.tolist()]
         if isinstance(value, np.generic):
             value = value.item()
     if isinstance(value, float):

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from report_gen import __version__
 from report_gen.config import Config, match_length
-from report_gen.core import Finding, InputError, Problem, severity_counts, severity_rank, verdict_for
+from report_gen.core import Finding, InputError, Problem, jsonable, severity_counts, severity_rank, verdict_for
 from report_gen.facts.run import RunFacts
 from report_gen.readers.discovery import RunSpec, discover
 from report_gen.readers.signals import build_signals
@@ -241,13 +241,13 @@ def assemble(runs, findings, suppressed, evaluated, not_evaluated, cfg: Config, 
                        "checkpoints": len(r.checkpoints),
                        "first_step": first, "last_step": last, "problems": [p.to_dict() for p in r.problems]})
         if r.probe_info:
-            inputs[-1]["probe"] = _plain(r.probe_info)
+            inputs[-1]["probe"] = jsonable(r.probe_info)
     report = {
         "schema_version": 1,
         "generator": {"name": "report_gen", "version": __version__},
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "inputs": {"runs": inputs, "trust_pickles": bool(opts.trust_pickles),
-                   "config": cfg.source, "probe": _plain(opts.probe.__dict__) if opts.probe else None},
+                   "config": cfg.source, "probe": jsonable(opts.probe.__dict__) if opts.probe else None},
         "summary": {"verdict": verdict_for(counts), "counts": counts},
         "findings": [f.to_dict() for f in findings],
         "not_evaluated": not_evaluated,
@@ -263,12 +263,6 @@ def assemble(runs, findings, suppressed, evaluated, not_evaluated, cfg: Config, 
 def _unmatched_subject_ignores(cfg: Config, suppressed: list[dict]) -> list[str]:
     used = {d["reason"].split(": ", 1)[1] for d in suppressed if d.get("reason", "").startswith("per-subject-ignores")}
     return [f"per-subject-ignores: {g}" for g in cfg.per_subject_ignores if g not in used]
-
-
-def _plain(d: Any) -> Any:
-    from report_gen.core import _jsonable
-
-    return _jsonable(d)
 
 
 def exit_code(report: dict[str, Any], fail_on: str, fail_on_persisting: bool = False) -> int:

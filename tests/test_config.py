@@ -87,3 +87,12 @@ def test_malformed_tables_are_input_errors(tmp_path):
     bad.write_text("tool = 1\n")
     with pytest.raises(InputError, match="unknown key"):
         load_config(str(bad))
+
+
+def test_option_values_are_type_checked():
+    r = find_rule("L104")
+    assert r.make_options({"window": 40.0}).window == 40  # a whole float is fine for an int option
+    for bad, match in (({"window": 1.5}, "whole number"), ({"window": -5}, "negative"),
+                       ({"window": True}, "number"), ({"min_relative_swing": "big"}, "number")):
+        with pytest.raises(ValueError, match=match):
+            r.make_options(bad)

@@ -78,8 +78,30 @@ def test_load_report_rejects_wrong_shapes(tmp_path):
             load_report(p)
 
 
-def test_unknown_verdict_is_derived_not_printed(tmp_path):
+def test_banner_is_recomputed_from_the_findings(tmp_path):
     from report_gen.render.context import build_context
 
-    ctx = build_context({"schema_version": 1, "summary": {"verdict": "@org/team|<b>", "counts": {"warning": 1}}})
+    f = {"code": "L104", "severity": "warning", "run": "r", "subject": "s", "message": "m"}
+    ctx = build_context({"schema_version": 1, "summary": {"verdict": "@org/team|<b>", "counts": {"error": 7}},
+                         "findings": [f]})
     assert ctx["verdict"] == "warn" and ctx["verdict_label"] == "WARN"
+    assert dict(ctx["counts"]) == {"error": 0, "warning": 1, "info": 0}
+
+
+def test_bom_deep_nesting_and_unknown_severity(tmp_path):
+    import json as _json
+
+    import pytest
+
+    from report_gen.core import InputError
+    from report_gen.render import load_report
+
+    p = tmp_path / "r.json"
+    p.write_bytes(b"\xef\xbb\xbf" + _json.dumps({"schema_version": 1, "findings": []}).encode())
+    assert load_report(p)["schema_version"] == 1
+    p.write_text("[" * 100_000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        load_report(p)
+    p.write_text(_json.dumps({"schema_version": 1, "findings": [{"severity": "critical"}]}))
+    with pytest.raises(InputError, match="severity"):
+        load_report(p)

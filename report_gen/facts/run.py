@@ -26,8 +26,9 @@ def is_weight_name(name: str) -> bool:
 def is_embedding_name(name: str) -> bool:
     """A lookup table (token/position embedding): only the rows a batch touches get a gradient, so
     its RMS over the whole table is diluted by the vocabulary size, not by depth."""
-    parts = name.lower().split(".")[:-1]
-    return any("embed" in p or p in {"wte", "wpe", "emb", "tok_emb", "pos_emb", "word_emb"} for p in parts)
+    parts = name.lower().split(".")
+    module = parts[-2] if len(parts) >= 2 else ""  # the table's own module: not patch_embed.proj, time_embed.0
+    return "embed" in module or module in {"wte", "wpe", "emb", "tok_emb", "pos_emb", "word_emb"}
 
 
 @dataclass

@@ -13,11 +13,11 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from report_gen.facts import DUP_CORR
 from report_gen.numeric import CHUNK as _CHUNK
 from report_gen.numeric import chunks as _chunks
 from report_gen.numeric import float64_sum
 
-DUP_CORR = 0.9  # |corr| above which two units count as near-duplicates (a fixed reporting level)
 _SMALL_1D = 1 << 16  # 1-D tensors up to this size keep their values (per-channel facts)
 _QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _QUANTILE_SAMPLE = 1 << 20

@@ -904,8 +904,8 @@ def _no_weights_error(path: str, root: Any) -> CheckpointError:
         return CheckpointError(path, "unsafe-pickle", f"the pickle holds only {root.global_name}(...) "
                                                       f"and no tensors; nothing was executed")
     if mapping is None:
-        return CheckpointError(path, "no-weights", f"no model weights found (the file holds a "
-                                                   f"{type(root).__name__})")
+        held = "Tensor" if _is_leaf(root) else type(root).__name__  # a lazily read tensor is still a tensor
+        return CheckpointError(path, "no-weights", f"no model weights found (the file holds a {held})")
     keys = set(map(str, mapping))
     if {"state", "param_groups"} <= keys or (keys & set(_OPTIMIZER_KEYS) and not keys & set(_WEIGHT_KEYS)):
         return CheckpointError(path, "optimizer-only", "optimizer state only, no model weights")

@@ -192,7 +192,7 @@ def placeholder_class(global_name: str) -> type:
 #: A view may repeat storage elements (stride 0): allow at most this many elements per stored one
 #: (plus MAX_FREE_ELEMENTS), so a tiny file cannot make the reader allocate gigabytes.
 MAX_ELEMENTS_PER_STORED = 16
-MAX_FREE_ELEMENTS = 1 << 24
+MAX_FREE_ELEMENTS = 1 << 20
 
 
 def _int_tuple(value: Any) -> tuple[int, ...] | None:

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from report_gen.core import severity_rank
+from report_gen.core import severity_rank, verdict_for
 
 SEVERITY_ORDER = ("error", "warning", "info")
 SEVERITY_LABELS = {"error": "Errors", "warning": "Warnings", "info": "Info"}
@@ -417,12 +417,11 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
     """
     all_sorted = sort_findings(_list(report.get("findings")))
     shown = all_sorted if limits.max_findings is None else all_sorted[: max(limits.max_findings, 0)]
-    summary = _dict(report.get("summary"))
-    verdict = str(summary.get("verdict", "pass"))
-    if verdict not in VERDICT_LABELS:  # a hand-edited report.json: derive it, never print it raw
-        c = _dict(summary.get("counts"))
-        verdict = "fail" if c.get("error") else "warn" if c.get("warning") else "pass"
-    counts = _dict(summary.get("counts"))
+    # counts and verdict are recomputed from the findings, so a hand-edited report.json cannot show a
+    # banner that disagrees with its own findings (the JSON's summary is for machines)
+    severities = [_dict(f).get("severity") for f in _list(report.get("findings"))]
+    counts = {s: severities.count(s) for s in SEVERITY_ORDER}
+    verdict = verdict_for(counts)
     details_runs = _dict(_dict(report.get("details")).get("runs"))
     run_inputs = [_dict(r) for r in _list(_dict(report.get("inputs")).get("runs"))]
     known = {str(r.get("name", "")) for r in run_inputs}

@@ -5,14 +5,14 @@ import json
 import os
 from pathlib import Path
 
-from report_gen.core import InputError, _jsonable
+from report_gen.core import SEVERITY_RANK, InputError, jsonable
 
 SCHEMA_VERSION = 1
 
 
 def dumps(report: dict) -> str:
     """The report as strict JSON text; numpy values become plain numbers, NaN/Inf become strings."""
-    return json.dumps(_jsonable(report), allow_nan=False, ensure_ascii=False, indent=1)
+    return json.dumps(jsonable(report), allow_nan=False, ensure_ascii=False, indent=1)
 
 
 def write_json(report: dict, path: str | Path) -> Path:
@@ -28,7 +28,9 @@ def load_report(path: str | Path) -> dict:
     """Read a report.json written by report_gen; InputError (one line) when it is not one."""
     path = Path(path)
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: PowerShell writes a BOM
+    except RecursionError:
+        raise InputError(f"{path}: not a report (JSON nested too deeply)") from None
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -66,5 +68,7 @@ def _check_shape(report: dict, path: Path) -> None:
         for key in _FINDING_TEXT:
             if key in f and not isinstance(f[key], str):
                 raise bad(f"findings[{i}].{key}", "a string")
+        if f.get("severity", "info") not in SEVERITY_RANK:
+            raise bad(f"findings[{i}].severity", "error, warning or info")
         if not isinstance(f.get("evidence", {}), dict):
             raise bad(f"findings[{i}].evidence", "an object")

@@ -117,10 +117,22 @@ class Rule:
                              f"options: {', '.join(known) or 'none'}")
         for k, v in overrides.items():
             default = known[k].default
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                if not isinstance(v, (int, float)) or isinstance(v, bool):
-                    raise ValueError(f"rule {self.code} option {k} must be a number, got {v!r}")
-                overrides[k] = type(default)(v) if isinstance(default, float) else v
+            where = f"rule {self.code} option {k}"
+            if isinstance(default, bool):
+                if not isinstance(v, bool):
+                    raise ValueError(f"{where} must be true or false, got {v!r}")
+            elif isinstance(default, (int, float)):
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+                    raise ValueError(f"{where} must be a number, got {v!r}")
+                if isinstance(default, int):
+                    if float(v) != int(v):
+                        raise ValueError(f"{where} must be a whole number, got {v!r}")
+                    v = int(v)
+                    if v < 0:
+                        raise ValueError(f"{where} must not be negative, got {v!r}")
+                overrides[k] = float(v) if isinstance(default, float) else v
+            elif isinstance(default, str) and not isinstance(v, str):
+                raise ValueError(f"{where} must be a string, got {v!r}")
         return self.options(**overrides)
 
     def explain(self) -> str:

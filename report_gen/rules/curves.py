@@ -90,8 +90,8 @@ def divergence(run, opts: DivergenceOptions):
     What it detects:
         The training loss rises far above its best value: by the end it has given back all of what it
         learned (error) or half of it (warning); or after its best it spiked to many times the whole
-        improvement above it: an error when the loss then ended NaN/Inf, a warning when the run
-        recovered (a bad batch or an lr spike worth a look).
+        improvement above it: an error unless the last value is back near the best (a spike the run
+        recovered from is a warning: a bad batch or an lr spike worth a look).
         Rises are measured against what the run learned (start minus best), never against the loss
         value itself, so a loss near 0 that moves from 0.001 to 0.01 is not "10× worse".
     Why it matters:
@@ -124,8 +124,10 @@ def divergence(run, opts: DivergenceOptions):
     peak_i = summ.best_index + int(np.argmax(v[summ.best_index:]))
     spike = (float(v[peak_i]) - summ.best) / scale
     ended_nonfinite = not np.isfinite(s.values[-1])  # the run blew up for good, never recovered
+    last = float(v[-1])
+    recovered = not ended_nonfinite and (last - summ.best) / scale < opts.giveback_warning
     sev = None
-    if giveback >= opts.giveback_error or (spike >= opts.spike_factor and ended_nonfinite):
+    if giveback >= opts.giveback_error or (spike >= opts.spike_factor and not recovered):
         sev = "error"
     elif giveback >= opts.giveback_warning or spike >= opts.spike_factor:
         sev = "warning"  # a spike the run recovered from is worth a look, not a broken run
@@ -134,16 +136,17 @@ def divergence(run, opts: DivergenceOptions):
     steps = s.steps[finite]
     best_step = int(steps[summ.best_index])
     if spike >= opts.spike_factor and giveback < opts.giveback_warning:
-        after = ("then became NaN/Inf" if ended_nonfinite else f"then recovered to {_fmt(summ.end)}")
+        after = ("then became NaN/Inf" if ended_nonfinite else f"then recovered to {_fmt(last)}" if recovered
+                 else f"and ended at {_fmt(last)}")
         msg = (f"{s.tag} spiked to {_fmt(float(v[peak_i]))} at step {int(steps[peak_i])} after reaching its best "
                f"{_fmt(summ.best)} (step {best_step}): {spike:.3g}× the whole improvement from {_fmt(summ.start)}, "
                f"{after}")
     else:
-        msg = (f"{s.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} at the end, "
-               f"giving back {giveback:.0%} of the improvement from {_fmt(summ.start)}")
+        msg = (f"{s.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} over the last "
+               f"points (last value {_fmt(last)}), giving back {giveback:.0%} of the improvement from {_fmt(summ.start)}")
     yield Hit(s.tag, msg, {"start": summ.start, "best": summ.best, "best_step": best_step, "end": summ.end,
                            "giveback": giveback, "peak": float(v[peak_i]), "peak_step": int(steps[peak_i]),
-                           "spike": spike},
+                           "spike": spike, "last": last, "recovered": recovered},
               severity=sev, plot={"kind": "curve", "run": run.name, "series": ["train_loss"], "mark_step": best_step})
 
 
@@ -226,7 +229,7 @@ def oscillation(run, opts: OscillationOptions):
     What it detects:
         In the last `window` points the loss swings up and down step to step (direction changes on most
         steps) with swings that are large compared with everything the run learned. When a validation
-        loss is logged, a zigzagging training loss counts only if the validation loss zigzags too
+        loss is logged and stays smooth, a zigzagging training loss is reported as info only
         (per-batch losses of small or noisy batches always zigzag).
     Why it matters:
         The optimizer is bouncing around instead of settling; final metrics depend on where the run
@@ -274,24 +277,39 @@ def oscillation(run, opts: OscillationOptions):
         v = s.values[np.isfinite(s.values)]
         if v.size < opts.min_points or curves.first_nonfinite(s.values) is not None:
             continue
-        if key == "train_loss" and val_oscillates is False:
-            continue
         summ, tail, rate, swing, rel = measure(v)
         if rate >= opts.min_sign_change_rate and rel >= opts.min_relative_swing:
+            smooth_val = key == "train_loss" and val_oscillates is False
+            note = "; the validation loss is smooth, so this is likely batch-to-batch noise" if smooth_val else ""
             yield Hit(s.tag, f"{s.tag} swings step to step in its last {tail.size} points: direction changes "
-                             f"{rate:.0%} of the time, median swing {_fmt(swing)} = {rel:.0%} of the run's improvement",
+                             f"{rate:.0%} of the time, median swing {_fmt(swing)} = {rel:.0%} of the run's improvement"
+                             f"{note}",
                       {"sign_change_rate": rate, "median_swing": swing, "relative_swing": rel,
-                       "improvement_span": summ.span, "window": int(tail.size)},
-                      plot={"kind": "curve", "run": run.name, "series": [key]})
+                       "improvement_span": summ.span, "window": int(tail.size), "validation_smooth": smooth_val},
+                      severity="info" if smooth_val else None,
+                      plot={"kind": "curve", "run": run.name, "series": [key, "val_loss"] if smooth_val else [key]})
 
 
 @dataclass(frozen=True)
 class OverfittingOptions:
     min_points: int = 6  # validation points needed
-    min_rise: float = 0.25  # val loss end above its best, relative to how much it improved (start - best)
+    min_rise: float = 0.25  # val loss end above its best, relative to the yardstick below
+    best_level: float = 1.0  # yardstick = max(val improvement start - best, best_level * best)
     min_tail_share: float = 0.2  # the rise lasts at least this share of the validation points...
     min_tail_points: int = 3  # ...and at least this many points
     max_acc_gap: float = 0.25  # train acc - val acc at the end above this: overfitting (gap)
+    acc_tolerance: float = 0.01  # val loss rising while val accuracy stays this close to its best: info
+
+
+def _accuracy_holds(acc, tolerance: float) -> bool:
+    """Final validation accuracy within `tolerance` (a fraction; percent scales too) of its best."""
+    if acc is None:
+        return False
+    a = acc.values[np.isfinite(acc.values)]
+    if a.size < 2:
+        return False
+    scale = 100.0 if a.max() > 1.5 else 1.0
+    return float(a.max() - np.median(a[-max(1, a.size // 10):])) <= tolerance * scale
 
 
 @rule("L105", "overfitting", "overfitting", "warning", needs=["val_loss", "val_acc"], options=OverfittingOptions,
@@ -313,9 +331,13 @@ def overfitting(run, opts: OverfittingOptions):
         more data; report the best-validation checkpoint.
     Options:
         min_points: validation points needed (6). min_rise: rise of the validation loss above its
-        best, as a share of the improvement from the untrained level (the higher of the first
-        validation and the first training loss) to the best (0.25). min_tail_share / min_tail_points: how long the rise must last (0.2 / 3).
-        max_acc_gap: train−val accuracy gap at the end (0.25).
+        best, as a share of a yardstick (0.25): the validation loss's own improvement from start to
+        best, or best_level × its best value when that is larger (1.0), so a curve whose first
+        evaluation was already trained is judged against its level. min_tail_share /
+        min_tail_points: how long the rise must last (0.2 / 3).
+        max_acc_gap: train−val accuracy gap at the end (0.25). acc_tolerance: when validation
+        accuracy is logged and ends within this of its best (0.01), a rising validation loss is
+        reported as info: the model grows overconfident, its predictions do not get worse.
     """
     s = run.signals
     v = s.val_loss
@@ -323,12 +345,11 @@ def overfitting(run, opts: OverfittingOptions):
         vals, steps = v.values, v.steps
         summ = curves.summarize(vals, frac=0.15, minimum=2)
         tail_n = len(vals) - 1 - summ.best_index
-        # yardstick: from the untrained level (the first training loss when it is higher: the first
-        # evaluation often comes after an epoch that already learned most of the task) to the best
-        t = s.train_loss
-        first_train = float(t.values[np.isfinite(t.values)][0]) if t is not None and np.isfinite(t.values).any() else -np.inf
-        span = max(summ.start, first_train) - summ.best
-        rise = (summ.end - summ.best) / max(span, 0.05 * abs(summ.start), 1e-12)
+        # yardstick: the validation curve's own improvement, but at least its best level: a task
+        # learned before the first evaluation has almost no improvement to measure against, and
+        # there a rise is judged against the loss itself (0.075 -> 0.085 is noise, 0.22 -> 0.60 is not)
+        yardstick = max(summ.span, opts.best_level * abs(summ.best), 1e-12)
+        rise = (summ.end - summ.best) / yardstick
         if tail_n >= max(opts.min_tail_points, opts.min_tail_share * len(vals)) and rise >= opts.min_rise:
             best_step = int(steps[summ.best_index])
             train_ok = True
@@ -339,10 +360,15 @@ def overfitting(run, opts: OverfittingOptions):
                 if before.size and after.size:
                     train_ok = float(np.median(after[-max(1, after.size // 5):])) <= float(np.median(before[-max(1, before.size // 5):]))
             if train_ok:
+                acc_holds = _accuracy_holds(s.val_acc, opts.acc_tolerance)
+                note = (f"; validation accuracy stays within {opts.acc_tolerance:.0%} of its best, so the model "
+                        f"grows overconfident rather than wrong") if acc_holds else ""
                 yield Hit(v.tag, f"{v.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} "
-                                 f"over the last {tail_n} evaluations while training loss kept improving",
+                                 f"over the last {tail_n} evaluations while training loss kept improving{note}",
                           {"best": summ.best, "best_step": best_step, "end": summ.end, "relative_rise": rise,
-                           "evaluations_after_best": tail_n, "threshold": opts.min_rise},
+                           "evaluations_after_best": tail_n, "threshold": opts.min_rise,
+                           "val_accuracy_holds": acc_holds},
+                          severity="info" if acc_holds else None,
                           plot={"kind": "curve", "run": run.name, "series": ["train_loss", "val_loss"],
                                 "mark_step": best_step})
                 return

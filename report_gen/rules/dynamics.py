@@ -169,7 +169,9 @@ def update_ratio(run, opts: UpdateRatioOptions):
             peak = float(np.nanmax(lr.values))
             at = np.interp(steps, lr.steps, np.nan_to_num(lr.values))
             hot = v[at >= opts.min_lr_share * peak] if peak > 0 else v
-            low_med = float(np.median(hot[hot.size // 2:])) if hot.size >= opts.min_points else np.inf
+            if hot.size < opts.min_points:  # an lr that collapsed almost at once is no excuse
+                hot = v
+            low_med = float(np.median(hot[hot.size // 2:]))
         if low_med < opts.low or med > opts.high:
             side = "below" if low_med < opts.low else "above"
             med = low_med if side == "below" else med

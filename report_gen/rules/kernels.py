@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from report_gen.facts import DUP_CORR
 from report_gen.rules.base import Hit, rule
 
 
@@ -151,7 +152,8 @@ def low_kernel_diversity(run, opts: DiversityOptions):
 
 @dataclass(frozen=True)
 class RedundantOptions:
-    ratio: float = 0.3  # share of the sampled kernels in the largest family of near-duplicates
+    ratio: float = 0.3  # share of the sampled kernels in the largest family of near-duplicates...
+    twin_ratio: float = 0.9  # ...or share of kernels that have a near-duplicate at all (a layer copied in pairs)
     min_kernel_size: int = 16  # in*kh*kw: below this, random kernels correlate by chance
     min_kernels: int = 8
 
@@ -175,16 +177,24 @@ def redundant_filters(run, opts: RedundantOptions):
     What to try:
         Visualise the kernels (grid in this report), reduce the channel count, prune duplicates.
     Options:
-        ratio: share of the layer in the largest near-duplicate family (0.3).
+        ratio: share of the layer in the largest near-duplicate family (0.3). twin_ratio: share of
+        kernels with any near-duplicate (0.9; healthy layers reached 0.81), for layers duplicated
+        in pairs rather than in one family.
         min_kernel_size: skip kernels with fewer weights (16). min_kernels: 8.
     """
     for name, st in _unit_layers(run, opts.min_kernels):
         if st.dup_family_share is None or int(np.prod(st.shape[1:])) < opts.min_kernel_size:
             continue
-        sampled = int(np.isfinite(np.asarray(st.unit_max_corr, dtype=float)).sum())
+        mc = np.asarray(st.unit_max_corr, dtype=float)
+        mc = mc[np.isfinite(mc)]
+        sampled = int(mc.size)
         share = float(st.dup_family_share)
-        if sampled >= opts.min_kernels and share >= opts.ratio:
-            yield Hit(name, f"{share:.0%} of {sampled} sampled kernels form one family of near-duplicates "
-                            f"(|corr| > 0.9); top-k mean |corr| {st.corr_topk_mean:.2f}",
-                      {"family_share": share, "sampled": sampled, "corr_topk_mean": st.corr_topk_mean,
-                       "threshold": opts.ratio}, plot=_kernel_plot(run, name, st))
+        twins = float(np.mean(mc > DUP_CORR)) if sampled else 0.0
+        if sampled < opts.min_kernels or (share < opts.ratio and twins < opts.twin_ratio):
+            continue
+        what = (f"{share:.0%} of {sampled} sampled kernels form one family of near-duplicates" if share >= opts.ratio
+                else f"{twins:.0%} of {sampled} sampled kernels have a near-duplicate")
+        yield Hit(name, f"{what} (|corr| > {DUP_CORR:g}); top-k mean |corr| {st.corr_topk_mean:.2f}",
+                  {"family_share": share, "twin_share": twins, "sampled": sampled,
+                   "corr_topk_mean": st.corr_topk_mean, "threshold": opts.ratio, "twin_threshold": opts.twin_ratio},
+                  plot=_kernel_plot(run, name, st))

@@ -63,3 +63,12 @@ def test_recurrent_weights_count_as_weights():
     grads = {n: hist(f"grad_hist/{n}", [rng.standard_normal(500) * s for _ in range(4)]) for n, s in names_scales}
     [h] = hits(make_run(signals=Signals(grad_hist=grads)), "G101")
     assert h.subject == "rnn.weight_ih_l0"
+
+
+def test_only_lookup_tables_count_as_embeddings():
+    from report_gen.facts.run import is_embedding_name
+
+    assert is_embedding_name("embed.weight") and is_embedding_name("model.embed_tokens.weight")
+    assert is_embedding_name("transformer.wte.weight")
+    assert not is_embedding_name("patch_embed.proj.weight")  # a conv
+    assert not is_embedding_name("time_embed.0.weight")  # an MLP

@@ -36,3 +36,12 @@ def test_many_separate_twin_pairs_are_not_one_redundant_family():
         w[i + 1] = w[i] * 1.3 + 0.01 * torch.randn_like(w[i])
     s["conv2.weight"] = w
     assert hits(make_run(checkpoints=[mem_checkpoint(s, 1)]), "K103") == []
+
+
+def test_a_layer_copied_in_pairs_is_redundant():
+    s = cnn_state(0)
+    w = s["conv2.weight"].clone()  # 32 kernels: the second half repeats the first
+    w[16:] = w[:16] + 1e-3 * torch.randn_like(w[:16])
+    s["conv2.weight"] = w
+    [h] = hits(make_run(checkpoints=[mem_checkpoint(s, 1)]), "K103")
+    assert h.evidence["twin_share"] == 1.0 and h.evidence["family_share"] < 0.3

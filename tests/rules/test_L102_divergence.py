@@ -62,3 +62,10 @@ def test_spike_that_ends_in_nan_is_an_error():
     v = np.concatenate([decaying(60, 2.3, 0.3), [0.3, 1e6, 0.4, np.nan, np.nan]])
     [h] = hits(_run(v), "L102")
     assert h.severity == "error" and "NaN" in h.message
+
+
+def test_blow_up_in_the_last_points_did_not_recover():
+    v = np.concatenate([decaying(97, 2.3, 0.1), [5.0, 50.0, 500.0]])
+    [h] = hits(_run(v), "L102")
+    assert h.severity == "error" and not h.evidence["recovered"]
+    assert "ended at 500" in h.message

@@ -52,8 +52,21 @@ def test_accuracy_gap_is_not_judged_after_the_loss_went_nan():
     assert hits(make_run(signals=s), "L105") == []
 
 
-def test_task_learned_before_the_first_evaluation_is_measured_from_the_untrained_loss():
-    # first training loss 1.4; the first evaluation (after an epoch) is already 0.05; val ends +0.02
+def test_fast_task_overfitting_is_judged_against_the_loss_level():
+    # learned within the first epoch: the validation curve has almost no improvement of its own,
+    # but nearly tripling after its best is overfitting all the same
+    train = np.r_[2.3, np.geomspace(0.5, 0.01, 99)]
+    val = np.array([0.30, 0.25, 0.22, 0.24, 0.28, 0.33, 0.38, 0.45, 0.52, 0.60])
+    [h] = hits(make_run(signals=_signals(val, train=train)), "L105")
+    assert h.severity is None and h.evidence["relative_rise"] > 1
+    # a wobble of the same shape at +14% of its level is not
+    wobble = np.array([0.081, 0.079, 0.077, 0.075, 0.080, 0.079, 0.076, 0.085, 0.084, 0.085])
+    assert hits(make_run(signals=_signals(wobble, train=train)), "L105") == []
+
+
+def test_rising_loss_with_steady_accuracy_is_info():
     train = np.r_[1.4, np.geomspace(0.3, 0.001, 199)]
     val = np.r_[0.05, 0.03, 0.02, 0.019, 0.02, 0.025, 0.03, 0.035, 0.039, 0.04]
-    assert hits(make_run(signals=_signals(val, train=train)), "L105") == []
+    acc = np.r_[0.990, 0.995, 0.998, 0.998, 0.998, 0.997, 0.998, 0.998, 0.997, 0.998]
+    [h] = hits(make_run(signals=_signals(val, train=train, val_acc=series("val/acc", acc))), "L105")
+    assert h.severity == "info" and "overconfident" in h.message

@@ -32,3 +32,12 @@ def test_small_updates_in_the_decayed_tail_of_the_schedule_are_fine():
     flat = Signals(update_ratio={"fc.weight": series("update_ratio/fc.weight", np.full(100, 5e-6))},
                    lr=series("lr", np.full(100, 3e-4)))
     assert len(hits(make_run(signals=flat), "U102")) == 1
+
+
+def test_a_learning_rate_that_collapses_at_once_is_no_excuse():
+    steps = np.arange(60)
+    lr = 1e-2 * 0.5 ** steps  # stepped per batch by mistake
+    ratio = np.maximum(1e-2 * 0.5 ** steps, 1e-12)
+    s = Signals(update_ratio={"fc.weight": series("update_ratio/fc.weight", ratio)}, lr=series("lr", lr))
+    [h] = hits(make_run(signals=s), "U102")
+    assert "below" in h.message
