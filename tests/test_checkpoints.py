@@ -302,7 +302,7 @@ def test_order_series_content_then_name_then_mtime(tmp_path, state):
 import io  # noqa: E402
 import json  # noqa: E402
 import tarfile  # noqa: E402
-import tracemalloc  # noqa: E402
+from memtools import peak_memory  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -336,14 +336,10 @@ def test_missing_storage_drops_only_that_tensor(tmp_path):
 ], ids=["negative-stride", "beyond-entry", "offset-beyond", "huge-claim", "stride-0", "ndim-mismatch"])
 def test_bad_views_are_refused_when_the_file_is_opened(tmp_path, tensor, reason):
     path = _lightning_like(tmp_path / "b.pt", [("fc.weight", tensor)], {"0": ONES[:16]})
-    tracemalloc.start()
-    try:
+    with peak_memory() as mem:
         err = _error(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
     assert err.kind == "corrupt" and reason in str(err)
-    assert peak < 16 << 20
+    assert mem["peak"] < 16 << 20
 
 
 def test_overread_does_not_reach_the_next_zip_record(tmp_path):
@@ -438,14 +434,9 @@ def test_load_failures_are_checkpoint_errors(tmp_path, state):
 def test_read_exact_checks_the_size_before_allocating(tmp_path):
     path = tmp_path / "small.bin"
     path.write_bytes(b"\0" * 100)
-    tracemalloc.start()
-    try:
-        with pytest.raises(CheckpointError) as info:
-            ck._read_exact(str(path), 10, 10**12)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert info.value.kind == "truncated" and peak < 1 << 20
+    with peak_memory() as mem, pytest.raises(CheckpointError) as info:
+        ck._read_exact(str(path), 10, 10**12)
+    assert info.value.kind == "truncated" and mem["peak"] < 1 << 20
 
 
 def _compressed_zero_storage(path, entry_mb=64):
@@ -467,16 +458,12 @@ def test_compressed_entries_are_streamed_not_inflated_whole(tmp_path):
     path = _compressed_zero_storage(tmp_path / "bomb.pt")
     assert path.stat().st_size < 1 << 20
     ckpt = open_checkpoint(str(path))
-    tracemalloc.start()
-    try:
+    with peak_memory() as mem:
         head = ckpt.load("w")
         tail = ckpt.load("tail")  # streams through the entry, keeping only 1 MiB chunks
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
     torch.testing.assert_close(head, torch.arange(4.0).reshape(2, 2))
     torch.testing.assert_close(tail, torch.zeros(4))
-    assert peak < 8 << 20
+    assert mem["peak"] < 8 << 20
 
 
 def test_rezipped_checkpoint_without_refusal_reads_through_the_stream(tmp_path, state):

@@ -120,7 +120,7 @@ def bad_proto(data):
 
 def test_claimed_shape_never_drives_allocation(tmp_path):
     """A few-hundred-byte file claiming 50M-element tensors: skipped as bad-proto, no big allocation."""
-    import tracemalloc
+    from memtools import peak_memory
 
     huge = 50_000_000
     first = frame(make_scalar_event("loss", 1, 1.0))
@@ -134,13 +134,9 @@ def test_claimed_shape_never_drives_allocation(tmp_path):
         make_tensor_event("img", 1, raw_tensor("DT_STRING", [huge], string_val=[b"2", b"2", b"png"]), "images"),
         make_scalar_event("loss", 2, 2.0),
     ]))
-    tracemalloc.start()
-    try:
+    with peak_memory() as mem:
         data = read_one(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 20e6
+    assert mem["peak"] < 20e6
     assert series(data, "loss") == ([1, 2], [1.0, 2.0])
     assert data.histograms == {} and data.texts == {} and data.images == {}
     assert bad_proto(data) == [("bad-proto", 7, len(first))]

@@ -219,18 +219,14 @@ def test_pickle_loads_payload_is_a_warning(tmp_path):
 
 def test_claimed_lengths_are_not_allocated_before_the_data_is_there():
     """BYTEARRAY8 / BINBYTES8 / FRAME claiming gigabytes in a 30-byte pickle: nothing big is allocated."""
-    import tracemalloc
+    from memtools import peak_memory
 
     huge = struct.pack("<Q", 5 << 30)
     for payload in (b"\x80\x05\x96" + huge + b"abc.", b"\x80\x04\x8e" + huge + b"abc.",
                     b"\x80\x04\x95" + huge + b"N."):
-        tracemalloc.start()
-        try:
+        with peak_memory() as mem:
             try:
                 restricted_load(io.BytesIO(payload))
             except (pickle.UnpicklingError, EOFError):
                 pass
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert peak < 1 << 20, payload[:3]
+        assert mem["peak"] < 1 << 20, payload[:3]
