@@ -133,10 +133,6 @@ def _rank(metric: str, phase: str, tag: str, n: int) -> tuple:
     return (pref.index(t) if t in pref else len(pref), -n, t)
 
 
-def _strip_sub_prefix(key: str, sub: str) -> str:
-    return key[len(sub) + 1:] if sub and key.startswith(sub + "/") else key
-
-
 def build_signals(data: EventData, conv: TagConventions = TagConventions()) -> Signals:
     sig = Signals(hparams=dict(data.hparams), texts=dict(data.texts))
     _map_scalars(data, conv, sig)

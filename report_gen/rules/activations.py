@@ -14,11 +14,6 @@ def _last_probe(run):
     return run.probe[-1][1] if run.probe else None
 
 
-def _stat(run, layer: str, key: str):
-    s = run.signals.act_stats.get(layer, {}).get(key)
-    return None if s is None else s
-
-
 @dataclass(frozen=True)
 class DeadActivationOptions:
     warning_share: float = 0.5  # share of dead units in a layer (SageMaker flags a layer above 50%)

@@ -10,14 +10,6 @@ from report_gen.facts.run import is_weight_name
 from report_gen.rules.base import Hit, NoOptions, rule
 
 
-def _params(run):
-    """(name, ParamSeries) for parameters (not buffers) in model order."""
-    for name in run.param_order:
-        ps = run.series.get(name)
-        if ps is not None and ps.stats:
-            yield name, ps
-
-
 @rule("W101", "nonfinite-weights", "nonfinite-weights", "error", needs=["checkpoint", "weight_hist"],
       options=NoOptions,
       suggestion="Resume from the last checkpoint without NaN, lower the learning rate, clip gradients, "
