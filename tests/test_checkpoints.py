@@ -560,3 +560,12 @@ def test_compressed_entry_far_larger_than_its_tensors_need_is_refused(tmp_path):
     assert list(ckpt.tensors) == ["tail"]  # 'tail' really needs the whole entry
     problem = next(p for p in ckpt.problems if p.kind == "unreadable-tensor")
     assert "zip bomb" in problem.message and problem.count == 1
+
+
+def test_stride_0_repetition_is_bounded_per_file(tmp_path):
+    # each view repeats one stored value ~1M times (allowed alone); twelve of them exceed the file budget
+    views = [(f"w{i}", cb.pk_tensor("0", 4, (1000, 1000), (0, 0))) for i in range(12)]
+    ckpt = open_checkpoint(str(_lightning_like(tmp_path / "amp.pt", views, {"0": ONES[:16]})))
+    assert 0 < len(ckpt.tensors) < 12
+    problem = next(p for p in ckpt.problems if p.kind == "unreadable-tensor")
+    assert "stride-0 views" in problem.message and problem.count == 12 - len(ckpt.tensors)

@@ -45,6 +45,7 @@ import torch
 from report_gen.core import InputError, Problem
 from report_gen.numeric import float64_sum
 from report_gen.readers.safe_unpickle import (
+    MAX_FREE_ELEMENTS,
     Placeholder,
     StorageRef,
     TensorRef,
@@ -919,13 +920,37 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
 
+#: each view may repeat up to MAX_FREE_ELEMENTS stored values; a whole file at most this many, so a
+#: tiny file with hundreds of such views cannot cost minutes of CPU
+_MAX_REPEATED_PER_FILE = 8 * MAX_FREE_ELEMENTS
+
+
+def _repeated_elements(leaf: Leaf) -> int:
+    """numel minus the storage span a view covers (> 0 only for views that repeat values)."""
+    if isinstance(leaf, TensorRef):
+        shape, stride = leaf.shape, leaf.stride
+    elif isinstance(leaf, torch.Tensor):
+        shape, stride = tuple(leaf.shape), tuple(leaf.stride())
+    else:
+        return 0
+    numel = math.prod(shape)
+    span = 0 if numel == 0 else sum((n - 1) * st for n, st in zip(shape, stride)) + 1
+    return max(numel - span, 0)
+
+
 def _drop_unreadable(path: str, tree: _TorchTree, weights: dict[str, tuple[Leaf, str]],
                      problems: list[Problem]) -> dict[str, tuple[Leaf, str]]:
     """The weights whose data can be read; the others become one Problem (or, when none is
     left, a CheckpointError: the whole file is unusable)."""
     bad = {}
+    repeated = 0  # elements that repeat stored ones (stride 0), summed over the file
     for name, (leaf, _) in weights.items():
         reason = tree.leaf_problem(leaf)
+        if not reason:
+            repeated += _repeated_elements(leaf)
+            if repeated > _MAX_REPEATED_PER_FILE:
+                reason = (f"the file's stride-0 views repeat more than {_MAX_REPEATED_PER_FILE:,} elements in all; "
+                          f"not materialised")
         if reason:
             bad[name] = reason
     if not bad:
