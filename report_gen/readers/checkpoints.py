@@ -208,7 +208,28 @@ def _impossible_size(info: zipfile.ZipInfo) -> bool:
             and info.file_size > info.compress_size * _MAX_DEFLATE_RATIO + (1 << 16))
 
 
-class _ZipStorages:
+class _StorageReader:
+    """Reads one tensor's bytes from the file, after `check` (subclasses: where the bytes live)."""
+
+    path: str
+
+    def check(self, ref: TensorRef) -> str | None:
+        raise NotImplementedError
+
+    def _bytes(self, key: str, start: int, nbytes: int) -> bytearray:
+        raise NotImplementedError
+
+    def read(self, ref: TensorRef) -> torch.Tensor:
+        problem = self.check(ref)
+        if problem:
+            raise CheckpointError(self.path, "corrupt", problem)
+        first, count = ref.element_span()
+        itemsize = _itemsize(ref.dtype)
+        start = (ref.storage.view_offset + first) * itemsize
+        return _tensor_from_bytes(self._bytes(ref.storage.key, start, count * itemsize), ref, first)
+
+
+class _ZipStorages(_StorageReader):
     """Byte ranges of `<archive>/data/<key>` entries in a torch zip, read without extracting."""
 
     def __init__(self, path: str, zf: zipfile.ZipFile, prefix: str) -> None:
@@ -258,19 +279,12 @@ class _ZipStorages:
                            f"{needed:,} (zip bomb?)")
         return f"storage data/{ref.storage.key}: {problem}" if problem else None
 
-    def read(self, ref: TensorRef) -> torch.Tensor:
-        problem = self.check(ref)
-        if problem:
-            raise CheckpointError(self.path, "corrupt", problem)
-        first, count = ref.element_span()
-        info = self._entries[ref.storage.key]
-        itemsize = _itemsize(ref.dtype)
-        start, nbytes = (ref.storage.view_offset + first) * itemsize, count * itemsize
+    def _bytes(self, key: str, start: int, nbytes: int) -> bytearray:
+        info = self._entries[key]
         if info.compress_type == zipfile.ZIP_STORED:
-            buf = _read_exact(self.path, self._offsets[ref.storage.key] + start, nbytes)
-        else:  # re-zipped with compression: stream this entry up to the bytes needed, never whole
-            buf = self._read_compressed(ref.storage.key, info, start, nbytes)
-        return _tensor_from_bytes(buf, ref, first)
+            return _read_exact(self.path, self._offsets[key] + start, nbytes)
+        # re-zipped with compression: stream this entry up to the bytes needed, never whole
+        return self._read_compressed(key, info, start, nbytes)
 
     def _open_stream(self, key: str, info: zipfile.ZipInfo, start: int) -> tuple[Any, int]:
         """A decompressing stream of entry `key` positioned at or before `start`, and its position.
@@ -334,7 +348,7 @@ class _ZipStorages:
         return buf
 
 
-class _LegacyStorages:
+class _LegacyStorages(_StorageReader):
     """Storage data blocks of a legacy (pre-1.6, `_use_new_zipfile_serialization=False`) file.
 
     After the pickles come, for each storage key in order, an int64 element count and the raw bytes.
@@ -368,14 +382,8 @@ class _LegacyStorages:
         problem = _ref_problem(ref, block[1])
         return f"storage {ref.storage.key}: {problem}" if problem else None
 
-    def read(self, ref: TensorRef) -> torch.Tensor:
-        problem = self.check(ref)
-        if problem:
-            raise CheckpointError(self.path, "corrupt", problem)
-        first, count = ref.element_span()
-        itemsize = _itemsize(ref.dtype)
-        start = self._blocks[ref.storage.key][0] + (ref.storage.view_offset + first) * itemsize
-        return _tensor_from_bytes(_read_exact(self.path, start, count * itemsize), ref, first)
+    def _bytes(self, key: str, start: int, nbytes: int) -> bytearray:
+        return _read_exact(self.path, self._blocks[key][0] + start, nbytes)
 
 
 def _libc_madvise() -> Callable[..., int] | None:
