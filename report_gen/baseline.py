@@ -14,16 +14,12 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from report_gen.core import InputError, severity_rank
-
-if TYPE_CHECKING:
-    from report_gen.engine import Options
+from report_gen.core import severity_rank
 
 log = logging.getLogger("report_gen")
 
@@ -42,26 +38,6 @@ OVERLAY_CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 _AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
     "min": lambda v: float(np.min(v)), "max": lambda v: float(np.max(v)), "last": lambda v: float(v[-1]),
 }
-
-
-# ------------------------------------------------------------------------------------------ loading
-
-
-def load_baseline(path: str, opts: Options) -> dict[str, Any]:
-    """The baseline as a report dict: a report.json is read as is, anything else is diagnosed now.
-
-    Raises InputError when the path does not exist or the JSON is not a report_gen report.
-    """
-    p = Path(path)
-    if p.suffix.lower() == ".json":
-        from report_gen.render import load_report
-
-        return load_report(p)
-    if not p.exists():
-        raise InputError(f"{path}: baseline not found (give a run folder or a report.json)")
-    from report_gen.engine import diagnose
-
-    return diagnose([path], replace(opts, baseline=None))
 
 
 # ----------------------------------------------------------------------------------------- matching
@@ -177,22 +153,15 @@ def baseline_curves(base: dict, pairs: dict[str, str]) -> dict[str, dict[str, An
 # ------------------------------------------------------------------------------------------ the API
 
 
-def apply_baseline(report: dict[str, Any], baseline: str | dict[str, Any], opts: Options | None = None) -> None:
-    """Compare `report` with a baseline (path or report dict) in place.
+def apply_baseline(report: dict[str, Any], base: dict[str, Any], label: str | None = None) -> None:
+    """Compare the candidate `report` with the baseline report `base`, in place on `report` only.
 
-    Every finding gets a status, findings are reordered new first (then by severity), and
-    `report["baseline"]` gets: path, runs (candidate -> baseline run), new, persisting, resolved,
-    deltas (scalar metrics), layer_deltas, curves (baseline curves by candidate run) and the
-    baseline's summary.
+    A pure report-to-report comparison: loading a report.json or diagnosing a baseline folder is the
+    orchestrator's job (engine.diagnose). Every finding gets a status, findings are reordered new first
+    (then by severity), and `report["baseline"]` gets: path (`label`), runs (candidate -> baseline run),
+    new, persisting, resolved, deltas (scalar metrics), layer_deltas, curves (baseline curves by
+    candidate run) and the baseline's summary.
     """
-    if isinstance(baseline, dict):
-        base = baseline
-    else:
-        if opts is None:
-            from report_gen.engine import Options
-
-            opts = Options()
-        base = load_baseline(baseline, opts)
     pairs = pair_runs(base, report)
     if not pairs:
         log.warning("baseline: no run of the baseline matches a run of the candidate by name; "
@@ -202,7 +171,7 @@ def apply_baseline(report: dict[str, Any], baseline: str | dict[str, Any], opts:
     findings.sort(key=_lead_with_new)
     resolved.sort(key=_lead_with_new)
     report["baseline"] = {
-        "path": baseline if isinstance(baseline, str) else None,
+        "path": label,
         "runs": pairs,
         "new": sum(f["status"] == "new" for f in findings),
         "persisting": sum(f["status"] == "persisting" for f in findings),

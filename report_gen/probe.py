@@ -19,13 +19,14 @@ import os
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from report_gen.core import InputError
+from report_gen.core import InputError, Problem
 from report_gen.facts.activations import (ProbeResult, activation_kind, activation_stats,
                                           attention_stats, even_indices)
 
@@ -402,3 +403,42 @@ def probe_series(model_factory: Callable[[], nn.Module],
         result.load_report = report
         results.append((step, result))
     return results
+
+
+# --------------------------------------------------------------------------- one run
+
+@dataclass
+class ProbeOutcome:
+    """What probing one run gives the engine: results per probed step, the run card's info, problems."""
+
+    results: list[tuple[int | None, ProbeResult]]
+    info: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+
+
+def probe_run(checkpoints: list[Any], *, model: str, model_kwargs: dict[str, Any] | None = None,
+              probe_file: str | None = None, probe_shape: str | None = None,
+              max_checkpoints: int = 6) -> ProbeOutcome:
+    """Probe one run: import the factory once, then probe its checkpoints (or the initial weights).
+
+    checkpoints: the run's ordered CheckpointData; only the evenly spaced subset probe_series picks is
+    ever loaded. Raises InputError when the model cannot be built or the forward pass fails.
+    """
+    inputs, description = load_probe_input(probe_file, probe_shape)
+    build = resolve_factory(model, model_kwargs)  # the model file is imported once
+    initial = build()  # fails early, before any checkpoint is read
+    if not checkpoints:
+        return ProbeOutcome([(None, probe(initial, inputs, description=description))],
+                            {"model": model, "input": description, "checkpoints": 0,
+                             "note": "no checkpoint: the model's initial weights were probed"})
+    states = [(c.step, lambda c=c: {n: c.load(n) for n in c.tensors}) for c in checkpoints]
+    results = probe_series(build, states, inputs, max_checkpoints=max_checkpoints, description=description)
+    load_report = results[-1][1].load_report if results else None
+    info = {"model": model, "input": description, "checkpoints": len(results), "load_report": load_report}
+    problems = []
+    if load_report and (load_report.get("missing") or load_report.get("unexpected")):
+        missing, unexpected = load_report.get("missing", []), load_report.get("unexpected", [])
+        problems.append(Problem(file=checkpoints[-1].path, kind="state-dict-mismatch", severity="warning",
+                                message=f"loading into {model}: {len(missing)} missing, {len(unexpected)} "
+                                        f"unexpected keys (e.g. {(missing or unexpected)[:3]})"))
+    return ProbeOutcome(results, info, problems)

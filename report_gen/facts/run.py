@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
@@ -75,6 +75,19 @@ class RunFacts:
             have.add("probe_series")
         have.add("input_problems")
         return have
+
+    def precompute(self, needs: Collection[str]) -> None:
+        """Compute now the expensive facts that rules needing any of `needs` will read (so the engine can
+        time facts apart from rules); facts no enabled rule needs are never computed."""
+        if not self.needs_checkpoint_facts(needs):
+            return
+        self.series  # noqa: B018
+        self.grad_estimates  # noqa: B018
+
+    @staticmethod
+    def needs_checkpoint_facts(needs: Collection[str]) -> bool:
+        """Whether any of these signals is judged from the checkpoints' tensor data."""
+        return bool(set(needs) & {"checkpoint", "checkpoint_series", "optimizer_state"})
 
     # ---- checkpoints ----------------------------------------------------------------------------
     @cached_property

@@ -10,10 +10,11 @@ from typing import Collection
 
 from report_gen.core import REPORT_FORMATS, InputError
 from report_gen.render.html import render_html
-from report_gen.render.jsonout import load_report, write_json
+from report_gen.render.jsonout import write_json
 from report_gen.render.markdown import render_markdown
 from report_gen.render.plots import PlotStore
 from report_gen.render.terminal import print_summary
+from report_gen.reportfile import load_report
 
 FORMATS = REPORT_FORMATS
 IMAGE_DIR = "report_files"

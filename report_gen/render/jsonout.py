@@ -5,9 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from report_gen.core import SEVERITY_RANK, InputError, jsonable
-
-SCHEMA_VERSION = 1
+from report_gen.core import jsonable
 
 
 def dumps(report: dict) -> str:
@@ -22,53 +20,3 @@ def write_json(report: dict, path: str | Path) -> Path:
     temporary.write_text(dumps(report) + "\n", encoding="utf-8")
     os.replace(temporary, path)
     return path
-
-
-def load_report(path: str | Path) -> dict:
-    """Read a report.json written by report_gen; InputError (one line) when it is not one."""
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: PowerShell writes a BOM
-    except RecursionError:
-        raise InputError(f"{path}: not a report (JSON nested too deeply)") from None
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read ({error.__class__.__name__})") from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno})") from None
-    if not isinstance(report, dict):
-        raise InputError(f"{path}: not a report (expected a JSON object)")
-    version = report.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise InputError(f"{path}: unsupported schema_version {version!r} (expected {SCHEMA_VERSION})")
-    _check_shape(report, path)
-    return report
-
-
-_FINDING_TEXT = ("code", "name", "category", "severity", "run", "subject", "message")
-
-
-def _check_shape(report: dict, path: Path) -> None:
-    """The contract keys other code relies on have the contract's types (renderers tolerate the rest)."""
-    def bad(where: str, what: str) -> InputError:
-        return InputError(f"{path}: not a report: {where} must be {what}")
-
-    if not isinstance(report.get("summary", {}), dict):
-        raise bad("summary", "an object")
-    inputs = report.get("inputs", {})
-    if not isinstance(inputs, dict) or not isinstance(inputs.get("runs", []), list) \
-            or not all(isinstance(r, dict) for r in inputs.get("runs", [])):
-        raise bad("inputs.runs", "a list of objects")
-    for key in ("findings", "suppressed", "not_evaluated", "evaluated"):
-        items = report.get(key, [])
-        if not isinstance(items, list) or not all(isinstance(f, dict) for f in items):
-            raise bad(key, "a list of objects")
-    for i, f in enumerate(report.get("findings", [])):
-        for key in _FINDING_TEXT:
-            if key in f and not isinstance(f[key], str):
-                raise bad(f"findings[{i}].{key}", "a string")
-        if f.get("severity", "info") not in SEVERITY_RANK:
-            raise bad(f"findings[{i}].severity", "error, warning or info")
-        if not isinstance(f.get("evidence", {}), dict):
-            raise bad(f"findings[{i}].evidence", "an object")
