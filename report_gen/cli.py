@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fail-on", choices=("error", "warning", "never"),
                    help="exit 1 on a finding at or above this level (default: error); with --baseline only "
                         "new findings count")
+    d.add_argument("--fail-on-unknown", action="store_true",
+                   help="also exit 1 when the verdict is UNKNOWN: nothing about the training could be judged")
     d.add_argument("--fail-on-persisting", action="store_true",
                    help="with --baseline, let findings already in the baseline count for --fail-on too")
     d.add_argument("--model", help="MODULE:FACTORY (or path/to/file.py:FACTORY) to probe activations post hoc")
@@ -184,7 +186,8 @@ def cmd_diagnose(args) -> int:
     if not args.quiet:
         for fmt, path in written.items():
             print(f"{fmt:>4}: {path}")
-    return exit_code(report, args.fail_on or cfg.fail_on, args.fail_on_persisting)
+    return exit_code(report, args.fail_on or cfg.fail_on, args.fail_on_persisting,
+                     args.fail_on_unknown or cfg.fail_on_unknown)
 
 
 def cmd_rules(args) -> int:

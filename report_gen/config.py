@@ -5,6 +5,7 @@
 select = ["L", "G", "K101"]          # codes, prefixes or rule names; default: every rule
 ignore = ["W104", "bimodal-weights"] # longest matching selector wins between select and ignore
 fail-on = "error"                    # error | warning | never
+fail-on-unknown = false              # also exit 1 when nothing about the training could be judged
 [tool.report_gen.severity]           # per-rule severity overrides
 K101 = "warning"
 [tool.report_gen.per-subject-ignores] # subject glob -> codes/prefixes/names
@@ -33,7 +34,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-KNOWN_KEYS = {"select", "ignore", "fail-on", "severity", "per-subject-ignores", "rules", "tags"}
+KNOWN_KEYS = {"select", "ignore", "fail-on", "fail-on-unknown", "severity", "per-subject-ignores", "rules", "tags"}
 FAIL_ON = ("error", "warning", "never")
 
 
@@ -42,6 +43,7 @@ class Config:
     select: list[str] | None = None
     ignore: list[str] = field(default_factory=list)
     fail_on: str = "error"
+    fail_on_unknown: bool = False
     severity: dict[str, str] = field(default_factory=dict)
     per_subject_ignores: dict[str, list[str]] = field(default_factory=dict)
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -123,6 +125,10 @@ def from_table(table: dict[str, Any], src: str) -> Config:
     if fail_on not in FAIL_ON:
         raise InputError(f"{src}: fail-on must be one of {', '.join(FAIL_ON)}, got {fail_on!r}")
     cfg.fail_on = fail_on
+    fail_on_unknown = table.get("fail-on-unknown", False)
+    if not isinstance(fail_on_unknown, bool):
+        raise InputError(f"{src}: fail-on-unknown must be true or false, got {fail_on_unknown!r}")
+    cfg.fail_on_unknown = fail_on_unknown
     if not isinstance(table.get("severity", {}), dict) or not isinstance(table.get("per-subject-ignores", {}), dict):
         raise InputError(f"{src}: severity and per-subject-ignores must be tables ([tool.report_gen.severity])")
     for code, sev in dict(table.get("severity", {})).items():

@@ -155,9 +155,25 @@ def severity_counts(findings: list[Finding]) -> dict[str, int]:
     return counts
 
 
-def verdict_for(counts: dict[str, int]) -> str:
+VERDICTS = ("fail", "warn", "unknown", "pass")  # worst first
+# rules of this category judge the files, not the training: a run only they could evaluate was not judged
+NOT_JUDGING_CATEGORIES = frozenset({"input-integrity"})
+
+
+def verdict_for(counts: dict[str, int], judged: bool = True) -> str:
+    """fail on any error, warn on any warning; otherwise `unknown` when nothing about the training could
+    be judged (no rule but the input-integrity ones could run), else pass. Never PASS on what was not read."""
     if counts.get("error"):
         return "fail"
     if counts.get("warning"):
         return "warn"
-    return "pass"
+    return "pass" if judged else "unknown"
+
+
+def judged_runs(evaluated: Any) -> set[str]:
+    """Names of the runs on which at least one rule about the training ran (from report.json `evaluated`)."""
+    out: set[str] = set()
+    for entry in evaluated if isinstance(evaluated, list) else []:
+        if isinstance(entry, dict) and entry.get("category") not in NOT_JUDGING_CATEGORIES:
+            out.update(str(r) for r in entry.get("runs") or [] if isinstance(entry.get("runs"), list))
+    return out

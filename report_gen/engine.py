@@ -24,7 +24,8 @@ from typing import Any, Callable
 from report_gen import __version__
 from report_gen.baseline import apply_baseline
 from report_gen.config import Config
-from report_gen.core import Finding, InputError, Problem, jsonable, severity_counts, severity_rank, verdict_for
+from report_gen.core import (Finding, InputError, Problem, judged_runs, jsonable, severity_counts, severity_rank,
+                             verdict_for)
 from report_gen.facts.run import RunFacts
 from report_gen.readers.discovery import RunSpec, discover
 from report_gen.readers.signals import build_signals
@@ -217,12 +218,16 @@ def assemble(runs: list[RunFacts], result: Evaluation, rules: RuleSet, opts: Opt
     findings = result.findings
     details = {"runs": {r.name: build_details(r, findings) for r in runs}}
     counts = severity_counts(findings)
+    judged = judged_runs(result.evaluated)
     inputs = []
     for r in runs:
         first, last = r.step_range
         inputs.append({"name": r.name, "path": r.path, "event_files": len(r.events.files),
                        "checkpoints": len(r.checkpoints),
-                       "first_step": first, "last_step": last, "problems": [p.to_dict() for p in r.problems]})
+                       "first_step": first, "last_step": last, "problems": [p.to_dict() for p in r.problems],
+                       "judged": r.name in judged,
+                       "verdict": verdict_for(severity_counts([f for f in findings if f.run == r.name]),
+                                              judged=r.name in judged)})
         if r.probe_info:
             inputs[-1]["probe"] = jsonable(r.probe_info)
     used_globs = [d["reason"].split(": ", 1)[1] for d in result.suppressed]
@@ -232,7 +237,7 @@ def assemble(runs: list[RunFacts], result: Evaluation, rules: RuleSet, opts: Opt
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "inputs": {"runs": inputs, "trust_pickles": bool(opts.trust_pickles),
                    "config": rules.config.source, "probe": jsonable(opts.probe.__dict__) if opts.probe else None},
-        "summary": {"verdict": verdict_for(counts), "counts": counts},
+        "summary": {"verdict": verdict_for(counts, judged=all(r.name in judged for r in runs)), "counts": counts},
         "findings": [f.to_dict() for f in findings],
         "not_evaluated": result.not_evaluated,
         "evaluated": result.evaluated,
@@ -243,12 +248,15 @@ def assemble(runs: list[RunFacts], result: Evaluation, rules: RuleSet, opts: Opt
     }
 
 
-def exit_code(report: dict[str, Any], fail_on: str, fail_on_persisting: bool = False) -> int:
+def exit_code(report: dict[str, Any], fail_on: str, fail_on_persisting: bool = False,
+              fail_on_unknown: bool = False) -> int:
     """0 when no finding at or above fail_on counts, else 1.
 
     With a baseline only new findings count, unless fail_on_persisting (then persisting ones count too;
-    resolved ones never do).
+    resolved ones never do). fail_on_unknown: also 1 when the verdict is `unknown` (nothing judged).
     """
+    if fail_on_unknown and report.get("summary", {}).get("verdict") == "unknown":
+        return 1
     if fail_on == "never":
         return 0
     levels = {"error": ("error",), "warning": ("error", "warning")}[fail_on]

@@ -15,11 +15,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from report_gen.core import severity_rank, verdict_for
+from report_gen.core import judged_runs, severity_rank, verdict_for
 
 SEVERITY_ORDER = ("error", "warning", "info")
 SEVERITY_LABELS = {"error": "Errors", "warning": "Warnings", "info": "Info"}
-VERDICT_LABELS = {"fail": "FAIL", "warn": "WARN", "pass": "PASS"}
+VERDICT_LABELS = {"fail": "FAIL", "warn": "WARN", "unknown": "UNKNOWN", "pass": "PASS"}
 CURVE_GROUPS = (
     ("Loss", lambda name: "loss" in name.lower()),
     ("Accuracy", lambda name: name in ("train_acc", "val_acc")),
@@ -207,7 +207,7 @@ def _capped(rows: list, limits: Limits) -> dict:
 
 
 def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], limits: Limits,
-              overlay: dict[str, set] | None = None) -> dict:
+              overlay: dict[str, set] | None = None, judged: bool = True) -> dict:
     """One run's summary card plus its layer table and plot references; `findings` are raw dicts.
 
     `overlay` (run -> baseline curve names) makes the run's curve plots draw the baseline's curves too.
@@ -239,7 +239,8 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "probe": _probe_text(_dict(run_input.get("probe"))),
         "problems": _capped(problems, limits),
         "counts": counts,
-        "verdict": "fail" if counts["error"] else "warn" if counts["warning"] else "pass",
+        "verdict": verdict_for(counts, judged=judged),
+        "judged": judged,
         "layers": _layers_view(_list(details.get("layers")), limits),
         "curves": _curve_refs(name, _dict(details.get("curves")), limits, overlay or {}),
         "distributions": _distribution_refs(name, _dict(details.get("distributions")), limits),
@@ -421,15 +422,19 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
     # banner that disagrees with its own findings (the JSON's summary is for machines)
     severities = [_dict(f).get("severity") for f in _list(report.get("findings"))]
     counts = {s: severities.count(s) for s in SEVERITY_ORDER}
-    verdict = verdict_for(counts)
     details_runs = _dict(_dict(report.get("details")).get("runs"))
     run_inputs = [_dict(r) for r in _list(_dict(report.get("inputs")).get("runs"))]
     known = {str(r.get("name", "")) for r in run_inputs}
     run_inputs += [{"name": name} for name in details_runs if name not in known]
     overlay = baseline_overlay(report.get("baseline"))
     views = [_finding_view(f, i, limits, overlay) for i, f in enumerate(shown)]
-    runs = [_run_view(i, r, _dict(details_runs.get(str(r.get("name", "")))), all_sorted, limits, overlay)
+    # "judged" is recomputed from `evaluated` like the counts from the findings (a report without that
+    # key was not written by a report_gen that knew about judging: its runs count as judged)
+    judged = judged_runs(report.get("evaluated")) if "evaluated" in report else None
+    runs = [_run_view(i, r, _dict(details_runs.get(str(r.get("name", "")))), all_sorted, limits, overlay,
+                      judged=judged is None or str(r.get("name", "")) in judged)
             for i, r in enumerate(run_inputs)]
+    verdict = verdict_for(counts, judged=all(run["judged"] for run in runs))
     baseline = _baseline_view(report.get("baseline"), views, runs, limits)
     generator = _dict(report.get("generator"))
     context = {
@@ -437,6 +442,7 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
         "created": clean_text(report.get("created", ""), 40),
         "verdict": verdict,
         "verdict_label": VERDICT_LABELS[verdict],
+        "unjudged": [run["name"] for run in runs if not run["judged"]][:50],
         "counts": [(s, counts.get(s, 0) if isinstance(counts.get(s, 0), int) else 0) for s in SEVERITY_ORDER],
         "runs": runs,
         "probe": format_value(_dict(report.get("inputs")).get("probe")) if _dict(report.get("inputs")).get("probe") else "",

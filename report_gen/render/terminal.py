@@ -10,7 +10,7 @@ from rich.text import Text
 from report_gen.render.context import Limits, build_context
 
 TOP_FINDINGS = 10
-_STYLES = {"fail": "bold red", "warn": "bold yellow", "pass": "bold green",
+_STYLES = {"fail": "bold red", "warn": "bold yellow", "unknown": "bold magenta", "pass": "bold green",
            "error": "red", "warning": "yellow", "info": "blue"}
 
 
