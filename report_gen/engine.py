@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from report_gen import __version__
 from report_gen.config import Config, match_length
-from report_gen.core import Finding, InputError, Problem, jsonable, severity_counts, severity_rank, verdict_for
+from report_gen.core import Finding, InputError, Problem, ProblemKind, jsonable, severity_counts, severity_rank, verdict_for
 from report_gen.facts.run import RunFacts
 from report_gen.readers.discovery import RunSpec, discover
 from report_gen.readers.signals import build_signals
@@ -58,7 +58,7 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFac
     except Exception as e:  # noqa: BLE001 - the reader reports damage as Problems; this is a last resort
         log.debug("reading events of %s failed", spec.name, exc_info=True)
         events = EventData.empty()
-        problems.append(Problem(file=spec.path, kind="unreadable", severity="error",
+        problems.append(Problem(file=spec.path, kind=ProblemKind.UNREADABLE, severity="error",
                                 message=f"the event files could not be read: {type(e).__name__}: {e}"))
     problems.extend(events.problems)
     ckpts = []
@@ -70,12 +70,12 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFac
             c = open_checkpoint(path, trust_pickles=opts.trust_pickles)
         except CheckpointError as e:
             # a saved tensor or list beside the checkpoints (a probe batch, embeddings) is not damage
-            harmless = e.kind in ("no-weights", "not-a-checkpoint")
+            harmless = e.kind in (ProblemKind.NO_WEIGHTS, ProblemKind.NOT_A_CHECKPOINT)
             problems.append(Problem(file=path, kind=e.kind, message=str(e), severity="info" if harmless else "warning"))
             continue
         except Exception as e:  # noqa: BLE001 - one odd file must not lose the rest of the report
             log.debug("opening %s failed", path, exc_info=True)
-            problems.append(Problem(file=path, kind="unreadable", severity="warning",
+            problems.append(Problem(file=path, kind=ProblemKind.UNREADABLE, severity="warning",
                                     message=f"{path}: could not be read ({type(e).__name__}: {e})"))
             continue
         problems.extend(c.problems)
@@ -84,7 +84,7 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFac
     ckpts = order_series(ckpts) if ckpts else []
     signals = build_signals(events, opts.config.tags)
     if not ckpts and events.scalars.empty and not events.histograms and (spec.event_files or spec.checkpoints):
-        problems.append(Problem(file=spec.path, kind="nothing-readable", severity="error",
+        problems.append(Problem(file=spec.path, kind=ProblemKind.NOTHING_READABLE, severity="error",
                                 message="no scalar, histogram or checkpoint data could be read from this run"))
     run = RunFacts(name=spec.name, path=spec.path, events=events, signals=signals, checkpoints=ckpts,
                    problems=problems)
@@ -113,7 +113,7 @@ def _run_probe(run: RunFacts, spec: ProbeSpec) -> None:
     run.probe_info = {"model": spec.model, "input": description, "checkpoints": len(results),
                       "load_report": load_report}
     if load_report and (load_report.get("missing") or load_report.get("unexpected")):
-        run.problems.append(Problem(file=run.checkpoints[-1].path, kind="state-dict-mismatch", severity="warning",
+        run.problems.append(Problem(file=run.checkpoints[-1].path, kind=ProblemKind.STATE_DICT_MISMATCH, severity="warning",
                                     message=f"loading into {spec.model}: {len(load_report.get('missing', []))} missing, "
                                             f"{len(load_report.get('unexpected', []))} unexpected keys "
                                             f"(e.g. {(load_report.get('missing') or load_report.get('unexpected'))[:3]})"))

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from report_gen.core import InputError, Problem
+from report_gen.core import InputError, Problem, ProblemKind
 from report_gen.numeric import float64_sum
 from report_gen.readers.safe_unpickle import (
     MAX_FREE_ELEMENTS,
@@ -68,7 +68,7 @@ Leaf = Any  # torch.Tensor | TensorRef
 class CheckpointError(InputError):
     """Nothing usable could be read from a checkpoint (or, from `CheckpointData.load`, one tensor).
 
-    `kind` is a short machine-readable key:
+    `kind` is a `ProblemKind`; its default severity is how `read_checkpoints` grades the error:
     * the file is no checkpoint at all (harmless beside checkpoints): "not-a-checkpoint" (unknown
       binary, a tar or zip archive that is not torch's, an unreadable plain pickle), "no-weights";
     * a checkpoint that cannot be used: "empty-file", "lfs-pointer", "text-file", "truncated" (the
@@ -79,11 +79,11 @@ class CheckpointError(InputError):
     * from `load(name)`: "unreadable-tensor", "missing-tensor", "truncated", "corrupt".
     The message is one line (control characters are replaced)."""
 
-    def __init__(self, path: str, kind: str, problem: str) -> None:
+    def __init__(self, path: str, kind: ProblemKind, problem: str) -> None:
         path, problem = _clean(str(path), 4096), _clean(str(problem))
         super().__init__(f"{path}: {problem}")
         self.path = path
-        self.kind = kind
+        self.kind = ProblemKind(kind)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -111,13 +111,13 @@ def _sniff(path: str) -> str:
         with open(path, "rb") as f:
             head = f.read(1024)
     except OSError as exc:
-        raise CheckpointError(path, "unreadable", f"cannot read file ({exc.strerror})") from None
+        raise CheckpointError(path, ProblemKind.UNREADABLE, f"cannot read file ({exc.strerror})") from None
     if size == 0:
-        raise CheckpointError(path, "empty-file", "file is empty (0 bytes)")
+        raise CheckpointError(path, ProblemKind.EMPTY_FILE, "file is empty (0 bytes)")
     if head.startswith(b"version https://git-lfs"):
         match = re.search(rb"size (\d+)", head)
         target = f"a {int(match.group(1)):,}-byte file" if match else "a file"
-        raise CheckpointError(path, "lfs-pointer",
+        raise CheckpointError(path, ProblemKind.LFS_POINTER,
                               f"this is a Git LFS pointer to {target}; fetch it with `git lfs pull`")
     if head.startswith(b"PK"):
         return "zip"
@@ -129,8 +129,8 @@ def _sniff(path: str) -> str:
         return "pickle"
     if len(head) > 262 and head[257:262] == b"ustar":
         if not is_torch_tar(path):
-            raise CheckpointError(path, "not-a-checkpoint", "a tar archive, not a torch checkpoint")
-        raise CheckpointError(path, "legacy-tar", "this is a pre-0.4 torch tar checkpoint, which is "
+            raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, "a tar archive, not a torch checkpoint")
+        raise CheckpointError(path, ProblemKind.LEGACY_TAR, "this is a pre-0.4 torch tar checkpoint, which is "
                                                   "not supported; re-save it with a recent torch")
     # never quote the content of a file reached through a symlink: it may live outside the run
     raise CheckpointError(path, *_describe_non_checkpoint(head, quote=not os.path.islink(path)))
@@ -143,11 +143,11 @@ def _describe_non_checkpoint(head: bytes, quote: bool = True) -> tuple[str, str]
     except UnicodeDecodeError:
         text = ""
     if not text or any(ord(c) < 32 and c not in "\t\n\r" for c in text):
-        return "not-a-checkpoint", "unknown binary format (not torch zip/legacy, pickle or safetensors)"
+        return ProblemKind.NOT_A_CHECKPOINT, "unknown binary format (not torch zip/legacy, pickle or safetensors)"
     first = text.strip().splitlines()[0][:40] if text.strip() else ""
     what = "an HTML page" if "<html" in text.lower() or "<!doctype" in text.lower() else "a text file"
     start = f" (starts with {first!r})" if quote else ""
-    return "text-file", f"this is {what}{start}, not a checkpoint"
+    return ProblemKind.TEXT_FILE, f"this is {what}{start}, not a checkpoint"
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,15 +160,15 @@ def _read_exact(path: str, offset: int, nbytes: int) -> bytearray:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if offset < 0 or nbytes < 0 or offset + nbytes > size:
-                raise CheckpointError(path, "truncated", f"tensor data ends early (wanted {nbytes:,} bytes "
+                raise CheckpointError(path, ProblemKind.TRUNCATED, f"tensor data ends early (wanted {nbytes:,} bytes "
                                                          f"at offset {offset:,}, the file has {size:,})")
             buf = bytearray(nbytes)
             f.seek(offset)
             got = f.readinto(buf)
     except OSError as exc:
-        raise CheckpointError(path, "unreadable", f"cannot read tensor data ({exc.strerror or exc})") from None
+        raise CheckpointError(path, ProblemKind.UNREADABLE, f"cannot read tensor data ({exc.strerror or exc})") from None
     if got != nbytes:
-        raise CheckpointError(path, "truncated", f"tensor data ends early (wanted {nbytes:,} bytes at "
+        raise CheckpointError(path, ProblemKind.TRUNCATED, f"tensor data ends early (wanted {nbytes:,} bytes at "
                                                  f"offset {offset:,}, got {got:,})")
     return buf
 
@@ -222,7 +222,7 @@ class _StorageReader:
     def read(self, ref: TensorRef) -> torch.Tensor:
         problem = self.check(ref)
         if problem:
-            raise CheckpointError(self.path, "corrupt", problem)
+            raise CheckpointError(self.path, ProblemKind.CORRUPT, problem)
         first, count = ref.element_span()
         itemsize = _itemsize(ref.dtype)
         start = (ref.storage.view_offset + first) * itemsize
@@ -317,7 +317,7 @@ class _ZipStorages(_StorageReader):
             src, pos = self._open_stream(key, info, start)
             origin = pos
             if self._inflated + (start - pos) + nbytes > self._budget:
-                raise CheckpointError(self.path, "corrupt", "compressed archive: inflation budget exceeded "
+                raise CheckpointError(self.path, ProblemKind.CORRUPT, "compressed archive: inflation budget exceeded "
                                                             "(zip bomb?); tensor not read")
             buf = bytearray(nbytes)
             view = memoryview(buf)
@@ -338,12 +338,12 @@ class _ZipStorages(_StorageReader):
             raise
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
             self.close()
-            raise CheckpointError(self.path, "corrupt", f"compressed storage {info.filename}: "
+            raise CheckpointError(self.path, ProblemKind.CORRUPT, f"compressed storage {info.filename}: "
                                                         f"{_one_line(exc)}") from None
         self._inflated += (pos - origin) + got
         if pos != start or got != nbytes:
             self.close()
-            raise CheckpointError(self.path, "corrupt", f"compressed storage {info.filename} ends early")
+            raise CheckpointError(self.path, ProblemKind.CORRUPT, f"compressed storage {info.filename} ends early")
         self._stream = (key, self._stream[1], src, start + got)
         return buf
 
@@ -364,15 +364,15 @@ class _LegacyStorages(_StorageReader):
                 f.seek(pos)
                 header = f.read(8)
                 if len(header) < 8:
-                    raise CheckpointError(path, "truncated", "legacy checkpoint ends inside its tensor data")
+                    raise CheckpointError(path, ProblemKind.TRUNCATED, "legacy checkpoint ends inside its tensor data")
                 (numel,) = struct.unpack("<q", header)
                 if numel < 0:
-                    raise CheckpointError(path, "corrupt", f"legacy storage {key} has a negative size")
+                    raise CheckpointError(path, ProblemKind.CORRUPT, f"legacy storage {key} has a negative size")
                 nbytes = numel * _itemsize(dtypes.get(key, torch.uint8))
                 self._blocks.setdefault(key, (pos + 8, nbytes))
                 pos += 8 + nbytes
                 if pos > size:
-                    raise CheckpointError(path, "truncated", f"legacy checkpoint is {size:,} bytes, its "
+                    raise CheckpointError(path, ProblemKind.TRUNCATED, f"legacy checkpoint is {size:,} bytes, its "
                                                              f"tensor data needs at least {pos:,}")
 
     def check(self, ref: TensorRef) -> str | None:
@@ -458,7 +458,7 @@ class _TorchTree:
         def materialise(leaf: Leaf) -> torch.Tensor:
             problem = self.leaf_problem(leaf)
             if problem:
-                raise CheckpointError(path, "unreadable-tensor", problem)
+                raise CheckpointError(path, ProblemKind.UNREADABLE_TENSOR, problem)
             return self.materialise(leaf)
 
         return materialise
@@ -507,12 +507,12 @@ def _neutralised_problem(path: str, replaced: list[str]) -> Problem:
                f"placeholders ({shown})")
     if dangerous:
         message += f"; the file tries to call {', '.join(dangerous[:8])}"
-    return Problem(file=path, kind="unsafe-pickle-neutralised", message=_clean(message, 1000),
+    return Problem(file=path, kind=ProblemKind.UNSAFE_PICKLE_NEUTRALISED, message=_clean(message, 1000),
                    severity="warning" if dangerous else "info", count=len(replaced))
 
 
 def _trusted_problem(path: str, how: str) -> Problem:
-    return Problem(file=path, kind="trusted-pickle", severity="warning",
+    return Problem(file=path, kind=ProblemKind.TRUSTED_PICKLE, severity="warning",
                    message=f"loaded with {how} because --trust-pickles was given: code in the file was "
                            f"allowed to run")
 
@@ -522,9 +522,9 @@ def _zip_archive_prefix(zf: zipfile.ZipFile, path: str) -> tuple[str, list[str]]
     pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if not pkl:
         if any(n.endswith("model.json") for n in names):
-            raise CheckpointError(path, "torchscript-v1", "this is an old TorchScript (v1, model.json) "
+            raise CheckpointError(path, ProblemKind.TORCHSCRIPT_V1, "this is an old TorchScript (v1, model.json) "
                                                           "archive; re-save it with a recent torch")
-        raise CheckpointError(path, "not-a-checkpoint", "zip archive without data.pkl (not a torch.save file)")
+        raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, "zip archive without data.pkl (not a torch.save file)")
     return pkl[0][: -len("data.pkl")], names
 
 
@@ -534,18 +534,18 @@ def _open_zip(path: str) -> zipfile.ZipFile:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         if "not a zip file" in str(exc):  # no end-of-central-directory record: the end is missing
-            raise CheckpointError(path, "truncated", "truncated zip archive (no end of central "
+            raise CheckpointError(path, ProblemKind.TRUNCATED, "truncated zip archive (no end of central "
                                                      "directory); the save or download was interrupted") from None
-        raise CheckpointError(path, "corrupt", f"corrupt zip archive ({_one_line(exc)})") from None
+        raise CheckpointError(path, ProblemKind.CORRUPT, f"corrupt zip archive ({_one_line(exc)})") from None
     except OSError as exc:
-        raise CheckpointError(path, "unreadable", f"cannot read file ({exc.strerror or exc})") from None
+        raise CheckpointError(path, ProblemKind.UNREADABLE, f"cannot read file ({exc.strerror or exc})") from None
     except (ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise CheckpointError(path, "corrupt", f"corrupt zip archive ({_one_line(exc)})") from None
+        raise CheckpointError(path, ProblemKind.CORRUPT, f"corrupt zip archive ({_one_line(exc)})") from None
     size = os.path.getsize(path)
     for info in zf.infolist():
         if info.header_offset + info.compress_size > size:
             zf.close()
-            raise CheckpointError(path, "corrupt", f"zip entry {info.filename!r} lies beyond the end of "
+            raise CheckpointError(path, ProblemKind.CORRUPT, f"zip entry {info.filename!r} lies beyond the end of "
                                                    f"the file")
     return zf
 
@@ -562,7 +562,7 @@ def _load_zip_tree(path: str, trust: bool) -> _TorchTree:
             try:
                 module = torch.jit.load(path, map_location="cpu")
             except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
-                raise CheckpointError(path, "corrupt", f"torch.jit.load failed: {_one_line(exc)}") from None
+                raise CheckpointError(path, ProblemKind.CORRUPT, f"torch.jit.load failed: {_one_line(exc)}") from None
             return _TorchTree(module, "torchscript", _memory_materialiser,
                               [_trusted_problem(path, "torch.jit.load")])
         # torch never compresses entries; a re-zipped (compressed) archive is read by streaming
@@ -575,15 +575,15 @@ def _load_zip_tree(path: str, trust: bool) -> _TorchTree:
         info = zf.getinfo(f"{prefix}data.pkl")
         if _impossible_size(info) or (info.compress_type != zipfile.ZIP_STORED and
                                       info.file_size > info.compress_size * 32 + _MAX_PICKLE_INFLATION):
-            raise CheckpointError(path, "corrupt", f"data.pkl claims {info.file_size:,} bytes from "
+            raise CheckpointError(path, ProblemKind.CORRUPT, f"data.pkl claims {info.file_size:,} bytes from "
                                                    f"{info.compress_size:,} compressed (zip bomb?)")
         try:
             data = zf.read(info)
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
-            raise CheckpointError(path, "corrupt", f"data.pkl inside the archive is damaged "
+            raise CheckpointError(path, ProblemKind.CORRUPT, f"data.pkl inside the archive is damaged "
                                                    f"({_one_line(exc)})") from None
         storages = _ZipStorages(path, zf, f"{prefix}data/")
-    root, replaced = _restricted(path, data, storage_ref_from_pid, "corrupt")
+    root, replaced = _restricted(path, data, storage_ref_from_pid, ProblemKind.CORRUPT)
     problems = [_neutralised_problem(path, replaced)] if replaced else []
     materialise, check = _ref_reader(storages)
     return _TorchTree(root, "torchscript" if is_script else "torch-zip", materialise, problems, check)
@@ -599,9 +599,9 @@ def _file_guarded(path: str, materialise: Callable[[Leaf], torch.Tensor]) -> Cal
         try:
             now = os.stat(path)
         except OSError as exc:
-            raise CheckpointError(path, "unreadable", f"cannot read file ({exc.strerror or exc})") from None
+            raise CheckpointError(path, ProblemKind.UNREADABLE, f"cannot read file ({exc.strerror or exc})") from None
         if (now.st_size, now.st_mtime_ns, now.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino):
-            raise CheckpointError(path, "unreadable-tensor", "the file changed on disk after it was opened")
+            raise CheckpointError(path, ProblemKind.UNREADABLE_TENSOR, "the file changed on disk after it was opened")
         return materialise(leaf)
 
     return guarded
@@ -616,13 +616,13 @@ def _torch_load_zip(path: str, trust: bool, mmap: bool = True) -> _TorchTree | N
         if _weights_only_refusal(exc):
             return None
         # the zip itself opened and is complete (checked before), so this is damage, not truncation
-        raise CheckpointError(path, "corrupt", f"torch.load failed: {_one_line(exc)}") from None
+        raise CheckpointError(path, ProblemKind.CORRUPT, f"torch.load failed: {_one_line(exc)}") from None
     problems = [_trusted_problem(path, "torch.load(weights_only=False)")] if trust else []
     return _TorchTree(root, "torch-zip", materialise, problems)
 
 
 def _restricted(path: str, data: bytes | io.BufferedReader, persistent: Callable | None,
-                damaged: str = "not-a-checkpoint") -> tuple[Any, list[str]]:
+                damaged: ProblemKind = ProblemKind.NOT_A_CHECKPOINT) -> tuple[Any, list[str]]:
     """Restricted unpickling; a malformed pickle is CheckpointError(`damaged`) ("corrupt" inside a
     torch file, "not-a-checkpoint" for a plain pickle that is something else)."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -631,9 +631,9 @@ def _restricted(path: str, data: bytes | io.BufferedReader, persistent: Callable
     except CheckpointError:
         raise
     except EOFError:
-        if damaged == "corrupt" and isinstance(data, bytes):  # a complete zip entry that ends early
-            raise CheckpointError(path, "corrupt", "data.pkl ends early (corrupt pickle)") from None
-        raise CheckpointError(path, "truncated", "pickle data ends early (truncated file)") from None
+        if damaged == ProblemKind.CORRUPT and isinstance(data, bytes):  # a complete zip entry that ends early
+            raise CheckpointError(path, ProblemKind.CORRUPT, "data.pkl ends early (corrupt pickle)") from None
+        raise CheckpointError(path, ProblemKind.TRUNCATED, "pickle data ends early (truncated file)") from None
     except RecursionError:
         raise CheckpointError(path, damaged, "pickle nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - any malformed pickle
@@ -649,7 +649,7 @@ def _trusted_torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
-        kind = "truncated" if isinstance(exc, EOFError) else "corrupt"
+        kind = ProblemKind.TRUNCATED if isinstance(exc, EOFError) else ProblemKind.CORRUPT
         raise CheckpointError(path, kind, f"torch.load failed: {_one_line(exc)}") from None
 
 
@@ -669,12 +669,12 @@ def _load_legacy_tree(path: str, trust: bool) -> _TorchTree:
 
     with open(path, "rb") as f:
         for _ in range(3):  # magic number, protocol version, sys info
-            _restricted(path, f, None, "corrupt")
-        root, replaced = _restricted(path, f, persistent, "corrupt")
-        keys, _ = _restricted(path, f, None, "corrupt")
+            _restricted(path, f, None, ProblemKind.CORRUPT)
+        root, replaced = _restricted(path, f, persistent, ProblemKind.CORRUPT)
+        keys, _ = _restricted(path, f, None, ProblemKind.CORRUPT)
         data_start = f.tell()
     if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, int)) for k in keys):
-        raise CheckpointError(path, "corrupt", "legacy checkpoint: malformed list of storage keys")
+        raise CheckpointError(path, ProblemKind.CORRUPT, "legacy checkpoint: malformed list of storage keys")
     storages = _LegacyStorages(path, [str(k) for k in keys], data_start,
                                {k: r.dtype for k, r in refs.items()})
     problems = [_neutralised_problem(path, replaced)] if replaced else []
@@ -689,7 +689,7 @@ def _load_pickle_tree(path: str, trust: bool) -> _TorchTree:
             with open(path, "rb") as f:
                 root = pickle.load(f)  # noqa: S301 - explicitly trusted by the user
         except Exception as exc:  # noqa: BLE001 - any malformed pickle
-            raise CheckpointError(path, "not-a-checkpoint", f"unreadable pickle: {_one_line(exc)}") from None
+            raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, f"unreadable pickle: {_one_line(exc)}") from None
         return _TorchTree(root, "pickle", _memory_materialiser, [_trusted_problem(path, "pickle.load")])
     with open(path, "rb") as f:
         root, replaced = _restricted(path, f, None)
@@ -705,7 +705,7 @@ def _load_torch_tree(path: str, trust: bool) -> _TorchTree:
         return _load_legacy_tree(path, trust)
     if kind == "pickle":
         return _load_pickle_tree(path, trust)
-    raise CheckpointError(path, "not-a-checkpoint", f"expected a torch file, found {kind}")
+    raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, f"expected a torch file, found {kind}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -910,18 +910,18 @@ def step_from_name(path: str) -> int | None:
 def _no_weights_error(path: str, root: Any) -> CheckpointError:
     mapping = _as_mapping(root)
     if isinstance(root, Placeholder) and not root.attributes and not root.items:
-        return CheckpointError(path, "unsafe-pickle", f"the pickle holds only {root.global_name}(...) "
+        return CheckpointError(path, ProblemKind.UNSAFE_PICKLE, f"the pickle holds only {root.global_name}(...) "
                                                       f"and no tensors; nothing was executed")
     if mapping is None:
         held = "Tensor" if _is_leaf(root) else type(root).__name__  # a lazily read tensor is still a tensor
-        return CheckpointError(path, "no-weights", f"no model weights found (the file holds a {held})")
+        return CheckpointError(path, ProblemKind.NO_WEIGHTS, f"no model weights found (the file holds a {held})")
     keys = set(map(str, mapping))
     if {"state", "param_groups"} <= keys or (keys & set(_OPTIMIZER_KEYS) and not keys & set(_WEIGHT_KEYS)):
-        return CheckpointError(path, "optimizer-only", "optimizer state only, no model weights")
+        return CheckpointError(path, ProblemKind.OPTIMIZER_ONLY, "optimizer state only, no model weights")
     if "last_epoch" in keys and keys & {"base_lrs", "_step_count"}:
-        return CheckpointError(path, "scheduler-only", "learning-rate scheduler state only, no model weights")
+        return CheckpointError(path, ProblemKind.SCHEDULER_ONLY, "learning-rate scheduler state only, no model weights")
     shown = ", ".join(sorted(keys)[:12])
-    return CheckpointError(path, "no-weights", f"no model weights found (top-level keys: {shown})")
+    return CheckpointError(path, ProblemKind.NO_WEIGHTS, f"no model weights found (top-level keys: {shown})")
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -965,9 +965,9 @@ def _drop_unreadable(path: str, tree: _TorchTree, weights: dict[str, tuple[Leaf,
         return weights
     first, reason = next(iter(bad.items()))
     if len(bad) == len(weights):
-        raise CheckpointError(path, "corrupt", f"no readable tensor ({len(bad)} skipped; first: "
+        raise CheckpointError(path, ProblemKind.CORRUPT, f"no readable tensor ({len(bad)} skipped; first: "
                                                f"{first}: {reason})")
-    problems.append(Problem(file=path, kind="unreadable-tensor", severity="warning", count=len(bad),
+    problems.append(Problem(file=path, kind=ProblemKind.UNREADABLE_TENSOR, severity="warning", count=len(bad),
                             message=_clean(f"{len(bad)} of {len(weights)} tensors skipped, their data "
                                            f"cannot be read (first: {first}: {reason})", 600)))
     return {n: v for n, v in weights.items() if n not in bad}
@@ -980,7 +980,7 @@ def _safe_optimizer_facts(path: str, opt_state: Mapping, tensors: Mapping[str, T
     try:
         return optimizer_facts(opt_state, tensors, materialise, ordered=ordered)
     except Exception as exc:  # noqa: BLE001 - optional facts: the weights are still usable
-        problems.append(Problem(file=path, kind="unreadable-optimizer-state", severity="warning",
+        problems.append(Problem(file=path, kind=ProblemKind.UNREADABLE_OPTIMIZER_STATE, severity="warning",
                                 message=f"optimizer state ignored: {_one_line(exc)}"))
         return None
 
@@ -1019,13 +1019,13 @@ def _finish(path: str, fmt: str, tensors: dict[str, TensorInfo], load: Callable[
     def checked_load(name: str) -> torch.Tensor:
         """One tensor as float32; any failure is a CheckpointError (the caller skips the tensor)."""
         if name not in tensors:
-            raise CheckpointError(path, "missing-tensor", f"no tensor named {name!r}")
+            raise CheckpointError(path, ProblemKind.MISSING_TENSOR, f"no tensor named {name!r}")
         try:
             return load(name)
         except CheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - I/O errors, torch errors, a file changed on disk
-            raise CheckpointError(path, "unreadable-tensor", f"tensor {name!r} cannot be read: "
+            raise CheckpointError(path, ProblemKind.UNREADABLE_TENSOR, f"tensor {name!r} cannot be read: "
                                                              f"{_one_line(exc)}") from None
 
     return CheckpointData(path=path, step=step, step_source=source, format=fmt, tensors=tensors,
@@ -1214,7 +1214,8 @@ def _open_safetensors(path: str) -> CheckpointData:
                 role = _role_by_name(name, dtype.startswith(("float", "bfloat", "complex")))
                 tensors[name] = TensorInfo(name, tuple(piece.get_shape()), dtype, role)
     except SafetensorError as exc:
-        kind = "truncated" if "incomplete" in str(exc).lower() or "length" in str(exc) else "corrupt"
+        kind = (ProblemKind.TRUNCATED if "incomplete" in str(exc).lower() or "length" in str(exc)
+                else ProblemKind.CORRUPT)
         raise CheckpointError(path, kind, f"unreadable safetensors file ({_one_line(exc)})") from None
 
     def load(name: str) -> torch.Tensor:
@@ -1247,12 +1248,12 @@ def _shard_path(index_path: str, folder: str, shard: Any) -> str:
     """
     shown = repr(shard)[:80]
     if not isinstance(shard, str) or not shard or "\0" in shard or os.path.isabs(shard):
-        raise CheckpointError(index_path, "unsafe-path", f"shard {shown} listed in the index is not a "
+        raise CheckpointError(index_path, ProblemKind.UNSAFE_PATH, f"shard {shown} listed in the index is not a "
                                                          f"relative file name; not read")
     base = os.path.abspath(folder)
     candidate = os.path.normpath(os.path.join(base, shard))
     if not _inside(candidate, base):
-        raise CheckpointError(index_path, "unsafe-path", f"shard {shown} listed in the index points "
+        raise CheckpointError(index_path, ProblemKind.UNSAFE_PATH, f"shard {shown} listed in the index points "
                                                          f"outside the index's folder; not read")
     real, real_base = os.path.realpath(candidate), os.path.realpath(base)
     if _inside(real, real_base):
@@ -1262,7 +1263,7 @@ def _shard_path(index_path: str, folder: str, shard: Any) -> str:
         blobs = os.path.join(os.path.dirname(snapshots), "blobs")
         if _inside(real, blobs):
             return candidate
-    raise CheckpointError(index_path, "unsafe-path", f"shard {shown} listed in the index is a link to "
+    raise CheckpointError(index_path, ProblemKind.UNSAFE_PATH, f"shard {shown} listed in the index is a link to "
                                                      f"a file outside the index's folder; not read")
 
 
@@ -1273,16 +1274,16 @@ def _open_index(path: str, trust: bool) -> CheckpointData:
             index = json.load(f)
         weight_map = dict(index["weight_map"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        raise CheckpointError(path, "not-a-checkpoint", f"not a shard index ({_one_line(exc)})") from None
+        raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, f"not a shard index ({_one_line(exc)})") from None
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
-        raise CheckpointError(path, "not-a-checkpoint", "not a shard index (weight_map must map names "
+        raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, "not a shard index (weight_map must map names "
                                                         "to file names)")
     folder = os.path.dirname(path)
     paths = {shard: _shard_path(path, folder, shard) for shard in dict.fromkeys(weight_map.values())}
     shards = {}
     for shard, shard_path in paths.items():
         if not os.path.isfile(shard_path):
-            raise CheckpointError(path, "missing-shard", f"shard {shard!r} listed in the index is missing")
+            raise CheckpointError(path, ProblemKind.MISSING_SHARD, f"shard {shard!r} listed in the index is missing")
         shards[shard] = _open_single_file(shard_path, trust)
     tensors, owner, problems = {}, {}, []
     for shard in shards.values():
@@ -1309,7 +1310,7 @@ def _open_folder(folder: str, trust: bool) -> CheckpointData:
     """A Hugging Face style folder: config.json + weights, maybe trainer_state.json/optimizer.pt."""
     weights = _folder_weights_file(folder)
     if weights is None:
-        raise CheckpointError(folder, "no-weights", "folder has no model weights (looked for "
+        raise CheckpointError(folder, ProblemKind.NO_WEIGHTS, "folder has no model weights (looked for "
                                                     "model.safetensors, pytorch_model.bin, *.index.json)")
     inner = _open_index(weights, trust) if weights.endswith(".json") else _open_single_file(weights, trust)
     config = _read_json(os.path.join(folder, "config.json"))
@@ -1356,18 +1357,18 @@ def open_checkpoint(path: str, *, trust_pickles: bool = False) -> CheckpointData
         if os.path.isdir(path):
             return _open_folder(path, trust_pickles)
         if not os.path.exists(path):
-            raise CheckpointError(path, "missing", "no such file")
+            raise CheckpointError(path, ProblemKind.MISSING, "no such file")
         if path.endswith(".json"):
             return _open_index(path, trust_pickles)
         return _open_single_file(path, trust_pickles)
     except CheckpointError:
         raise
     except RecursionError:
-        raise CheckpointError(path, "unreadable", "could not be read (structure nested too deeply)") from None
+        raise CheckpointError(path, ProblemKind.UNREADABLE, "could not be read (structure nested too deeply)") from None
     except OSError as exc:
-        raise CheckpointError(path, "unreadable", f"cannot read file ({exc.strerror or _one_line(exc)})") from None
+        raise CheckpointError(path, ProblemKind.UNREADABLE, f"cannot read file ({exc.strerror or _one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - one damaged file must never end the report
-        raise CheckpointError(path, "unreadable", f"could not be read ({type(exc).__name__}: "
+        raise CheckpointError(path, ProblemKind.UNREADABLE, f"could not be read ({type(exc).__name__}: "
                                                   f"{_one_line(exc)})") from None
 
 

@@ -83,7 +83,7 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from report_gen.core import Problem
+from report_gen.core import Problem, ProblemKind
 from report_gen.readers.tfrecord import RecordBatch, RecordReader, gather_rows
 from report_gen.readers.types import SCALAR_COLUMNS, EventData, HistogramSeries, ImageRef
 
@@ -207,10 +207,11 @@ def _decode_file(path: str, sub: str, kinds: frozenset[str]) -> _FileContent:
     content = decoder.finish()
     content.problems[:0] = reader.problems
     if reader.bytes_total == 0 and not reader.problems:
-        content.problems.append(Problem(path, "empty-file", f"{path}: empty event file", severity="info"))
-    elif decoder.version_only(seq):
-        content.problems.append(Problem(path, "version-only", f"{path}: holds only the file_version record",
+        content.problems.append(Problem(path, ProblemKind.EMPTY_FILE, f"{path}: empty event file",
                                         severity="info"))
+    elif decoder.version_only(seq):
+        content.problems.append(Problem(path, ProblemKind.VERSION_ONLY,
+                                        f"{path}: holds only the file_version record", severity="info"))
     return content
 
 
@@ -361,7 +362,7 @@ class _EventDecoder:
         if self.bad_proto:
             path = self.content.path
             self.content.problems.append(Problem(
-                path, "bad-proto",
+                path, ProblemKind.BAD_PROTO,
                 f"{path}: {self.bad_proto} record(s) are not Event protos or hold malformed values; skipped",
                 severity="warning", offset=self.bad_proto_offset, count=self.bad_proto))
         return self.content
@@ -560,7 +561,7 @@ class _Restarts:
         self.tags.setdefault(path, set()).add(tag)
 
     def problems(self) -> list[Problem]:
-        return [Problem(path, "step-restart",
+        return [Problem(path, ProblemKind.STEP_RESTART,
                         f"{path}: training restarted (steps went back to {self.first_step[path]}); "
                         f"{n} earlier value(s) of {len(self.tags[path])} tag(s) at later steps dropped",
                         severity="info", count=n)
