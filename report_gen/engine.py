@@ -63,7 +63,7 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFac
     problems.extend(events.problems)
     ckpts = []
     if spec.checkpoints:  # torch is imported only when there is a checkpoint to read
-        from report_gen.readers.checkpoints import CheckpointError, open_checkpoint, order_series
+        from report_gen.readers.checkpoint import CheckpointError, open_checkpoint, order_series
     for i, path in enumerate(spec.checkpoints):
         progress(f"{spec.name}: checkpoint {i + 1}/{len(spec.checkpoints)}", i, len(spec.checkpoints))
         try:
