@@ -50,14 +50,14 @@ def _noop(msg: str, done: int, total: int) -> None:
 def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFacts:
     """Read one run's files into RunFacts; file damage becomes Problems, never exceptions."""
     from report_gen.readers.events import read_events
-    from report_gen.readers.types import EventData
+    from report_gen.readers.types import RunLog
 
     problems: list[Problem] = []
     try:
-        events = read_events(spec.event_files) if spec.event_files else EventData.empty()
+        events = read_events(spec.event_files) if spec.event_files else RunLog.empty()
     except Exception as e:  # noqa: BLE001 - the reader reports damage as Problems; this is a last resort
         log.debug("reading events of %s failed", spec.name, exc_info=True)
-        events = EventData.empty()
+        events = RunLog.empty()
         problems.append(Problem(file=spec.path, kind=ProblemKind.UNREADABLE, severity="error",
                                 message=f"the event files could not be read: {type(e).__name__}: {e}"))
     problems.extend(events.problems)

@@ -13,7 +13,7 @@ import numpy as np
 from report_gen.core import Problem, ProblemKind
 from report_gen.facts import curves
 from report_gen.readers.signals import Signals
-from report_gen.readers.types import BUFFER_SUFFIXES, CheckpointData, EventData
+from report_gen.readers.types import BUFFER_SUFFIXES, CheckpointData, RunLog
 
 
 
@@ -44,7 +44,7 @@ class GradEstimate:
 class RunFacts:
     name: str
     path: str
-    events: EventData
+    events: RunLog
     signals: Signals
     checkpoints: list[CheckpointData] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # every input problem of this run

@@ -1,4 +1,4 @@
-"""TensorBoard event-file reader: Event protos -> :class:`report_gen.readers.types.EventData`.
+"""TensorBoard event-file reader: Event protos -> :class:`report_gen.readers.types.RunLog`.
 
 Layers: :mod:`report_gen.readers.tfrecord` frames records and reports damage; :mod:`.decode` turns
 the ``Event`` protos of one file into values (what is decoded, and what a hostile record cannot do),

@@ -39,7 +39,7 @@ import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers.events.decode import FileContent, Point
-from report_gen.readers.types import SCALAR_COLUMNS, EventData, HistogramSeries, ImageRef
+from report_gen.readers.types import SCALAR_COLUMNS, RunLog, HistogramSeries, ImageRef
 
 
 def merge_key(content: FileContent) -> tuple:
@@ -129,7 +129,7 @@ def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
 
 
 def merge_points(sub: str, group: list[FileContent], max_per_tag: int | None, restarts: Restarts,
-                 data: EventData) -> None:
+                 data: RunLog) -> None:
     """Merge histograms, images and texts of one sub into ``data`` (keys prefixed with ``sub/``)."""
     prefix = f"{sub}/" if sub else ""
     for attr in ("histograms", "images", "texts"):
@@ -170,7 +170,7 @@ def _histogram_series(key: str, points: list[Point]) -> HistogramSeries:
 def scalar_frame(frames: list[pd.DataFrame | None]) -> pd.DataFrame:
     present = [f for f in frames if f is not None]
     if not present:
-        return EventData.empty().scalars
+        return RunLog.empty().scalars
     frame = pd.concat(present, ignore_index=True) if len(present) > 1 else present[0]
     return frame.astype({"run": "str", "tag": "str", "step": "int64", "wall_time": "float64",
                          "value": "float64"})[SCALAR_COLUMNS]

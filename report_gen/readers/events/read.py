@@ -1,4 +1,4 @@
-"""The entry point: the event files of one run -> :class:`report_gen.readers.types.EventData`."""
+"""The entry point: the event files of one run -> :class:`report_gen.readers.types.RunLog`."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 
 from report_gen.readers.events.decode import ALL_KINDS, decode_file
 from report_gen.readers.events.merge import Restarts, merge_key, merge_points, merge_scalars, scalar_frame
-from report_gen.readers.types import EventData
+from report_gen.readers.types import RunLog
 
 
 def is_event_file_name(name: str) -> bool:
@@ -18,7 +18,7 @@ def is_event_file_name(name: str) -> bool:
 
 
 def read_events(files: Sequence[tuple[str, str]], *, max_per_tag: int | None = None,
-                kinds: Collection[str] = ALL_KINDS) -> EventData:
+                kinds: Collection[str] = ALL_KINDS) -> RunLog:
     """Read the event files of ONE run.
 
     files: ``(path, sub)`` pairs; ``sub`` is "" for files directly in the run folder, else the relative
@@ -26,7 +26,7 @@ def read_events(files: Sequence[tuple[str, str]], *, max_per_tag: int | None = N
     max_per_tag: keep at most this many values per tag (evenly spaced, first and last kept).
     kinds: which of "scalars", "histograms", "images", "texts", "hparams" to decode.
 
-    Damage never raises: it is listed in ``EventData.problems``. What is decoded and how damage is
+    Damage never raises: it is listed in ``RunLog.problems``. What is decoded and how damage is
     handled: :mod:`.decode`; how files merge and the step policy: :mod:`.merge`.
     """
     unknown = set(kinds) - set(ALL_KINDS)
@@ -36,7 +36,7 @@ def read_events(files: Sequence[tuple[str, str]], *, max_per_tag: int | None = N
         raise ValueError("max_per_tag must be >= 1")
     decoded = [decode_file(path, sub, frozenset(kinds)) for path, sub in files]
     decoded.sort(key=merge_key)
-    data = EventData.empty()
+    data = RunLog.empty()
     for content in decoded:
         data.files.append(content.path)
         data.problems.extend(content.problems)
