@@ -75,6 +75,8 @@ class ProblemKind(str, enum.Enum):
     VERSION_ONLY = "version-only", Severity.INFO
     BAD_PROTO = "bad-proto", Severity.WARNING
     STEP_RESTART = "step-restart", Severity.INFO
+    # several logs of one run (readers/registry.py)
+    DUPLICATE_SERIES = "duplicate-series", Severity.INFO  # a later log's copy of a series is left out
     # a whole run (readers/run.py)
     NOTHING_READABLE = "nothing-readable", Severity.ERROR
     # checkpoints (readers/checkpoint/): not a checkpoint at all, harmless beside checkpoints
