@@ -15,6 +15,7 @@ from report_gen.config import Config, match_length
 from report_gen.core import Finding, InputError, Problem, ProblemKind, jsonable, severity_counts, severity_rank, verdict_for
 from report_gen.facts.run import RunFacts
 from report_gen.readers.discovery import RunSpec, discover
+from report_gen.readers.run import read_run
 from report_gen.readers.signals import build_signals
 from report_gen.rules.base import SIGNALS, Rule, all_rules
 
@@ -48,46 +49,11 @@ def _noop(msg: str, done: int, total: int) -> None:
 
 
 def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop) -> RunFacts:
-    """Read one run's files into RunFacts; file damage becomes Problems, never exceptions."""
-    from report_gen.readers.events import read_events
-    from report_gen.readers.types import RunLog
-
-    problems: list[Problem] = []
-    try:
-        events = read_events(spec.event_files) if spec.event_files else RunLog.empty()
-    except Exception as e:  # noqa: BLE001 - the reader reports damage as Problems; this is a last resort
-        log.debug("reading events of %s failed", spec.name, exc_info=True)
-        events = RunLog.empty()
-        problems.append(Problem(file=spec.path, kind=ProblemKind.UNREADABLE, severity="error",
-                                message=f"the event files could not be read: {type(e).__name__}: {e}"))
-    problems.extend(events.problems)
-    ckpts = []
-    if spec.checkpoints:  # torch is imported only when there is a checkpoint to read
-        from report_gen.readers.checkpoint import CheckpointError, open_checkpoint, order_series
-    for i, path in enumerate(spec.checkpoints):
-        progress(f"{spec.name}: checkpoint {i + 1}/{len(spec.checkpoints)}", i, len(spec.checkpoints))
-        try:
-            c = open_checkpoint(path, trust_pickles=opts.trust_pickles)
-        except CheckpointError as e:
-            # a saved tensor or list beside the checkpoints (a probe batch, embeddings) is not damage
-            harmless = e.kind in (ProblemKind.NO_WEIGHTS, ProblemKind.NOT_A_CHECKPOINT)
-            problems.append(Problem(file=path, kind=e.kind, message=str(e), severity="info" if harmless else "warning"))
-            continue
-        except Exception as e:  # noqa: BLE001 - one odd file must not lose the rest of the report
-            log.debug("opening %s failed", path, exc_info=True)
-            problems.append(Problem(file=path, kind=ProblemKind.UNREADABLE, severity="warning",
-                                    message=f"{path}: could not be read ({type(e).__name__}: {e})"))
-            continue
-        problems.extend(c.problems)
-        if c.tensors:
-            ckpts.append(c)
-    ckpts = order_series(ckpts) if ckpts else []
-    signals = build_signals(events, opts.config.tags)
-    if not ckpts and events.scalars.empty and not events.histograms and (spec.event_files or spec.checkpoints):
-        problems.append(Problem(file=spec.path, kind=ProblemKind.NOTHING_READABLE, severity="error",
-                                message="no scalar, histogram or checkpoint data could be read from this run"))
-    run = RunFacts(name=spec.name, path=spec.path, events=events, signals=signals, checkpoints=ckpts,
-                   problems=problems)
+    """Read one run's files into RunFacts; the readers turn file damage into graded Problems."""
+    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress)
+    signals = build_signals(read.log, opts.config.tags)
+    run = RunFacts(name=spec.name, path=spec.path, events=read.log, signals=signals, checkpoints=read.checkpoints,
+                   problems=read.problems)
     if opts.probe is not None:
         _run_probe(run, opts.probe)
     return run

@@ -14,7 +14,7 @@ Layers, from the bytes up (one module each):
    DataParallel, a pickled or scripted module), strip prefixes, split params from buffers, pick
    metadata and the training step; `optimizer`: map optimizer state back to parameter names;
 4. `hf`: safetensors files, shards (`*.index.json`) and Hugging Face folders, through `safe_open`;
-5. `read`: the entry points below.
+5. `read`: the entry points (`open_checkpoint`, `read_checkpoints`, `order_series`).
 
 Only the TRUSTED policy ever calls `torch.load(weights_only=False)`, `torch.jit.load` or `pickle.load`.
 
@@ -28,8 +28,8 @@ file, compressed zip entries are streamed, and shard paths must stay inside the 
 from report_gen.readers.checkpoint.errors import CheckpointError
 from report_gen.readers.checkpoint.interpret import step_from_name
 from report_gen.readers.checkpoint.optimizer import optimizer_facts
-from report_gen.readers.checkpoint.read import open_checkpoint, order_series
+from report_gen.readers.checkpoint.read import open_checkpoint, order_series, read_checkpoints
 from report_gen.readers.checkpoint.tree import SAFE, TRUSTED, LoadPolicy, load_policy
 
 __all__ = ["SAFE", "TRUSTED", "CheckpointError", "LoadPolicy", "load_policy", "open_checkpoint", "optimizer_facts",
-           "order_series", "step_from_name"]
+           "order_series", "read_checkpoints", "step_from_name"]
