@@ -38,7 +38,7 @@ import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers import events
-from report_gen.readers.types import SCALAR_COLUMNS, RunLog
+from report_gen.readers.types import RunLog, tidy_scalars
 
 log = logging.getLogger("report_gen")
 
@@ -153,6 +153,4 @@ def _series_in_order(scalars: pd.DataFrame) -> pd.DataFrame:
     """Rows sorted by run, then tag (stable: each series keeps its own order, as its log gave it)."""
     runs = pd.factorize(scalars["run"], sort=True)[0]
     tags = pd.factorize(scalars["tag"], sort=True)[0]
-    ordered = scalars.iloc[np.lexsort((tags, runs))].reset_index(drop=True)
-    return ordered.astype({"run": "str", "tag": "str", "step": "int64", "wall_time": "float64",
-                           "value": "float64"})[SCALAR_COLUMNS]
+    return tidy_scalars(scalars.iloc[np.lexsort((tags, runs))].reset_index(drop=True))

@@ -14,6 +14,7 @@ import pandas as pd
 from report_gen.core import Problem
 
 SCALAR_COLUMNS = ["run", "tag", "step", "wall_time", "value"]
+SCALAR_DTYPES = {"run": "str", "tag": "str", "step": "int64", "wall_time": "float64", "value": "float64"}
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")  # state, not trained parameters
 
 
@@ -102,8 +103,12 @@ class RunLog:
 
     @classmethod
     def empty(cls) -> "RunLog":
-        return cls(scalars=pd.DataFrame({c: pd.Series(dtype=t) for c, t in
-                                         zip(SCALAR_COLUMNS, ["str", "str", "int64", "float64", "float64"])}))
+        return cls(scalars=pd.DataFrame({c: pd.Series(dtype=SCALAR_DTYPES[c]) for c in SCALAR_COLUMNS}))
+
+
+def tidy_scalars(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with exactly the RunLog scalar columns, in order, and their dtypes."""
+    return frame.astype(SCALAR_DTYPES)[SCALAR_COLUMNS]
 
 
 @dataclass

@@ -39,7 +39,7 @@ import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers.events.decode import FileContent, Point
-from report_gen.readers.types import SCALAR_COLUMNS, RunLog, HistogramSeries, ImageRef
+from report_gen.readers.types import HistogramSeries, ImageRef, RunLog, tidy_scalars
 
 
 def merge_key(content: FileContent) -> tuple:
@@ -172,5 +172,4 @@ def scalar_frame(frames: list[pd.DataFrame | None]) -> pd.DataFrame:
     if not present:
         return RunLog.empty().scalars
     frame = pd.concat(present, ignore_index=True) if len(present) > 1 else present[0]
-    return frame.astype({"run": "str", "tag": "str", "step": "int64", "wall_time": "float64",
-                         "value": "float64"})[SCALAR_COLUMNS]
+    return tidy_scalars(frame)
