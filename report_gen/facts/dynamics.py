@@ -58,7 +58,7 @@ class _Failures:
     def add(self, path: str, name: str, exc: Exception) -> None:
         count, kind, first = self.by_path.get(path, (0, "", ""))
         if not count:
-            kind = str(getattr(exc, "kind", None) or "unreadable-tensor")
+            kind = str(getattr(exc, "kind", None) or ProblemKind.UNREADABLE_TENSOR)
             text = str(exc)
             if text.startswith(f"{path}: "):  # CheckpointError messages start with the path
                 text = text[len(path) + 2:]
