@@ -37,7 +37,7 @@ CHILD = textwrap.dedent("""
             time.sleep(0.005)
     import torch
     from report_gen.facts.weights import weight_stats
-    from report_gen.readers.checkpoints import open_checkpoint
+    from report_gen.readers.checkpoint import open_checkpoint
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     baseline_anon = rss_anon_kb()
     threading.Thread(target=sample, daemon=True).start()

@@ -44,23 +44,90 @@ class InputError(Exception):
     """
 
 
+class ProblemKind(str, enum.Enum):
+    """Every kind of damage a reader reports (`Problem.kind`), with its default severity.
+
+    The default is the grade when the reader knows nothing more; a reader that does (an empty event
+    file is harmless, an empty checkpoint is not) passes the severity explicitly. The values are the
+    strings report.json carries (contract): add kinds, never rename them.
+    """
+
+    severity: "Severity"
+
+    def __new__(cls, value: str, severity: Severity) -> "ProblemKind":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.severity = severity
+        return member
+
+    def __str__(self) -> str:
+        return self.value
+
+    # any file: an I/O error or an unexpected failure (an event file that cannot be opened: error)
+    UNREADABLE = "unreadable", Severity.WARNING
+    # TFRecord framing (readers/tfrecord.py)
+    TRUNCATED_RECORD = "truncated-record", Severity.INFO  # the last record ends early: a killed run
+    BAD_LENGTH_CRC = "bad-length-crc", Severity.WARNING
+    BAD_DATA_CRC = "bad-data-crc", Severity.WARNING
+    JUNK_BYTES = "junk-bytes", Severity.WARNING  # printable non-record bytes (a log written into the file)
+    # event protos and the step policy (readers/events/)
+    EMPTY_FILE = "empty-file", Severity.WARNING  # an empty event file is graded info by its reader
+    VERSION_ONLY = "version-only", Severity.INFO
+    BAD_PROTO = "bad-proto", Severity.WARNING
+    STEP_RESTART = "step-restart", Severity.INFO
+    # several logs of one run (readers/registry.py)
+    DUPLICATE_SERIES = "duplicate-series", Severity.INFO  # a later log's copy of a series is left out
+    # a whole run (readers/run.py)
+    NOTHING_READABLE = "nothing-readable", Severity.ERROR
+    # checkpoints (readers/checkpoint/): not a checkpoint at all, harmless beside checkpoints
+    NOT_A_CHECKPOINT = "not-a-checkpoint", Severity.INFO
+    NO_WEIGHTS = "no-weights", Severity.INFO
+    # checkpoints that cannot be used
+    LFS_POINTER = "lfs-pointer", Severity.WARNING
+    TEXT_FILE = "text-file", Severity.WARNING
+    TRUNCATED = "truncated", Severity.WARNING
+    CORRUPT = "corrupt", Severity.WARNING
+    OPTIMIZER_ONLY = "optimizer-only", Severity.WARNING
+    SCHEDULER_ONLY = "scheduler-only", Severity.WARNING
+    UNSAFE_PICKLE = "unsafe-pickle", Severity.WARNING
+    TORCHSCRIPT_V1 = "torchscript-v1", Severity.WARNING
+    LEGACY_TAR = "legacy-tar", Severity.WARNING
+    MISSING = "missing", Severity.WARNING
+    MISSING_SHARD = "missing-shard", Severity.WARNING
+    UNSAFE_PATH = "unsafe-path", Severity.WARNING  # a shard index names a file outside its folder
+    # checkpoints read with something left out
+    UNSAFE_PICKLE_NEUTRALISED = "unsafe-pickle-neutralised", Severity.WARNING  # info when nothing dangerous
+    TRUSTED_PICKLE = "trusted-pickle", Severity.WARNING
+    UNREADABLE_TENSOR = "unreadable-tensor", Severity.WARNING
+    MISSING_TENSOR = "missing-tensor", Severity.WARNING
+    UNREADABLE_OPTIMIZER_STATE = "unreadable-optimizer-state", Severity.WARNING
+    # the probe (probe.py)
+    STATE_DICT_MISMATCH = "state-dict-mismatch", Severity.WARNING
+
+
 @dataclass
 class Problem:
     """Something wrong with one input file that did not stop the run from being read.
 
-    kind: short machine-readable key, e.g. "truncated-record", "bad-length-crc", "bad-data-crc",
-          "junk-bytes", "empty-file", "version-only", "step-restart", "duplicate-steps",
-          "lfs-pointer", "unsafe-pickle", "not-a-checkpoint", ...
+    kind: a `ProblemKind` (stored as its plain string; an unknown kind is a ValueError here, not a
+          typo found at render time).
     severity: how much it should worry a reader: a truncated last record is "info" (a killed run),
-          a corrupt region is "warning", a file that could not be read at all is "error".
+          a corrupt region is "warning", a file that could not be read at all is "error". Omitted: the
+          kind's default severity.
     """
 
     file: str
     kind: str
     message: str
-    severity: str = "warning"
+    severity: str | None = None
     offset: int | None = None
     count: int | None = None
+
+    def __post_init__(self) -> None:
+        kind = ProblemKind(self.kind)
+        self.kind = kind.value
+        severity = self.severity if self.severity is not None else kind.severity
+        self.severity = (severity if isinstance(severity, Severity) else Severity.parse(severity)).value
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

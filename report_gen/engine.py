@@ -28,6 +28,7 @@ from report_gen.core import (Finding, InputError, Problem, judged_runs, jsonable
                              verdict_for)
 from report_gen.facts.run import RunFacts
 from report_gen.readers.discovery import RunSpec, discover
+from report_gen.readers.run import read_run
 from report_gen.readers.signals import build_signals
 from report_gen.reportfile import load_report
 from report_gen.rules.base import SIGNALS
@@ -65,57 +66,22 @@ def _noop(msg: str, done: int, total: int) -> None:
 
 def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
              rules: RuleSet | None = None) -> RunFacts:
-    """Read one run's files into RunFacts; file damage becomes Problems, never exceptions.
+    """Read one run's files into RunFacts; the readers turn file damage into graded Problems.
 
-    `rules` (the resolved rule set) decides what is worth reading beyond the files themselves: the probe
-    runs only when an enabled rule needs activations. Without it, everything is read.
+    `rules` (the resolved rule set) decides what is worth computing beyond the files themselves: the
+    probe runs only when an enabled rule needs activations. Without it, everything is done.
     """
-    from report_gen.readers.events import read_events
-    from report_gen.readers.types import EventData
-
-    problems: list[Problem] = []
-    try:
-        events = read_events(spec.event_files) if spec.event_files else EventData.empty()
-    except Exception as e:  # noqa: BLE001 - the reader reports damage as Problems; this is a last resort
-        log.debug("reading events of %s failed", spec.name, exc_info=True)
-        events = EventData.empty()
-        problems.append(Problem(file=spec.path, kind="unreadable", severity="error",
-                                message=f"the event files could not be read: {type(e).__name__}: {e}"))
-    problems.extend(events.problems)
-    ckpts = []
-    if spec.checkpoints:  # torch is imported only when there is a checkpoint to read
-        from report_gen.readers.checkpoints import CheckpointError, open_checkpoint, order_series
-    for i, path in enumerate(spec.checkpoints):
-        progress(f"{spec.name}: checkpoint {i + 1}/{len(spec.checkpoints)}", i, len(spec.checkpoints))
-        try:
-            c = open_checkpoint(path, trust_pickles=opts.trust_pickles)
-        except CheckpointError as e:
-            # a saved tensor or list beside the checkpoints (a probe batch, embeddings) is not damage
-            harmless = e.kind in ("no-weights", "not-a-checkpoint")
-            problems.append(Problem(file=path, kind=e.kind, message=str(e), severity="info" if harmless else "warning"))
-            continue
-        except Exception as e:  # noqa: BLE001 - one odd file must not lose the rest of the report
-            log.debug("opening %s failed", path, exc_info=True)
-            problems.append(Problem(file=path, kind="unreadable", severity="warning",
-                                    message=f"{path}: could not be read ({type(e).__name__}: {e})"))
-            continue
-        problems.extend(c.problems)
-        if c.tensors:
-            ckpts.append(c)
-    ckpts = order_series(ckpts) if ckpts else []
-    signals = build_signals(events, opts.config.tags)
-    if not ckpts and events.scalars.empty and not events.histograms and (spec.event_files or spec.checkpoints):
-        problems.append(Problem(file=spec.path, kind="nothing-readable", severity="error",
-                                message="no scalar, histogram or checkpoint data could be read from this run"))
+    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress)
+    problems = list(read.problems)
     probe_results, probe_info = [], None
     if opts.probe is not None and (rules is None or rules.wants(*PROBE_SIGNALS)):
         from report_gen.probe import probe_run
 
-        outcome = probe_run(ckpts, **dataclasses.asdict(opts.probe))
+        outcome = probe_run(read.checkpoints, **dataclasses.asdict(opts.probe))
         probe_results, probe_info = outcome.results, outcome.info
         problems.extend(outcome.problems)
-    return RunFacts(name=spec.name, path=spec.path, events=events, signals=signals, checkpoints=ckpts,
-                    problems=problems, probe=probe_results, probe_info=probe_info)
+    return RunFacts(name=spec.name, path=spec.path, events=read.log, signals=build_signals(read.log, opts.config.tags),
+                    checkpoints=read.checkpoints, problems=problems, probe=probe_results, probe_info=probe_info)
 
 
 @dataclass

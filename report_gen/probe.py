@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from report_gen.core import InputError, Problem
+from report_gen.core import InputError, Problem, ProblemKind
 from report_gen.facts.activations import (ProbeResult, activation_kind, activation_stats,
                                           attention_stats, even_indices)
 
@@ -438,7 +438,7 @@ def probe_run(checkpoints: list[Any], *, model: str, model_kwargs: dict[str, Any
     problems = []
     if load_report and (load_report.get("missing") or load_report.get("unexpected")):
         missing, unexpected = load_report.get("missing", []), load_report.get("unexpected", [])
-        problems.append(Problem(file=checkpoints[-1].path, kind="state-dict-mismatch", severity="warning",
+        problems.append(Problem(file=checkpoints[-1].path, kind=ProblemKind.STATE_DICT_MISMATCH, severity="warning",
                                 message=f"loading into {model}: {len(missing)} missing, {len(unexpected)} "
                                         f"unexpected keys (e.g. {(missing or unexpected)[:3]})"))
     return ProbeOutcome(results, info, problems)

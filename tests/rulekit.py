@@ -14,7 +14,7 @@ import torch
 from report_gen.core import Problem
 from report_gen.facts.run import RunFacts
 from report_gen.readers.signals import Series, Signals
-from report_gen.readers.types import CheckpointData, EventData, HistogramSeries, TensorInfo
+from report_gen.readers.types import CheckpointData, HistogramSeries, RunLog, TensorInfo
 from report_gen.rules.base import REGISTRY, all_rules
 
 
@@ -67,7 +67,7 @@ def mem_checkpoint(state: dict[str, torch.Tensor], step: int | None, *, optimize
 
 def make_run(name: str = "run", *, signals: Signals | None = None, checkpoints=(), probe=(),
              problems=()) -> RunFacts:
-    return RunFacts(name=name, path=f"/runs/{name}", events=EventData.empty(), signals=signals or Signals(),
+    return RunFacts(name=name, path=f"/runs/{name}", events=RunLog.empty(), signals=signals or Signals(),
                     checkpoints=list(checkpoints), problems=list(problems), probe=list(probe))
 
 

@@ -9,7 +9,7 @@ import torch
 
 import ckpt_builders as cb
 from report_gen.facts.dynamics import series_facts, update_facts
-from report_gen.readers.checkpoints import open_checkpoint, order_series
+from report_gen.readers.checkpoint import open_checkpoint, order_series
 
 
 def _series(tmp_path, states):
@@ -70,7 +70,7 @@ def test_loads_one_tensor_at_a_time_and_reports_progress(tmp_path):
 
 
 def test_unreadable_tensor_is_skipped_for_that_checkpoint_only(tmp_path):
-    from report_gen.readers.checkpoints import CheckpointError
+    from report_gen.readers.checkpoint import CheckpointError
 
     states = [{"w": torch.ones(2, 2) * (i + 1), "b": torch.ones(3)} for i in range(3)]
     ckpts = _series(tmp_path, states)

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from report_gen.core import InputError, Problem
+from report_gen.core import InputError, Problem, ProblemKind
 from report_gen.facts.weights import WeightStats, weight_stats
 from report_gen.numeric import float64_sum
 from report_gen.readers.types import CheckpointData
@@ -58,7 +58,7 @@ class _Failures:
     def add(self, path: str, name: str, exc: Exception) -> None:
         count, kind, first = self.by_path.get(path, (0, "", ""))
         if not count:
-            kind = str(getattr(exc, "kind", None) or "unreadable-tensor")
+            kind = str(getattr(exc, "kind", None) or ProblemKind.UNREADABLE_TENSOR)
             text = str(exc)
             if text.startswith(f"{path}: "):  # CheckpointError messages start with the path
                 text = text[len(path) + 2:]
@@ -66,7 +66,7 @@ class _Failures:
         self.by_path[path] = (count + 1, kind, first)
 
     def problems(self) -> list[Problem]:
-        return [Problem(file=path, kind="unreadable-tensor", severity="warning", count=count,
+        return [Problem(file=path, kind=ProblemKind.UNREADABLE_TENSOR, severity="warning", count=count,
                         message=f"{count} tensor(s) could not be read from this checkpoint and were skipped "
                                 f"({kind}; first: {first.splitlines()[0][:300] if first else ''})")
                 for path, (count, kind, first) in self.by_path.items()]

@@ -10,10 +10,10 @@ from typing import Any, Collection
 
 import numpy as np
 
-from report_gen.core import Problem
+from report_gen.core import Problem, ProblemKind
 from report_gen.facts import curves
 from report_gen.readers.signals import Signals
-from report_gen.readers.types import BUFFER_SUFFIXES, CheckpointData, EventData
+from report_gen.readers.types import BUFFER_SUFFIXES, CheckpointData, RunLog
 
 
 
@@ -44,7 +44,7 @@ class GradEstimate:
 class RunFacts:
     name: str
     path: str
-    events: EventData
+    events: RunLog
     signals: Signals
     checkpoints: list[CheckpointData] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # every input problem of this run
@@ -100,7 +100,7 @@ class RunFacts:
         try:
             return series_facts(self.checkpoints, progress=self.progress, problems=self.problems)
         except Exception as e:  # noqa: BLE001 - a tensor that cannot be read must not lose the report
-            self.problems.append(Problem(file=self.checkpoints[-1].path, kind="unreadable-tensor", severity="warning",
+            self.problems.append(Problem(file=self.checkpoints[-1].path, kind=ProblemKind.UNREADABLE_TENSOR, severity="warning",
                                          message=f"checkpoint facts could not be computed: {type(e).__name__}: {e}"))
             return {}
 

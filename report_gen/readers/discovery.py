@@ -1,17 +1,19 @@
-"""Run discovery: turn the PATH arguments into runs (event files + checkpoints per run).
+"""Run discovery: turn the PATH arguments into runs (log files + checkpoints per run).
 
 Policy
 ------
-* A *run folder* is a folder that directly holds event files (any name containing ``tfevents``).
+* A *log file* is a file a registered log reader recognises (`registry.is_log_file`), e.g. a
+  TensorBoard event file (any name containing ``tfevents``).
+* A *run folder* is a folder that directly holds log files.
 * A run folder nested inside another run folder belongs to the outer run as a *sub* folder: that is
   what torch's ``add_scalars`` writes (``run/activation_stats_conv1_mean/events...``).
 * Keras/TF2 writes ``logs/train/`` and ``logs/validation/`` with no event file in ``logs``: sibling run
   folders named like phases (train, validation, val, eval, test...) are grouped into one run named
   after their parent, each phase kept as a sub folder.
-* Checkpoints are attached to the nearest run folder above them, or, when the run has event files
-  elsewhere, to the run whose folder contains them. Checkpoints with no event-file run become a
+* Checkpoints are attached to the nearest run folder above them, or, when the run has log files
+  elsewhere, to the run whose folder contains them. Checkpoints with no log-file run become a
   checkpoint-only run named after their folder.
-* A single event file or checkpoint given directly is a run of its own.
+* A single log file or checkpoint given directly is a run of its own.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from report_gen.core import InputError
 from report_gen.readers.paths import is_checkpoint_path
-from report_gen.readers.events import is_event_file_name
+from report_gen.readers.registry import is_log_file
 
 # a folder is ONE checkpoint (HF model folder, sharded weights) only when it says so by these names;
 # a folder of several step-N.safetensors files is a series of checkpoints
@@ -35,34 +37,34 @@ _SKIP_DIRS = {".git", "__pycache__", "node_modules", ".ipynb_checkpoints"}
 class RunSpec:
     name: str
     path: str
-    event_files: list[tuple[str, str]] = field(default_factory=list)  # (file, sub)
+    event_files: list[tuple[str, str]] = field(default_factory=list)  # (file, sub) of every log file
     checkpoints: list[str] = field(default_factory=list)
 
 
 def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
-    """Folders holding event files (-> their files), and checkpoint paths, below root."""
-    events: dict[Path, list[Path]] = {}
+    """Folders holding log files (-> their files), and checkpoint paths, below root."""
+    logs: dict[Path, list[Path]] = {}
     ckpts: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if n not in _SKIP_DIRS)
-        # an HF model folder / sharded checkpoint folder is ONE checkpoint; its event files and its
+        # an HF model folder / sharded checkpoint folder is ONE checkpoint; its log files and its
         # sub folders (a Trainer's runs/ and checkpoint-N/) are still walked
         model_folder = any(m in filenames for m in _MODEL_FOLDER_MARKERS) and is_checkpoint_path(str(d))
         if model_folder:
             ckpts.append(d)
         for name in sorted(filenames):
             p = d / name
-            if is_event_file_name(name):
-                events.setdefault(d, []).append(p)
+            if is_log_file(str(p)):
+                logs.setdefault(d, []).append(p)
             elif not model_folder and is_checkpoint_path(str(p)):
                 ckpts.append(p)
-    return events, ckpts
+    return logs, ckpts
 
 
-def _run_roots(event_dirs: list[Path]) -> dict[Path, Path]:
-    """Map each event folder to the root of the run it belongs to."""
-    dirs = set(event_dirs)
+def _run_roots(log_dirs: list[Path]) -> dict[Path, Path]:
+    """Map each log folder to the root of the run it belongs to."""
+    dirs = set(log_dirs)
     roots: dict[Path, Path] = {}
     for d in sorted(dirs, key=lambda p: len(p.parts)):
         root = d
@@ -101,7 +103,7 @@ def discover(paths: list[str]) -> list[RunSpec]:
     for raw in _without_nested(paths):
         p = Path(raw)
         if p.is_file():
-            if is_event_file_name(p.name):
+            if is_log_file(str(p)):
                 runs.append(RunSpec(_unique_name(p.parent.name or p.stem, taken), str(p), [(str(p), "")]))
             elif is_checkpoint_path(str(p)):
                 runs.append(RunSpec(_unique_name(p.stem, taken), str(p), [], [str(p)]))
@@ -128,13 +130,13 @@ def _without_nested(paths: list[str]) -> list[str]:
 
 
 def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
-    events, ckpts = _walk(top)
-    roots = _run_roots(list(events))
+    logs, ckpts = _walk(top)
+    roots = _run_roots(list(logs))
     by_root: dict[Path, RunSpec] = {}
     for root in sorted(set(roots.values()), key=lambda r: str(r)):
         rel = root.relative_to(top) if root != top else Path(top.resolve().name)
         by_root[root] = RunSpec(_unique_name(str(rel).replace(os.sep, "/"), taken), str(root))
-    for d, files in sorted(events.items(), key=lambda kv: str(kv[0])):
+    for d, files in sorted(logs.items(), key=lambda kv: str(kv[0])):
         root = roots[d]
         sub = "" if d == root else str(d.relative_to(root)).replace(os.sep, "/")
         by_root[root].event_files.extend((str(f), sub) for f in files)

@@ -2,7 +2,7 @@
 gradient of which parameter, and so on.
 
 The mapping is by convention and configurable (`TagConventions`); it never reads files itself: it takes
-the `EventData` of one run and returns `Signals`.
+the `RunLog` of one run and returns `Signals`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from report_gen.readers.types import EventData, HistogramSeries, ImageRef
+from report_gen.readers.types import HistogramSeries, ImageRef, RunLog
 
 VAL_WORDS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev", "holdout"}
 TRAIN_WORDS = {"train", "training"}
@@ -133,7 +133,7 @@ def _rank(metric: str, phase: str, tag: str, n: int) -> tuple:
     return (pref.index(t) if t in pref else len(pref), -n, t)
 
 
-def build_signals(data: EventData, conv: TagConventions = TagConventions()) -> Signals:
+def build_signals(data: RunLog, conv: TagConventions = TagConventions()) -> Signals:
     sig = Signals(hparams=dict(data.hparams), texts=dict(data.texts))
     _map_scalars(data, conv, sig)
     _map_histograms(data, conv, sig)
@@ -141,7 +141,7 @@ def build_signals(data: EventData, conv: TagConventions = TagConventions()) -> S
     return sig
 
 
-def _series_groups(data: EventData):
+def _series_groups(data: RunLog):
     df = data.scalars
     if df is None or df.empty:
         return
@@ -159,7 +159,7 @@ def _match_prefix(tag: str, prefixes: tuple[str, ...]) -> str | None:
     return None
 
 
-def _map_scalars(data: EventData, conv: TagConventions, sig: Signals) -> None:
+def _map_scalars(data: RunLog, conv: TagConventions, sig: Signals) -> None:
     candidates: dict[tuple[str, str], list[Series]] = {}
     for sub, tag, s in _series_groups(data):
         # torch add_scalars: sub folder "<main_tag with / -> _>_<key>", tag = main_tag
@@ -203,7 +203,7 @@ def _map_scalars(data: EventData, conv: TagConventions, sig: Signals) -> None:
             rest[s.tag] = s
 
 
-def _map_histograms(data: EventData, conv: TagConventions, sig: Signals) -> None:
+def _map_histograms(data: RunLog, conv: TagConventions, sig: Signals) -> None:
     for key, h in data.histograms.items():
         tag = key
         if "/" in key:
@@ -227,7 +227,7 @@ def _map_histograms(data: EventData, conv: TagConventions, sig: Signals) -> None
             # any other histogram is not a signal any rule reads
 
 
-def _map_images(data: EventData, conv: TagConventions, sig: Signals) -> None:
+def _map_images(data: RunLog, conv: TagConventions, sig: Signals) -> None:
     for key, imgs in data.images.items():
         rest = _match_prefix(key, conv.kernel_images)
         if rest is not None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import crc32c as _crc32c
 import numpy as np
 
-from report_gen.core import Problem
+from report_gen.core import Problem, ProblemKind
 
 _HEADER = struct.Struct("<QI")
 _U32 = struct.Struct("<I")
@@ -101,12 +101,12 @@ class RecordReader:
                 yield from _Scanner(self, f).run()
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            self.problems.append(Problem(self.path, "unreadable", f"{self.path}: cannot read file ({reason})",
-                                         severity="error"))
+            self.problems.append(Problem(self.path, ProblemKind.UNREADABLE,
+                                         f"{self.path}: cannot read file ({reason})", severity="error"))
             return
         if self.bad_data_crc:
             self.problems.append(Problem(
-                self.path, "bad-data-crc",
+                self.path, ProblemKind.BAD_DATA_CRC,
                 f"{self.path}: {self.bad_data_crc} record(s) with a bad data CRC skipped",
                 severity="warning", offset=self._first_bad_data_offset, count=self.bad_data_crc))
 
@@ -228,7 +228,7 @@ class _Scanner:
             self.pos = len(self.buf)
         skipped = self.base + self.pos - start
         is_text = all(b in _PRINTABLE for b in head)
-        kind = "junk-bytes" if is_text else "bad-length-crc"
+        kind = ProblemKind.JUNK_BYTES if is_text else ProblemKind.BAD_LENGTH_CRC
         what = "non-record bytes" if is_text else "a record header with a bad length CRC"
         self.reader.problems.append(Problem(
             self.reader.path, kind,
@@ -241,7 +241,7 @@ class _Scanner:
         if left:
             offset = self.base + self.pos
             self.reader.problems.append(Problem(
-                self.reader.path, "truncated-record",
+                self.reader.path, ProblemKind.TRUNCATED_RECORD,
                 f"{self.reader.path}: last record at byte {offset} is incomplete ({left} bytes); "
                 "the run was probably killed while writing",
                 severity="info", offset=offset))

@@ -14,6 +14,7 @@ import pandas as pd
 from report_gen.core import Problem
 
 SCALAR_COLUMNS = ["run", "tag", "step", "wall_time", "value"]
+SCALAR_DTYPES = {"run": "str", "tag": "str", "step": "int64", "wall_time": "float64", "value": "float64"}
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")  # state, not trained parameters
 
 
@@ -73,8 +74,9 @@ class ImageRef:
 
 
 @dataclass
-class EventData:
-    """Everything read from the event files of one run (after add_scalars regrouping).
+class RunLog:
+    """Everything read from the logs of one run, whatever wrote them (TensorBoard event files are one
+    log reader of `readers.registry`; add_scalars siblings already regrouped).
 
     scalars: tidy DataFrame with columns SCALAR_COLUMNS; `run` is the sub-folder the value came
              from ("" for the run folder itself, e.g. "activation_stats_conv1_mean" for an
@@ -88,7 +90,7 @@ class EventData:
     texts: tag -> list[(step, text)]; keys in write order, as for histograms
     hparams: flat dict of hyper-parameters found in hparams plugin data (may be empty)
     problems: damage found while reading (truncation, CRC errors, junk, restarts...)
-    files: the event files read, in merge order
+    files: the log files read, in merge order
     """
 
     scalars: pd.DataFrame
@@ -100,9 +102,13 @@ class EventData:
     files: list[str] = field(default_factory=list)
 
     @classmethod
-    def empty(cls) -> "EventData":
-        return cls(scalars=pd.DataFrame({c: pd.Series(dtype=t) for c, t in
-                                         zip(SCALAR_COLUMNS, ["str", "str", "int64", "float64", "float64"])}))
+    def empty(cls) -> "RunLog":
+        return cls(scalars=pd.DataFrame({c: pd.Series(dtype=SCALAR_DTYPES[c]) for c in SCALAR_COLUMNS}))
+
+
+def tidy_scalars(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with exactly the RunLog scalar columns, in order, and their dtypes."""
+    return frame.astype(SCALAR_DTYPES)[SCALAR_COLUMNS]
 
 
 @dataclass

@@ -1,7 +1,4 @@
-"""TensorBoard event-file reader: Event protos -> :class:`report_gen.readers.types.EventData`.
-
-Layers: :mod:`report_gen.readers.tfrecord` frames records and reports damage; this module decodes
-``Event`` protos (one file at a time), then merges the files of one run and applies the step policy.
+"""Decoding: the ``Event`` protos of ONE event file -> a :class:`FileContent` (values by raw tag).
 
 What is decoded
     - scalars: legacy ``simple_value``; TF2 0-d (or single-element) numeric tensors (float, double,
@@ -34,58 +31,21 @@ Hostile or malformed records
     must hold as many strings as its shape claims. Records breaking these rules count as bad-proto.
     A numeric tensor without plugin name claiming more than one element is not a scalar and is
     skipped without being decoded.
-
-Sub-folders
-    ``read_events`` gets ``(path, sub)`` pairs for one run. ``sub`` is recorded, not interpreted: in the
-    scalar DataFrame the ``run`` column holds ``sub`` ("" for files directly in the run folder); the keys
-    of ``histograms``, ``images`` and ``texts`` (and the ``tag`` attribute of their items) are ``tag``
-    when ``sub == ""`` and ``f"{sub}/{tag}"`` otherwise. Files of the same sub are merged in write order:
-    by the wall time of their first event, then by file name.
-
-Order of tags
-    ``histograms``, ``images`` and ``texts`` are dicts in order of FIRST APPEARANCE (write order): subs
-    in sorted order ("" first), then files in merge order, then records in file order; a tag first
-    logged in a later file comes after every tag of the earlier files. Downstream code relies on this:
-    loggers write per-layer histograms from the input layer to the output layer, so key order is model
-    depth (alphabetical order would put ``classifier.*`` before ``features.*``). The scalar DataFrame
-    is NOT in write order: its rows are sorted by ``run``, then ``tag`` (both alphabetically), then
-    step, then write order.
-
-Step policy (like TensorBoard's purge of orphaned data)
-    Values of one (sub, tag) are taken in write order. A value at step ``s`` starts a *restart* when
-    ``s`` is <= a step already seen for that tag and the value comes from a different writing session
-    than the previous value: a later file, or after a TF1 ``session_log`` START record. On a restart
-    every earlier value at a step >= ``s`` is dropped. Within one session nothing is dropped: several
-    values at the same step (per-batch values logged with the epoch as step) and even steps going
-    backwards (one tag logged by two loops with different step counters) are all kept, then ordered by
-    step. No wall-time gap threshold is used: a restarted process always writes a new file (torch, TF
-    and Keras writers name files by time, host and pid), while a long pause inside one file is usually
-    just a slow epoch or an evaluation. Each file that restarts a series gets one
-    ``Problem(kind="step-restart", severity="info")`` with the number of values dropped.
-    After the policy, values are ordered by step (ties in write order); ``max_per_tag`` then keeps that
-    many values per tag, evenly spaced and always including the first and the last.
-
-Speed
-    Files are streamed in chunks. Records of the common legacy scalar shape (one ``simple_value`` per
-    event, as torch's ``add_scalar`` writes) are decoded in bulk with numpy straight from the chunk;
-    everything else goes through ``event_pb2.Event.FromString``.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from report_gen.core import Problem
-from report_gen.readers.tfrecord import RecordBatch, RecordReader, gather_rows
-from report_gen.readers.types import SCALAR_COLUMNS, EventData, HistogramSeries, ImageRef
+from report_gen.core import Problem, ProblemKind
+from report_gen.readers.events.bulk import SimpleScalars
+from report_gen.readers.tfrecord import RecordBatch, RecordReader
 
 ALL_KINDS = ("scalars", "histograms", "images", "texts", "hparams")
 
@@ -116,52 +76,8 @@ _TENSOR_FIELDS: dict[int, tuple[str, str]] = {
 }
 
 
-def is_event_file_name(name: str) -> bool:
-    """True for TensorBoard event file names: any name containing ``tfevents``.
-
-    CatBoost writes exactly ``events.out.tfevents`` (no suffix); only the last path part is looked at.
-    """
-    return "tfevents" in os.path.basename(name)
-
-
-def read_events(files: Sequence[tuple[str, str]], *, max_per_tag: int | None = None,
-                kinds: Collection[str] = ALL_KINDS) -> EventData:
-    """Read the event files of ONE run.
-
-    files: ``(path, sub)`` pairs; ``sub`` is "" for files directly in the run folder, else the relative
-        sub-folder (recorded as the scalar ``run`` column and as a ``sub/`` key prefix elsewhere).
-    max_per_tag: keep at most this many values per tag (evenly spaced, first and last kept).
-    kinds: which of "scalars", "histograms", "images", "texts", "hparams" to decode.
-
-    Damage never raises: it is listed in ``EventData.problems``. See the module docstring for details.
-    """
-    unknown = set(kinds) - set(ALL_KINDS)
-    if unknown:
-        raise ValueError(f"unknown event kinds {sorted(unknown)}; expected some of {ALL_KINDS}")
-    if max_per_tag is not None and max_per_tag < 1:
-        raise ValueError("max_per_tag must be >= 1")
-    decoded = [_decode_file(path, sub, frozenset(kinds)) for path, sub in files]
-    decoded.sort(key=_merge_key)
-    data = EventData.empty()
-    for content in decoded:
-        data.files.append(content.path)
-        data.problems.extend(content.problems)
-        data.hparams.update(content.hparams)
-    restarts = _Restarts()
-    frames = []
-    for sub in sorted({c.sub for c in decoded}):
-        group = [c for c in decoded if c.sub == sub]
-        frames.append(_merge_scalars(sub, group, max_per_tag, restarts))
-        _merge_points(sub, group, max_per_tag, restarts, data)
-    if frames:
-        data.scalars = _scalar_frame(frames)
-    data.problems.extend(restarts.problems())
-    return data
-
-
-# -- per-file decoding -------------------------------------------------------------------------
 @dataclass
-class _Point:
+class Point:
     """One non-scalar value in write order within its file."""
 
     seq: int
@@ -171,7 +87,7 @@ class _Point:
 
 
 @dataclass
-class _FileContent:
+class FileContent:
     """What one file holds, before merging (values keyed by raw tag, ordered by ``seq``)."""
 
     path: str
@@ -180,9 +96,9 @@ class _FileContent:
     first: tuple[int, float] | None = None  # (seq, wall_time) of the earliest decoded event
     scalar_tags: list[np.ndarray] = field(default_factory=list)  # object arrays of tag names
     scalar_cols: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (seq, step, wall, value)
-    histograms: dict[str, list[_Point]] = field(default_factory=dict)
-    images: dict[str, list[_Point]] = field(default_factory=dict)
-    texts: dict[str, list[_Point]] = field(default_factory=dict)
+    histograms: dict[str, list[Point]] = field(default_factory=dict)
+    images: dict[str, list[Point]] = field(default_factory=dict)
+    texts: dict[str, list[Point]] = field(default_factory=dict)
     hparams: dict[str, Any] = field(default_factory=dict)
     session_starts: list[int] = field(default_factory=list)  # seq of session_log START records
 
@@ -191,14 +107,9 @@ class _FileContent:
             self.first = (seq, wall_time)
 
 
-def _merge_key(content: _FileContent) -> tuple:
-    first_wall = content.first[1] if content.first else float("inf")
-    return (content.sub, first_wall, os.path.basename(content.path), content.path)
-
-
-def _decode_file(path: str, sub: str, kinds: frozenset[str]) -> _FileContent:
+def decode_file(path: str, sub: str, kinds: frozenset[str]) -> FileContent:
     reader = RecordReader(path)
-    decoder = _EventDecoder(_FileContent(path, sub), kinds)
+    decoder = _EventDecoder(FileContent(path, sub), kinds)
     seq = 0
     for batch in reader.batches():
         decoder.file_bytes = reader.bytes_total
@@ -207,17 +118,18 @@ def _decode_file(path: str, sub: str, kinds: frozenset[str]) -> _FileContent:
     content = decoder.finish()
     content.problems[:0] = reader.problems
     if reader.bytes_total == 0 and not reader.problems:
-        content.problems.append(Problem(path, "empty-file", f"{path}: empty event file", severity="info"))
-    elif decoder.version_only(seq):
-        content.problems.append(Problem(path, "version-only", f"{path}: holds only the file_version record",
+        content.problems.append(Problem(path, ProblemKind.EMPTY_FILE, f"{path}: empty event file",
                                         severity="info"))
+    elif decoder.version_only(seq):
+        content.problems.append(Problem(path, ProblemKind.VERSION_ONLY,
+                                        f"{path}: holds only the file_version record", severity="info"))
     return content
 
 
 class _EventDecoder:
-    """Decodes the record batches of one file into a :class:`_FileContent`."""
+    """Decodes the record batches of one file into a :class:`FileContent`."""
 
-    def __init__(self, content: _FileContent, kinds: frozenset[str]) -> None:
+    def __init__(self, content: FileContent, kinds: frozenset[str]) -> None:
         self.content = content
         self.kinds = kinds
         self.plugins: dict[str, str] = {}  # tag -> plugin name seen on its first occurrence
@@ -231,7 +143,7 @@ class _EventDecoder:
     def decode_batch(self, batch: RecordBatch, first_seq: int) -> None:
         """Decode one batch; record ``i`` gets sequence number ``first_seq + i``."""
         try:
-            fast = _SimpleScalars.decode(batch.buffer, batch.starts, batch.lengths)
+            fast = SimpleScalars.decode(batch.buffer, batch.starts, batch.lengths)
         except Exception:  # noqa: BLE001 - defensive: the bulk path never loses a batch, the slow path decides
             fast = None
         if fast is not None and fast.mask.any():
@@ -339,18 +251,18 @@ class _EventDecoder:
             for column, item in zip(self._slow_scalars, (tag, seq, step, wall, value)):
                 column.append(item)
 
-    def _add(self, store: dict[str, list[_Point]], kind: str, tag: str, seq: int, step: int, wall: float,
+    def _add(self, store: dict[str, list[Point]], kind: str, tag: str, seq: int, step: int, wall: float,
              payload) -> None:
         """Append a point built by ``payload()`` (called only if ``kind`` is wanted)."""
         if kind in self.kinds:
-            point = _Point(seq, step, wall, payload())  # built first: if it raises, nothing is stored
+            point = Point(seq, step, wall, payload())  # built first: if it raises, nothing is stored
             store.setdefault(tag, []).append(point)
 
     def version_only(self, n_records: int) -> bool:
         """The file held file_version records and nothing else."""
         return self.versions > 0 and self.versions == n_records
 
-    def finish(self) -> _FileContent:
+    def finish(self) -> FileContent:
         """Close decoding: flush slow-path scalars and report undecodable records."""
         tags, seqs, steps, walls, values = self._slow_scalars
         if tags:
@@ -361,13 +273,12 @@ class _EventDecoder:
         if self.bad_proto:
             path = self.content.path
             self.content.problems.append(Problem(
-                path, "bad-proto",
+                path, ProblemKind.BAD_PROTO,
                 f"{path}: {self.bad_proto} record(s) are not Event protos or hold malformed values; skipped",
                 severity="warning", offset=self.bad_proto_offset, count=self.bad_proto))
         return self.content
 
 
-# -- value conversion --------------------------------------------------------------------------
 class _Malformed(ValueError):
     """A value whose content contradicts its own description (e.g. its shape); counted as bad-proto."""
 
@@ -481,195 +392,3 @@ def _session_hparams(content: bytes) -> dict[str, Any]:
         elif kind == "bool_value":
             out[name] = value.bool_value
     return out
-
-
-# -- the bulk scalar fast path -----------------------------------------------------------------
-@dataclass
-class _SimpleScalars:
-    """Records of the exact legacy single-``simple_value`` shape, decoded with numpy.
-
-    Wire layout (proto3 field order):
-    ``09 <wall f64> [10 <step varint>] 2a L1 0a L2 0a T <tag> 15 <value f32>`` with one-byte L1, L2, T.
-    ``mask`` marks which records of the batch matched; the other arrays hold the matched ones.
-    """
-
-    mask: np.ndarray
-    tags: np.ndarray  # object array of str
-    steps: np.ndarray
-    wall_times: np.ndarray
-    values: np.ndarray
-
-    @classmethod
-    def decode(cls, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> "_SimpleScalars":
-        raw = np.frombuffer(buffer, dtype=np.uint8)
-        last = raw.size - 1
-
-        def at(index: np.ndarray) -> np.ndarray:
-            return raw[np.minimum(index, last)].astype(np.int64)
-
-        ends = starts + lengths
-        has_step = at(starts + 9) == 0x10
-        varint = raw[np.minimum(starts[:, None] + 10 + np.arange(10), last)]
-        done = varint < 0x80
-        step_len = np.where(has_step, done.argmax(axis=1) + 1, 0)
-        p = starts + 9 + np.where(has_step, 1 + step_len, 0)  # at the summary field
-        tag_len = at(p + 5)
-        mask = ((lengths >= 21) & (at(starts) == 0x09) & (~has_step | done.any(axis=1))
-                & (at(p) == 0x2A) & (at(p + 2) == 0x0A) & (at(p + 4) == 0x0A)
-                & (at(p + 1) < 0x80) & (at(p + 1) == at(p + 3) + 2) & (at(p + 3) == tag_len + 7)
-                & (at(p + 6 + tag_len) == 0x15) & (p + 11 + tag_len == ends))
-        sel = np.flatnonzero(mask)
-        starts, p, tag_len = starts[sel], p[sel], tag_len[sel]
-        return cls(
-            mask=mask,
-            tags=_tags(buffer, (p + 6).tolist(), tag_len.tolist()),
-            steps=_varints(varint[sel], step_len[sel]),
-            wall_times=gather_rows(raw, starts + 1, 8).view("<f8").ravel(),
-            values=gather_rows(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64),
-        )
-
-
-def _varints(groups: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Decode int64 varints from rows of up to 10 bytes; length 0 means the field was absent (0)."""
-    payload = (groups.astype(np.uint64) & np.uint64(0x7F)) << (np.uint64(7) * np.arange(10, dtype=np.uint64))
-    payload[np.arange(10) >= lengths[:, None]] = 0
-    return payload.sum(axis=1, dtype=np.uint64).view(np.int64)
-
-
-def _tags(buffer: bytes, starts: list[int], lengths: list[int]) -> np.ndarray:
-    """Tag strings (decoded once per distinct byte string) as an object array."""
-    names: dict[bytes, str] = {}
-    raw = [buffer[s:s + n] for s, n in zip(starts, lengths)]
-    for key in set(raw):
-        names[key] = key.decode("utf-8", "replace")
-    return np.array([names[r] for r in raw], dtype=object)
-
-
-# -- merging the files of one sub ----------------------------------------------------------------
-class _Restarts:
-    """Dropped-value counts per file that restarted a series, turned into Problems at the end."""
-
-    def __init__(self) -> None:
-        self.dropped: dict[str, int] = {}
-        self.first_step: dict[str, int] = {}
-        self.tags: dict[str, set[str]] = {}
-
-    def add(self, path: str, tag: str, step: int, dropped: int) -> None:
-        self.dropped[path] = self.dropped.get(path, 0) + dropped
-        self.first_step[path] = min(step, self.first_step.get(path, step))
-        self.tags.setdefault(path, set()).add(tag)
-
-    def problems(self) -> list[Problem]:
-        return [Problem(path, "step-restart",
-                        f"{path}: training restarted (steps went back to {self.first_step[path]}); "
-                        f"{n} earlier value(s) of {len(self.tags[path])} tag(s) at later steps dropped",
-                        severity="info", count=n)
-                for path, n in self.dropped.items()]
-
-
-def _select(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int | None) -> tuple[np.ndarray, list]:
-    """Apply the step policy to one series in write order.
-
-    Returns the indices to keep (ordered by step, ties in write order, thinned to ``max_per_tag``) and
-    the restarts as ``(index, dropped)`` pairs.
-    """
-    n = steps.size
-    keep = np.ones(n, dtype=bool)
-    restarts = []
-    if n > 1:
-        prev_max = np.maximum.accumulate(steps)[:-1]
-        new_session = sessions[1:] != sessions[:-1]
-        for i in (np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1).tolist():
-            drop = keep[:i] & (steps[:i] >= steps[i])
-            dropped = int(drop.sum())
-            if dropped:
-                keep[:i] &= ~drop
-                restarts.append((i, dropped))
-    kept = np.flatnonzero(keep)
-    kept = kept[np.argsort(steps[kept], kind="stable")]
-    if max_per_tag is not None and kept.size > max_per_tag:
-        kept = kept[np.unique(np.linspace(0, kept.size - 1, max_per_tag).round().astype(np.int64))]
-    return kept, restarts
-
-
-def _session_ids(group: list[_FileContent], file_index: np.ndarray, seqs: np.ndarray) -> np.ndarray:
-    """Writing-session number of each value: files in merge order, split at session_log START."""
-    base = np.cumsum([0] + [len(c.session_starts) + 1 for c in group])
-    sessions = base[file_index].astype(np.int64)
-    for i, content in enumerate(group):
-        if content.session_starts:
-            rows = file_index == i
-            sessions[rows] += np.searchsorted(np.asarray(content.session_starts), seqs[rows], side="right")
-    return sessions
-
-
-def _merge_scalars(sub: str, group: list[_FileContent], max_per_tag: int | None,
-                   restarts: _Restarts) -> pd.DataFrame | None:
-    parts = [(i, tags, cols) for i, c in enumerate(group) for tags, cols in zip(c.scalar_tags, c.scalar_cols)]
-    if not parts:
-        return None
-    file_index = np.concatenate([np.full(tags.size, i) for i, tags, _ in parts])
-    tags = np.concatenate([t for _, t, _ in parts])
-    seqs, steps, walls, values = (np.concatenate([cols[k] for _, _, cols in parts]) for k in range(4))
-    codes, names = pd.factorize(tags, sort=True)
-    order = np.lexsort((seqs, file_index, codes))  # per tag, in write order
-    sessions = _session_ids(group, file_index, seqs)[order]
-    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    chosen = []
-    for code, name in enumerate(names):
-        rows = order[bounds[code]:bounds[code + 1]]
-        kept, found = _select(steps[rows], sessions[bounds[code]:bounds[code + 1]], max_per_tag)
-        for i, dropped in found:
-            restarts.add(group[file_index[rows[i]]].path, name, int(steps[rows[i]]), dropped)
-        chosen.append(rows[kept])
-    rows = np.concatenate(chosen)
-    return pd.DataFrame({"run": sub, "tag": tags[rows], "step": steps[rows], "wall_time": walls[rows],
-                         "value": values[rows]})
-
-
-def _merge_points(sub: str, group: list[_FileContent], max_per_tag: int | None, restarts: _Restarts,
-                  data: EventData) -> None:
-    """Merge histograms, images and texts of one sub into ``data`` (keys prefixed with ``sub/``)."""
-    prefix = f"{sub}/" if sub else ""
-    for attr in ("histograms", "images", "texts"):
-        # first appearance: files in merge order, then (dict insertion order) records in file order
-        tags = dict.fromkeys(tag for c in group for tag in getattr(c, attr))
-        for tag in tags:
-            points = [(i, p) for i, c in enumerate(group) for p in getattr(c, attr).get(tag, [])]
-            if not points:
-                continue
-            file_index = np.array([i for i, _ in points], dtype=np.int64)
-            seqs = np.array([p.seq for _, p in points], dtype=np.int64)
-            steps = np.array([p.step for _, p in points], dtype=np.int64)
-            kept, found = _select(steps, _session_ids(group, file_index, seqs), max_per_tag)
-            for i, dropped in found:
-                restarts.add(group[points[i][0]].path, tag, int(steps[i]), dropped)
-            chosen = [points[k][1] for k in kept.tolist()]
-            key = prefix + tag
-            if attr == "histograms":
-                data.histograms[key] = _histogram_series(key, chosen)
-            elif attr == "images":
-                data.images[key] = [ImageRef(key, p.step, w, h, enc) for p in chosen for w, h, enc in p.payload]
-            else:
-                data.texts[key] = [(p.step, p.payload) for p in chosen]
-
-
-def _histogram_series(key: str, points: list[_Point]) -> HistogramSeries:
-    stats = np.array([p.payload[:5] for p in points], dtype=np.float64).reshape(-1, 5)
-    return HistogramSeries(
-        tag=key,
-        steps=np.array([p.step for p in points], dtype=np.int64),
-        wall_times=np.array([p.wall_time for p in points], dtype=np.float64),
-        min=stats[:, 0], max=stats[:, 1], num=stats[:, 2], sum=stats[:, 3], sum_squares=stats[:, 4],
-        limits=[p.payload[5] for p in points],
-        counts=[p.payload[6] for p in points],
-    )
-
-
-def _scalar_frame(frames: list[pd.DataFrame | None]) -> pd.DataFrame:
-    present = [f for f in frames if f is not None]
-    if not present:
-        return EventData.empty().scalars
-    frame = pd.concat(present, ignore_index=True) if len(present) > 1 else present[0]
-    return frame.astype({"run": "str", "tag": "str", "step": "int64", "wall_time": "float64",
-                         "value": "float64"})[SCALAR_COLUMNS]

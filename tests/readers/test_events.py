@@ -212,13 +212,13 @@ def test_bad_value_does_not_drop_the_other_values_of_its_record(tmp_path):
 
 def test_no_decoding_error_escapes(tmp_path, monkeypatch):
     """Whatever a record's content makes the decoding code raise, read_events reports and goes on."""
-    import report_gen.readers.events as events
+    from report_gen.readers.events import bulk, decode
 
     def boom(*args, **kwargs):
         raise RuntimeError("hostile")
 
-    monkeypatch.setattr(events, "_from_histo", boom)
-    monkeypatch.setattr(events._SimpleScalars, "decode", classmethod(boom))  # the bulk path too
+    monkeypatch.setattr(decode, "_from_histo", boom)
+    monkeypatch.setattr(bulk.SimpleScalars, "decode", classmethod(boom))  # the bulk path too
     path = write_records(tmp_path / "events.out.tfevents.1", [
         make_scalar_event("loss", 1, 1.0), make_hist_event("w", 1, [1.0]), make_scalar_event("loss", 2, 2.0)])
     data = read_one(path)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import ckpt_builders as cb
-from report_gen.readers.checkpoints import CheckpointError, open_checkpoint
+from report_gen.readers.checkpoint import CheckpointError, open_checkpoint
 from report_gen.readers.safe_unpickle import Placeholder, is_dangerous_global, restricted_load
 
 
@@ -77,7 +77,7 @@ def test_dangerous_globals(name, dangerous):
 
 _OPEN_BOTH = """
 import io, sys
-from report_gen.readers.checkpoints import CheckpointError, open_checkpoint
+from report_gen.readers.checkpoint import CheckpointError, open_checkpoint
 from report_gen.readers.safe_unpickle import restricted_load
 obj, replaced = restricted_load(open(sys.argv[1], "rb"))
 print("replaced", replaced, type(obj["hparams"]).__mro__[-2].__name__)

@@ -11,9 +11,8 @@ import torch
 import ckpt_builders as cb
 from report_gen.core import InputError
 from report_gen.facts.weights import weight_stats
-from report_gen.readers import checkpoints as ck
-from report_gen.readers.checkpoints import (CheckpointError, is_checkpoint_path, open_checkpoint,
-                                            order_series)
+from report_gen.readers.checkpoint import CheckpointError, hf, open_checkpoint, order_series, step_from_name, storage
+from report_gen.readers.paths import is_checkpoint_path
 
 PARAMS = ["conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias", "fc.weight", "fc.bias"]
 
@@ -190,8 +189,8 @@ def test_trust_pickles_is_recorded(tmp_path, state):
 def test_load_reads_only_the_requested_tensor(tmp_path, monkeypatch, state):
     path = cb.write_whole_module(tmp_path / "w.pt", _model_with(state))  # restricted-unpickler path
     reads = []
-    real = ck._read_exact
-    monkeypatch.setattr(ck, "_read_exact", lambda p, off, n: reads.append(n) or real(p, off, n))
+    real = storage.read_exact
+    monkeypatch.setattr(storage, "read_exact", lambda p, off, n: reads.append(n) or real(p, off, n))
     ckpt = open_checkpoint(str(path))
     ckpt.load("fc.weight")
     assert reads == [state["fc.weight"].numel() * 4]
@@ -266,7 +265,7 @@ def test_zip_without_data_pkl(tmp_path):
     ("iter_0009000.pth", 9000),
 ])
 def test_step_from_name(name, expected):
-    assert ck.step_from_name(f"/runs/a/{name}") == expected
+    assert step_from_name(f"/runs/a/{name}") == expected
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -407,7 +406,7 @@ def test_open_checkpoint_raises_only_checkpoint_error(tmp_path, monkeypatch, sta
     def boom(*_args, **_kwargs):
         raise RuntimeError("internal failure\nsecond line")
 
-    monkeypatch.setattr(ck, "_checkpoint_from_tree", boom)
+    monkeypatch.setattr(hf, "checkpoint_from_tree", boom)
     err = _error(path)
     assert err.kind == "unreadable" and "RuntimeError: internal failure" in str(err)
 
@@ -435,7 +434,7 @@ def test_read_exact_checks_the_size_before_allocating(tmp_path):
     path = tmp_path / "small.bin"
     path.write_bytes(b"\0" * 100)
     with peak_memory() as mem, pytest.raises(CheckpointError) as info:
-        ck._read_exact(str(path), 10, 10**12)
+        storage.read_exact(str(path), 10, 10**12)
     assert info.value.kind == "truncated" and mem["peak"] < 1 << 20
 
 

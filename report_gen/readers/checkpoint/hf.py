@@ -1,0 +1,170 @@
+"""safetensors files, shard indexes (`*.index.json`) and Hugging Face model folders.
+
+safetensors are read through `safe_open`, one tensor at a time; shard paths must stay inside the
+index's folder. `open_single_file` is the per-file dispatch (safetensors, or a torch file through
+the load policy) that shards and folders share.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import torch
+
+from report_gen.core import Problem, ProblemKind
+from report_gen.readers.checkpoint.errors import CheckpointError, one_line
+from report_gen.readers.checkpoint.interpret import (checkpoint_from_tree, finish, role_by_name,
+                                                     step_from_metadata, strip_prefixes)
+from report_gen.readers.checkpoint.optimizer import safe_optimizer_facts
+from report_gen.readers.checkpoint.sniff import sniff
+from report_gen.readers.checkpoint.tree import LoadPolicy, as_mapping
+from report_gen.readers.paths import _folder_weights_file
+from report_gen.readers.types import CheckpointData, TensorInfo
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                       "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def _open_safetensors(path: str) -> CheckpointData:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            meta = dict(handle.metadata() or {})
+            tensors = {}
+            for name in handle.keys():
+                piece = handle.get_slice(name)
+                dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype(), piece.get_dtype().lower())
+                role = role_by_name(name, dtype.startswith(("float", "bfloat", "complex")))
+                tensors[name] = TensorInfo(name, tuple(piece.get_shape()), dtype, role)
+    except SafetensorError as exc:
+        kind = (ProblemKind.TRUNCATED if "incomplete" in str(exc).lower() or "length" in str(exc)
+                else ProblemKind.CORRUPT)
+        raise CheckpointError(path, kind, f"unreadable safetensors file ({one_line(exc)})") from None
+
+    def load(name: str) -> torch.Tensor:
+        with safe_open(path, framework="pt") as handle:  # reopened: unmaps pages after each tensor
+            return handle.get_tensor(name).to(torch.float32)
+
+    renamed = strip_prefixes(tensors)
+    tensors = {renamed[n]: TensorInfo(renamed[n], t.shape, t.dtype, t.role) for n, t in tensors.items()}
+    original = {v: k for k, v in renamed.items()}
+    return finish(path, "safetensors", tensors, lambda n: load(original[n]),
+                  step_from_metadata(meta), meta, None, [])
+
+
+def open_single_file(path: str, policy: LoadPolicy) -> CheckpointData:
+    if sniff(path) == "safetensors":
+        return _open_safetensors(path)
+    return checkpoint_from_tree(path, policy.load_tree(path))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder and path != folder
+
+
+def _shard_path(index_path: str, folder: str, shard: Any) -> str:
+    """The path of a shard named in an index, which must stay inside the index's folder.
+
+    Absolute names and `..` are refused before anything is opened; so is a symlink that resolves
+    outside the folder, except into the `blobs/` of a Hugging Face cache repo (snapshots/<rev>/
+    files are links to ../../blobs/<hash>).
+    """
+    shown = repr(shard)[:80]
+    if not isinstance(shard, str) or not shard or "\0" in shard or os.path.isabs(shard):
+        raise CheckpointError(index_path, ProblemKind.UNSAFE_PATH, f"shard {shown} listed in the index is not a "
+                                                                   f"relative file name; not read")
+    base = os.path.abspath(folder)
+    candidate = os.path.normpath(os.path.join(base, shard))
+    if not _inside(candidate, base):
+        raise CheckpointError(index_path, ProblemKind.UNSAFE_PATH, f"shard {shown} listed in the index points "
+                                                                   f"outside the index's folder; not read")
+    real, real_base = os.path.realpath(candidate), os.path.realpath(base)
+    if _inside(real, real_base):
+        return candidate
+    snapshots = os.path.dirname(real_base)
+    if os.path.basename(snapshots) == "snapshots":
+        blobs = os.path.join(os.path.dirname(snapshots), "blobs")
+        if _inside(real, blobs):
+            return candidate
+    raise CheckpointError(index_path, ProblemKind.UNSAFE_PATH, f"shard {shown} listed in the index is a link to "
+                                                               f"a file outside the index's folder; not read")
+
+
+def open_index(path: str, policy: LoadPolicy) -> CheckpointData:
+    """A sharded checkpoint: `*.safetensors.index.json` / `pytorch_model.bin.index.json`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+        weight_map = dict(index["weight_map"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, f"not a shard index ({one_line(exc)})") from None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, "not a shard index (weight_map must map names "
+                                                                  "to file names)")
+    folder = os.path.dirname(path)
+    paths = {shard: _shard_path(path, folder, shard) for shard in dict.fromkeys(weight_map.values())}
+    shards = {}
+    for shard, shard_path in paths.items():
+        if not os.path.isfile(shard_path):
+            raise CheckpointError(path, ProblemKind.MISSING_SHARD, f"shard {shard!r} listed in the index is missing")
+        shards[shard] = open_single_file(shard_path, policy)
+    tensors, owner, problems = {}, {}, []
+    for shard in shards.values():
+        tensors.update(shard.tensors)
+        owner.update({name: shard for name in shard.tensors})
+        problems.extend(shard.problems)
+    fmt = f"{next(iter(shards.values())).format}-sharded" if shards else "sharded"
+    metadata = index.get("metadata")
+    meta = {str(k): v for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+    return finish(path, fmt, tensors, lambda name: owner[name].load(name),
+                  step_from_metadata(meta), meta, None, problems)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError, RecursionError):
+        return {}
+
+
+def open_folder(folder: str, policy: LoadPolicy) -> CheckpointData:
+    """A Hugging Face style folder: config.json + weights, maybe trainer_state.json/optimizer.pt."""
+    weights = _folder_weights_file(folder)
+    if weights is None:
+        raise CheckpointError(folder, ProblemKind.NO_WEIGHTS, "folder has no model weights (looked for "
+                                                              "model.safetensors, pytorch_model.bin, *.index.json)")
+    inner = open_index(weights, policy) if weights.endswith(".json") else open_single_file(weights, policy)
+    config = _read_json(os.path.join(folder, "config.json"))
+    meta = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool)) or k == "architectures"}
+    trainer = _read_json(os.path.join(folder, "trainer_state.json"))
+    meta.update({k: trainer[k] for k in ("global_step", "epoch") if k in trainer})
+    ordered = inner.format in ("torch-zip", "torch-legacy")
+    optimizer = _folder_optimizer(folder, inner.tensors, policy, inner.problems, ordered)
+    return finish(folder, f"hf-folder/{inner.format}", inner.tensors, inner.load,
+                  step_from_metadata(meta), meta, optimizer, inner.problems)
+
+
+def _folder_optimizer(folder: str, tensors: Mapping[str, TensorInfo], policy: LoadPolicy,
+                      problems: list[Problem], ordered: bool) -> dict[str, Any] | None:
+    """Optimizer facts from a Trainer folder's optimizer.pt. ordered: the weights keep the model's
+    parameter order (a single torch file); safetensors and shard indexes are sorted by name."""
+    path = os.path.join(folder, "optimizer.pt")
+    if not os.path.exists(path):
+        return None
+    try:
+        tree = policy.load_tree(path)
+    except CheckpointError as exc:
+        problems.append(Problem(file=path, kind=exc.kind, message=str(exc), severity="warning"))
+        return None
+    problems.extend(tree.problems)
+    state = as_mapping(tree.root)
+    if state is None or "state" not in state:
+        return None
+    return safe_optimizer_facts(path, state, tensors, tree.checked_materialiser(path), problems,
+                                ordered=ordered)

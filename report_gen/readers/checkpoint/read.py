@@ -1,0 +1,83 @@
+"""The entry points: one checkpoint (`open_checkpoint`), the checkpoints of a run with their graded
+problems (`read_checkpoints`), and a series in training order (`order_series`)."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+from report_gen.core import Problem, ProblemKind
+from report_gen.readers.checkpoint.errors import CheckpointError, one_line
+from report_gen.readers.checkpoint.hf import open_folder, open_index, open_single_file
+from report_gen.readers.checkpoint.tree import LoadPolicy, load_policy
+from report_gen.readers.types import CheckpointData
+
+log = logging.getLogger("report_gen")
+
+
+def open_checkpoint(path: str, *, trust_pickles: bool = False) -> CheckpointData:
+    """Open one checkpoint (file, shard index or model folder) lazily.
+
+    Raises CheckpointError (an InputError) with a one-line message when nothing usable can be read,
+    and never any other exception: an unexpected failure becomes kind "unreadable".
+    """
+    return _open(path, load_policy(trust_pickles))
+
+
+def _open(path: str, policy: LoadPolicy) -> CheckpointData:
+    try:
+        if os.path.isdir(path):
+            return open_folder(path, policy)
+        if not os.path.exists(path):
+            raise CheckpointError(path, ProblemKind.MISSING, "no such file")
+        if path.endswith(".json"):
+            return open_index(path, policy)
+        return open_single_file(path, policy)
+    except CheckpointError:
+        raise
+    except RecursionError:
+        raise CheckpointError(path, ProblemKind.UNREADABLE, "could not be read (structure nested too deeply)") from None
+    except OSError as exc:
+        raise CheckpointError(path, ProblemKind.UNREADABLE,
+                              f"cannot read file ({exc.strerror or one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - one damaged file must never end the report
+        raise CheckpointError(path, ProblemKind.UNREADABLE, f"could not be read ({type(exc).__name__}: "
+                                                            f"{one_line(exc)})") from None
+
+
+def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
+                     progress: Callable[[int, int], None] | None = None
+                     ) -> tuple[list[CheckpointData], list[Problem]]:
+    """Open the checkpoints of ONE run: the usable ones in training order, and every problem found.
+
+    Never raises for a damaged file. A file that cannot be used is one Problem graded by the default
+    severity of its kind: a tensor or list saved beside the checkpoints (a probe batch, embeddings;
+    "no-weights", "not-a-checkpoint") is info, anything else a warning. Problems are in path order,
+    each file's own problems (unsafe globals replaced, tensors skipped) where the file comes.
+    progress(i, n) is called before the i-th of n files is opened.
+    """
+    policy = load_policy(trust_pickles)
+    ckpts, problems = [], []
+    for i, path in enumerate(paths):
+        if progress is not None:
+            progress(i, len(paths))
+        try:
+            ckpt = _open(path, policy)
+        except CheckpointError as e:
+            problems.append(Problem(file=path, kind=e.kind, message=str(e)))
+            continue
+        except Exception as e:  # noqa: BLE001 - one odd file must not lose the rest of the report
+            log.debug("opening %s failed", path, exc_info=True)
+            problems.append(Problem(file=path, kind=ProblemKind.UNREADABLE,
+                                    message=f"{path}: could not be read ({type(e).__name__}: {e})"))
+            continue
+        problems.extend(ckpt.problems)
+        if ckpt.tensors:
+            ckpts.append(ckpt)
+    return order_series(ckpts), problems
+
+
+def order_series(ckpts: list[CheckpointData]) -> list[CheckpointData]:
+    """Checkpoints in training order: by step (from content, else file name), then mtime, then path.
+    Checkpoints without any step come after the others, in mtime order."""
+    return sorted(ckpts, key=lambda c: (c.step is None, c.step or 0, c.mtime, c.path))

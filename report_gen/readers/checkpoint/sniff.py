@@ -1,0 +1,63 @@
+"""Layer 1: what a file is, by its first bytes.
+
+Empty file, Git LFS pointer, text/HTML, zip, legacy torch, plain pickle, safetensors, tar; each
+unusable case is a `CheckpointError` with a one-line message and a kind. (Whether a *path* is a
+checkpoint at all, by its name, is `report_gen.readers.paths`, which discovery uses without torch.)
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from report_gen.core import ProblemKind
+from report_gen.readers.checkpoint.errors import CheckpointError
+from report_gen.readers.paths import LEGACY_MAGIC, is_torch_tar
+
+
+def sniff(path: str) -> str:
+    """Classify a file by its first bytes: "zip" | "legacy" | "pickle" | "safetensors".
+
+    Raises CheckpointError for files that cannot be a checkpoint at all.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError as exc:
+        raise CheckpointError(path, ProblemKind.UNREADABLE, f"cannot read file ({exc.strerror})") from None
+    if size == 0:
+        raise CheckpointError(path, ProblemKind.EMPTY_FILE, "file is empty (0 bytes)")
+    if head.startswith(b"version https://git-lfs"):
+        match = re.search(rb"size (\d+)", head)
+        target = f"a {int(match.group(1)):,}-byte file" if match else "a file"
+        raise CheckpointError(path, ProblemKind.LFS_POINTER,
+                              f"this is a Git LFS pointer to {target}; fetch it with `git lfs pull`")
+    if head.startswith(b"PK"):
+        return "zip"
+    if head.startswith(LEGACY_MAGIC):
+        return "legacy"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        if not is_torch_tar(path):
+            raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, "a tar archive, not a torch checkpoint")
+        raise CheckpointError(path, ProblemKind.LEGACY_TAR, "this is a pre-0.4 torch tar checkpoint, which is "
+                                                            "not supported; re-save it with a recent torch")
+    # never quote the content of a file reached through a symlink: it may live outside the run
+    raise CheckpointError(path, *_describe_non_checkpoint(head, quote=not os.path.islink(path)))
+
+
+def _describe_non_checkpoint(head: bytes, quote: bool = True) -> tuple[str, str]:
+    """(kind, message) for bytes that are no known checkpoint format."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text or any(ord(c) < 32 and c not in "\t\n\r" for c in text):
+        return ProblemKind.NOT_A_CHECKPOINT, "unknown binary format (not torch zip/legacy, pickle or safetensors)"
+    first = text.strip().splitlines()[0][:40] if text.strip() else ""
+    what = "an HTML page" if "<html" in text.lower() or "<!doctype" in text.lower() else "a text file"
+    start = f" (starts with {first!r})" if quote else ""
+    return ProblemKind.TEXT_FILE, f"this is {what}{start}, not a checkpoint"

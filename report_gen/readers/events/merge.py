@@ -1,0 +1,175 @@
+"""Merging the decoded files of ONE run, and the step policy.
+
+Sub-folders
+    ``read_events`` gets ``(path, sub)`` pairs for one run. ``sub`` is recorded, not interpreted: in the
+    scalar DataFrame the ``run`` column holds ``sub`` ("" for files directly in the run folder); the keys
+    of ``histograms``, ``images`` and ``texts`` (and the ``tag`` attribute of their items) are ``tag``
+    when ``sub == ""`` and ``f"{sub}/{tag}"`` otherwise. Files of the same sub are merged in write order:
+    by the wall time of their first event, then by file name.
+
+Order of tags
+    ``histograms``, ``images`` and ``texts`` are dicts in order of FIRST APPEARANCE (write order): subs
+    in sorted order ("" first), then files in merge order, then records in file order; a tag first
+    logged in a later file comes after every tag of the earlier files. Downstream code relies on this:
+    loggers write per-layer histograms from the input layer to the output layer, so key order is model
+    depth (alphabetical order would put ``classifier.*`` before ``features.*``). The scalar DataFrame
+    is NOT in write order: its rows are sorted by ``run``, then ``tag`` (both alphabetically), then
+    step, then write order.
+
+Step policy (like TensorBoard's purge of orphaned data)
+    Values of one (sub, tag) are taken in write order. A value at step ``s`` starts a *restart* when
+    ``s`` is <= a step already seen for that tag and the value comes from a different writing session
+    than the previous value: a later file, or after a TF1 ``session_log`` START record. On a restart
+    every earlier value at a step >= ``s`` is dropped. Within one session nothing is dropped: several
+    values at the same step (per-batch values logged with the epoch as step) and even steps going
+    backwards (one tag logged by two loops with different step counters) are all kept, then ordered by
+    step. No wall-time gap threshold is used: a restarted process always writes a new file (torch, TF
+    and Keras writers name files by time, host and pid), while a long pause inside one file is usually
+    just a slow epoch or an evaluation. Each file that restarts a series gets one
+    ``Problem(kind="step-restart", severity="info")`` with the number of values dropped.
+    After the policy, values are ordered by step (ties in write order); ``max_per_tag`` then keeps that
+    many values per tag, evenly spaced and always including the first and the last.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from report_gen.core import Problem, ProblemKind
+from report_gen.readers.events.decode import FileContent, Point
+from report_gen.readers.types import HistogramSeries, ImageRef, RunLog, tidy_scalars
+
+
+def merge_key(content: FileContent) -> tuple:
+    first_wall = content.first[1] if content.first else float("inf")
+    return (content.sub, first_wall, os.path.basename(content.path), content.path)
+
+
+class Restarts:
+    """Dropped-value counts per file that restarted a series, turned into Problems at the end."""
+
+    def __init__(self) -> None:
+        self.dropped: dict[str, int] = {}
+        self.first_step: dict[str, int] = {}
+        self.tags: dict[str, set[str]] = {}
+
+    def add(self, path: str, tag: str, step: int, dropped: int) -> None:
+        self.dropped[path] = self.dropped.get(path, 0) + dropped
+        self.first_step[path] = min(step, self.first_step.get(path, step))
+        self.tags.setdefault(path, set()).add(tag)
+
+    def problems(self) -> list[Problem]:
+        return [Problem(path, ProblemKind.STEP_RESTART,
+                        f"{path}: training restarted (steps went back to {self.first_step[path]}); "
+                        f"{n} earlier value(s) of {len(self.tags[path])} tag(s) at later steps dropped",
+                        severity="info", count=n)
+                for path, n in self.dropped.items()]
+
+
+def _select(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int | None) -> tuple[np.ndarray, list]:
+    """Apply the step policy to one series in write order.
+
+    Returns the indices to keep (ordered by step, ties in write order, thinned to ``max_per_tag``) and
+    the restarts as ``(index, dropped)`` pairs.
+    """
+    n = steps.size
+    keep = np.ones(n, dtype=bool)
+    restarts = []
+    if n > 1:
+        prev_max = np.maximum.accumulate(steps)[:-1]
+        new_session = sessions[1:] != sessions[:-1]
+        for i in (np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1).tolist():
+            drop = keep[:i] & (steps[:i] >= steps[i])
+            dropped = int(drop.sum())
+            if dropped:
+                keep[:i] &= ~drop
+                restarts.append((i, dropped))
+    kept = np.flatnonzero(keep)
+    kept = kept[np.argsort(steps[kept], kind="stable")]
+    if max_per_tag is not None and kept.size > max_per_tag:
+        kept = kept[np.unique(np.linspace(0, kept.size - 1, max_per_tag).round().astype(np.int64))]
+    return kept, restarts
+
+
+def _session_ids(group: list[FileContent], file_index: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+    """Writing-session number of each value: files in merge order, split at session_log START."""
+    base = np.cumsum([0] + [len(c.session_starts) + 1 for c in group])
+    sessions = base[file_index].astype(np.int64)
+    for i, content in enumerate(group):
+        if content.session_starts:
+            rows = file_index == i
+            sessions[rows] += np.searchsorted(np.asarray(content.session_starts), seqs[rows], side="right")
+    return sessions
+
+
+def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
+                  restarts: Restarts) -> pd.DataFrame | None:
+    parts = [(i, tags, cols) for i, c in enumerate(group) for tags, cols in zip(c.scalar_tags, c.scalar_cols)]
+    if not parts:
+        return None
+    file_index = np.concatenate([np.full(tags.size, i) for i, tags, _ in parts])
+    tags = np.concatenate([t for _, t, _ in parts])
+    seqs, steps, walls, values = (np.concatenate([cols[k] for _, _, cols in parts]) for k in range(4))
+    codes, names = pd.factorize(tags, sort=True)
+    order = np.lexsort((seqs, file_index, codes))  # per tag, in write order
+    sessions = _session_ids(group, file_index, seqs)[order]
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    chosen = []
+    for code, name in enumerate(names):
+        rows = order[bounds[code]:bounds[code + 1]]
+        kept, found = _select(steps[rows], sessions[bounds[code]:bounds[code + 1]], max_per_tag)
+        for i, dropped in found:
+            restarts.add(group[file_index[rows[i]]].path, name, int(steps[rows[i]]), dropped)
+        chosen.append(rows[kept])
+    rows = np.concatenate(chosen)
+    return pd.DataFrame({"run": sub, "tag": tags[rows], "step": steps[rows], "wall_time": walls[rows],
+                         "value": values[rows]})
+
+
+def merge_points(sub: str, group: list[FileContent], max_per_tag: int | None, restarts: Restarts,
+                 data: RunLog) -> None:
+    """Merge histograms, images and texts of one sub into ``data`` (keys prefixed with ``sub/``)."""
+    prefix = f"{sub}/" if sub else ""
+    for attr in ("histograms", "images", "texts"):
+        # first appearance: files in merge order, then (dict insertion order) records in file order
+        tags = dict.fromkeys(tag for c in group for tag in getattr(c, attr))
+        for tag in tags:
+            points = [(i, p) for i, c in enumerate(group) for p in getattr(c, attr).get(tag, [])]
+            if not points:
+                continue
+            file_index = np.array([i for i, _ in points], dtype=np.int64)
+            seqs = np.array([p.seq for _, p in points], dtype=np.int64)
+            steps = np.array([p.step for _, p in points], dtype=np.int64)
+            kept, found = _select(steps, _session_ids(group, file_index, seqs), max_per_tag)
+            for i, dropped in found:
+                restarts.add(group[points[i][0]].path, tag, int(steps[i]), dropped)
+            chosen = [points[k][1] for k in kept.tolist()]
+            key = prefix + tag
+            if attr == "histograms":
+                data.histograms[key] = _histogram_series(key, chosen)
+            elif attr == "images":
+                data.images[key] = [ImageRef(key, p.step, w, h, enc) for p in chosen for w, h, enc in p.payload]
+            else:
+                data.texts[key] = [(p.step, p.payload) for p in chosen]
+
+
+def _histogram_series(key: str, points: list[Point]) -> HistogramSeries:
+    stats = np.array([p.payload[:5] for p in points], dtype=np.float64).reshape(-1, 5)
+    return HistogramSeries(
+        tag=key,
+        steps=np.array([p.step for p in points], dtype=np.int64),
+        wall_times=np.array([p.wall_time for p in points], dtype=np.float64),
+        min=stats[:, 0], max=stats[:, 1], num=stats[:, 2], sum=stats[:, 3], sum_squares=stats[:, 4],
+        limits=[p.payload[5] for p in points],
+        counts=[p.payload[6] for p in points],
+    )
+
+
+def scalar_frame(frames: list[pd.DataFrame | None]) -> pd.DataFrame:
+    present = [f for f in frames if f is not None]
+    if not present:
+        return RunLog.empty().scalars
+    frame = pd.concat(present, ignore_index=True) if len(present) > 1 else present[0]
+    return tidy_scalars(frame)
