@@ -31,8 +31,8 @@ from report_gen.readers.discovery import RunSpec, discover
 from report_gen.readers.run import read_run
 from report_gen.readers.signals import build_signals
 from report_gen.reportfile import load_report
-from report_gen.rules.base import SIGNALS
 from report_gen.selection import ResolvedRule, RuleSet, resolve_rules
+from report_gen.vocab import Signal, missing_reason
 
 log = logging.getLogger("report_gen")
 
@@ -57,7 +57,7 @@ class Options:
 
 
 Progress = Callable[[str, int, int], None]
-PROBE_SIGNALS = ("probe", "probe_series", "attention")
+PROBE_SIGNALS = (Signal.PROBE, Signal.PROBE_SERIES, Signal.ATTENTION)
 
 
 def _noop(msg: str, done: int, total: int) -> None:
@@ -116,11 +116,10 @@ def evaluate(runs: list[RunFacts], rules: RuleSet) -> Evaluation:
             findings.extend(_complete(resolved, run.name, h) for h in hits)
         if ran:
             evaluated.append({"code": rule.code, "name": rule.name, "category": rule.category, "runs": ran})
-        if missing and rule.needs != ("input_problems",):
-            first = rule.needs[0]
-            reason = "; ".join(dict.fromkeys(SIGNALS[n][0] for n in rule.needs)) if len(rule.needs) > 1 else SIGNALS[first][0]
+        if missing and rule.needs != (Signal.INPUT_PROBLEMS,):
+            reason, enable = missing_reason(rule.needs)
             not_evaluated.append({"code": rule.code, "name": rule.name, "runs": missing,
-                                  "reason": reason, "enable": SIGNALS[first][1]})
+                                  "reason": reason, "enable": enable})
     not_evaluated.sort(key=lambda d: d["code"])  # one entry order, whatever made the rule not run
     kept, suppressed = [], []
     for f in findings:

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 from report_gen.config import Config, match_length
 from report_gen.core import Finding, InputError
 from report_gen.rules.base import Rule, all_rules
+from report_gen.vocab import Signal
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,11 @@ class RuleSet:
     config: Config
 
     @property
-    def needs(self) -> frozenset[str]:
+    def needs(self) -> frozenset[Signal]:
         """Every signal some enabled rule can use: facts nobody needs are never computed."""
         return frozenset(n for r in self.enabled for n in r.rule.needs)
 
-    def wants(self, *signals: str) -> bool:
+    def wants(self, *signals: Signal) -> bool:
         return bool(self.needs.intersection(signals))
 
     @property

@@ -14,6 +14,7 @@ from report_gen.core import Problem, ProblemKind
 from report_gen.facts import curves
 from report_gen.readers.signals import Signals
 from report_gen.readers.types import BUFFER_SUFFIXES, CheckpointData, RunLog
+from report_gen.vocab import Signal
 
 
 
@@ -54,29 +55,29 @@ class RunFacts:
 
     # ---- availability -------------------------------------------------------------------------
     @cached_property
-    def available(self) -> set[str]:
+    def available(self) -> set[Signal]:
         s = self.signals
         have = set(s.present())
         if s.train_loss is not None or s.val_loss is not None or s.other_losses:
-            have.add("loss_any")
+            have.add(Signal.LOSS_ANY)
         if any(s.tag.lower().endswith(("acc", "accuracy")) for s in s.other_scalars.values()):
-            have.add("loss_any")
+            have.add(Signal.LOSS_ANY)
         if self.checkpoints:
-            have.add("checkpoint")
+            have.add(Signal.CHECKPOINT)
         if len(self.checkpoints) >= 2:
-            have.add("checkpoint_series")
+            have.add(Signal.CHECKPOINT_SERIES)
         if any(c.optimizer and c.optimizer.get("grad_rms") for c in self.checkpoints):
-            have.add("optimizer_state")
+            have.add(Signal.OPTIMIZER_STATE)
         if self.probe:
-            have.add("probe")
+            have.add(Signal.PROBE)
             if any(r.attention for _, r in self.probe):
-                have.add("attention")
+                have.add(Signal.ATTENTION)
         if len(self.probe) >= 2:
-            have.add("probe_series")
-        have.add("input_problems")
+            have.add(Signal.PROBE_SERIES)
+        have.add(Signal.INPUT_PROBLEMS)
         return have
 
-    def precompute(self, needs: Collection[str]) -> None:
+    def precompute(self, needs: Collection[Signal]) -> None:
         """Compute now the expensive facts that rules needing any of `needs` will read (so the engine can
         time facts apart from rules); facts no enabled rule needs are never computed."""
         if not self.needs_checkpoint_facts(needs):
@@ -85,9 +86,9 @@ class RunFacts:
         self.grad_estimates  # noqa: B018
 
     @staticmethod
-    def needs_checkpoint_facts(needs: Collection[str]) -> bool:
+    def needs_checkpoint_facts(needs: Collection[Signal]) -> bool:
         """Whether any of these signals is judged from the checkpoints' tensor data."""
-        return bool(set(needs) & {"checkpoint", "checkpoint_series", "optimizer_state"})
+        return bool(set(needs) & {Signal.CHECKPOINT, Signal.CHECKPOINT_SERIES, Signal.OPTIMIZER_STATE})
 
     # ---- checkpoints ----------------------------------------------------------------------------
     @cached_property

@@ -12,26 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from report_gen.readers.types import HistogramSeries, ImageRef, RunLog
+from report_gen.vocab import FAMILY_SIGNALS, SCALAR_SIGNALS, WRITTEN, Signal, TagConventions
+
+__all__ = ["Series", "Signals", "TagConventions", "build_signals", "param_name"]
 
 VAL_WORDS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev", "holdout"}
 TRAIN_WORDS = {"train", "training"}
 _SPLIT = re.compile(r"[/_\-.\s:]+")
-
-
-@dataclass(frozen=True)
-class TagConventions:
-    """Tag prefixes recognised for each histogram/scalar family (configurable via [tool.report_gen.tags])."""
-
-    weight_hist: tuple[str, ...] = ("weight_hist/", "weights/", "parameters/", "params/", "weight/")
-    grad_hist: tuple[str, ...] = ("grad_hist/", "grads/", "gradients/", "grad/", "gradient/")
-    grad_suffixes: tuple[str, ...] = (".grad", "/grad", "_grad")
-    act_stats: tuple[str, ...] = ("activation_stats/",)
-    act_hist: tuple[str, ...] = ("activations/", "selective/", "activation/")
-    act_images: tuple[str, ...] = ("activation_maps/",)
-    kernel_images: tuple[str, ...] = ("conv_weights/",)
-    update_ratio: tuple[str, ...] = ("update_ratio/",)
-    grad_norm_param: tuple[str, ...] = ("grad_norm/",)
-    dynamics: tuple[str, ...] = ("dynamics/",)
 
 
 @dataclass
@@ -68,16 +55,10 @@ class Signals:
     texts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     hparams: dict = field(default_factory=dict)
 
-    def present(self) -> list[str]:
-        names = []
-        for key in ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "grad_norm"):
-            if getattr(self, key) is not None:
-                names.append(key)
-        for key in ("weight_hist", "grad_hist", "act_hist", "act_stats", "update_ratio",
-                    "grad_norm_param", "dynamics", "kernel_images", "act_images"):
-            if getattr(self, key):
-                names.append(key)
-        return names
+    def present(self) -> list[Signal]:
+        """The signals read from the logs (each is the attribute of the same name)."""
+        return [sig for sig in SCALAR_SIGNALS if getattr(self, sig.value) is not None] + \
+            [sig for sig in FAMILY_SIGNALS if getattr(self, sig.value)]
 
 
 def param_name(raw: str) -> str:
@@ -117,12 +98,12 @@ def _metric(tag: str) -> str | None:
 
 # Exact conventional tags, preferred over the generic "ends with loss" match.
 _PREFERRED = {
-    ("loss", "train"): ["train/loss", "loss/train", "train_loss", "training/loss", "loss", "epoch_loss"],
-    ("loss", "val"): ["val/loss", "loss/val", "val_loss", "eval/loss", "validation/loss", "test/loss",
+    ("loss", "train"): [WRITTEN.train_loss, "loss/train", "train_loss", "training/loss", "loss", "epoch_loss"],
+    ("loss", "val"): [WRITTEN.val_loss, "loss/val", "val_loss", "eval/loss", "validation/loss", "test/loss",
                       "loss/validation", "valid/loss", "epoch_loss", "evaluation_loss_vs_iterations"],
-    ("acc", "train"): ["train/acc", "acc/train", "train_acc", "train/accuracy", "accuracy/train",
+    ("acc", "train"): [WRITTEN.train_acc, "acc/train", "train_acc", "train/accuracy", "accuracy/train",
                        "train_accuracy", "accuracy", "acc", "epoch_accuracy"],
-    ("acc", "val"): ["val/acc", "acc/val", "val_acc", "val/accuracy", "accuracy/val", "val_accuracy",
+    ("acc", "val"): [WRITTEN.val_acc, "acc/val", "val_acc", "val/accuracy", "accuracy/val", "val_accuracy",
                      "eval/accuracy", "test/acc", "test/accuracy", "epoch_accuracy"],
 }
 

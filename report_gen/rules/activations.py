@@ -8,6 +8,7 @@ import numpy as np
 from report_gen.facts import curves
 from report_gen.facts import histograms as hf
 from report_gen.rules.base import Hit, rule
+from report_gen.vocab import Signal
 
 
 def _last_probe(run):
@@ -23,7 +24,7 @@ class DeadActivationOptions:
     min_cells: int = 16  # probe: samples x positions per unit needed before "never active" means anything
 
 
-@rule("A101", "dead-activations", "dead-activations", "error", needs=["probe", "act_stats", "act_hist"],
+@rule("A101", "dead-activations", "dead-activations", "error", needs=(Signal.PROBE, Signal.ACT_STATS, Signal.ACT_HIST),
       options=DeadActivationOptions,
       suggestion="Check the initialisation scale and biases of the layer before it, lower the learning rate, "
                  "try LeakyReLU/GELU, or add normalization before the activation.")
@@ -95,7 +96,7 @@ class SaturationOptions:
     warning_share: float = 0.5  # share of sigmoid/tanh outputs pinned at their limits
 
 
-@rule("A102", "saturated-activations", "saturated-activations", "warning", needs=["probe", "act_hist"],
+@rule("A102", "saturated-activations", "saturated-activations", "warning", needs=(Signal.PROBE, Signal.ACT_HIST),
       options=SaturationOptions,
       suggestion="Use ReLU-family activations in hidden layers, normalise inputs, lower the init scale, "
                  "or add normalization before the sigmoid/tanh.")
@@ -149,7 +150,7 @@ class GrowingOptions:
 
 
 @rule("A103", "growing-activations", "growing-activations", "warning",
-      needs=["act_stats", "probe_series"], options=GrowingOptions,
+      needs=(Signal.ACT_STATS, Signal.PROBE_SERIES), options=GrowingOptions,
       suggestion="Add normalization layers (BatchNorm/LayerNorm) or lower the learning rate; check weight growth.")
 def growing_activations(run, opts: GrowingOptions):
     """
@@ -214,7 +215,7 @@ class RedundantChannelOptions:
     min_channels: int = 8
 
 
-@rule("A104", "redundant-channels", "redundant-channels", "warning", needs=["probe"], options=RedundantChannelOptions,
+@rule("A104", "redundant-channels", "redundant-channels", "warning", needs=(Signal.PROBE,), options=RedundantChannelOptions,
       suggestion="Visualise the layer's kernels, consider fewer channels, check that the layer trains.")
 def redundant_channels(run, opts: RedundantChannelOptions):
     """
@@ -253,7 +254,7 @@ class UnstableOptions:
     min_points: int = 8
 
 
-@rule("A105", "unstable-activations", "unstable-activations", "warning", needs=["act_stats"], options=UnstableOptions,
+@rule("A105", "unstable-activations", "unstable-activations", "warning", needs=(Signal.ACT_STATS,), options=UnstableOptions,
       suggestion="Use a larger batch or gradient accumulation, lower the learning rate, add normalization.")
 def unstable_activations(run, opts: UnstableOptions):
     """
@@ -297,7 +298,7 @@ class AttentionOptions:
     min_seq_len: int = 4
 
 
-@rule("A106", "degenerate-attention", "degenerate-attention", "warning", needs=["attention"],
+@rule("A106", "degenerate-attention", "degenerate-attention", "warning", needs=(Signal.ATTENTION,),
       options=AttentionOptions,
       suggestion="Check the attention mask and positional information; uniform heads can often be pruned; "
                  "collapsed heads may indicate a too-high learning rate or a padding/mask bug.")

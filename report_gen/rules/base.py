@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from report_gen.core import Severity
+from report_gen.vocab import Signal
 
 CODE_RE = re.compile(r"^[A-Z][0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -32,42 +33,6 @@ CATEGORIES = (
     # extensions (DESIGN §5 allows new categories)
     "degenerate-attention",
 )
-
-# Signals a rule can need, with the logging call that would provide each (for `not_evaluated`).
-SIGNALS: dict[str, tuple[str, str]] = {
-    "train_loss": ("no training loss series found",
-                   "writer.add_scalar('train/loss', loss.item(), step)"),
-    "val_loss": ("no validation loss series found",
-                 "writer.add_scalar('val/loss', val_loss, step)"),
-    "train_acc": ("no training accuracy series found", "writer.add_scalar('train/acc', acc, step)"),
-    "val_acc": ("no validation accuracy series found", "writer.add_scalar('val/acc', val_acc, step)"),
-    "loss_any": ("no loss or metric series found", "writer.add_scalar('train/loss', loss.item(), step)"),
-    "grad_norm": ("no gradient-norm series found",
-                  "writer.add_scalar('train/grad_norm', torch.nn.utils.clip_grad_norm_(model.parameters(), float('inf')), step)"),
-    "grad_hist": ("no gradient histograms logged",
-                  "writer.add_histogram(f'grad_hist/{name}', p.grad, step)  # for name, p in model.named_parameters()"),
-    "optimizer_state": ("no optimizer state (Adam exp_avg_sq / SGD momentum) in the checkpoints",
-                        "torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step}, path)"),
-    "weight_hist": ("no weight histograms logged",
-                    "writer.add_histogram(f'weight_hist/{name}', p, step)  # for name, p in model.named_parameters()"),
-    "checkpoint": ("no readable checkpoint found",
-                   "torch.save({'model': model.state_dict(), 'step': step}, f'checkpoints/step_{step}.pt')"),
-    "checkpoint_series": ("fewer than two readable checkpoints",
-                          "save a checkpoint every few epochs: torch.save(model.state_dict(), f'checkpoints/epoch_{epoch}.pt')"),
-    "update_ratio": ("no update-ratio series logged",
-                     "report_gen.monitor.TrainingMonitor(...).log_after_step(model, step)  # writes update_ratio/<param>"),
-    "act_stats": ("no activation statistics logged",
-                  "writer.add_scalars(f'activation_stats/{layer}', {'mean': a.mean(), 'std': a.std(), 'max': a.max(), 'min': a.min()}, step)"),
-    "act_hist": ("no activation histograms logged", "writer.add_histogram(f'activations/{layer}', a, step)"),
-    "probe": ("no probe run (activations need the model)",
-              "report-gen diagnose RUN --model pkg.module:factory --probe-shape 8,3,32,32"),
-    "probe_series": ("no probe over two or more checkpoints",
-                     "report-gen diagnose RUN --model pkg.module:factory --probe batch.pt  (with 2+ checkpoints)"),
-    "attention": ("no attention modules captured by the probe",
-                  "report-gen diagnose RUN --model ... --probe ...  (a model with nn.MultiheadAttention)"),
-    "input_problems": ("", ""),
-}
-
 
 @dataclass
 class Hit:
@@ -92,7 +57,7 @@ class Rule:
     name: str
     category: str
     severity: str
-    needs: tuple[str, ...]
+    needs: tuple[Signal, ...]
     options: type
     func: Callable[..., Iterable[Hit]]
     suggestion: str
@@ -146,7 +111,7 @@ class Rule:
 REGISTRY: dict[str, Rule] = {}
 
 
-def rule(code: str, name: str, category: str, severity: str, needs: Iterable[str],
+def rule(code: str, name: str, category: str, severity: str, needs: Iterable[Signal],
          options: type = NoOptions, suggestion: str = ""):
     """Declare a rule. Checks the declaration at import time so a bad one never ships."""
 
@@ -163,8 +128,8 @@ def rule(code: str, name: str, category: str, severity: str, needs: Iterable[str
             raise ValueError(f"{code}: unknown category {category!r}")
         Severity.parse(severity)
         for n in needs:
-            if n not in SIGNALS:
-                raise ValueError(f"{code}: unknown signal {n!r}")
+            if not isinstance(n, Signal):
+                raise ValueError(f"{code}: needs must be Signal members, got {n!r}")
         if not (dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen):
             raise ValueError(f"{code}: options must be a frozen dataclass")
         REGISTRY[code] = Rule(code, name, category, severity, tuple(needs), options, func,

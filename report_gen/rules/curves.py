@@ -7,6 +7,7 @@ import numpy as np
 
 from report_gen.facts import curves
 from report_gen.rules.base import Hit, rule
+from report_gen.vocab import Signal
 
 
 def _loss_series(run, include_val: bool = True):
@@ -30,7 +31,7 @@ class NonfiniteLossOptions:
     include_metrics: bool = True  # also check accuracy and other logged metric series
 
 
-@rule("L101", "nonfinite-loss", "nonfinite-loss", "error", needs=["loss_any"],
+@rule("L101", "nonfinite-loss", "nonfinite-loss", "error", needs=(Signal.LOSS_ANY,),
       options=NonfiniteLossOptions,
       suggestion="Find the first bad step: lower the learning rate, add gradient clipping, check the data "
                  "for NaN/Inf and the loss for log(0) or division by zero; with mixed precision use a GradScaler.")
@@ -82,7 +83,7 @@ def _scale(summ: curves.CurveSummary, min_span: float) -> float:
     return max(summ.span, min_span * abs(summ.start), 1e-12)
 
 
-@rule("L102", "divergence", "divergence", "error", needs=["train_loss"], options=DivergenceOptions,
+@rule("L102", "divergence", "divergence", "error", needs=(Signal.TRAIN_LOSS,), options=DivergenceOptions,
       suggestion="Lower the learning rate (or shorten warm-up), clip gradients, and check the learning-rate "
                  "schedule around the step where the loss turned.")
 def divergence(run, opts: DivergenceOptions):
@@ -158,7 +159,7 @@ class PlateauOptions:
     max_acc_level: float = 0.9  # ...for an accuracy that never got near its ceiling
 
 
-@rule("L103", "plateau", "plateau", "warning", needs=["train_loss", "train_acc", "val_acc"],
+@rule("L103", "plateau", "plateau", "warning", needs=(Signal.TRAIN_LOSS, Signal.TRAIN_ACC, Signal.VAL_ACC),
       options=PlateauOptions,
       suggestion="Check that gradients reach every layer and the optimizer holds all parameters; try a larger "
                  "learning rate, a different initialisation, normalization layers, or verify labels match inputs.")
@@ -220,7 +221,7 @@ class OscillationOptions:
     min_level: float = 0.1  # the span is at least this share of the loss level at the end
 
 
-@rule("L104", "oscillation", "oscillation", "warning", needs=["train_loss", "val_loss"],
+@rule("L104", "oscillation", "oscillation", "warning", needs=(Signal.TRAIN_LOSS, Signal.VAL_LOSS),
       options=OscillationOptions,
       suggestion="Lower the learning rate or increase the batch size; a learning-rate decay schedule usually "
                  "calms late oscillation.")
@@ -312,7 +313,7 @@ def _accuracy_holds(acc, tolerance: float) -> bool:
     return float(a.max() - np.median(a[-max(1, a.size // 10):])) <= tolerance * scale
 
 
-@rule("L105", "overfitting", "overfitting", "warning", needs=["val_loss", "val_acc"], options=OverfittingOptions,
+@rule("L105", "overfitting", "overfitting", "warning", needs=(Signal.VAL_LOSS, Signal.VAL_ACC), options=OverfittingOptions,
       suggestion="Stop earlier (keep the best-validation checkpoint), add regularisation (weight decay, dropout, "
                  "augmentation), get more data or use a smaller model.")
 def overfitting(run, opts: OverfittingOptions):

@@ -8,6 +8,7 @@ import numpy as np
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import is_weight_name
 from report_gen.rules.base import Hit, rule
+from report_gen.vocab import Signal
 
 
 def module_of(param: str) -> str:
@@ -41,7 +42,7 @@ class FrozenOptions:
     tiny_grad: float = 1e-8  # gradient RMS below this: the layer gets no signal (a symptom, not a frozen layer)
 
 
-@rule("U101", "frozen-layer", "frozen-layer", "error", needs=["checkpoint_series", "weight_hist"],
+@rule("U101", "frozen-layer", "frozen-layer", "error", needs=(Signal.CHECKPOINT_SERIES, Signal.WEIGHT_HIST),
       options=FrozenOptions,
       suggestion="Check that the layer's parameters are passed to the optimizer (e.g. optimizer built before "
                  "the layer was added, or from a filtered parameter list) and have requires_grad=True. If the "
@@ -132,7 +133,7 @@ class UpdateRatioOptions:
     min_points: int = 5
 
 
-@rule("U102", "update-ratio", "unbalanced-updates", "warning", needs=["update_ratio"], options=UpdateRatioOptions,
+@rule("U102", "update-ratio", "unbalanced-updates", "warning", needs=(Signal.UPDATE_RATIO,), options=UpdateRatioOptions,
       suggestion="Tune the learning rate (the CS231n rule of thumb is an update/weight ratio near 1e-3); "
                  "consider per-layer learning rates or a normalised optimizer.")
 def update_ratio(run, opts: UpdateRatioOptions):
@@ -187,7 +188,7 @@ class ImbalanceOptions:
     min_layers: int = 3
 
 
-@rule("U103", "unbalanced-updates", "unbalanced-updates", "warning", needs=["checkpoint_series", "update_ratio"],
+@rule("U103", "unbalanced-updates", "unbalanced-updates", "warning", needs=(Signal.CHECKPOINT_SERIES, Signal.UPDATE_RATIO),
       options=ImbalanceOptions,
       suggestion="Compare per-layer learning rates and initial scales; add normalization; check that no layer "
                  "has a near-zero effective learning rate.")

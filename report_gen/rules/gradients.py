@@ -8,6 +8,7 @@ import numpy as np
 from report_gen.facts import curves
 from report_gen.facts.run import is_embedding_name, is_weight_name
 from report_gen.rules.base import Hit, rule
+from report_gen.vocab import Signal
 
 _SOURCE = {"grad_hist": "logged gradient histograms", "optimizer_state": "the optimizer's second-moment state",
            "grad_norm_param": "logged per-parameter gradient norms"}
@@ -39,7 +40,7 @@ class VanishingOptions:
 
 
 @rule("G101", "vanishing-gradients", "vanishing-gradients", "error",
-      needs=["grad_hist", "optimizer_state"], options=VanishingOptions,
+      needs=(Signal.GRAD_HIST, Signal.OPTIMIZER_STATE), options=VanishingOptions,
       suggestion="Use ReLU-family activations with He/Kaiming initialisation, add normalization layers or "
                  "residual connections, and check for saturated sigmoid/tanh units.")
 def vanishing_gradients(run, opts: VanishingOptions):
@@ -107,7 +108,7 @@ class ExplodingOptions:
 
 
 @rule("G102", "exploding-gradients", "exploding-gradients", "error",
-      needs=["grad_hist", "grad_norm", "optimizer_state"], options=ExplodingOptions,
+      needs=(Signal.GRAD_HIST, Signal.GRAD_NORM, Signal.OPTIMIZER_STATE), options=ExplodingOptions,
       suggestion="Clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, add normalization, "
                  "and check the loss scale and inputs for extreme values.")
 def exploding_gradients(run, opts: ExplodingOptions):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from report_gen.core import severity_rank
 from report_gen.rules.base import Hit, rule
+from report_gen.vocab import Signal
 
 
 
@@ -13,7 +14,7 @@ class IntegrityOptions:
     min_severity: str = "warning"  # problems below this stay in inputs.runs[].problems only
 
 
-@rule("I101", "damaged-input", "input-integrity", "warning", needs=["input_problems"], options=IntegrityOptions,
+@rule("I101", "damaged-input", "input-integrity", "warning", needs=(Signal.INPUT_PROBLEMS,), options=IntegrityOptions,
       suggestion="Re-copy or regenerate the file; if a run was killed mid-write this is expected for the last "
                  "record only.")
 def damaged_input(run, opts: IntegrityOptions):

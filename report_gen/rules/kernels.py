@@ -7,6 +7,7 @@ import numpy as np
 
 from report_gen.facts import DUP_CORR
 from report_gen.rules.base import Hit, rule
+from report_gen.vocab import Signal
 
 
 def _unit_layers(run, min_units: int = 2):
@@ -30,7 +31,7 @@ class DeadKernelOptions:
     min_dead: int = 2  # at least this many dead kernels
 
 
-@rule("K101", "dead-kernels", "dead-kernels", "error", needs=["checkpoint"], options=DeadKernelOptions,
+@rule("K101", "dead-kernels", "dead-kernels", "error", needs=(Signal.CHECKPOINT,), options=DeadKernelOptions,
       suggestion="Check the initialisation and learning rate of this layer; lower weight decay; "
                  "dead kernels can also be pruned to save compute.")
 def dead_kernels(run, opts: DeadKernelOptions):
@@ -77,7 +78,7 @@ class NormScaleOptions:
     min_channels: int = 8
 
 
-@rule("K104", "dead-norm-channels", "dead-kernels", "warning", needs=["checkpoint"], options=NormScaleOptions,
+@rule("K104", "dead-norm-channels", "dead-kernels", "warning", needs=(Signal.CHECKPOINT,), options=NormScaleOptions,
       suggestion="Lower weight decay on normalization scales (exclude them from decay), check the learning rate.")
 def dead_norm_channels(run, opts: NormScaleOptions):
     """
@@ -116,7 +117,7 @@ class DiversityOptions:
     min_kernels: int = 8
 
 
-@rule("K102", "low-kernel-diversity", "low-kernel-diversity", "warning", needs=["checkpoint"],
+@rule("K102", "low-kernel-diversity", "low-kernel-diversity", "warning", needs=(Signal.CHECKPOINT,),
       options=DiversityOptions,
       suggestion="Check the initialisation (identical init gives identical kernels), raise the learning rate "
                  "for this layer, or reduce its width.")
@@ -158,7 +159,7 @@ class RedundantOptions:
     min_kernels: int = 8
 
 
-@rule("K103", "redundant-filters", "redundant-filters", "warning", needs=["checkpoint"], options=RedundantOptions,
+@rule("K103", "redundant-filters", "redundant-filters", "warning", needs=(Signal.CHECKPOINT,), options=RedundantOptions,
       suggestion="Consider fewer channels for this layer, or decorrelating regularisation; check that the layer trains.")
 def redundant_filters(run, opts: RedundantOptions):
     """

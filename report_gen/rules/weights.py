@@ -8,9 +8,10 @@ import numpy as np
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import is_weight_name
 from report_gen.rules.base import Hit, NoOptions, rule
+from report_gen.vocab import Signal
 
 
-@rule("W101", "nonfinite-weights", "nonfinite-weights", "error", needs=["checkpoint", "weight_hist"],
+@rule("W101", "nonfinite-weights", "nonfinite-weights", "error", needs=(Signal.CHECKPOINT, Signal.WEIGHT_HIST),
       options=NoOptions,
       suggestion="Resume from the last checkpoint without NaN, lower the learning rate, clip gradients, "
                  "and look for the step where the loss first became non-finite.")
@@ -84,7 +85,7 @@ class CollapseOptions:
     min_numel: int = 16
 
 
-@rule("W102", "weight-collapse", "weight-collapse", "warning", needs=["checkpoint_series", "weight_hist", "checkpoint"],
+@rule("W102", "weight-collapse", "weight-collapse", "warning", needs=(Signal.CHECKPOINT_SERIES, Signal.WEIGHT_HIST, Signal.CHECKPOINT),
       options=CollapseOptions,
       suggestion="Check initialisation and weight decay strength (too strong decay shrinks weights to 0); "
                  "consider BatchNorm; check that this layer receives gradients.")
@@ -130,7 +131,7 @@ class WideOptions:
     max_abs: float = 100.0  # or any weight with |w| above this
 
 
-@rule("W103", "wide-weights", "wide-weights", "warning", needs=["checkpoint_series", "weight_hist", "checkpoint"],
+@rule("W103", "wide-weights", "wide-weights", "warning", needs=(Signal.CHECKPOINT_SERIES, Signal.WEIGHT_HIST, Signal.CHECKPOINT),
       options=WideOptions,
       suggestion="Lower the learning rate or add weight decay; check for exploding gradients.")
 def wide_weights(run, opts: WideOptions):
@@ -174,7 +175,7 @@ class BimodalOptions:
     min_mode_mass: float = 0.15  # with histograms: each mode holds at least this share
 
 
-@rule("W104", "bimodal-weights", "bimodal-weights", "info", needs=["checkpoint", "weight_hist"],
+@rule("W104", "bimodal-weights", "bimodal-weights", "info", needs=(Signal.CHECKPOINT, Signal.WEIGHT_HIST),
       options=BimodalOptions,
       suggestion="Check data balance (a dominant class can split a layer's weights), try another optimizer "
                  "or learning rate; often harmless for the last layer.")
