@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from report_gen.facts.activations import activation_kind, even_indices
+from report_gen.vocab import WRITTEN
 
 _DEFAULT_KINDS = ("relu-like", "sigmoid", "tanh")
 _HIST_BINS = 30
@@ -289,9 +290,9 @@ class TrainingMonitor:
         if loss is not None:
             total = torch.tensor(float(loss), dtype=torch.float64, device=self._device())
             _all_reduce(total, dist.ReduceOp.SUM)
-            self._scalar("train/loss", float(total) / _world_size(), plan.step)
+            self._scalar(WRITTEN.train_loss, float(total) / _world_size(), plan.step)
         if optimizer is not None and optimizer.param_groups:
-            self._scalar("train/lr", float(optimizer.param_groups[0]["lr"]), plan.step)
+            self._scalar(WRITTEN.lr, float(optimizer.param_groups[0]["lr"]), plan.step)
 
     def _log_gradients(self, net: nn.Module, plan: _Plan) -> None:
         if not (plan.scalars or plan.histograms):
@@ -300,15 +301,15 @@ class TrainingMonitor:
         if plan.scalars and grads:
             device = self._device()
             norms = torch.stack([torch.linalg.vector_norm(g).to(device) for _, g in grads])
-            self._scalar("train/grad_norm", float(torch.linalg.vector_norm(norms)), plan.step)
+            self._scalar(WRITTEN.grad_norm, float(torch.linalg.vector_norm(norms)), plan.step)
         if plan.histograms:
             for name, grad in grads:
-                self._histogram(f"grad_hist/{name}", grad, plan.step)
+                self._histogram(WRITTEN.grad_hist + name, grad, plan.step)
 
     def _log_weights(self, net: nn.Module, plan: _Plan) -> None:
         if plan.histograms:
             for name, param in net.named_parameters():
-                self._histogram(f"weight_hist/{name}", param, plan.step)
+                self._histogram(WRITTEN.weight_hist + name, param, plan.step)
 
     def _take_snapshot(self, net: nn.Module, plan: _Plan) -> None:
         if plan.scalars:
@@ -333,7 +334,7 @@ class TrainingMonitor:
                               for n in names])
         for name, delta, scale in zip(names, deltas.tolist(), scales.tolist()):
             if scale > 0:
-                self._scalar(f"update_ratio/{name}", delta / scale, snapshot_step)
+                self._scalar(WRITTEN.update_ratio + name, delta / scale, snapshot_step)
 
     def _log_activations(self, net: nn.Module, plan: _Plan, inputs: Any) -> None:
         if not plan.activations or not self._layers:
@@ -349,10 +350,10 @@ class TrainingMonitor:
             mean = total / count
             var = max(total_sq / count - mean * mean, 0.0) * count / max(count - 1, 1)
             if plan.scalars and self._writer is not None:
-                self._writer.add_scalars(f"activation_stats/{name}",
-                                         {"mean": mean, "std": math.sqrt(var), "max": high, "min": low}, plan.step)
+                stats = dict(zip(WRITTEN.act_stat_keys, (mean, math.sqrt(var), high, low)))  # mean, std, max, min
+                self._writer.add_scalars(WRITTEN.act_stats + name, stats, plan.step)
             if plan.histograms and name in records and records[name].samples:
-                self._histogram(f"activations/{name}", torch.cat(records[name].samples), plan.step)
+                self._histogram(WRITTEN.act_hist + name, torch.cat(records[name].samples), plan.step)
 
     def _capture_with_extra_forward(self, net: nn.Module, plan: _Plan, inputs: Any) -> None:
         """Run `inputs` once more (no grad, eval mode) with the hooks armed for this step.

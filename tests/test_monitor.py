@@ -224,3 +224,31 @@ def test_unusable_inputs_only_warn(tmp_path):
     events = _read(tmp_path)
     assert _steps(events[(".", "train/loss")]) == [0]
     assert not any(tag.startswith("activation_stats") for _, tag in events)
+
+
+def test_every_tag_the_monitor_writes_is_read_back_in_its_intended_role(tmp_path):
+    """The monitor and the tag → signal mapping share one vocabulary: nothing written lands nowhere."""
+    from report_gen.readers.discovery import discover
+    from report_gen.readers.events import read_events
+    from report_gen.readers.signals import build_signals
+
+    model = _model()
+    with TrainingMonitor(tmp_path, model=model, hist_interval=2, scalar_interval=1) as monitor:
+        _train(monitor, model, 4)
+        layers = monitor.layers
+    params = [name for name, _ in model.named_parameters()]
+    written = _read(tmp_path)
+    [spec] = discover([str(tmp_path)])
+    sig = build_signals(read_events(spec.event_files))
+
+    read_back = {(role, getattr(sig, role).tag) for role in ("train_loss", "lr", "grad_norm")}
+    read_back |= {(role, name) for role in ("weight_hist", "grad_hist", "update_ratio", "act_hist")
+                  for name in getattr(sig, role)}
+    read_back |= {("act_stats", (layer, key)) for layer, stats in sig.act_stats.items() for key in stats}
+    intended = {("train_loss", "train/loss"), ("lr", "train/lr"), ("grad_norm", "train/grad_norm")}
+    intended |= {(role, p) for role in ("weight_hist", "grad_hist", "update_ratio") for p in params}
+    intended |= {("act_hist", layer) for layer in layers}
+    intended |= {("act_stats", (layer, key)) for layer in layers for key in ("mean", "std", "max", "min")}
+    assert read_back == intended
+    assert len(written) == len(intended)  # every (run folder, tag) written is one of them
+    assert not (sig.other_scalars or sig.other_losses or sig.train_acc or sig.val_loss)
