@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from report_gen.vocab import Plot, parse_plot
+
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 REPORT_FORMATS = ("html", "md", "json")
@@ -146,7 +148,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     suggestion: str = ""
     status: str | None = None  # "new" | "persisting" with --baseline
-    plot: dict[str, Any] | None = None  # hint for the renderer: {"kind": ..., ...}; not in JSON contract
+    plot: Plot | None = None  # hint for the renderer (vocab plot kinds); not in the JSON contract
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -167,7 +169,7 @@ class Finding:
         if self.status is not None:
             d["status"] = self.status
         if self.plot is not None:
-            d["plot"] = jsonable(self.plot)
+            d["plot"] = jsonable(self.plot.to_dict())
         return d
 
     @classmethod
@@ -183,7 +185,7 @@ class Finding:
             evidence=dict(d.get("evidence") or {}),
             suggestion=str(d.get("suggestion", "")),
             status=d.get("status"),
-            plot=d.get("plot"),
+            plot=parse_plot(d.get("plot")),
         )
 
 
@@ -195,6 +197,8 @@ def jsonable(value: Any) -> Any:
         import numpy as np
     except ImportError:  # pragma: no cover
         np = None
+    if isinstance(value, enum.Enum):  # vocabulary members (Signal, Key, ...) are their value in JSON
+        value = value.value
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

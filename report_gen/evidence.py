@@ -6,8 +6,6 @@ distributions and kernel grids only for flagged layers (plus a few summary ones)
 """
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 import numpy as np
@@ -16,6 +14,8 @@ from report_gen.core import Finding, severity_rank
 from report_gen.facts import curves
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import RunFacts, is_weight_name
+from report_gen.vocab import (DISTRIBUTION_SOURCES, SCALAR_SIGNALS, WRITTEN, CurvePlot, DistributionPlot, ImagePlot,
+                              Key, KernelsPlot, LayerFact, LayerSeriesPlot, Picture, Signal)
 
 MAX_CURVE_POINTS = 1000
 MAX_DISTRIBUTIONS = 12
@@ -59,7 +59,7 @@ def _summary(run: RunFacts) -> dict[str, Any]:
     optimizer = None if not opt else {k: opt.get(k) for k in ("kind", "mapping", "note", "step")}
     return {"steps": [first, last], "wall_time_s": run.wall_time, "checkpoints": len(run.checkpoints),
             "optimizer": optimizer,
-            "parameters": n_params, "parameter_count": count, "signals": sorted(run.available - {"input_problems"}),
+            "parameters": n_params, "parameter_count": count, "signals": [s.value for s in sorted(run.available - {Signal.INPUT_PROBLEMS})],
             "hparams": {str(k): (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
                         for k, v in run.signals.hparams.items()},
             "event_tags": int(run.events.scalars["tag"].nunique()) if not run.events.scalars.empty else 0}
@@ -68,39 +68,35 @@ def _summary(run: RunFacts) -> dict[str, Any]:
 def _curves(run: RunFacts, findings) -> dict[str, Any]:
     s = run.signals
     out = {}
-    for key in ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "grad_norm"):
-        ser = getattr(s, key)
+    for key in SCALAR_SIGNALS:
+        ser = getattr(s, key.value)
         if ser is not None:
-            out[key] = _series_dict(ser.tag, ser.steps, ser.values)
+            out[key.value] = _series_dict(ser.tag, ser.steps, ser.values)
     for tag, ser in list(s.other_losses.items())[:8]:
-        out[f"other:{tag}"] = _series_dict(tag, ser.steps, ser.values)
-    wanted = {k for f in findings if f.plot and f.plot.get("kind") == "curve" for k in f.plot.get("series", [])}
+        out[Key.OTHER.of(tag)] = _series_dict(tag, ser.steps, ser.values)
+    wanted = {k for f in findings if isinstance(f.plot, CurvePlot) for k in f.plot.series}
     for k in wanted:
-        if k.startswith("update_ratio:") and k[13:] in s.update_ratio:
-            ser = s.update_ratio[k[13:]]
+        param = Key.UPDATE_RATIO.name_in(k)
+        if param in s.update_ratio:
+            ser = s.update_ratio[param]
             out[k] = _series_dict(ser.tag, ser.steps, ser.values)
     return out
 
 
-def _flagged_subjects(findings, kind: str) -> list[str]:
-    return [f.plot["key"] for f in findings if f.plot and f.plot.get("kind") == kind and "key" in f.plot]
-
-
 def _distributions(run: RunFacts, findings) -> dict[str, Any]:
     s = run.signals
-    keys = _flagged_subjects(findings, "distribution")
+    keys = [f.plot.key for f in findings if isinstance(f.plot, DistributionPlot)]
     # summary distributions: first and last weight layer's gradient and weight
     order = [n for n in run.param_order if is_weight_name(n)]
     for n in (order[:1] + order[-1:]):
-        for prefix in ("grad", "weight"):
-            keys.append(f"{prefix}:{n}")
+        for source in (Key.GRAD, Key.WEIGHT):
+            keys.append(source.of(n))
+    histograms = dict(zip(DISTRIBUTION_SOURCES, (s.weight_hist, s.grad_hist, s.act_hist)))
     out = {}
     for key in dict.fromkeys(keys):
         if len(out) >= MAX_DISTRIBUTIONS:
             break
-        kind, _, name = key.partition(":")
-        src = {"weight": s.weight_hist, "grad": s.grad_hist, "activation": s.act_hist}.get(kind, {})
-        h = src.get(name)
+        h = next((src.get(name) for source, src in histograms.items() if (name := source.name_in(key)) is not None), None)
         if h is not None and len(h):
             bands = hf.percentile_bands(h)
             bands["percentiles"] = {p: [_num(v) for v in vals] for p, vals in bands["percentiles"].items()}
@@ -174,16 +170,17 @@ def _layers(run: RunFacts, findings) -> list[dict[str, Any]]:
 
 
 def _layer_series(run: RunFacts, findings) -> dict[str, Any]:
-    wanted = {f.plot.get("param") for f in findings if f.plot and f.plot.get("kind") == "layer_series"}
+    wanted = {f.plot.param for f in findings if isinstance(f.plot, LayerSeriesPlot)}
     out = {}
     for n in wanted:
         ps = run.series.get(n)
         if ps is None:
             continue
-        out[n] = {"steps": list(ps.steps), "rel_update": [_num(v) for v in ps.rel_update],
-                  "weight_norm": [None] * len(ps.steps)}
+        norms = [None] * len(ps.steps)
         for i, st in zip(ps.present, ps.stats):
-            out[n]["weight_norm"][i] = _num(st.l2)
+            norms[i] = _num(st.l2)
+        out[n] = {"steps": list(ps.steps), LayerFact.REL_UPDATE.value: [_num(v) for v in ps.rel_update],
+                  LayerFact.WEIGHT_NORM.value: norms}
     return out
 
 
@@ -192,28 +189,17 @@ def _activation_series(run: RunFacts) -> dict[str, Any]:
     for layer, stats in list(run.signals.act_stats.items())[:16]:
         any_s = next(iter(stats.values()))
         d = {"steps": [int(x) for x in curves.downsample(any_s.steps, any_s.values, 300)[0]]}
-        for k in ("mean", "std", "max", "min"):
+        for k in WRITTEN.act_stat_keys:
             if k in stats:
                 d[k] = [_num(v) for v in curves.downsample(stats[k].steps, stats[k].values, 300)[1]]
         out[layer] = d
     if len(run.probe) >= 2:
         for layer in list(run.probe[-1][1].activations)[:16]:
             pts = [(step, r.activations[layer]) for step, r in run.probe if layer in r.activations]
-            out[f"probe:{layer}"] = {"steps": [s for s, _ in pts], "mean": [_num(a.mean) for _, a in pts],
+            out[Key.PROBE.of(layer)] = {"steps": [s for s, _ in pts], "mean": [_num(a.mean) for _, a in pts],
                                      "std": [_num(a.std) for _, a in pts], "max": [_num(a.max) for _, a in pts],
                                      "min": [_num(a.min) for _, a in pts]}
     return out
-
-
-def png_base64(array: np.ndarray) -> str:
-    """Encode a (H, W) or (H, W, 3) float array in [0, 1] as a base64 PNG."""
-    from PIL import Image
-
-    a = np.clip(np.nan_to_num(np.asarray(array, dtype=float)), 0, 1)
-    img = Image.fromarray((a * 255).round().astype(np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def kernel_grid(weight) -> np.ndarray:
@@ -238,15 +224,31 @@ def kernel_grid(weight) -> np.ndarray:
     return np.kron(img, np.ones((scale, scale, 1)))
 
 
-def _images(run: RunFacts, findings) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    wanted = [f.plot["image"] for f in findings if f.plot and f.plot.get("kind") == "kernels" and "image" in f.plot]
+def probe_mosaic(maps) -> np.ndarray:
+    """The probe's activation maps of one layer side by side, scaled to [0, 1] and enlarged to ~64 px high."""
+    m = np.asarray(maps, dtype=float)
+    m = (m - m.min()) / max(m.max() - m.min(), 1e-12)
+    mosaic = np.concatenate(list(m), axis=1)
+    return np.kron(mosaic, np.ones((max(1, 64 // mosaic.shape[0]),) * 2))
+
+
+def attention_mosaic(maps) -> np.ndarray:
+    """Up to 8 heads' attention maps side by side, scaled by the largest weight, enlarged 4x."""
+    m = np.asarray(maps, dtype=float)
+    m = m / max(m.max(), 1e-12)
+    return np.kron(np.concatenate(list(m[:8]), axis=1), np.ones((4, 4)))
+
+
+def _images(run: RunFacts, findings) -> dict[str, Picture]:
+    """Pictures (pixels or the run's own PNG bytes) for details.images; render encodes them."""
+    out: dict[str, Picture] = {}
+    wanted = [f.plot.image for f in findings if isinstance(f.plot, KernelsPlot)]
     for key in list(dict.fromkeys(wanted))[:MAX_KERNEL_GRIDS]:
-        name = key.split(":", 1)[1]
+        name = Key.KERNELS.name_in(key)
         for c in reversed(run.checkpoints):
             if name in c.tensors:
                 try:
-                    out[key] = {"title": f"kernels of {name} (last checkpoint)", "png_base64": png_base64(kernel_grid(c.load(name)))}
+                    out[key] = Picture(f"kernels of {name} (last checkpoint)", kernel_grid(c.load(name)))
                 except Exception:  # noqa: BLE001  (an image is a nicety; never lose the report for it)
                     pass
                 break
@@ -254,30 +256,17 @@ def _images(run: RunFacts, findings) -> dict[str, Any]:
     for tag, imgs in list(run.signals.kernel_images.items()) + list(run.signals.act_images.items()):
         if imgs and (tag in layers or len(out) < MAX_KERNEL_GRIDS + 2):
             last = imgs[-1]
-            out[f"logged:{tag}"] = {"title": f"{tag} (logged, step {last.step})", "step": int(last.step),
-                                    "png_base64": base64.b64encode(last.png_bytes()).decode("ascii")}
+            out[Key.LOGGED.of(tag)] = Picture(f"{tag} (logged, step {last.step})", png=last.png_bytes(),
+                                              step=int(last.step))
     if run.probe:
         res = run.probe[-1][1]
-        for f in findings:
-            if f.plot and f.plot.get("kind") == "probe_maps":
-                st = res.activations.get(f.plot["layer"])
-                if st is not None and st.maps is not None and len(st.maps):
-                    m = np.asarray(st.maps, dtype=float)
-                    m = (m - m.min()) / max(m.max() - m.min(), 1e-12)
-                    mosaic = np.concatenate(list(m), axis=1)
-                    key = f"probe:{f.plot['layer']}"
-                    out[key] = {"title": f"probe activation maps of {f.plot['layer']}", "png_base64": png_base64(
-                        np.kron(mosaic, np.ones((max(1, 64 // mosaic.shape[0]),) * 2)))}
-                    f.plot = {"kind": "image", "run": run.name, "image": key}
+        for f in findings:  # the rules point at the probe maps they want shown
+            layer = Key.PROBE.name_in(f.plot.image) if isinstance(f.plot, ImagePlot) else None
+            st = res.activations.get(layer) if layer is not None else None
+            if st is not None and st.maps is not None and len(st.maps):
+                out[f.plot.image] = Picture(f"probe activation maps of {layer}", probe_mosaic(st.maps))
         for layer, at in res.attention.items():
             if at.maps is not None and len(at.maps):
-                m = np.asarray(at.maps, dtype=float)
-                m = m / max(m.max(), 1e-12)
-                mosaic = np.concatenate(list(m[:8]), axis=1)
-                out[f"attention:{layer}"] = {"title": f"attention maps of {layer} (heads side by side, probe sample 0)",
-                                             "png_base64": png_base64(np.kron(mosaic, np.ones((4, 4))))}
-    for f in findings:  # image-backed plot kinds point at the image they need, or at nothing
-        if f.plot and f.plot.get("kind") in ("probe_maps", "attention"):
-            key = f"{'probe' if f.plot['kind'] == 'probe_maps' else 'attention'}:{f.plot.get('layer')}"
-            f.plot = {"kind": "image", "run": run.name, "image": key} if key in out else None
+                out[Key.ATTENTION.of(layer)] = Picture(
+                    f"attention maps of {layer} (heads side by side, probe sample 0)", attention_mosaic(at.maps))
     return out

@@ -338,6 +338,10 @@ class ActivationSeriesPlot(Plot):
     kind: ClassVar[str] = "activation_series"
     layer: str = _field("")
 
+    @property
+    def series_key(self) -> str:
+        return self.layer
+
 
 @dataclass(frozen=True)
 class ProbeSeriesPlot(Plot):
@@ -345,6 +349,10 @@ class ProbeSeriesPlot(Plot):
 
     kind: ClassVar[str] = "probe_series"
     layer: str = _field("")
+
+    @property
+    def series_key(self) -> str:
+        return Key.PROBE.of(self.layer)
 
 
 @dataclass(frozen=True)
@@ -371,3 +379,18 @@ class ImagePlot(Plot):
     @classmethod
     def of(cls, run: str, source: Key, name: str) -> "ImagePlot":
         return cls(run, source.of(name))
+
+
+# ------------------------------------------------------------------------------ details payloads
+
+
+@dataclass(frozen=True, eq=False)
+class Picture:
+    """One image of `details.images` before it is encoded: `pixels` (a float array in [0, 1], H×W or
+    H×W×3) drawn by evidence, or `png` bytes logged by the run itself. render.images encodes it (JSON:
+    {"title", "step"?, "png_base64"}); eq=False: compared and cached by identity."""
+
+    title: str
+    pixels: Any = None
+    png: bytes | None = None
+    step: int | None = None

@@ -16,6 +16,7 @@ from report_gen.cli import main
 from report_gen.render.context import build_context
 from report_gen.render.markdown import MARKER, render_markdown
 from report_gen.render.plots import _paint_curves
+from report_gen.vocab import CurvePlot
 
 SHAPES = {"conv1.weight": (8, 3, 3, 3), "conv1.bias": (8,), "conv2.weight": (16, 8, 3, 3), "conv2.bias": (16,),
           "fc.weight": (10, 16), "fc.bias": (10,)}
@@ -233,7 +234,7 @@ def test_apply_baseline_orders_new_first_and_the_view_leads_with_what_got_worse(
         ("best val accuracy", "same"), ("steps", "")]
     assert [(r["param"], r["fact"], r["ratio"], r["change"]) for r in view["layer_deltas"]["rows"]] == [
         ("a", "dead_kernel_ratio", "—", "worse"), ("b", "grad_rms", "×100", ""), ("a", "grad_rms", "×1.1", "")]
-    assert [ref["spec"]["baseline"] for c in view["curves"] for ref in c["plots"]] == [True, True]
+    assert [ref["spec"].baseline for c in view["curves"] for ref in c["plots"]] == [True, True]
 
 
 # ---------------------------------------------------------------------------------------- overlay
@@ -243,7 +244,7 @@ def test_curve_plot_draws_the_baseline_dashed_on_the_same_axes():
     ax = Figure().add_subplot()
     run = {"curves": {"train_loss": {"steps": [0, 1, 2, 3], "values": [2.0, 1.0, 0.5, 0.4]}}}
     baseline = {"train_loss": {"steps": [0, 1, 2], "values": [2.0, 1.5, 1.2]}}
-    assert _paint_curves(ax, run, {"series": ["train_loss"]}, baseline=baseline)
+    assert _paint_curves(ax, run, CurvePlot("p", ["train_loss"]), baseline=baseline)
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert [line.get_label() for line in dashed] == ["train_loss (baseline)"]
     assert list(dashed[0].get_xdata()) == [0, 1, 2]
@@ -252,7 +253,7 @@ def test_curve_plot_draws_the_baseline_dashed_on_the_same_axes():
 
 def _lines_without_baseline(run: dict) -> list:
     ax = Figure().add_subplot()
-    _paint_curves(ax, run, {"series": ["train_loss"]})
+    _paint_curves(ax, run, CurvePlot("p", ["train_loss"]))
     return ax.get_lines()
 
 

@@ -5,7 +5,8 @@ import base64
 import struct
 
 from report_gen.render.context import build_context, plot_key
-from report_gen.render.plots import PlotStore, decode_png
+from report_gen.render.plots import PAINTERS, PlotStore, decode_png
+from report_gen.vocab import PLOT_KINDS, ActivationSeriesPlot, CurvePlot, KernelsPlot, Plot, parse_plot
 from sample_report import make_report_dict, tiny_png
 
 
@@ -21,7 +22,7 @@ def test_plots_are_small_pngs_drawn_once_per_key():
     drawn = store.figures_drawn
     store.prepare(order)  # a second renderer asking again draws nothing new
     assert store.figures_drawn == drawn
-    curve = plot_key({"kind": "curve", "run": "healthy_cnn", "series": ["train_loss", "val_loss"]})
+    curve = plot_key(CurvePlot("healthy_cnn", ["train_loss", "val_loss"]))
     png = store.png(curve)
     assert png.startswith(b"\x89PNG") and _size(png) == (600, 260)
 
@@ -32,9 +33,9 @@ def test_figure_cap_keeps_the_most_important_plots():
     store = PlotStore(report, max_figures=2)
     store.prepare(order)
     assert store.figures_drawn == 2
-    drawn = [s for s in order if store.png(plot_key(s)) and s["kind"] not in ("image", "kernels")]
-    assert drawn == [s for s in order if s["kind"] not in ("image", "kernels")][:2]
-    kernels = {"kind": "kernels", "run": "healthy_cnn", "image": "kernels:conv1.weight"}
+    drawn = [s for s in order if store.png(plot_key(s)) and not s.is_image]
+    assert drawn == [s for s in order if not s.is_image][:2]
+    kernels = KernelsPlot("healthy_cnn", "kernels:conv1.weight")
     assert store.png(plot_key(kernels)) == tiny_png(64, 64, 1)  # logged images are not figures: never capped
 
 
@@ -42,12 +43,14 @@ def test_bad_data_gives_no_plot_instead_of_an_error():
     report = {"details": {"runs": {"r": {"curves": {"a": {"steps": [1, 2], "values": ["x", "y"]}},
                                          "grad_depth": [{"grad_rms": 0}, {"grad_rms": -1}],
                                          "distributions": {"w": {"steps": [1], "percentiles": {"0": [1]}}}}}}}
-    specs = [{"kind": "grad_depth", "run": "r"}, {"kind": "distribution", "run": "r", "key": "w"},
-             {"kind": "curve", "run": "missing", "series": ["a"]}, {"kind": "unknown", "run": "r"}]
+    specs = [parse_plot(s) for s in ({"kind": "grad_depth", "run": "r"}, {"kind": "distribution", "run": "r", "key": "w"},
+                                     {"kind": "curve", "run": "missing", "series": ["a"]})]
     store = PlotStore(report)
     store.prepare(specs)
-    assert [store.png(plot_key(s)) for s in specs] == [None] * 4
+    assert [store.png(plot_key(s)) for s in specs] == [None] * 3
     assert store.figures_drawn == 0
+    assert parse_plot({"kind": "unknown", "run": "r"}) is None  # an unknown kind is no plot at all
+    assert parse_plot({"kind": "layer_series", "run": "r", "param": "p", "fact": "nonsense"}) is None
 
 
 def test_decode_png_accepts_only_base64_png():
@@ -56,29 +59,26 @@ def test_decode_png_accepts_only_base64_png():
     assert decode_png("not base64!") is None and decode_png(None) is None
 
 
-def test_every_plot_kind_a_rule_emits_can_be_shown():
-    """A rule's evidence plot must reach the page: a painter draws it, or evidence turns it into an image."""
-    import pathlib
-    import re
+def test_every_plot_kind_can_be_shown():
+    """A plot a rule or a section emits must reach the page: a painter draws it, or it is a stored image.
 
-    import report_gen.rules as rules_pkg
-    from report_gen.render.context import IMAGE_KINDS
-    from report_gen.render.plots import PAINTERS
+    Hits only accept vocab.Plot instances (a dict is a TypeError), so the kinds below are all there are."""
+    import pytest
 
-    converted_by_evidence = {"probe_maps", "attention"}  # become {"kind": "image"} or no plot
-    kinds = set()
-    for path in pathlib.Path(rules_pkg.__file__).parent.glob("*.py"):
-        kinds |= set(re.findall(r'"kind":\s*"([a-z_]+)"', path.read_text()))
-    assert kinds, "no plot kinds found in the rules"
-    assert kinds <= set(PAINTERS) | set(IMAGE_KINDS) | converted_by_evidence, kinds - set(PAINTERS) - set(IMAGE_KINDS)
+    from report_gen.rules.base import Hit
+
+    kinds = set(PLOT_KINDS.values())
+    assert len(kinds) >= 8
+    assert all(issubclass(k, Plot) for k in kinds)
+    assert {k for k in kinds if not k.is_image} == set(PAINTERS)
+    with pytest.raises(TypeError):
+        Hit("x", "m", plot={"kind": "curve", "run": "r", "series": ["train_loss"]})
 
 
 def test_activation_series_painter_draws_logged_stats():
-    from report_gen.render.plots import PlotStore, plot_key
-
     report = {"details": {"runs": {"r": {"activation_series": {"relu1": {
         "steps": [0, 1, 2, 3], "mean": [0.1, 0.2, 0.3, 0.4], "std": [0.1] * 4, "max": [1, 2, 3, 4], "min": [0] * 4}}}}}}
     store = PlotStore(report)
-    spec = {"kind": "activation_series", "run": "r", "layer": "relu1"}
+    spec = ActivationSeriesPlot("r", "relu1")
     store.prepare([spec])
     assert store.png(plot_key(spec)).startswith(b"\x89PNG")

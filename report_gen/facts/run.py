@@ -35,7 +35,7 @@ def is_embedding_name(name: str) -> bool:
 @dataclass
 class GradEstimate:
     value: float  # RMS of the gradient, late-training median
-    source: str  # "grad_hist" | "optimizer_state" | "grad_norm_param"
+    source: Signal  # GRAD_HIST | OPTIMIZER_STATE | GRAD_NORM_PARAM
     series: np.ndarray | None = None  # per logged step, when known
     steps: np.ndarray | None = None
     nonfinite: bool = False
@@ -144,18 +144,18 @@ class RunFacts:
             nonfinite = bool(np.any(~np.isfinite(np.asarray(h.sum_squares, dtype=float))))
             late = curves.late(rms, 0.5)
             value = float(np.median(late)) if late.size else float("nan")
-            out[name] = GradEstimate(value, "grad_hist", rms, h.steps, nonfinite)
+            out[name] = GradEstimate(value, Signal.GRAD_HIST, rms, h.steps, nonfinite)
         if out:
             return out
         for c in reversed(self.checkpoints):
             opt = c.optimizer or {}
             if opt.get("grad_rms"):
                 for name, v in opt["grad_rms"].items():
-                    out[name] = GradEstimate(float(v), "optimizer_state", nonfinite=not np.isfinite(v))
+                    out[name] = GradEstimate(float(v), Signal.OPTIMIZER_STATE, nonfinite=not np.isfinite(v))
                 return out
         for name, s in self.signals.grad_norm_param.items():
             late = curves.late(s.values, 0.5)
-            out[name] = GradEstimate(float(np.median(late)) if late.size else float("nan"), "grad_norm_param",
+            out[name] = GradEstimate(float(np.median(late)) if late.size else float("nan"), Signal.GRAD_NORM_PARAM,
                                      s.values, s.steps, bool(np.any(~np.isfinite(s.values))))
         return out
 

@@ -75,7 +75,8 @@ def _phase(tag: str, sub: str) -> str:
     return "val" if toks & VAL_WORDS else "train"
 
 
-def _metric(tag: str) -> str | None:
+def _metric(tag: str) -> str | Signal | None:
+    """"loss" or "acc" (the phase decides which signal), Signal.LR, Signal.GRAD_NORM, or None."""
     toks = _tokens(tag)
     if not toks:
         return None
@@ -90,10 +91,15 @@ def _metric(tag: str) -> str | None:
             or (len(toks) >= 2 and toks[-2:] == ["acc", "top1"]):
         return "acc"
     if last in {"lr", "learning", "rate"} and ("lr" in toks or "learning" in toks) or toks[0] == "lr":
-        return "lr"
+        return Signal.LR
     if toks[-2:] == ["grad", "norm"] or toks[-2:] == ["gradient", "norm"]:
-        return "grad_norm"
+        return Signal.GRAD_NORM
     return None
+
+
+# (metric, phase) -> the signal its best candidate becomes
+_ROLES = {("loss", "train"): Signal.TRAIN_LOSS, ("loss", "val"): Signal.VAL_LOSS,
+          ("acc", "train"): Signal.TRAIN_ACC, ("acc", "val"): Signal.VAL_ACC}
 
 
 # Exact conventional tags, preferred over the generic "ends with loss" match.
@@ -170,15 +176,15 @@ def _map_scalars(data: RunLog, conv: TagConventions, sig: Signals) -> None:
             metric = _metric(tag)
             if metric in ("loss", "acc"):
                 candidates.setdefault((metric, _phase(tag, sub)), []).append((tag, s))
-            elif metric == "lr" and (sig.lr is None or len(s) > len(sig.lr)):
+            elif metric == Signal.LR and (sig.lr is None or len(s) > len(sig.lr)):
                 sig.lr = s
-            elif metric == "grad_norm" and (sig.grad_norm is None or len(s) > len(sig.grad_norm)):
+            elif metric == Signal.GRAD_NORM and (sig.grad_norm is None or len(s) > len(sig.grad_norm)):
                 sig.grad_norm = s
             else:
                 sig.other_scalars[s.tag] = s
     for (metric, phase), group in candidates.items():
         group.sort(key=lambda ts: _rank(metric, phase, ts[0], len(ts[1])))
-        setattr(sig, f"{phase}_{metric}", group[0][1])
+        setattr(sig, _ROLES[(metric, phase)].value, group[0][1])
         rest = sig.other_losses if metric == "loss" else sig.other_scalars
         for _, s in group[1:]:
             rest[s.tag] = s

@@ -7,6 +7,7 @@ and never decides a diagnostic threshold: it shows the verdicts the rules alread
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import unicodedata
@@ -16,18 +17,19 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from report_gen.core import judged_runs, severity_rank, verdict_for
+from report_gen.render.images import encoded
+from report_gen.vocab import (DISTRIBUTION_SOURCES, ActivationSeriesPlot, CurvePlot, DistributionPlot, GradDepthPlot,
+                              ImagePlot, Key, LayerSeriesPlot, Plot, ProbeSeriesPlot, Signal, curve_label, parse_plot)
 
 SEVERITY_ORDER = ("error", "warning", "info")
 SEVERITY_LABELS = {"error": "Errors", "warning": "Warnings", "info": "Info"}
 VERDICT_LABELS = {"fail": "FAIL", "warn": "WARN", "unknown": "UNKNOWN", "pass": "PASS"}
 CURVE_GROUPS = (
     ("Loss", lambda name: "loss" in name.lower()),
-    ("Accuracy", lambda name: name in ("train_acc", "val_acc")),
-    ("Learning rate", lambda name: name == "lr"),
-    ("Gradient norm", lambda name: name == "grad_norm"),
+    ("Accuracy", lambda name: name in (Signal.TRAIN_ACC, Signal.VAL_ACC)),
+    ("Learning rate", lambda name: name == Signal.LR),
+    ("Gradient norm", lambda name: name == Signal.GRAD_NORM),
 )
-DISTRIBUTION_KINDS = ("weight", "grad", "activation")
-IMAGE_KINDS = ("kernels", "image")
 CHANGE_ORDER = ("worse", "better", "same", "")  # baseline metric changes: what got worse is shown first
 
 
@@ -101,9 +103,9 @@ def format_duration(seconds: Any) -> str:
     return f"{secs} s"
 
 
-def plot_key(spec: dict) -> str:
-    """A stable string naming one plot: the same spec gives the same key (and the same PNG)."""
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+def plot_key(plot: Plot) -> str:
+    """A stable string naming one plot: the same plot gives the same key (and the same PNG)."""
+    return json.dumps(plot.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
 
 
 def template_root() -> Path:
@@ -118,38 +120,36 @@ def template_root() -> Path:
 
 
 def _curve_series_title(series: Iterable[str]) -> str:
-    return ", ".join(s.removeprefix("other:") for s in series)
+    return ", ".join(curve_label(s) for s in series)
 
 
-def plot_title(spec: dict) -> str:
-    """Human title (also the image alt text) for a plot spec."""
-    kind = spec.get("kind")
-    if kind == "curve":
-        title = _curve_series_title(_list(spec.get("series")))
-        if spec.get("baseline"):
+def plot_title(plot: Plot) -> str:
+    """Human title (also the image alt text) for a plot."""
+    if isinstance(plot, CurvePlot):
+        title = _curve_series_title(plot.series)
+        if plot.baseline:
             title += " vs baseline (dashed)"
-        step = spec.get("mark_step")
-        return f"{title} (step {format_value(step)} marked)" if step is not None else title
-    if kind == "distribution":
-        return f"{spec.get('key', '')} over time"
-    if kind == "grad_depth":
+        return f"{title} (step {format_value(plot.mark_step)} marked)" if plot.mark_step is not None else title
+    if isinstance(plot, DistributionPlot):
+        return f"{plot.key} over time"
+    if isinstance(plot, GradDepthPlot):
         return "gradient RMS by depth"
-    if kind in IMAGE_KINDS:
-        return str(spec.get("image", ""))
-    if kind == "layer_series":
-        return f"{spec.get('fact', '')} of {spec.get('param', '')}"
-    if kind == "activation_series":
-        return f"activation statistics of {spec.get('layer', '')} over training"
-    if kind == "probe_series":
-        return f"probe activation statistics of {spec.get('layer', '')} across checkpoints"
-    return str(kind)
+    if plot.is_image:
+        return str(plot.image)
+    if isinstance(plot, LayerSeriesPlot):
+        return f"{plot.fact} of {plot.param}"
+    if isinstance(plot, ActivationSeriesPlot):
+        return f"activation statistics of {plot.layer} over training"
+    if isinstance(plot, ProbeSeriesPlot):
+        return f"probe activation statistics of {plot.layer} across checkpoints"
+    return plot.kind
 
 
-def _plot_ref(spec: dict | None, limits: Limits) -> dict | None:
-    if not isinstance(spec, dict) or not spec.get("kind"):
+def _plot_ref(plot: Plot | None, limits: Limits) -> dict | None:
+    if plot is None:
         return None
-    return {"key": plot_key(spec), "spec": spec, "title": clean_text(plot_title(spec), min(limits.max_text, 200)),
-            "is_image": spec.get("kind") in IMAGE_KINDS}
+    return {"key": plot_key(plot), "spec": plot, "title": clean_text(plot_title(plot), min(limits.max_text, 200)),
+            "is_image": plot.is_image}
 
 
 # -------------------------------------------------------------------------------------- findings
@@ -173,16 +173,15 @@ def _finding_view(finding: dict, index: int, limits: Limits, overlay: dict[str, 
         "status": clean_text(finding.get("status") or "", 20),
         "reason": clean_text(finding.get("reason") or "", text),
         "evidence": evidence[:40],
-        "plot": _plot_ref(_with_overlay(finding.get("plot"), overlay or {}), limits),
+        "plot": _plot_ref(_with_overlay(parse_plot(finding.get("plot")), overlay or {}), limits),
     }
 
 
-def _with_overlay(spec: Any, overlay: dict[str, set]) -> Any:
-    """A curve plot spec marked to draw the baseline's curves too, when the baseline has any of its series."""
-    if isinstance(spec, dict) and spec.get("kind") == "curve" and \
-            overlay.get(str(spec.get("run", "")), set()) & set(_list(spec.get("series"))):
-        return {**spec, "baseline": True}
-    return spec
+def _with_overlay(plot: Plot | None, overlay: dict[str, set]) -> Plot | None:
+    """A curve plot marked to draw the baseline's curves too, when the baseline has any of its series."""
+    if isinstance(plot, CurvePlot) and overlay.get(plot.run, set()) & set(plot.series):
+        return dataclasses.replace(plot, baseline=True)
+    return plot
 
 
 def sort_findings(findings: Iterable[Any]) -> list[dict]:
@@ -245,7 +244,7 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "curves": _curve_refs(name, _dict(details.get("curves")), limits, overlay or {}),
         "distributions": _distribution_refs(name, _dict(details.get("distributions")), limits),
         "activations": _activation_refs(name, _dict(details.get("activation_series")), limits),
-        "grad_depth": _plot_ref({"kind": "grad_depth", "run": name}, limits) if _list(details.get("grad_depth")) else None,
+        "grad_depth": _plot_ref(GradDepthPlot(name), limits) if _list(details.get("grad_depth")) else None,
         "images": _image_refs(name, _dict(details.get("images")), limits),
     }
 
@@ -291,17 +290,18 @@ def _curve_refs(run: str, curves: dict, limits: Limits, overlay: dict[str, set])
     for title, belongs in CURVE_GROUPS:
         series = [name for name in curves if belongs(name)]
         if series:
-            ref = _plot_ref(_with_overlay({"kind": "curve", "run": run, "series": series}, overlay), limits)
+            ref = _plot_ref(_with_overlay(CurvePlot(run, series), overlay), limits)
             refs.append({**ref, "title": title})
     return refs
 
 
 def _distribution_refs(run: str, distributions: dict, limits: Limits) -> list[dict]:
     def order(key: str) -> tuple:
-        kind = key.split(":", 1)[0]
-        return (DISTRIBUTION_KINDS.index(kind) if kind in DISTRIBUTION_KINDS else len(DISTRIBUTION_KINDS), key)
+        rank = next((i for i, source in enumerate(DISTRIBUTION_SOURCES) if source.name_in(key) is not None),
+                    len(DISTRIBUTION_SOURCES))
+        return (rank, key)
 
-    return [_plot_ref({"kind": "distribution", "run": run, "key": key}, limits) for key in sorted(distributions, key=order)]
+    return [_plot_ref(DistributionPlot(run, key), limits) for key in sorted(map(str, distributions), key=order)]
 
 
 MAX_ACTIVATION_PLOTS = 8
@@ -309,12 +309,12 @@ MAX_ACTIVATION_PLOTS = 8
 
 def _activation_refs(run: str, series: dict, limits: Limits) -> list[dict]:
     """Activation statistics against step: probed checkpoints first (the post-hoc view), then logged."""
-    keys = sorted(series, key=lambda k: (not str(k).startswith("probe:"), str(k)))[:MAX_ACTIVATION_PLOTS]
+    keys = sorted(map(str, series), key=lambda k: (Key.PROBE.name_in(k) is None, k))[:MAX_ACTIVATION_PLOTS]
     refs = []
     for key in keys:
-        key = str(key)
-        kind, layer = ("probe_series", key[6:]) if key.startswith("probe:") else ("activation_series", key)
-        refs.append(_plot_ref({"kind": kind, "run": run, "layer": layer}, limits))
+        layer = Key.PROBE.name_in(key)
+        plot = ActivationSeriesPlot(run, key) if layer is None else ProbeSeriesPlot(run, layer)
+        refs.append(_plot_ref(plot, limits))
     return refs
 
 
@@ -322,7 +322,7 @@ def _image_refs(run: str, images: dict, limits: Limits) -> list[dict]:
     refs = []
     for key, image in images.items():
         image = _dict(image)
-        ref = _plot_ref({"kind": "image", "run": run, "image": key}, limits)
+        ref = _plot_ref(ImagePlot(run, str(key)), limits)
         title = clean_text(image.get("title") or key, 200)
         step = image.get("step")
         refs.append({**ref, "title": title if step is None else f"{title} (step {format_value(step)})"})
@@ -360,8 +360,8 @@ def _baseline_view(baseline: Any, views: list[dict], runs: list[dict], limits: L
         "worse_count": sum(d["change"] == "worse" for d in deltas),
         "better_count": sum(d["change"] == "better" for d in deltas),
         "layer_deltas": _layer_deltas_view(_list(baseline.get("layer_deltas")), limits),
-        "curves": [{"run": run["name"], "plots": [r for r in run["curves"] if r["spec"].get("baseline")]}
-                   for run in runs if any(r["spec"].get("baseline") for r in run["curves"])],
+        "curves": [{"run": run["name"], "plots": [r for r in run["curves"] if r["spec"].baseline]}
+                   for run in runs if any(r["spec"].baseline for r in run["curves"])],
     }
 
 
@@ -416,6 +416,7 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
 
     Never raises on missing or oddly-typed pieces: whatever is absent is simply not shown.
     """
+    report = encoded(report)
     all_sorted = sort_findings(_list(report.get("findings")))
     shown = all_sorted if limits.max_findings is None else all_sorted[: max(limits.max_findings, 0)]
     # counts and verdict are recomputed from the findings, so a hand-edited report.json cannot show a
@@ -471,13 +472,13 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
     return context
 
 
-def _plot_order(context: dict) -> list[dict]:
+def _plot_order(context: dict) -> list[Plot]:
     """Every plot the report can show, most important first (the figure cap keeps a prefix)."""
     refs = [v["plot"] for v in context["findings"] if v["plot"]]
     for run in context["runs"]:
         refs += ([run["grad_depth"]] if run["grad_depth"] else []) + run["curves"] + run["distributions"] + \
             run["activations"] + run["images"]
-    unique: dict[str, dict] = {}
+    unique: dict[str, Plot] = {}
     for ref in refs:
         unique.setdefault(ref["key"], ref["spec"])
     return list(unique.values())

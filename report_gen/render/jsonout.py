@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 from report_gen.core import jsonable
+from report_gen.render.images import encoded
 
 
 def dumps(report: dict) -> str:
-    """The report as strict JSON text; numpy values become plain numbers, NaN/Inf become strings."""
-    return json.dumps(jsonable(report), allow_nan=False, ensure_ascii=False, indent=1)
+    """The report as strict JSON text; numpy values become plain numbers, NaN/Inf become strings, pictures PNGs."""
+    return json.dumps(jsonable(encoded(report)), allow_nan=False, ensure_ascii=False, indent=1)
 
 
 def write_json(report: dict, path: str | Path) -> Path:

@@ -6,22 +6,22 @@ most `max_figures` figures, in the priority order the view model gives, reusing 
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import math
 from functools import partial
 from typing import Any, Callable, Iterable
 
 import numpy as np
-
-from report_gen.facts import curves
 from cycler import cycler
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from report_gen.render.context import IMAGE_KINDS, plot_key
+from report_gen.facts import curves
+from report_gen.render.context import plot_key
+from report_gen.render.images import decode_png, encoded
+from report_gen.vocab import (ActivationSeriesPlot, CurvePlot, DistributionPlot, GradDepthPlot, LayerSeriesPlot, Plot,
+                              ProbeSeriesPlot, curve_label)
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 STYLE = {
@@ -41,7 +41,6 @@ DPI = 100
 MARGINS = {"left": 0.1, "right": 0.98, "top": 0.9, "bottom": 0.17}
 DEFAULT_MAX_FIGURES = 40
 TENSORBOARD_SMOOTHING = 0.6
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BAND_PAIRS = (("0", "100", 0.15), ("7", "93", 0.25), ("16", "84", 0.35), ("31", "69", 0.5))
 
 
@@ -64,21 +63,11 @@ def ema_smooth(values: np.ndarray, weight: float = TENSORBOARD_SMOOTHING) -> np.
     return curves.ema_smooth(values, weight)
 
 
-def decode_png(encoded: Any) -> bytes | None:
-    """base64 text -> PNG bytes, or None when it is not valid base64 of a PNG."""
-    if not isinstance(encoded, str):
-        return None
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return data if data.startswith(PNG_SIGNATURE) else None
-
-
 class PlotStore:
     """Draws plots for one report on demand and remembers their PNG bytes by plot key."""
 
     def __init__(self, report: dict, max_figures: int = DEFAULT_MAX_FIGURES) -> None:
+        report = encoded(report)
         runs = report.get("details", {}).get("runs", {}) if isinstance(report.get("details"), dict) else {}
         self._runs: dict = runs if isinstance(runs, dict) else {}
         baseline = report.get("baseline") if isinstance(report.get("baseline"), dict) else {}
@@ -88,17 +77,17 @@ class PlotStore:
         self._figure: Figure | None = None
         self.figures_drawn = 0
 
-    def prepare(self, specs: Iterable[dict]) -> None:
-        """Draw (or decode) every spec not seen yet, in order, until the figure cap is reached."""
+    def prepare(self, plots: Iterable[Plot]) -> None:
+        """Draw (or decode) every plot not seen yet, in order, until the figure cap is reached."""
         with rc_context(STYLE):
-            for spec in specs:
-                key = plot_key(spec)
+            for plot in plots:
+                key = plot_key(plot)
                 if key in self._png:
                     continue
-                if spec.get("kind") in IMAGE_KINDS:
-                    self._png[key] = self._logged_image(spec)
+                if plot.is_image:
+                    self._png[key] = self._logged_image(plot)
                 elif self.figures_drawn < self._max_figures:
-                    self._png[key] = self._draw(spec)
+                    self._png[key] = self._draw(plot)
 
     def png(self, key: str) -> bytes | None:
         """PNG bytes of a prepared plot, or None (not prepared, over the cap, or nothing to draw)."""
@@ -106,20 +95,21 @@ class PlotStore:
 
     # -------------------------------------------------------------------------------- drawing
 
-    def _run(self, spec: dict) -> dict:
-        run = self._runs.get(str(spec.get("run", "")))
+    def _run(self, plot: Plot) -> dict:
+        run = self._runs.get(plot.run)
         return run if isinstance(run, dict) else {}
 
-    def _logged_image(self, spec: dict) -> bytes | None:
-        image = self._run(spec).get("images", {}).get(str(spec.get("image", "")))
+    def _logged_image(self, plot: Any) -> bytes | None:
+        images = self._run(plot).get("images")
+        image = images.get(plot.image) if isinstance(images, dict) else None
         return decode_png(image.get("png_base64")) if isinstance(image, dict) else None
 
-    def _draw(self, spec: dict) -> bytes | None:
-        painter: Callable[[Any, dict, dict], bool] | None = PAINTERS.get(str(spec.get("kind")))
+    def _draw(self, plot: Plot) -> bytes | None:
+        painter: Callable[[Any, dict, Any], bool] | None = PAINTERS.get(type(plot))
         if painter is None:
             return None
-        if spec.get("kind") == "curve" and spec.get("baseline"):
-            painter = partial(_paint_curves, baseline=self._baseline_curves.get(str(spec.get("run", ""))))
+        if isinstance(plot, CurvePlot) and plot.baseline:
+            painter = partial(_paint_curves, baseline=self._baseline_curves.get(plot.run))
         if self._figure is None:
             self._figure = Figure(figsize=FIGSIZE, dpi=DPI)
             FigureCanvasAgg(self._figure)
@@ -128,7 +118,7 @@ class PlotStore:
         fig.subplots_adjust(**MARGINS)  # fixed margins: tight_layout would double the drawing time
         ax = fig.add_subplot()
         try:
-            drawn = painter(ax, self._run(spec), spec)
+            drawn = painter(ax, self._run(plot), plot)
         except (TypeError, ValueError, KeyError, AttributeError, IndexError):
             drawn = False  # malformed numbers in details: show no plot rather than stop the report
         if not drawn:
@@ -158,15 +148,15 @@ def _tail(name: str, limit: int = 18) -> str:
     return name if len(name) <= limit else "…" + name[-(limit - 1):]
 
 
-def _paint_curves(ax, run: dict, spec: dict, baseline: Any = None) -> bool:
-    """The spec's series, raw (faint) and smoothed; a `baseline` run's same series dashed, smoothed."""
+def _paint_curves(ax, run: dict, plot: CurvePlot, baseline: Any = None) -> bool:
+    """The plot's series, raw (faint) and smoothed; a `baseline` run's same series dashed, smoothed."""
     curves = run.get("curves", {}) if isinstance(run.get("curves"), dict) else {}
     baseline = baseline if isinstance(baseline, dict) else {}
     drawn = False
     seen: list[np.ndarray] = []
-    for index, name in enumerate(s for s in spec.get("series", []) if s in curves or s in baseline):
+    for index, name in enumerate(s for s in plot.series if s in curves or s in baseline):
         colour = OKABE_ITO[index % len(OKABE_ITO)]
-        label = _label(name.removeprefix("other:"))
+        label = _label(curve_label(name))
         x, y = _xy(curves.get(name))
         if len(x):
             seen.append(y)
@@ -183,9 +173,8 @@ def _paint_curves(ax, run: dict, spec: dict, baseline: Any = None) -> bool:
             drawn = True
     if not drawn:
         return False
-    mark = spec.get("mark_step")
-    if isinstance(mark, (int, float)) and not isinstance(mark, bool):
-        ax.axvline(mark, color="#555555", linestyle="--", linewidth=1)
+    if plot.mark_step is not None:
+        ax.axvline(plot.mark_step, color="#555555", linestyle="--", linewidth=1)
     finite = np.concatenate(seen)[np.isfinite(np.concatenate(seen))] if seen else np.array([])
     if finite.size and finite.min() > 0 and finite.max() / finite.min() > 1e3:
         ax.set_yscale("log")  # a blow-up would flatten everything else to a line at 0
@@ -195,9 +184,9 @@ def _paint_curves(ax, run: dict, spec: dict, baseline: Any = None) -> bool:
     return True
 
 
-def _paint_distribution(ax, run: dict, spec: dict) -> bool:
+def _paint_distribution(ax, run: dict, plot: DistributionPlot) -> bool:
     dists = run.get("distributions", {}) if isinstance(run.get("distributions"), dict) else {}
-    dist = dists.get(str(spec.get("key", "")))
+    dist = dists.get(plot.key)
     if not isinstance(dist, dict) or not isinstance(dist.get("percentiles"), dict):
         return False
     steps = to_floats(dist.get("steps"))
@@ -210,11 +199,11 @@ def _paint_distribution(ax, run: dict, spec: dict) -> bool:
             ax.fill_between(steps, pct[low], pct[high], color=colour, alpha=alpha, linewidth=0)
     ax.plot(steps[: len(pct["50"])], pct["50"], color=colour, linewidth=1.2, label="median")
     ax.set_xlabel("step")
-    ax.set_title(_label(str(spec.get("key", "")), 90), loc="left")
+    ax.set_title(_label(plot.key, 90), loc="left")
     return True
 
 
-def _paint_grad_depth(ax, run: dict, spec: dict) -> bool:
+def _paint_grad_depth(ax, run: dict, plot: GradDepthPlot) -> bool:
     rows = [r for r in run.get("grad_depth", []) if isinstance(r, dict)]
     rms = to_floats([r.get("grad_rms") for r in rows])
     positive = np.where(np.isfinite(rms) & (rms > 0), rms, np.nan)
@@ -232,11 +221,10 @@ def _paint_grad_depth(ax, run: dict, spec: dict) -> bool:
     return True
 
 
-def _paint_activation_series(ax, run: dict, spec: dict) -> bool:
+def _paint_activation_series(ax, run: dict, plot: ActivationSeriesPlot | ProbeSeriesPlot) -> bool:
     """mean ± std band and min/max lines of a layer's activations (logged, or probed per checkpoint)."""
     series = run.get("activation_series", {}) if isinstance(run.get("activation_series"), dict) else {}
-    prefix = "probe:" if spec.get("kind") == "probe_series" else ""
-    data = series.get(prefix + str(spec.get("layer", "")))
+    data = series.get(plot.series_key)
     if not isinstance(data, dict):
         return False
     x = to_floats(data.get("steps"))
@@ -253,27 +241,27 @@ def _paint_activation_series(ax, run: dict, spec: dict) -> bool:
     if not drawn:
         return False
     ax.set_xlabel("step")
-    ax.set_title(_label(str(spec.get("layer", "")), 90), loc="left")
+    ax.set_title(_label(plot.layer, 90), loc="left")
     ax.legend(loc="best")
     return True
 
 
-def _paint_layer_series(ax, run: dict, spec: dict) -> bool:
+def _paint_layer_series(ax, run: dict, plot: LayerSeriesPlot) -> bool:
     series = run.get("layer_series", {}) if isinstance(run.get("layer_series"), dict) else {}
-    x, y = _xy(series.get(str(spec.get("param", ""))), str(spec.get("fact", "")))
+    x, y = _xy(series.get(plot.param), plot.fact.value)
     if not len(x):
         return False
-    ax.plot(x, y, color=OKABE_ITO[0], linewidth=1.2, label=_label(str(spec.get("fact", ""))))
+    ax.plot(x, y, color=OKABE_ITO[0], linewidth=1.2, label=_label(plot.fact.value))
     ax.set_xlabel("step")
-    ax.set_title(_label(str(spec.get("param", "")), 90), loc="left")
+    ax.set_title(_label(plot.param, 90), loc="left")
     if np.all(y[np.isfinite(y)] > 0) and np.isfinite(y).sum() > 1:
         ax.set_yscale("log")
     return True
 
 
-# plot kind (a finding's or a section's `plot.kind`) -> painter; image kinds are decoded, not drawn
-PAINTERS: dict[str, Callable[[Any, dict, dict], bool]] = {
-    "curve": _paint_curves, "distribution": _paint_distribution, "grad_depth": _paint_grad_depth,
-    "layer_series": _paint_layer_series, "activation_series": _paint_activation_series,
-    "probe_series": _paint_activation_series,
+# plot kind -> painter; image kinds (Plot.is_image) are decoded, not drawn
+PAINTERS: dict[type[Plot], Callable[[Any, dict, Any], bool]] = {
+    CurvePlot: _paint_curves, DistributionPlot: _paint_distribution, GradDepthPlot: _paint_grad_depth,
+    LayerSeriesPlot: _paint_layer_series, ActivationSeriesPlot: _paint_activation_series,
+    ProbeSeriesPlot: _paint_activation_series,
 }

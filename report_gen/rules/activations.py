@@ -8,11 +8,16 @@ import numpy as np
 from report_gen.facts import curves
 from report_gen.facts import histograms as hf
 from report_gen.rules.base import Hit, rule
-from report_gen.vocab import Signal
+from report_gen.vocab import ActivationSeriesPlot, DistributionPlot, ImagePlot, Key, ProbeSeriesPlot, Signal
 
 
 def _last_probe(run):
     return run.probe[-1][1] if run.probe else None
+
+
+def _maps_plot(run, source: Key, layer: str, maps) -> ImagePlot | None:
+    """The probe's maps of `layer` as an image of the report (evidence draws it), when the probe kept any."""
+    return ImagePlot.of(run.name, source, layer) if maps is not None and len(maps) else None
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ def dead_activations(run, opts: DeadActivationOptions):
                                  f"than 1% of the probe inputs",
                           {"dead_share": share, "units": st.units, "source": "probe",
                            "threshold": opts.error_share if sev == "error" else opts.warning_share},
-                          severity=sev, plot={"kind": "probe_maps", "run": run.name, "layer": layer})
+                          severity=sev, plot=_maps_plot(run, Key.PROBE, layer, st.maps))
     for layer, stats in run.signals.act_stats.items():
         if layer in reported or "max" not in stats or "min" not in stats:
             continue
@@ -78,7 +83,7 @@ def dead_activations(run, opts: DeadActivationOptions):
                              f"over the last {mx.size} logged steps",
                       {"late_max": float(np.max(mx)), "late_min": float(np.min(mn)), "points": int(mx.size),
                        "source": "activation_stats"},
-                      plot={"kind": "activation_series", "run": run.name, "layer": layer})
+                      plot=ActivationSeriesPlot(run.name, layer))
     for layer, h in run.signals.act_hist.items():
         if layer in reported or not len(h):
             continue
@@ -88,7 +93,7 @@ def dead_activations(run, opts: DeadActivationOptions):
             sev = "error" if zero > opts.error_share else "warning"
             yield Hit(layer, f"{zero:.0%} of the logged activations of {layer} are 0 at step {int(h.steps[i])}",
                       {"zero_share": zero, "step": int(h.steps[i]), "source": "activation histograms"},
-                      severity=sev, plot={"kind": "distribution", "run": run.name, "key": f"activation:{layer}"})
+                      severity=sev, plot=DistributionPlot.of(run.name, Key.ACTIVATION, layer))
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ def saturated_activations(run, opts: SaturationOptions):
         if np.isfinite(share) and share > opts.warning_share:
             yield Hit(layer, f"{share:.0%} of the logged outputs of {layer} are saturated at step {int(h.steps[i])}",
                       {"saturated_share": share, "source": "activation histograms", "threshold": opts.warning_share},
-                      plot={"kind": "distribution", "run": run.name, "key": f"activation:{layer}"})
+                      plot=DistributionPlot.of(run.name, Key.ACTIVATION, layer))
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,7 @@ def growing_activations(run, opts: GrowingOptions):
         s = stats.get("std") or stats.get("mean")
         if s is None:
             continue
-        hit = check(layer, s.values, "activation_stats", {"kind": "activation_series", "run": run.name, "layer": layer})
+        hit = check(layer, s.values, "activation_stats", ActivationSeriesPlot(run.name, layer))
         if hit:
             seen.add(layer)
             yield hit
@@ -204,7 +209,7 @@ def growing_activations(run, opts: GrowingOptions):
             if layer in seen or last.kind not in ("relu-like", "sigmoid", "tanh"):
                 continue
             vals = [r.activations[layer].std for _, r in run.probe if layer in r.activations]
-            hit = check(layer, vals, "probe over checkpoints", {"kind": "probe_series", "run": run.name, "layer": layer})
+            hit = check(layer, vals, "probe over checkpoints", ProbeSeriesPlot(run.name, layer))
             if hit:
                 yield hit
 
@@ -288,7 +293,7 @@ def unstable_activations(run, opts: UnstableOptions):
             yield Hit(layer, f"the activation std of {layer} varies by {cv:.0%} (std/mean) between logged batches "
                              f"late in training",
                       {"coefficient_of_variation": cv, "points": int(v.size), "threshold": opts.max_cv},
-                      plot={"kind": "activation_series", "run": run.name, "layer": layer})
+                      plot=ActivationSeriesPlot(run.name, layer))
 
 
 @dataclass(frozen=True)
@@ -335,4 +340,4 @@ def degenerate_attention(run, opts: AttentionOptions):
             yield Hit(layer, f"{' and '.join(parts)} of {at.heads} attention heads",
                       {"uniform_heads": uniform, "collapsed_heads": collapsed, "heads": at.heads,
                        "entropy": ent.round(3).tolist()},
-                      plot={"kind": "attention", "run": run.name, "layer": layer})
+                      plot=_maps_plot(run, Key.ATTENTION, layer, at.maps))

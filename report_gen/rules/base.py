@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from report_gen.core import Severity
-from report_gen.vocab import Signal
+from report_gen.vocab import Plot, Signal
 
 CODE_RE = re.compile(r"^[A-Z][0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -43,7 +43,11 @@ class Hit:
     evidence: dict[str, Any] = field(default_factory=dict)
     severity: str | None = None  # None = the rule's (possibly configured) severity
     suggestion: str | None = None
-    plot: dict[str, Any] | None = None
+    plot: Plot | None = None
+
+    def __post_init__(self) -> None:
+        if self.plot is not None and not isinstance(self.plot, Plot):
+            raise TypeError(f"Hit.plot must be a vocab.Plot (CurvePlot, ...), got {type(self.plot).__name__}")
 
 
 @dataclass(frozen=True)

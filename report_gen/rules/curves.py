@@ -7,18 +7,18 @@ import numpy as np
 
 from report_gen.facts import curves
 from report_gen.rules.base import Hit, rule
-from report_gen.vocab import Signal
+from report_gen.vocab import CurvePlot, Key, Signal
 
 
 def _loss_series(run, include_val: bool = True):
     s = run.signals
     out = []
     if s.train_loss is not None:
-        out.append(("train_loss", s.train_loss))
+        out.append((Signal.TRAIN_LOSS, s.train_loss))
     if include_val and s.val_loss is not None:
-        out.append(("val_loss", s.val_loss))
+        out.append((Signal.VAL_LOSS, s.val_loss))
     for tag, series in s.other_losses.items():
-        out.append((f"other:{tag}", series))
+        out.append((Key.OTHER.of(tag), series))
     return out
 
 
@@ -54,9 +54,9 @@ def nonfinite_loss(run, opts: NonfiniteLossOptions):
     s = run.signals
     named = _loss_series(run)
     if opts.include_metrics:
-        for key in ("train_acc", "val_acc"):
-            if getattr(s, key) is not None:
-                named.append((key, getattr(s, key)))
+        for key in (Signal.TRAIN_ACC, Signal.VAL_ACC):
+            if getattr(s, key.value) is not None:
+                named.append((key, getattr(s, key.value)))
     for key, series in named:
         i = curves.first_nonfinite(series.values)
         if i is None:
@@ -66,7 +66,7 @@ def nonfinite_loss(run, opts: NonfiniteLossOptions):
                               f"{int(series.steps[i])}; {bad} of {len(series)} values are NaN/Inf",
                   {"first_step": int(series.steps[i]), "nonfinite": bad, "total": len(series),
                    "last_finite": float(series.values[:i][-1]) if i > 0 else None},
-                  plot={"kind": "curve", "run": run.name, "series": [key], "mark_step": int(series.steps[i])})
+                  plot=CurvePlot(run.name, [key], int(series.steps[i])))
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def divergence(run, opts: DivergenceOptions):
     yield Hit(s.tag, msg, {"start": summ.start, "best": summ.best, "best_step": best_step, "end": summ.end,
                            "giveback": giveback, "peak": float(v[peak_i]), "peak_step": int(steps[peak_i]),
                            "spike": spike, "last": last, "recovered": recovered},
-              severity=sev, plot={"kind": "curve", "run": run.name, "series": ["train_loss"], "mark_step": best_step})
+              severity=sev, plot=CurvePlot(run.name, [Signal.TRAIN_LOSS], best_step))
 
 
 @dataclass(frozen=True)
@@ -194,10 +194,10 @@ def plateau(run, opts: PlateauOptions):
                                             f"(from {_fmt(summ.start)} to best {_fmt(summ.best)})",
                           {"relative_improvement": imp, "start": summ.start, "best": summ.best,
                            "points": summ.n, "threshold": opts.min_improvement},
-                          plot={"kind": "curve", "run": run.name, "series": ["train_loss"]})
+                          plot=CurvePlot(run.name, [Signal.TRAIN_LOSS]))
         return  # the loss decides; accuracy is only the fallback when no training loss was logged
-    for key in ("train_acc", "val_acc"):
-        a = getattr(s, key)
+    for key in (Signal.TRAIN_ACC, Signal.VAL_ACC):
+        a = getattr(s, key.value)
         if a is None or np.isfinite(a.values).sum() < opts.min_points:
             continue
         summ = curves.summarize(a.values, higher_is_better=True)
@@ -208,7 +208,7 @@ def plateau(run, opts: PlateauOptions):
                              f"({_fmt(summ.start)} → best {_fmt(summ.best)})",
                       {"start": summ.start, "best": summ.best, "gain": summ.best - summ.start,
                        "threshold": opts.min_acc_gain},
-                      plot={"kind": "curve", "run": run.name, "series": [key]})
+                      plot=CurvePlot(run.name, [key]))
             return
 
 
@@ -271,8 +271,8 @@ def oscillation(run, opts: OscillationOptions):
     if val_v.size >= 3:
         _, _, vrate, _, vrel = measure(val_v)
         val_oscillates = vrate >= opts.min_sign_change_rate and vrel >= opts.min_relative_swing
-    for key in ("val_loss", "train_loss"):
-        s = getattr(run.signals, key)
+    for key in (Signal.VAL_LOSS, Signal.TRAIN_LOSS):
+        s = getattr(run.signals, key.value)
         if s is None:
             continue
         v = s.values[np.isfinite(s.values)]
@@ -280,7 +280,7 @@ def oscillation(run, opts: OscillationOptions):
             continue
         summ, tail, rate, swing, rel = measure(v)
         if rate >= opts.min_sign_change_rate and rel >= opts.min_relative_swing:
-            smooth_val = key == "train_loss" and val_oscillates is False
+            smooth_val = key == Signal.TRAIN_LOSS and val_oscillates is False
             note = "; the validation loss is smooth, so this is likely batch-to-batch noise" if smooth_val else ""
             yield Hit(s.tag, f"{s.tag} swings step to step in its last {tail.size} points: direction changes "
                              f"{rate:.0%} of the time, median swing {_fmt(swing)} = {rel:.0%} of the run's improvement"
@@ -288,7 +288,7 @@ def oscillation(run, opts: OscillationOptions):
                       {"sign_change_rate": rate, "median_swing": swing, "relative_swing": rel,
                        "improvement_span": summ.span, "window": int(tail.size), "validation_smooth": smooth_val},
                       severity="info" if smooth_val else None,
-                      plot={"kind": "curve", "run": run.name, "series": [key, "val_loss"] if smooth_val else [key]})
+                      plot=CurvePlot(run.name, [key, Signal.VAL_LOSS] if smooth_val else [key]))
 
 
 @dataclass(frozen=True)
@@ -370,8 +370,7 @@ def overfitting(run, opts: OverfittingOptions):
                            "evaluations_after_best": tail_n, "threshold": opts.min_rise,
                            "val_accuracy_holds": acc_holds},
                           severity="info" if acc_holds else None,
-                          plot={"kind": "curve", "run": run.name, "series": ["train_loss", "val_loss"],
-                                "mark_step": best_step})
+                          plot=CurvePlot(run.name, [Signal.TRAIN_LOSS, Signal.VAL_LOSS], best_step))
                 return
     ta, va = s.train_acc, s.val_acc
     losses_finite = all(x is None or curves.first_nonfinite(x.values) is None for x in (s.train_loss, s.val_loss))
@@ -386,4 +385,4 @@ def overfitting(run, opts: OverfittingOptions):
                                   f"{_fmt(float(np.median(v_end)))}: a gap of {gap / scale:.0%}",
                           {"train_acc": float(np.median(t_end)), "val_acc": float(np.median(v_end)),
                            "gap": gap / scale, "threshold": opts.max_acc_gap},
-                          plot={"kind": "curve", "run": run.name, "series": ["train_acc", "val_acc"]})
+                          plot=CurvePlot(run.name, [Signal.TRAIN_ACC, Signal.VAL_ACC]))

@@ -8,7 +8,7 @@ import numpy as np
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import is_weight_name
 from report_gen.rules.base import Hit, rule
-from report_gen.vocab import Signal
+from report_gen.vocab import CurvePlot, Key, LayerFact, LayerSeriesPlot, Signal
 
 
 def module_of(param: str) -> str:
@@ -106,7 +106,7 @@ def frozen_layer(run, opts: FrozenOptions):
                   {"params": params, "source": source, "others_median_change": float(np.median(moving)),
                    "prefix_of_model": prefix, "grad_rms": max(g) if g else None,
                    "optimizer_note": opt.get("note") if opt else None, "has_optimizer_state": in_opt},
-                  severity=sev, plot={"kind": "layer_series", "run": run.name, "param": params[0], "fact": "rel_update"})
+                  severity=sev, plot=LayerSeriesPlot(run.name, params[0], LayerFact.REL_UPDATE))
     if starved:
         # one finding: the stillness of these layers is a symptom of dead units or vanishing gradients
         mods = [m for m, _, _ in starved]
@@ -122,7 +122,7 @@ def frozen_layer(run, opts: FrozenOptions):
                   suggestion="Fix what starves these layers: see this run's dead-activations, saturated-activations "
                              "and vanishing-gradients findings (dead ReLUs before them, or gradients dying on the way "
                              "back); the layers will move once a gradient reaches them.",
-                  plot={"kind": "layer_series", "run": run.name, "param": params[0], "fact": "rel_update"})
+                  plot=LayerSeriesPlot(run.name, params[0], LayerFact.REL_UPDATE))
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def update_ratio(run, opts: UpdateRatioOptions):
             yield Hit(name, f"late-training update/weight ratio {med:.2g} is {side} the healthy band "
                             f"[{opts.low:g}, {opts.high:g}]",
                       {"median_update_ratio": med, "low": opts.low, "high": opts.high},
-                      plot={"kind": "curve", "run": run.name, "series": [f"update_ratio:{name}"]})
+                      plot=CurvePlot(run.name, [Key.UPDATE_RATIO.of(name)]))
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def unbalanced_updates(run, opts: ImbalanceOptions):
         if ru.size and ru.sum() > 0:
             changes[n] = float(ru.sum())
     if len(changes) < opts.min_layers:
-        source = "update_ratio"
+        source = Signal.UPDATE_RATIO
         changes = {}
         for n, s in run.signals.update_ratio.items():
             v = s.values[np.isfinite(s.values)]
@@ -237,4 +237,4 @@ def unbalanced_updates(run, opts: ImbalanceOptions):
                       f"{changes[lo]:.3g} vs {changes[hi]:.3g})",
                   {"least_moved": lo, "least_change": changes[lo], "most_moved": hi,
                    "most_change": changes[hi], "spread": spread, "threshold": opts.max_spread, "source": source},
-                  plot={"kind": "layer_series", "run": run.name, "param": lo, "fact": "rel_update"})
+                  plot=LayerSeriesPlot(run.name, lo, LayerFact.REL_UPDATE))

@@ -8,10 +8,10 @@ import numpy as np
 from report_gen.facts import curves
 from report_gen.facts.run import is_embedding_name, is_weight_name
 from report_gen.rules.base import Hit, rule
-from report_gen.vocab import Signal
+from report_gen.vocab import CurvePlot, GradDepthPlot, Signal
 
-_SOURCE = {"grad_hist": "logged gradient histograms", "optimizer_state": "the optimizer's second-moment state",
-           "grad_norm_param": "logged per-parameter gradient norms"}
+_SOURCE = {Signal.GRAD_HIST: "logged gradient histograms", Signal.OPTIMIZER_STATE: "the optimizer's second-moment state",
+           Signal.GRAD_NORM_PARAM: "logged per-parameter gradient norms"}
 
 
 def _weight_grads(run):
@@ -75,7 +75,7 @@ def vanishing_gradients(run, opts: VanishingOptions):
         yield Hit("(all layers)", f"every layer's gradient RMS is below {opts.all_tiny:g} "
                                   f"(max {values.max():.3g}, from {source}): nothing is learning",
                   {"max_grad_rms": float(values.max()), "threshold": opts.all_tiny, "source": layers[0][1].source},
-                  plot={"kind": "grad_depth", "run": run.name})
+                  plot=GradDepthPlot(run.name))
         return
     if len(layers) < opts.min_layers:
         return
@@ -96,7 +96,7 @@ def vanishing_gradients(run, opts: VanishingOptions):
               {"first_layer": first_name, "first_grad_rms": first.value, "last_layer": last_name,
                "last_grad_rms": last.value, "ratio": ratio, "ratio_threshold": opts.ratio_error
                if sev == "error" else opts.ratio_warning, "source": first.source, "layers": len(layers)},
-              severity=sev, plot={"kind": "grad_depth", "run": run.name})
+              severity=sev, plot=GradDepthPlot(run.name))
 
 
 @dataclass(frozen=True)
@@ -134,13 +134,13 @@ def exploding_gradients(run, opts: ExplodingOptions):
     bad = [n for n, e in est.items() if e.nonfinite]
     if bad:
         yield Hit(bad[0], f"{len(bad)} parameter(s) have NaN/Inf gradients, first {bad[0]}",
-                  {"nonfinite_params": len(bad), "examples": bad[:5]}, plot={"kind": "grad_depth", "run": run.name})
+                  {"nonfinite_params": len(bad), "examples": bad[:5]}, plot=GradDepthPlot(run.name))
     big = [(n, e.value) for n, e in est.items() if np.isfinite(e.value) and e.value > opts.max_rms]
     if big:
         n, v = max(big, key=lambda t: t[1])
         yield Hit(n, f"{len(big)} parameter(s) have gradient RMS above {opts.max_rms:g}; largest {n} at {v:.3g}",
                   {"max_grad_rms": v, "params_above": len(big), "threshold": opts.max_rms},
-                  plot={"kind": "grad_depth", "run": run.name})
+                  plot=GradDepthPlot(run.name))
     g = run.signals.grad_norm
     if g is not None:
         v = g.values[np.isfinite(g.values)]
@@ -151,4 +151,4 @@ def exploding_gradients(run, opts: ExplodingOptions):
                 yield Hit(g.tag, f"{g.tag} grew {factor:.3g}× from the start to the end of the run "
                                  f"(rising on {mono:.0%} of steps)",
                           {"growth_factor": factor, "rising_share": mono, "threshold": opts.growth_factor},
-                          severity="warning", plot={"kind": "curve", "run": run.name, "series": ["grad_norm"]})
+                          severity="warning", plot=CurvePlot(run.name, [Signal.GRAD_NORM]))

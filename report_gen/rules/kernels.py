@@ -7,7 +7,7 @@ import numpy as np
 
 from report_gen.facts import DUP_CORR
 from report_gen.rules.base import Hit, rule
-from report_gen.vocab import Signal
+from report_gen.vocab import KernelsPlot, Signal
 
 
 def _unit_layers(run, min_units: int = 2):
@@ -19,7 +19,7 @@ def _unit_layers(run, min_units: int = 2):
 
 
 def _kernel_plot(run, name, st):
-    return {"kind": "kernels", "run": run.name, "image": f"kernels:{name}"} if len(st.shape) == 4 else None
+    return KernelsPlot.of(run.name, name) if len(st.shape) == 4 else None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import is_weight_name
 from report_gen.rules.base import Hit, NoOptions, rule
-from report_gen.vocab import Signal
+from report_gen.vocab import DistributionPlot, Key, Signal
 
 
 @rule("W101", "nonfinite-weights", "nonfinite-weights", "error", needs=(Signal.CHECKPOINT, Signal.WEIGHT_HIST),
@@ -58,7 +58,7 @@ def nonfinite_weights(run, opts):
             i = int(bad_steps[0])
             yield Hit(name, f"weight histogram is non-finite from step {int(h.steps[i])}",
                       {"first_step": int(h.steps[i]), "steps_affected": int(bad_steps.size)},
-                      plot={"kind": "distribution", "run": run.name, "key": f"weight:{name}"})
+                      plot=DistributionPlot.of(run.name, Key.WEIGHT, name))
 
 
 def _rms_over_time(run, name):
@@ -122,7 +122,7 @@ def weight_collapse(run, opts: CollapseOptions):
                             f"from {source})",
                       {"rms_start": float(rms[0]), "rms_end": float(rms[-1]), "ratio": ratio,
                        "threshold": opts.shrink_ratio, "source": source},
-                      plot={"kind": "distribution", "run": run.name, "key": f"weight:{name}"})
+                      plot=DistributionPlot.of(run.name, Key.WEIGHT, name))
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def wide_weights(run, opts: WideOptions):
             yield Hit(name, f"weight RMS grew {ratio:.3g}× over training ({rms[0]:.3g} → {rms[-1]:.3g}, from {source})",
                       {"rms_start": float(rms[0]), "rms_end": float(rms[-1]), "ratio": ratio,
                        "threshold": opts.growth_ratio, "source": source},
-                      plot={"kind": "distribution", "run": run.name, "key": f"weight:{name}"})
+                      plot=DistributionPlot.of(run.name, Key.WEIGHT, name))
 
 
 @dataclass(frozen=True)
@@ -213,4 +213,4 @@ def bimodal_weights(run, opts: BimodalOptions):
         if modes >= 2:
             yield Hit(name, f"the last weight histogram (step {int(h.steps[-1])}) has {modes} separated modes",
                       {"modes": modes, "step": int(h.steps[-1])},
-                      plot={"kind": "distribution", "run": run.name, "key": f"weight:{name}"})
+                      plot=DistributionPlot.of(run.name, Key.WEIGHT, name))

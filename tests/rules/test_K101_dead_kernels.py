@@ -1,5 +1,6 @@
 import torch
 
+from report_gen.vocab import KernelsPlot
 from rulekit import cnn_state, hits, make_run, mem_checkpoint
 
 
@@ -17,7 +18,7 @@ def test_many_dead_kernels_is_an_error_naming_the_layer():
     assert h.severity == "error"
     assert h.evidence["dead"] == 8 and h.evidence["total"] == 32
     assert h.evidence["dead_indices"] == list(range(8))
-    assert h.plot["kind"] == "kernels"
+    assert h.plot == KernelsPlot("run", "kernels:conv2.weight")
 
 
 def test_a_few_dead_kernels_is_a_warning():
