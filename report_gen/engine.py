@@ -181,7 +181,7 @@ def assemble(runs: list[RunFacts], result: Evaluation, rules: RuleSet, opts: Opt
     from report_gen.evidence import build_details
 
     findings = result.findings
-    details = {"runs": {r.name: build_details(r, findings) for r in runs}}
+    details = {"runs": {r.name: build_details(r, findings, rules.options) for r in runs}}
     counts = severity_counts(findings)
     judged = judged_runs(result.evaluated)
     inputs = []

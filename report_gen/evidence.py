@@ -1,19 +1,22 @@
 """The `details` section of report.json: the evidence the renderers plot, extracted from RunFacts.
 
-Only numbers (downsampled) and small already-encoded PNGs go here, so that `report-gen render
-report.json` can redraw every plot without the run. What is extracted is driven by the findings:
-distributions and kernel grids only for flagged layers (plus a few summary ones).
+Only numbers (downsampled) and small pictures go here (pixels, or the PNG bytes a run logged; render
+encodes them), so that `report-gen render report.json` can redraw every plot without the run. What is
+extracted is driven by the findings' plots: distributions and kernel grids only for flagged layers (plus
+a few summary ones). Evidence never re-decides: findings are only read, and where the layer table shows
+a rule's fact it uses the options that rule ran with.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from report_gen.core import Finding, severity_rank
-from report_gen.facts import curves
+from report_gen.facts import curves, dead_units
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import RunFacts, is_weight_name
+from report_gen.rules.kernels import DeadKernelOptions
 from report_gen.vocab import (DISTRIBUTION_SOURCES, SCALAR_SIGNALS, WRITTEN, CurvePlot, DistributionPlot, ImagePlot,
                               Key, KernelsPlot, LayerFact, LayerSeriesPlot, Picture, Signal)
 
@@ -34,14 +37,17 @@ def _series_dict(tag: str, steps, values) -> dict:
     return {"tag": tag, "steps": [int(s) for s in st], "values": [_num(v) for v in va]}
 
 
-def build_details(run: RunFacts, findings: list[Finding]) -> dict[str, Any]:
+def build_details(run: RunFacts, findings: list[Finding], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The details of one run. `options`: rule code -> the resolved options object each rule ran with
+    (the layer table applies them: its dead-kernel share is the rule's own, at the configured threshold).
+    Findings are only read."""
     mine = [f for f in findings if f.run == run.name]
     return {
         "summary": _summary(run),
         "curves": _curves(run, mine),
         "distributions": _distributions(run, mine),
         "grad_depth": _grad_depth(run),
-        "layers": _layers(run, mine),
+        "layers": _layers(run, mine, _options(options, DeadKernelOptions)),
         "layer_series": _layer_series(run, mine),
         "activation_series": _activation_series(run),
         "images": _images(run, mine),
@@ -111,7 +117,12 @@ def _grad_depth(run: RunFacts) -> list[dict[str, Any]]:
             for i, n in enumerate(names)]
 
 
-def _layers(run: RunFacts, findings) -> list[dict[str, Any]]:
+def _options(options: Mapping[str, Any], kind: type):
+    """The resolved options of the rule whose options are of `kind`; its defaults when it did not run."""
+    return next((o for o in options.values() if isinstance(o, kind)), None) or kind()
+
+
+def _layers(run: RunFacts, findings, dead: DeadKernelOptions) -> list[dict[str, Any]]:
     flags: dict[str, dict[str, str]] = {}
     fact_of = {"dead-kernels": "dead_kernel_ratio", "vanishing-gradients": "grad_rms",
                "exploding-gradients": "grad_rms", "unbalanced-updates": "update_ratio",
@@ -140,8 +151,8 @@ def _layers(run: RunFacts, findings) -> list[dict[str, Any]]:
             facts["weight_std"] = _num(st.std)
             facts["nonfinite"] = int(st.nan_count + st.inf_count)
             if st.unit_absmax is not None:
-                amax = np.asarray(st.unit_absmax, dtype=float)
-                facts["dead_kernel_ratio"] = _num(np.mean(amax < 0.01)) if amax.size else None
+                mask = dead_units(st.unit_absmax, dead.threshold, dead.relative)
+                facts["dead_kernel_ratio"] = _num(np.mean(mask)) if mask.size else None
             if st.kernel_diversity is not None:
                 facts["kernel_diversity"] = _num(st.kernel_diversity)
             mc = np.asarray(st.unit_max_corr if st.unit_max_corr is not None else [], dtype=float)

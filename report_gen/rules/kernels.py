@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from report_gen.facts import DUP_CORR
+from report_gen.facts import DUP_CORR, dead_units
 from report_gen.rules.base import Hit, rule
 from report_gen.vocab import KernelsPlot, Signal
 
@@ -57,7 +57,7 @@ def dead_kernels(run, opts: DeadKernelOptions):
     for name, st in _unit_layers(run):
         amax = np.asarray(st.unit_absmax, dtype=float)
         med = float(np.median(amax))
-        dead_mask = (amax < opts.threshold) & (amax < opts.relative * med)
+        dead_mask = dead_units(amax, opts.threshold, opts.relative)
         dead = int(dead_mask.sum())
         total = int(amax.size)
         ratio = dead / total
