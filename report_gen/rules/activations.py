@@ -7,7 +7,7 @@ import numpy as np
 
 from report_gen.facts import curves
 from report_gen.facts import histograms as hf
-from report_gen.rules.base import Hit, rule
+from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import ActivationSeriesPlot, DistributionPlot, ImagePlot, Key, ProbeSeriesPlot, Signal
 
 
@@ -22,17 +22,18 @@ def _maps_plot(run, source: Key, layer: str, maps) -> ImagePlot | None:
 
 @dataclass(frozen=True)
 class DeadActivationOptions:
-    warning_share: float = 0.5  # share of dead units in a layer (SageMaker flags a layer above 50%)
-    error_share: float = 0.9
-    zero_tol: float = 1e-6  # logged stats: max and min within this of 0 = all-zero output
-    late_share: float = 0.3  # logged stats: look at the last 30% of the points
-    min_cells: int = 16  # probe: samples x positions per unit needed before "never active" means anything
+    warning_share: float = opt(0.5, "share of dead units in a layer for a warning (SageMaker flags a layer above 50%)")
+    error_share: float = opt(0.9, "share of dead units for an error")
+    zero_tol: float = opt(1e-6, "logged statistics: max and min within this of 0 mean an all-zero output")
+    late_share: float = opt(0.3, "logged statistics: the last share of the points examined")
+    min_cells: int = opt(16, "probe: samples × positions per unit needed to judge a unit. With fewer than 100 "
+                             "cells 'active on fewer than 1%' means 'never active on this batch'; a unit that fires "
+                             "on 10% of inputs stays silent on 16 of them 19% of the time, so give the probe 64+ "
+                             "inputs when you can")
 
 
-@rule("A101", "dead-activations", "dead-activations", "error", needs=(Signal.PROBE, Signal.ACT_STATS, Signal.ACT_HIST),
-      options=DeadActivationOptions,
-      suggestion="Check the initialisation scale and biases of the layer before it, lower the learning rate, "
-                 "try LeakyReLU/GELU, or add normalization before the activation.")
+@rule("A101", "dead-activations", "error",
+      needs=(Signal.PROBE, Signal.ACT_STATS, Signal.ACT_HIST), options=DeadActivationOptions)
 def dead_activations(run, opts: DeadActivationOptions):
     """
     What it detects:
@@ -47,15 +48,10 @@ def dead_activations(run, opts: DeadActivationOptions):
         Large negative biases, a learning-rate spike that pushed pre-activations negative, bad
         initialisation scale, no normalization before ReLU.
     What to try:
-        Check the init scale (He), lower the learning rate or add warm-up, LeakyReLU/GELU, BatchNorm
-        before the activation.
-    Options:
-        warning_share / error_share: dead-unit share for a warning / an error (0.5 / 0.9).
-        zero_tol: tolerance for all-zero logged statistics (1e-6). late_share: late part examined (0.3).
-        min_cells: probe samples × positions per unit needed to judge a unit (16). With fewer than
-        100 cells "active on fewer than 1%" means "never active on this batch"; a unit that fires on
-        10% of inputs stays silent on 16 of them 19% of the time, so give the probe 64+ inputs
-        when you can.
+        Check the initialisation scale and biases of the layer before it, lower the learning rate, try
+        LeakyReLU/GELU, or add normalization before the activation.
+
+        He initialisation, warm-up, or BatchNorm before the activation usually revive the units.
     """
     reported = set()
     probe = _last_probe(run)
@@ -98,13 +94,10 @@ def dead_activations(run, opts: DeadActivationOptions):
 
 @dataclass(frozen=True)
 class SaturationOptions:
-    warning_share: float = 0.5  # share of sigmoid/tanh outputs pinned at their limits
+    warning_share: float = opt(0.5, "share of sigmoid/tanh outputs pinned at their limits for a warning")
 
 
-@rule("A102", "saturated-activations", "saturated-activations", "warning", needs=(Signal.PROBE, Signal.ACT_HIST),
-      options=SaturationOptions,
-      suggestion="Use ReLU-family activations in hidden layers, normalise inputs, lower the init scale, "
-                 "or add normalization before the sigmoid/tanh.")
+@rule("A102", "saturated-activations", "warning", needs=(Signal.PROBE, Signal.ACT_HIST), options=SaturationOptions)
 def saturated_activations(run, opts: SaturationOptions):
     """
     What it detects:
@@ -116,9 +109,10 @@ def saturated_activations(run, opts: SaturationOptions):
     Typical causes:
         Large weights or inputs, unnormalised inputs, high learning rate, deep sigmoid stacks.
     What to try:
-        Normalise inputs, smaller init, ReLU-family activations, normalization layers.
-    Options:
-        warning_share: share of saturated outputs for a warning (0.5).
+        Use ReLU-family activations in hidden layers, normalise inputs, lower the init scale, or add
+        normalization before the sigmoid/tanh.
+
+        Smaller initial weights help too.
     """
     probe = _last_probe(run)
     if probe is not None:
@@ -148,15 +142,14 @@ def saturated_activations(run, opts: SaturationOptions):
 
 @dataclass(frozen=True)
 class GrowingOptions:
-    growth_factor: float = 10.0  # late/early magnitude ratio
-    min_rising: float = 0.7  # share of rising steps of the smoothed series
-    min_late_growth: float = 3.0  # last fifth over middle fifth: still growing, not settled at a new level
-    min_points: int = 5
+    growth_factor: float = opt(10.0, "magnitude in the last fifth over the first fifth above this")
+    min_rising: float = opt(0.7, "share of rising steps of the smoothed series")
+    min_late_growth: float = opt(3.0, "last fifth over middle fifth at least this: still growing, not settled at a new"
+                                      " level")
+    min_points: int = opt(5, "logged points (or probed checkpoints) needed")
 
 
-@rule("A103", "growing-activations", "growing-activations", "warning",
-      needs=(Signal.ACT_STATS, Signal.PROBE_SERIES), options=GrowingOptions,
-      suggestion="Add normalization layers (BatchNorm/LayerNorm) or lower the learning rate; check weight growth.")
+@rule("A103", "growing-activations", "warning", needs=(Signal.ACT_STATS, Signal.PROBE_SERIES), options=GrowingOptions)
 def growing_activations(run, opts: GrowingOptions):
     """
     What it detects:
@@ -171,10 +164,9 @@ def growing_activations(run, opts: GrowingOptions):
     Typical causes:
         No normalization layers, learning rate too high, weights growing without weight decay.
     What to try:
-        Add BatchNorm/LayerNorm, lower the learning rate, add weight decay.
-    Options:
-        growth_factor: late/early ratio (10). min_rising: share of rising smoothed steps (0.7).
-        min_late_growth: last-fifth over middle-fifth ratio (3). min_points: points needed (5).
+        Add normalization layers (BatchNorm/LayerNorm) or lower the learning rate; check weight growth.
+
+        Weight decay keeps the weights, and so the activations, from growing.
     """
     def check(layer, values, source, plot):
         v = np.asarray(values, dtype=float)
@@ -216,12 +208,11 @@ def growing_activations(run, opts: GrowingOptions):
 
 @dataclass(frozen=True)
 class RedundantChannelOptions:
-    high_pair_share: float = 0.5  # share of channel pairs with |corr| > 0.9 (probe fact)
-    min_channels: int = 8
+    high_pair_share: float = opt(0.5, "share of channel pairs with |corr| > 0.9 on the probe batch")
+    min_channels: int = opt(8, "ignore layers with fewer channels")
 
 
-@rule("A104", "redundant-channels", "redundant-channels", "warning", needs=(Signal.PROBE,), options=RedundantChannelOptions,
-      suggestion="Visualise the layer's kernels, consider fewer channels, check that the layer trains.")
+@rule("A104", "redundant-channels", "warning", needs=(Signal.PROBE,), options=RedundantChannelOptions)
 def redundant_channels(run, opts: RedundantChannelOptions):
     """
     What it detects:
@@ -232,9 +223,9 @@ def redundant_channels(run, opts: RedundantChannelOptions):
     Typical causes:
         Too many filters, symmetric initialisation, a collapsed upstream layer.
     What to try:
-        Reduce the channel count, check initialisation, look at the kernel grid.
-    Options:
-        high_pair_share: share of highly correlated pairs (0.5). min_channels: 8.
+        Visualise the layer's kernels, consider fewer channels, check that the layer trains.
+
+        Check the initialisation too; the kernel grid in this report shows duplicates.
     """
     probe = _last_probe(run)
     if probe is None:
@@ -254,13 +245,12 @@ def redundant_channels(run, opts: RedundantChannelOptions):
 
 @dataclass(frozen=True)
 class UnstableOptions:
-    max_cv: float = 0.5  # coefficient of variation of the logged activation std in the late phase
-    late_share: float = 0.5
-    min_points: int = 8
+    max_cv: float = opt(0.5, "coefficient of variation (std/mean) of the logged activation std above this")
+    late_share: float = opt(0.5, "the last share of the points examined")
+    min_points: int = opt(8, "points needed in that late part")
 
 
-@rule("A105", "unstable-activations", "unstable-activations", "warning", needs=(Signal.ACT_STATS,), options=UnstableOptions,
-      suggestion="Use a larger batch or gradient accumulation, lower the learning rate, add normalization.")
+@rule("A105", "unstable-activations", "warning", needs=(Signal.ACT_STATS,), options=UnstableOptions)
 def unstable_activations(run, opts: UnstableOptions):
     """
     What it detects:
@@ -272,11 +262,9 @@ def unstable_activations(run, opts: UnstableOptions):
     Typical causes:
         Tiny batch size, very heterogeneous batches, a learning rate too high, BatchNorm with tiny batches.
     What to try:
-        Increase the batch size or accumulate gradients, lower the learning rate, use LayerNorm/GroupNorm
-        instead of BatchNorm with small batches.
-    Options:
-        max_cv: coefficient of variation threshold (0.5). late_share: late part examined (0.5).
-        min_points: points needed (8).
+        Use a larger batch or gradient accumulation, lower the learning rate, add normalization.
+
+        With small batches use LayerNorm/GroupNorm instead of BatchNorm.
     """
     for layer, stats in run.signals.act_stats.items():
         s = stats.get("std")
@@ -298,15 +286,12 @@ def unstable_activations(run, opts: UnstableOptions):
 
 @dataclass(frozen=True)
 class AttentionOptions:
-    uniform_entropy: float = 0.98  # normalised entropy above this: uniform attention
-    collapsed_entropy: float = 0.05  # below this: all attention on one position
-    min_seq_len: int = 4
+    uniform_entropy: float = opt(0.98, "normalised entropy above this: uniform attention")
+    collapsed_entropy: float = opt(0.05, "normalised entropy below this: all attention on one position")
+    min_seq_len: int = opt(4, "ignore attention over fewer positions")
 
 
-@rule("A106", "degenerate-attention", "degenerate-attention", "warning", needs=(Signal.ATTENTION,),
-      options=AttentionOptions,
-      suggestion="Check the attention mask and positional information; uniform heads can often be pruned; "
-                 "collapsed heads may indicate a too-high learning rate or a padding/mask bug.")
+@rule("A106", "degenerate-attention", "warning", needs=(Signal.ATTENTION,), options=AttentionOptions)
 def degenerate_attention(run, opts: AttentionOptions):
     """
     What it detects:
@@ -318,9 +303,10 @@ def degenerate_attention(run, opts: AttentionOptions):
     Typical causes:
         Untrained or dead heads, masking bugs, missing positional encoding, too high a learning rate.
     What to try:
-        Inspect the heatmaps in this report, check masks and positional encodings, prune uniform heads.
-    Options:
-        uniform_entropy / collapsed_entropy: entropy thresholds (0.98 / 0.05). min_seq_len: 4.
+        Check the attention mask and positional information; uniform heads can often be pruned;
+        collapsed heads may indicate a too-high learning rate or a padding/mask bug.
+
+        Inspect the heatmaps in this report and check the positional encodings.
     """
     probe = _last_probe(run)
     if probe is None:

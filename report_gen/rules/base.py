@@ -1,9 +1,11 @@
 """Rule declaration and registry.
 
 A rule is one small declared unit (DESIGN §7): a stable code (family letter + 3 digits, never reused),
-a kebab-case name, a category (DESIGN §5), a default severity, the signals it needs (any one of them
-is enough), a frozen options dataclass with documented defaults, and a docstring with the headings
-What it detects / Why it matters / Typical causes / What to try / Options.
+a kebab-case name, a category (DESIGN §5; the name unless given), a default severity, the signals it
+needs (any one of them is enough), a frozen options dataclass whose fields each carry their default and
+their documentation (`opt(default, "doc")`), and a docstring with the headings What it detects / Why it
+matters / Typical causes / What to try. Each thing is said once: `rules explain` renders the Options
+section from the fields, and a finding's suggestion is the first paragraph of "What to try".
 
 The rule function receives the run context and its options and yields `Hit`s; the engine turns hits
 into `Finding`s (adding code, name, category, severity, run and the suggestion).
@@ -22,7 +24,8 @@ from report_gen.vocab import Plot, Signal
 
 CODE_RE = re.compile(r"^[A-Z][0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-DOC_SECTIONS = ("What it detects", "Why it matters", "Typical causes", "What to try", "Options")
+DOC_SECTIONS = ("What it detects", "Why it matters", "Typical causes", "What to try")
+_HEADING = re.compile(r"^(?P<heading>[A-Z][A-Za-z ]+):\s*$")
 
 CATEGORIES = (
     "nonfinite-loss", "divergence", "plateau", "oscillation", "overfitting", "vanishing-gradients",
@@ -55,6 +58,29 @@ class NoOptions:
     pass
 
 
+def opt(default: Any, doc: str) -> Any:
+    """An options field: its default and the one place its meaning is written (`rules explain` shows both)."""
+    return field(default=default, metadata={"doc": doc})
+
+
+def doc_sections(doc: str) -> dict[str, str]:
+    """The docstring's sections: heading -> its text, dedented (paragraphs separated by blank lines)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in inspect.cleandoc(doc or "").splitlines():
+        match = _HEADING.match(line)
+        if match:
+            current = sections.setdefault(match["heading"], [])
+        elif current is not None:
+            current.append(line)
+    return {h: textwrap.dedent("\n".join(lines)).strip() for h, lines in sections.items()}
+
+
+def first_paragraph(text: str) -> str:
+    """The first paragraph of a section as one line (how a finding carries its suggestion)."""
+    return " ".join(text.split("\n\n", 1)[0].split())
+
+
 @dataclass(frozen=True)
 class Rule:
     code: str
@@ -64,11 +90,19 @@ class Rule:
     needs: tuple[Signal, ...]
     options: type
     func: Callable[..., Iterable[Hit]]
-    suggestion: str
 
     @property
     def doc(self) -> str:
         return inspect.cleandoc(self.func.__doc__ or "")
+
+    @property
+    def suggestion(self) -> str:
+        """The first paragraph of "What to try": what a finding suggests (a hit may give its own)."""
+        return first_paragraph(doc_sections(self.doc).get("What to try", ""))
+
+    def option_docs(self) -> list[tuple[str, Any, str]]:
+        """(name, default, doc) of every option, in declaration order."""
+        return [(f.name, f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(self.options)]
 
     @property
     def family(self) -> str:
@@ -107,17 +141,22 @@ class Rule:
     def explain(self) -> str:
         head = f"{self.code} {self.name}  [category: {self.category}, default severity: {self.severity}]"
         needs = "needs any of: " + ", ".join(self.needs)
-        opts = self.option_defaults()
-        opt_lines = "\n".join(f"    {k} = {v!r}" for k, v in opts.items()) or "    (none)"
-        return f"{head}\n{needs}\n\n{self.doc}\n\nDefaults:\n{opt_lines}\n"
+        lines = []
+        for name, default, doc in self.option_docs():
+            lines.append(f"    {name} = {default!r}")
+            lines += textwrap.wrap(doc, 96, initial_indent=" " * 8, subsequent_indent=" " * 8)
+        options = "\n".join(lines) or "    (none)"
+        where = f"  (set in [tool.report_gen.rules.{self.code}])" if lines else ""
+        return f"{head}\n{needs}\n\n{self.doc}\n\nOptions:{where}\n{options}\n"
 
 
 REGISTRY: dict[str, Rule] = {}
 
 
-def rule(code: str, name: str, category: str, severity: str, needs: Iterable[Signal],
-         options: type = NoOptions, suggestion: str = ""):
+def rule(code: str, name: str, severity: str, *, needs: Iterable[Signal], options: type = NoOptions,
+         category: str | None = None):
     """Declare a rule. Checks the declaration at import time so a bad one never ships."""
+    category = name if category is None else category
 
     def deco(func):
         if not CODE_RE.match(code):
@@ -136,8 +175,14 @@ def rule(code: str, name: str, category: str, severity: str, needs: Iterable[Sig
                 raise ValueError(f"{code}: needs must be Signal members, got {n!r}")
         if not (dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen):
             raise ValueError(f"{code}: options must be a frozen dataclass")
-        REGISTRY[code] = Rule(code, name, category, severity, tuple(needs), options, func,
-                              textwrap.dedent(suggestion).strip())
+        undocumented = [f.name for f in dataclasses.fields(options) if not f.metadata.get("doc")]
+        if undocumented:
+            raise ValueError(f"{code}: options without a doc (use opt(default, doc)): {', '.join(undocumented)}")
+        sections = doc_sections(func.__doc__ or "")
+        missing = [s for s in DOC_SECTIONS if not sections.get(s)]
+        if missing:
+            raise ValueError(f"{code}: docstring lacks {', '.join(missing)}")
+        REGISTRY[code] = Rule(code, name, category, severity, tuple(needs), options, func)
         return func
 
     return deco

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from report_gen.facts import curves
-from report_gen.rules.base import Hit, rule
+from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import CurvePlot, Key, Signal
 
 
@@ -28,13 +28,10 @@ def _fmt(x: float) -> str:
 
 @dataclass(frozen=True)
 class NonfiniteLossOptions:
-    include_metrics: bool = True  # also check accuracy and other logged metric series
+    include_metrics: bool = opt(True, "also check accuracy and other logged metric series")
 
 
-@rule("L101", "nonfinite-loss", "nonfinite-loss", "error", needs=(Signal.LOSS_ANY,),
-      options=NonfiniteLossOptions,
-      suggestion="Find the first bad step: lower the learning rate, add gradient clipping, check the data "
-                 "for NaN/Inf and the loss for log(0) or division by zero; with mixed precision use a GradScaler.")
+@rule("L101", "nonfinite-loss", "error", needs=(Signal.LOSS_ANY,), options=NonfiniteLossOptions)
 def nonfinite_loss(run, opts: NonfiniteLossOptions):
     """
     What it detects:
@@ -46,10 +43,10 @@ def nonfinite_loss(run, opts: NonfiniteLossOptions):
         Learning rate too high, exploding gradients, log(0) or division by zero in the loss, bad input
         values, fp16 overflow without loss scaling.
     What to try:
-        Lower the learning rate, clip gradients, check inputs for NaN/Inf, use numerically stable loss
-        functions (e.g. BCEWithLogitsLoss), use a GradScaler with mixed precision.
-    Options:
-        include_metrics: also check accuracy and other metric series (default true).
+        Find the first bad step: lower the learning rate, add gradient clipping, check the data for
+        NaN/Inf and the loss for log(0) or division by zero; with mixed precision use a GradScaler.
+
+        Use numerically stable losses (e.g. BCEWithLogitsLoss).
     """
     s = run.signals
     named = _loss_series(run)
@@ -71,11 +68,13 @@ def nonfinite_loss(run, opts: NonfiniteLossOptions):
 
 @dataclass(frozen=True)
 class DivergenceOptions:
-    min_points: int = 10  # fewer finite points: not evaluated for this series
-    giveback_warning: float = 0.5  # final level gave back this share of the improvement at best...
-    giveback_error: float = 1.0  # ...or all of it (ends at or above where it started)
-    spike_factor: float = 10.0  # or, after its best, the loss spiked this many improvement-spans above it
-    min_span: float = 0.05  # improvements smaller than this share of the starting loss count as this much
+    min_points: int = opt(10, "finite points needed before the rule looks at a series")
+    giveback_warning: float = opt(0.5, "the final level gave back this share of the improvement (start minus best): a "
+                                       "warning...")
+    giveback_error: float = opt(1.0, "...or this share (all of it: ends at or above where it started): an error")
+    spike_factor: float = opt(10.0, "after its best, a peak this many improvement spans above the best")
+    min_span: float = opt(0.05, "the improvement span counts as at least this share of the starting loss, so noise on "
+                                "a flat curve is not read as divergence")
 
 
 def _scale(summ: curves.CurveSummary, min_span: float) -> float:
@@ -83,9 +82,7 @@ def _scale(summ: curves.CurveSummary, min_span: float) -> float:
     return max(summ.span, min_span * abs(summ.start), 1e-12)
 
 
-@rule("L102", "divergence", "divergence", "error", needs=(Signal.TRAIN_LOSS,), options=DivergenceOptions,
-      suggestion="Lower the learning rate (or shorten warm-up), clip gradients, and check the learning-rate "
-                 "schedule around the step where the loss turned.")
+@rule("L102", "divergence", "error", needs=(Signal.TRAIN_LOSS,), options=DivergenceOptions)
 def divergence(run, opts: DivergenceOptions):
     """
     What it detects:
@@ -102,15 +99,10 @@ def divergence(run, opts: DivergenceOptions):
         Learning rate too high or a schedule that raises it, missing warm-up, exploding gradients,
         a data-pipeline change mid-run, numerical instability.
     What to try:
-        Lower the learning rate, add warm-up and gradient clipping, inspect the schedule and the data
-        around the step where the loss turned.
-    Options:
-        min_points: minimum finite points before the rule looks (default 10).
-        giveback_warning / giveback_error: share of the improvement (start minus best) given back at
-        the end for a warning / an error (defaults 0.5 / 1.0).
-        spike_factor: a post-best peak this many improvement spans above the best is a warning (10).
-        min_span: the improvement span is at least this share of the starting loss (0.05), so noise
-        on a flat curve is not read as divergence.
+        Lower the learning rate (or shorten warm-up), clip gradients, and check the learning-rate
+        schedule around the step where the loss turned.
+
+        Inspect the data around the step where the loss turned, too.
     """
     s = run.signals.train_loss
     finite = np.isfinite(s.values)
@@ -153,16 +145,14 @@ def divergence(run, opts: DivergenceOptions):
 
 @dataclass(frozen=True)
 class PlateauOptions:
-    min_points: int = 10
-    min_improvement: float = 0.05  # relative decrease of the loss from its start to its best
-    min_acc_gain: float = 0.02  # absolute accuracy gain from start to best...
-    max_acc_level: float = 0.9  # ...for an accuracy that never got near its ceiling
+    min_points: int = opt(10, "points needed before the rule looks")
+    min_improvement: float = opt(0.05, "relative loss decrease from start to best below which it is a plateau")
+    min_acc_gain: float = opt(0.02, "absolute accuracy gain from start to best below which accuracy is flat (accuracy "
+                                    "is only judged when no training loss was logged)...")
+    max_acc_level: float = opt(0.9, "...for an accuracy that never reached this share of its ceiling")
 
 
-@rule("L103", "plateau", "plateau", "warning", needs=(Signal.TRAIN_LOSS, Signal.TRAIN_ACC, Signal.VAL_ACC),
-      options=PlateauOptions,
-      suggestion="Check that gradients reach every layer and the optimizer holds all parameters; try a larger "
-                 "learning rate, a different initialisation, normalization layers, or verify labels match inputs.")
+@rule("L103", "plateau", "warning", needs=(Signal.TRAIN_LOSS, Signal.TRAIN_ACC, Signal.VAL_ACC), options=PlateauOptions)
 def plateau(run, opts: PlateauOptions):
     """
     What it detects:
@@ -175,13 +165,11 @@ def plateau(run, opts: PlateauOptions):
         Vanishing gradients (deep sigmoid/tanh stacks), learning rate far too low or zero, parameters
         missing from the optimizer, labels shuffled independently of inputs, saturated or dead units.
     What to try:
-        Check gradient flow per layer (this report's gradient-by-depth plot), raise the learning rate,
-        use ReLU-family activations with He initialisation and normalization, verify the data pipeline.
-    Options:
-        min_points: minimum points before the rule looks (default 10).
-        min_improvement: relative loss decrease from start to best below which it is a plateau (0.05).
-        min_acc_gain: absolute accuracy gain below which accuracy is flat (0.02); accuracy is only
-        judged when no training loss was logged, and not once it reached max_acc_level (0.9).
+        Check that gradients reach every layer and the optimizer holds all parameters; try a larger
+        learning rate, a different initialisation, normalization layers, or verify labels match inputs.
+
+        The gradient-by-depth plot in this report shows where gradients stop; ReLU-family activations
+        with He initialisation keep them flowing.
     """
     s = run.signals
     if s.train_loss is not None and np.isfinite(s.train_loss.values).sum() >= opts.min_points:
@@ -214,17 +202,16 @@ def plateau(run, opts: PlateauOptions):
 
 @dataclass(frozen=True)
 class OscillationOptions:
-    window: int = 50  # last N points examined
-    min_points: int = 20
-    min_sign_change_rate: float = 0.5  # TheDeepChecker: smoothness below 0.5 = fluctuating
-    min_relative_swing: float = 0.2  # median step-to-step swing / total improvement span (AUTOTRAINER's eta)
-    min_level: float = 0.1  # the span is at least this share of the loss level at the end
+    window: int = opt(50, "the last points of the curve examined")
+    min_points: int = opt(20, "finite points needed before the rule looks")
+    min_sign_change_rate: float = opt(0.5, "share of steps that change direction (TheDeepChecker: smoothness below 0.5"
+                                           " is fluctuating)")
+    min_relative_swing: float = opt(0.2, "median step-to-step |Δloss| over the whole run's improvement span "
+                                         "(AUTOTRAINER's eta)")
+    min_level: float = opt(0.1, "the span counts as at least this share of the final loss level")
 
 
-@rule("L104", "oscillation", "oscillation", "warning", needs=(Signal.TRAIN_LOSS, Signal.VAL_LOSS),
-      options=OscillationOptions,
-      suggestion="Lower the learning rate or increase the batch size; a learning-rate decay schedule usually "
-                 "calms late oscillation.")
+@rule("L104", "oscillation", "warning", needs=(Signal.TRAIN_LOSS, Signal.VAL_LOSS), options=OscillationOptions)
 def oscillation(run, opts: OscillationOptions):
     """
     What it detects:
@@ -238,13 +225,10 @@ def oscillation(run, opts: OscillationOptions):
     Typical causes:
         Learning rate too high for the batch size, no decay schedule, a tiny batch, noisy labels.
     What to try:
-        Lower the learning rate or decay it, increase the batch size (or accumulate gradients),
-        use momentum/Adam with sane betas.
-    Options:
-        window: points examined at the end (50). min_points: minimum points (20).
-        min_sign_change_rate: share of direction changes (0.5).
-        min_relative_swing: median |Δloss| over the whole-run improvement span (0.2).
-        min_level: the span counts as at least this share of the final loss level (0.1).
+        Lower the learning rate or increase the batch size; a learning-rate decay schedule usually calms
+        late oscillation.
+
+        Gradient accumulation gives a larger batch; use momentum/Adam with sane betas.
     """
     train = run.signals.train_loss
     first_train = float(train.values[np.isfinite(train.values)][0]) \
@@ -293,13 +277,17 @@ def oscillation(run, opts: OscillationOptions):
 
 @dataclass(frozen=True)
 class OverfittingOptions:
-    min_points: int = 6  # validation points needed
-    min_rise: float = 0.25  # val loss end above its best, relative to the yardstick below
-    best_level: float = 1.0  # yardstick = max(val improvement start - best, best_level * best)
-    min_tail_share: float = 0.2  # the rise lasts at least this share of the validation points...
-    min_tail_points: int = 3  # ...and at least this many points
-    max_acc_gap: float = 0.25  # train acc - val acc at the end above this: overfitting (gap)
-    acc_tolerance: float = 0.01  # val loss rising while val accuracy stays this close to its best: info
+    min_points: int = opt(6, "finite validation points needed")
+    min_rise: float = opt(0.25, "rise of the validation loss at the end above its best, as a share of the yardstick: "
+                                "the validation loss's own improvement from start to best...")
+    best_level: float = opt(1.0, "...or this multiple of its best value when larger, so a curve whose first evaluation"
+                                 " was already trained is judged against its level")
+    min_tail_share: float = opt(0.2, "the rise lasts at least this share of the validation points...")
+    min_tail_points: int = opt(3, "...and at least this many points")
+    max_acc_gap: float = opt(0.25, "train − val accuracy gap at the end above this: overfitting")
+    acc_tolerance: float = opt(0.01, "when validation accuracy is logged and ends within this of its best, a rising "
+                                     "validation loss is reported as info: the model grows overconfident, its "
+                                     "predictions do not get worse")
 
 
 def _accuracy_holds(acc, tolerance: float) -> bool:
@@ -313,9 +301,7 @@ def _accuracy_holds(acc, tolerance: float) -> bool:
     return float(a.max() - np.median(a[-max(1, a.size // 10):])) <= tolerance * scale
 
 
-@rule("L105", "overfitting", "overfitting", "warning", needs=(Signal.VAL_LOSS, Signal.VAL_ACC), options=OverfittingOptions,
-      suggestion="Stop earlier (keep the best-validation checkpoint), add regularisation (weight decay, dropout, "
-                 "augmentation), get more data or use a smaller model.")
+@rule("L105", "overfitting", "warning", needs=(Signal.VAL_LOSS, Signal.VAL_ACC), options=OverfittingOptions)
 def overfitting(run, opts: OverfittingOptions):
     """
     What it detects:
@@ -328,17 +314,10 @@ def overfitting(run, opts: OverfittingOptions):
         Too little data for the model size, too many epochs, no regularisation, noisy labels,
         leakage between train and validation splits masking it earlier.
     What to try:
-        Early stopping on validation, weight decay, dropout, data augmentation, a smaller model,
-        more data; report the best-validation checkpoint.
-    Options:
-        min_points: validation points needed (6). min_rise: rise of the validation loss above its
-        best, as a share of a yardstick (0.25): the validation loss's own improvement from start to
-        best, or best_level × its best value when that is larger (1.0), so a curve whose first
-        evaluation was already trained is judged against its level. min_tail_share /
-        min_tail_points: how long the rise must last (0.2 / 3).
-        max_acc_gap: train−val accuracy gap at the end (0.25). acc_tolerance: when validation
-        accuracy is logged and ends within this of its best (0.01), a rising validation loss is
-        reported as info: the model grows overconfident, its predictions do not get worse.
+        Stop earlier (keep the best-validation checkpoint), add regularisation (weight decay, dropout,
+        augmentation), get more data or use a smaller model.
+
+        Report the best-validation checkpoint rather than the last.
     """
     s = run.signals
     v = s.val_loss

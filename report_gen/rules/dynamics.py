@@ -7,7 +7,7 @@ import numpy as np
 
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import is_weight_name
-from report_gen.rules.base import Hit, rule
+from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import CurvePlot, Key, LayerFact, LayerSeriesPlot, Signal
 
 
@@ -37,16 +37,13 @@ def _changes(run) -> tuple[dict[str, float], str] | tuple[None, None]:
 
 @dataclass(frozen=True)
 class FrozenOptions:
-    max_change: float = 0.0  # total relative change at or below this counts as unchanged
-    min_others_change: float = 1e-6  # the rest of the model must have changed at least this much (median)
-    tiny_grad: float = 1e-8  # gradient RMS below this: the layer gets no signal (a symptom, not a frozen layer)
+    max_change: float = opt(0.0, "total relative change at or below this counts as none (0.0: bit-identical)")
+    min_others_change: float = opt(1e-6, "median total change the other parameters need")
+    tiny_grad: float = opt(1e-8, "gradient RMS under which the layer is starved rather than frozen (a symptom, not a "
+                                 "missing optimizer entry)")
 
 
-@rule("U101", "frozen-layer", "frozen-layer", "error", needs=(Signal.CHECKPOINT_SERIES, Signal.WEIGHT_HIST),
-      options=FrozenOptions,
-      suggestion="Check that the layer's parameters are passed to the optimizer (e.g. optimizer built before "
-                 "the layer was added, or from a filtered parameter list) and have requires_grad=True. If the "
-                 "layer is frozen on purpose (fine-tuning), ignore this rule for it in the config.")
+@rule("U101", "frozen-layer", "error", needs=(Signal.CHECKPOINT_SERIES, Signal.WEIGHT_HIST), options=FrozenOptions)
 def frozen_layer(run, opts: FrozenOptions):
     """
     What it detects:
@@ -63,12 +60,12 @@ def frozen_layer(run, opts: FrozenOptions):
         The optimizer was built before the layer was created or replaced, a filtered parameter list,
         requires_grad=False left over from a freezing stage, a learning rate of 0 in one param group.
     What to try:
-        Build the optimizer from model.parameters() after the model is final; print the parameter
-        names per param group; check requires_grad.
-    Options:
-        max_change: total relative change regarded as none (0.0: bit-identical).
-        min_others_change: median total change of the other parameters needed (1e-6).
-        tiny_grad: gradient RMS under which the layer is starved rather than frozen (1e-8).
+        Check that the layer's parameters are passed to the optimizer (e.g. optimizer built before the
+        layer was added, or from a filtered parameter list) and have requires_grad=True. If the layer is
+        frozen on purpose (fine-tuning), ignore this rule for it in the config.
+
+        Build the optimizer from model.parameters() after the model is final and print the parameter
+        names per param group.
     """
     changes, source = _changes(run)
     if not changes:
@@ -127,15 +124,16 @@ def frozen_layer(run, opts: FrozenOptions):
 
 @dataclass(frozen=True)
 class UpdateRatioOptions:
-    low: float = 1e-5  # per-step ||ΔW||/||W|| below this: hardly learning (TheDeepChecker's band is 1e-4..1e-1)
-    high: float = 1e-1  # above this: steps too large
-    min_lr_share: float = 0.3  # with a logged lr, the low side is judged where lr >= this share of its peak
-    min_points: int = 5
+    low: float = opt(1e-5, "late-training median ||ΔW||/||W|| below this: hardly learning (TheDeepChecker's band is "
+                           "1e-4..1e-1)")
+    high: float = opt(1e-1, "above this: steps too large")
+    min_lr_share: float = opt(0.3, "with a logged learning rate, the low side is judged only on steps where the lr is "
+                                   "at least this share of its peak: a cosine schedule's tail is meant to move little")
+    min_points: int = opt(5, "logged points needed per parameter")
 
 
-@rule("U102", "update-ratio", "unbalanced-updates", "warning", needs=(Signal.UPDATE_RATIO,), options=UpdateRatioOptions,
-      suggestion="Tune the learning rate (the CS231n rule of thumb is an update/weight ratio near 1e-3); "
-                 "consider per-layer learning rates or a normalised optimizer.")
+@rule("U102", "update-ratio", "warning",
+      needs=(Signal.UPDATE_RATIO,), options=UpdateRatioOptions, category="unbalanced-updates")
 def update_ratio(run, opts: UpdateRatioOptions):
     """
     What it detects:
@@ -148,11 +146,10 @@ def update_ratio(run, opts: UpdateRatioOptions):
     Typical causes:
         A learning rate far too high or too low, a schedule that decayed to ~0, weights that grew huge.
     What to try:
-        Adjust the learning rate; use warm-up and decay; per-parameter-group learning rates.
-    Options:
-        low / high: the band (1e-5 / 1e-1). min_points: logged points needed (5).
-        min_lr_share: with a logged learning rate, the low side is judged only on steps where the lr
-        is at least this share of its peak (0.3): a cosine schedule's tail is meant to move little.
+        Tune the learning rate (the CS231n rule of thumb is an update/weight ratio near 1e-3); consider
+        per-layer learning rates or a normalised optimizer.
+
+        Use warm-up and a decay schedule.
     """
     lr = run.signals.lr
     for name, s in run.signals.update_ratio.items():
@@ -184,14 +181,12 @@ def update_ratio(run, opts: UpdateRatioOptions):
 
 @dataclass(frozen=True)
 class ImbalanceOptions:
-    max_spread: float = 1e3  # largest/smallest relative change across weight layers
-    min_layers: int = 3
+    max_spread: float = opt(1e3, "largest over smallest relative change across weight layers")
+    min_layers: int = opt(3, "weight layers needed for a comparison")
 
 
-@rule("U103", "unbalanced-updates", "unbalanced-updates", "warning", needs=(Signal.CHECKPOINT_SERIES, Signal.UPDATE_RATIO),
-      options=ImbalanceOptions,
-      suggestion="Compare per-layer learning rates and initial scales; add normalization; check that no layer "
-                 "has a near-zero effective learning rate.")
+@rule("U103", "unbalanced-updates", "warning",
+      needs=(Signal.CHECKPOINT_SERIES, Signal.UPDATE_RATIO), options=ImbalanceOptions)
 def unbalanced_updates(run, opts: ImbalanceOptions):
     """
     What it detects:
@@ -205,10 +200,10 @@ def unbalanced_updates(run, opts: ImbalanceOptions):
         Vanishing gradients, per-layer learning-rate mistakes, layers with very different scales
         (embeddings vs. dense layers), missing normalization.
     What to try:
-        Inspect the gradient-by-depth plot, use normalization or residual connections, set per-group
-        learning rates deliberately.
-    Options:
-        max_spread: max/min ratio of relative change (1e3). min_layers: weight layers needed (3).
+        Compare per-layer learning rates and initial scales; add normalization; check that no layer has
+        a near-zero effective learning rate.
+
+        Inspect the gradient-by-depth plot; residual connections help too.
     """
     changes: dict[str, float] = {}
     source = "checkpoints"

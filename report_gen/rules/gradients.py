@@ -7,10 +7,11 @@ import numpy as np
 
 from report_gen.facts import curves
 from report_gen.facts.run import is_embedding_name, is_weight_name
-from report_gen.rules.base import Hit, rule
+from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import CurvePlot, GradDepthPlot, Signal
 
-_SOURCE = {Signal.GRAD_HIST: "logged gradient histograms", Signal.OPTIMIZER_STATE: "the optimizer's second-moment state",
+_SOURCE = {Signal.GRAD_HIST: "logged gradient histograms",
+           Signal.OPTIMIZER_STATE: "the optimizer's second-moment state",
            Signal.GRAD_NORM_PARAM: "logged per-parameter gradient norms"}
 
 
@@ -32,17 +33,16 @@ def _is_norm(run, name: str) -> bool:
 
 @dataclass(frozen=True)
 class VanishingOptions:
-    ratio_error: float = 1e-3  # first/last layer gradient RMS ratio (AUTOTRAINER)...
-    first_abs_error: float = 1e-4  # ...with the first layer's RMS below this: error
-    ratio_warning: float = 1e-2  # ratio below this alone: warning
-    all_tiny: float = 1e-7  # every layer's gradient RMS below this: nothing learns (SageMaker/DeepDiagnosis)
-    min_layers: int = 3  # weight tensors with gradients needed for the depth comparison
+    ratio_error: float = opt(1e-3, "first/last layer gradient RMS ratio below this (AUTOTRAINER)...")
+    first_abs_error: float = opt(1e-4, "...with the first layer's RMS below this: an error")
+    ratio_warning: float = opt(1e-2, "first/last ratio below this alone: a warning")
+    all_tiny: float = opt(1e-7, "every layer's gradient RMS below this: nothing learns, an error (SageMaker, "
+                                "DeepDiagnosis)")
+    min_layers: int = opt(3, "weight tensors with gradients needed for the depth comparison")
 
 
-@rule("G101", "vanishing-gradients", "vanishing-gradients", "error",
-      needs=(Signal.GRAD_HIST, Signal.OPTIMIZER_STATE), options=VanishingOptions,
-      suggestion="Use ReLU-family activations with He/Kaiming initialisation, add normalization layers or "
-                 "residual connections, and check for saturated sigmoid/tanh units.")
+@rule("G101", "vanishing-gradients", "error",
+      needs=(Signal.GRAD_HIST, Signal.OPTIMIZER_STATE), options=VanishingOptions)
 def vanishing_gradients(run, opts: VanishingOptions):
     """
     What it detects:
@@ -59,12 +59,11 @@ def vanishing_gradients(run, opts: VanishingOptions):
         Deep stacks of sigmoid/tanh, poor initialisation (too small), no normalization or skip
         connections, saturated activations, a huge loss scale difference between heads.
     What to try:
-        ReLU/GELU with He initialisation, BatchNorm/LayerNorm, residual connections, gradient-norm
-        monitoring per layer; check for saturated units (saturated-activations).
-    Options:
-        ratio_error / first_abs_error: first/last RMS ratio and first-layer RMS for an error (1e-3 / 1e-4).
-        ratio_warning: ratio for a warning (1e-2). all_tiny: every layer below this is an error (1e-7).
-        min_layers: weight tensors needed for the depth comparison (3).
+        Use ReLU-family activations with He/Kaiming initialisation, add normalization layers or residual
+        connections, and check for saturated sigmoid/tanh units.
+
+        Monitor the gradient norm per layer (this report's gradient-by-depth plot); see
+        saturated-activations.
     """
     layers = [(n, e) for n, e in _weight_grads(run) if np.isfinite(e.value)]
     if not layers:
@@ -101,16 +100,15 @@ def vanishing_gradients(run, opts: VanishingOptions):
 
 @dataclass(frozen=True)
 class ExplodingOptions:
-    max_rms: float = 1e3  # any layer's late gradient RMS above this: error
-    growth_factor: float = 100.0  # gradient norm grew this much from the first to the last fifth...
-    min_monotonic: float = 0.6  # ...rising on at least this share of steps: warning
-    min_points: int = 10
+    max_rms: float = opt(1e3, "any layer's late gradient RMS above this: an error")
+    growth_factor: float = opt(100.0, "total gradient norm grew this much from the first to the last fifth of the "
+                                      "run...")
+    min_monotonic: float = opt(0.6, "...rising on at least this share of the smoothed steps: a warning")
+    min_points: int = opt(10, "points needed for the growth test")
 
 
-@rule("G102", "exploding-gradients", "exploding-gradients", "error",
-      needs=(Signal.GRAD_HIST, Signal.GRAD_NORM, Signal.OPTIMIZER_STATE), options=ExplodingOptions,
-      suggestion="Clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, add normalization, "
-                 "and check the loss scale and inputs for extreme values.")
+@rule("G102", "exploding-gradients", "error",
+      needs=(Signal.GRAD_HIST, Signal.GRAD_NORM, Signal.OPTIMIZER_STATE), options=ExplodingOptions)
 def exploding_gradients(run, opts: ExplodingOptions):
     """
     What it detects:
@@ -123,12 +121,11 @@ def exploding_gradients(run, opts: ExplodingOptions):
         Learning rate too high, no gradient clipping (RNNs, transformers), bad initialisation (too
         large), unnormalised inputs or targets, a loss that can become huge.
     What to try:
-        Gradient clipping, a lower learning rate or warm-up, normalization layers, normalised inputs
-        and targets, check for division by small numbers in the loss.
-    Options:
-        max_rms: gradient RMS that counts as exploding (1e3). growth_factor / min_monotonic:
-        growth of the gradient norm from the first to the last fifth of the run and the share of
-        rising steps (100 / 0.6). min_points: points needed for the growth test (10).
+        Clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, add normalization, and
+        check the loss scale and inputs for extreme values.
+
+        Warm-up helps, and so do normalised inputs and targets; check the loss for division by small
+        numbers.
     """
     est = run.grad_estimates
     bad = [n for n, e in est.items() if e.nonfinite]

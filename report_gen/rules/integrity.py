@@ -4,19 +4,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from report_gen.core import severity_rank
-from report_gen.rules.base import Hit, rule
+from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import Signal
 
 
 
 @dataclass(frozen=True)
 class IntegrityOptions:
-    min_severity: str = "warning"  # problems below this stay in inputs.runs[].problems only
+    min_severity: str = opt("warning", "lowest problem severity turned into a finding; problems below it stay in "
+                                       "inputs.runs[].problems only")
 
 
-@rule("I101", "damaged-input", "input-integrity", "warning", needs=(Signal.INPUT_PROBLEMS,), options=IntegrityOptions,
-      suggestion="Re-copy or regenerate the file; if a run was killed mid-write this is expected for the last "
-                 "record only.")
+@rule("I101", "damaged-input", "warning",
+      needs=(Signal.INPUT_PROBLEMS,), options=IntegrityOptions, category="input-integrity")
 def damaged_input(run, opts: IntegrityOptions):
     """
     What it detects:
@@ -31,10 +31,11 @@ def damaged_input(run, opts: IntegrityOptions):
         Interrupted copies or uploads, two processes writing one file, Git LFS files not fetched, logs
         redirected into the wrong file.
     What to try:
-        Re-copy the file, `git lfs pull`, re-run the export; a truncated last record from a killed run is
-        normal and is listed only as information.
-    Options:
-        min_severity: lowest problem severity turned into a finding ("warning").
+        Re-copy or regenerate the file; if a run was killed mid-write this is expected for the last
+        record only.
+
+        Run `git lfs pull` for LFS pointers, or re-run the export; a truncated last record from a killed
+        run is normal and is listed only as information.
     """
     floor = severity_rank(opts.min_severity)
     for p in run.problems:

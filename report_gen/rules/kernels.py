@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from report_gen.facts import DUP_CORR, dead_units
-from report_gen.rules.base import Hit, rule
+from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import KernelsPlot, Signal
 
 
@@ -24,16 +24,16 @@ def _kernel_plot(run, name, st):
 
 @dataclass(frozen=True)
 class DeadKernelOptions:
-    threshold: float = 0.01  # a kernel/unit is dead when max |w| < threshold (seed tutorial)...
-    relative: float = 0.1  # ...and below this fraction of the layer's median kernel max |w| (scale guard)
-    warning_ratio: float = 0.05  # dead share above this: warning (the tutorial's healthy range is < 5%)
-    error_ratio: float = 0.15  # dead share above this: error
-    min_dead: int = 2  # at least this many dead kernels
+    threshold: float = opt(0.01, "a kernel/unit is dead when its max |w| is below this (the seed tutorial's "
+                                 "dead-kernel level)...")
+    relative: float = opt(0.1, "...and below this fraction of the layer's median kernel max |w| (a guard for layers "
+                               "whose weights are small by design)")
+    warning_ratio: float = opt(0.05, "dead share above this: a warning (the tutorial's healthy range is below 5%)")
+    error_ratio: float = opt(0.15, "dead share above this: an error")
+    min_dead: int = opt(2, "at least this many dead kernels")
 
 
-@rule("K101", "dead-kernels", "dead-kernels", "error", needs=(Signal.CHECKPOINT,), options=DeadKernelOptions,
-      suggestion="Check the initialisation and learning rate of this layer; lower weight decay; "
-                 "dead kernels can also be pruned to save compute.")
+@rule("K101", "dead-kernels", "error", needs=(Signal.CHECKPOINT,), options=DeadKernelOptions)
 def dead_kernels(run, opts: DeadKernelOptions):
     """
     What it detects:
@@ -47,12 +47,11 @@ def dead_kernels(run, opts: DeadKernelOptions):
         Too strong weight decay or L1, dying ReLUs upstream (no gradient reaches the kernel), a
         learning rate that pushed kernels to zero, pruning.
     What to try:
-        Lower weight decay, use LeakyReLU/GELU, check the init scale and learning rate; if
-        intentional (pruning), suppress this rule for the layer.
-    Options:
-        threshold: absolute max |w| for a dead kernel (0.01). relative: also below this fraction of
-        the layer's median kernel max |w| (0.1). warning_ratio / error_ratio: dead share for a warning
-        / an error (0.05 / 0.15). min_dead: minimum dead kernels (2).
+        Check the initialisation and learning rate of this layer; lower weight decay; dead kernels can
+        also be pruned to save compute.
+
+        Use LeakyReLU/GELU so dead units still get a gradient; if the kernels are pruned on purpose,
+        suppress this rule for the layer.
     """
     for name, st in _unit_layers(run):
         amax = np.asarray(st.unit_absmax, dtype=float)
@@ -73,13 +72,13 @@ def dead_kernels(run, opts: DeadKernelOptions):
 
 @dataclass(frozen=True)
 class NormScaleOptions:
-    threshold: float = 1e-3  # |gamma| below this: the channel is switched off
-    ratio: float = 0.1  # share of such channels for a warning
-    min_channels: int = 8
+    threshold: float = opt(1e-3, "|gamma| below this: the channel is switched off")
+    ratio: float = opt(0.1, "share of such channels for a warning")
+    min_channels: int = opt(8, "ignore layers with fewer channels")
 
 
-@rule("K104", "dead-norm-channels", "dead-kernels", "warning", needs=(Signal.CHECKPOINT,), options=NormScaleOptions,
-      suggestion="Lower weight decay on normalization scales (exclude them from decay), check the learning rate.")
+@rule("K104", "dead-norm-channels", "warning",
+      needs=(Signal.CHECKPOINT,), options=NormScaleOptions, category="dead-kernels")
 def dead_norm_channels(run, opts: NormScaleOptions):
     """
     What it detects:
@@ -91,10 +90,9 @@ def dead_norm_channels(run, opts: NormScaleOptions):
         Weight decay applied to normalization scales, L1 sparsity on gamma (network slimming), a
         learning rate too high.
     What to try:
-        Exclude norm parameters from weight decay; if pruning by gamma is intended, suppress this rule.
-    Options:
-        threshold: |gamma| below which a channel is off (1e-3). ratio: share of such channels (0.1).
-        min_channels: ignore smaller layers (8).
+        Lower weight decay on normalization scales (exclude them from decay), check the learning rate.
+
+        If pruning by gamma is intended (network slimming), suppress this rule.
     """
     from report_gen.facts.weights import is_norm_scale
 
@@ -113,14 +111,11 @@ def dead_norm_channels(run, opts: NormScaleOptions):
 
 @dataclass(frozen=True)
 class DiversityOptions:
-    min_relative_diversity: float = 0.01  # std of kernel means / std of all weights below this
-    min_kernels: int = 8
+    min_relative_diversity: float = opt(0.01, "std of the kernel means over the std of all weights below this")
+    min_kernels: int = opt(8, "ignore layers with fewer kernels")
 
 
-@rule("K102", "low-kernel-diversity", "low-kernel-diversity", "warning", needs=(Signal.CHECKPOINT,),
-      options=DiversityOptions,
-      suggestion="Check the initialisation (identical init gives identical kernels), raise the learning rate "
-                 "for this layer, or reduce its width.")
+@rule("K102", "low-kernel-diversity", "warning", needs=(Signal.CHECKPOINT,), options=DiversityOptions)
 def low_kernel_diversity(run, opts: DiversityOptions):
     """
     What it detects:
@@ -134,10 +129,11 @@ def low_kernel_diversity(run, opts: DiversityOptions):
         A constant or symmetric initialisation, a layer that barely trained (tiny learning rate,
         frozen), strong regularisation pulling all kernels to the same point.
     What to try:
+        Check the initialisation (identical init gives identical kernels), raise the learning rate for
+        this layer, or reduce its width.
+
         Use a random (He/Xavier) initialisation, check that the layer is in the optimizer and learns,
-        reduce regularisation, or reduce the number of channels.
-    Options:
-        min_relative_diversity: std(kernel means)/std(weights) below this (0.01). min_kernels: 8.
+        and reduce regularisation.
     """
     for name, st in _unit_layers(run, opts.min_kernels):
         if len(st.shape) != 4 or st.kernel_diversity is None or not st.std or not np.isfinite(st.std):
@@ -153,14 +149,15 @@ def low_kernel_diversity(run, opts: DiversityOptions):
 
 @dataclass(frozen=True)
 class RedundantOptions:
-    ratio: float = 0.3  # share of the sampled kernels in the largest family of near-duplicates...
-    twin_ratio: float = 0.9  # ...or share of kernels that have a near-duplicate at all (a layer copied in pairs)
-    min_kernel_size: int = 16  # in*kh*kw: below this, random kernels correlate by chance
-    min_kernels: int = 8
+    ratio: float = opt(0.3, "share of the sampled kernels in the largest family of near-duplicates...")
+    twin_ratio: float = opt(0.9, "...or share of kernels with any near-duplicate (healthy layers reached 0.81), for "
+                                 "layers copied in pairs rather than in one family")
+    min_kernel_size: int = opt(16, "skip kernels with fewer weights (in × kh × kw): random small kernels correlate by "
+                                   "chance")
+    min_kernels: int = opt(8, "sampled kernels needed in the layer")
 
 
-@rule("K103", "redundant-filters", "redundant-filters", "warning", needs=(Signal.CHECKPOINT,), options=RedundantOptions,
-      suggestion="Consider fewer channels for this layer, or decorrelating regularisation; check that the layer trains.")
+@rule("K103", "redundant-filters", "warning", needs=(Signal.CHECKPOINT,), options=RedundantOptions)
 def redundant_filters(run, opts: RedundantOptions):
     """
     What it detects:
@@ -176,12 +173,10 @@ def redundant_filters(run, opts: RedundantOptions):
     Typical causes:
         Too many channels for the task, symmetric initialisation, a layer that stopped learning early.
     What to try:
-        Visualise the kernels (grid in this report), reduce the channel count, prune duplicates.
-    Options:
-        ratio: share of the layer in the largest near-duplicate family (0.3). twin_ratio: share of
-        kernels with any near-duplicate (0.9; healthy layers reached 0.81), for layers duplicated
-        in pairs rather than in one family.
-        min_kernel_size: skip kernels with fewer weights (16). min_kernels: 8.
+        Consider fewer channels for this layer, or decorrelating regularisation; check that the layer
+        trains.
+
+        The kernel grid in this report shows the duplicates; prune them.
     """
     for name, st in _unit_layers(run, opts.min_kernels):
         if st.dup_family_share is None or int(np.prod(st.shape[1:])) < opts.min_kernel_size:

@@ -7,14 +7,11 @@ import numpy as np
 
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import is_weight_name
-from report_gen.rules.base import Hit, NoOptions, rule
+from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import DistributionPlot, Key, Signal
 
 
-@rule("W101", "nonfinite-weights", "nonfinite-weights", "error", needs=(Signal.CHECKPOINT, Signal.WEIGHT_HIST),
-      options=NoOptions,
-      suggestion="Resume from the last checkpoint without NaN, lower the learning rate, clip gradients, "
-                 "and look for the step where the loss first became non-finite.")
+@rule("W101", "nonfinite-weights", "error", needs=(Signal.CHECKPOINT, Signal.WEIGHT_HIST))
 def nonfinite_weights(run, opts):
     """
     What it detects:
@@ -26,10 +23,10 @@ def nonfinite_weights(run, opts):
         Divergence, exploding gradients, fp16 overflow, a bad running variance in BatchNorm, division by
         zero in a custom layer.
     What to try:
-        Find the first checkpoint with NaN (reported), lower the learning rate, clip gradients, use loss
-        scaling with mixed precision.
-    Options:
-        none.
+        Resume from the last checkpoint without NaN, lower the learning rate, clip gradients, and look
+        for the step where the loss first became non-finite.
+
+        Use loss scaling with mixed precision; the message names the first checkpoint with NaN.
     """
     bad = []  # (checkpoint index, name, stats) of the first non-finite checkpoint of each tensor
     for name in run.param_order + [n for n in run.series if n not in run.param_order]:
@@ -80,15 +77,13 @@ def _weight_names(run):
 
 @dataclass(frozen=True)
 class CollapseOptions:
-    shrink_ratio: float = 0.1  # RMS at the end below this fraction of the RMS at the start
-    zero_frac: float = 0.5  # or more than this share of exact zeros (not a pruned model)
-    min_numel: int = 16
+    shrink_ratio: float = opt(0.1, "end/start RMS below which the weights collapsed")
+    zero_frac: float = opt(0.5, "or more than this share of exact zeros")
+    min_numel: int = opt(16, "ignore tensors smaller than this")
 
 
-@rule("W102", "weight-collapse", "weight-collapse", "warning", needs=(Signal.CHECKPOINT_SERIES, Signal.WEIGHT_HIST, Signal.CHECKPOINT),
-      options=CollapseOptions,
-      suggestion="Check initialisation and weight decay strength (too strong decay shrinks weights to 0); "
-                 "consider BatchNorm; check that this layer receives gradients.")
+@rule("W102", "weight-collapse", "warning",
+      needs=(Signal.CHECKPOINT_SERIES, Signal.WEIGHT_HIST, Signal.CHECKPOINT), options=CollapseOptions)
 def weight_collapse(run, opts: CollapseOptions):
     """
     What it detects:
@@ -101,11 +96,10 @@ def weight_collapse(run, opts: CollapseOptions):
         Weight decay too strong for the learning rate, L1 regularisation, vanishing gradients,
         a pruning mask applied by mistake, a tiny initialisation.
     What to try:
-        Check the initialisation (He/Xavier), reduce weight decay, add BatchNorm, check gradient flow
-        to this layer.
-    Options:
-        shrink_ratio: end/start RMS below which weights collapsed (0.1). zero_frac: share of exact
-        zeros (0.5). min_numel: ignore tensors smaller than this (16).
+        Check initialisation and weight decay strength (too strong decay shrinks weights to 0); consider
+        BatchNorm; check that this layer receives gradients.
+
+        Use He/Xavier initialisation.
     """
     for name in _weight_names(run):
         st = run.last_stats.get(name)
@@ -127,13 +121,12 @@ def weight_collapse(run, opts: CollapseOptions):
 
 @dataclass(frozen=True)
 class WideOptions:
-    growth_ratio: float = 10.0  # RMS at the end above this multiple of the start
-    max_abs: float = 100.0  # or any weight with |w| above this
+    growth_ratio: float = opt(10.0, "end/start RMS above this")
+    max_abs: float = opt(100.0, "or any weight with |w| above this")
 
 
-@rule("W103", "wide-weights", "wide-weights", "warning", needs=(Signal.CHECKPOINT_SERIES, Signal.WEIGHT_HIST, Signal.CHECKPOINT),
-      options=WideOptions,
-      suggestion="Lower the learning rate or add weight decay; check for exploding gradients.")
+@rule("W103", "wide-weights", "warning",
+      needs=(Signal.CHECKPOINT_SERIES, Signal.WEIGHT_HIST, Signal.CHECKPOINT), options=WideOptions)
 def wide_weights(run, opts: WideOptions):
     """
     What it detects:
@@ -145,9 +138,9 @@ def wide_weights(run, opts: WideOptions):
     Typical causes:
         Learning rate too high, no weight decay, exploding gradients, no normalization.
     What to try:
-        Lower the learning rate, add weight decay, add normalization layers, clip gradients.
-    Options:
-        growth_ratio: end/start RMS ratio (10). max_abs: largest acceptable |w| (100).
+        Lower the learning rate or add weight decay; check for exploding gradients.
+
+        Add normalization layers and clip gradients.
     """
     for name in _weight_names(run):
         st = run.last_stats.get(name)
@@ -170,15 +163,13 @@ def wide_weights(run, opts: WideOptions):
 
 @dataclass(frozen=True)
 class BimodalOptions:
-    min_numel: int = 1024  # small tensors have too few values to tell
-    min_coefficient: float = 0.75  # Sarle's bimodality coefficient (0.555 = uniform; higher = two modes)
-    min_mode_mass: float = 0.15  # with histograms: each mode holds at least this share
+    min_numel: int = opt(1024, "ignore tensors smaller than this: too few values to tell")
+    min_coefficient: float = opt(0.75, "Sarle's bimodality coefficient above this (0.555 is a uniform distribution; "
+                                       "higher is two modes)")
+    min_mode_mass: float = opt(0.15, "with histograms: each mode holds at least this share")
 
 
-@rule("W104", "bimodal-weights", "bimodal-weights", "info", needs=(Signal.CHECKPOINT, Signal.WEIGHT_HIST),
-      options=BimodalOptions,
-      suggestion="Check data balance (a dominant class can split a layer's weights), try another optimizer "
-                 "or learning rate; often harmless for the last layer.")
+@rule("W104", "bimodal-weights", "info", needs=(Signal.CHECKPOINT, Signal.WEIGHT_HIST), options=BimodalOptions)
 def bimodal_weights(run, opts: BimodalOptions):
     """
     What it detects:
@@ -192,11 +183,10 @@ def bimodal_weights(run, opts: BimodalOptions):
         Strong class imbalance, too high a learning rate with sign-like updates, binarising
         regularisers.
     What to try:
-        Check the data balance, try another optimizer or a lower learning rate; compare with a
-        healthy run of the same architecture.
-    Options:
-        min_numel: ignore tensors smaller than this (1024). min_coefficient: Sarle's coefficient (0.75).
-        min_mode_mass: share each histogram mode must hold (0.15).
+        Check data balance (a dominant class can split a layer's weights), try another optimizer or
+        learning rate; often harmless for the last layer.
+
+        Compare with a healthy run of the same architecture.
     """
     for name in _weight_names(run):
         st = run.last_stats.get(name)
