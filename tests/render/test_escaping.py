@@ -8,7 +8,7 @@ from markdown_it import MarkdownIt
 
 from report_gen.render.markdown import escape_markdown, render_markdown
 from sample_report import make_report_dict, rendered_sample
-from test_render_markdown import _tables
+from test_markdown import _tables
 
 
 class _Elements(HTMLParser):

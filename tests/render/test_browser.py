@@ -21,7 +21,7 @@ import pytest
 from sample_report import rendered_sample
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-ARTIFACTS = Path(__file__).parent / "_artifacts"
+ARTIFACTS = Path(__file__).parents[1] / "_artifacts"
 TIMEOUT_S = 20.0
 
 
