@@ -80,7 +80,7 @@ def _curves(run: RunFacts, findings) -> dict[str, Any]:
             out[key.value] = _series_dict(ser.tag, ser.steps, ser.values)
     for tag, ser in list(s.other_losses.items())[:8]:
         out[Key.OTHER.of(tag)] = _series_dict(tag, ser.steps, ser.values)
-    wanted = {k for f in findings if isinstance(f.plot, CurvePlot) for k in f.plot.series}
+    wanted = dict.fromkeys(k for f in findings if isinstance(f.plot, CurvePlot) for k in f.plot.series)  # ordered
     for k in wanted:
         param = Key.UPDATE_RATIO.name_in(k)
         if param in s.update_ratio:
@@ -181,7 +181,7 @@ def _layers(run: RunFacts, findings, dead: DeadKernelOptions) -> list[dict[str, 
 
 
 def _layer_series(run: RunFacts, findings) -> dict[str, Any]:
-    wanted = {f.plot.param for f in findings if isinstance(f.plot, LayerSeriesPlot)}
+    wanted = dict.fromkeys(f.plot.param for f in findings if isinstance(f.plot, LayerSeriesPlot))  # ordered
     out = {}
     for n in wanted:
         ps = run.series.get(n)
