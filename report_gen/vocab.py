@@ -250,6 +250,8 @@ class Plot:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:  # a shared base of several kinds
+            return
         if cls.kind in PLOT_KINDS:
             raise ValueError(f"duplicate plot kind {cls.kind!r}")
         PLOT_KINDS[cls.kind] = cls
@@ -332,36 +334,45 @@ class LayerSeriesPlot(Plot):
 
 
 @dataclass(frozen=True)
-class ActivationSeriesPlot(Plot):
+class _LayerStatsPlot(Plot):
+    """Activation statistics of one layer against step (details.activation_series[series_key])."""
+
+    prefix: ClassVar[Key | None] = None
+    layer: str = _field("")
+
+    @property
+    def series_key(self) -> str:
+        return self.layer if self.prefix is None else self.prefix.of(self.layer)
+
+
+@dataclass(frozen=True)
+class ActivationSeriesPlot(_LayerStatsPlot):
     """Logged activation statistics of a layer over training (details.activation_series[layer])."""
 
     kind: ClassVar[str] = "activation_series"
-    layer: str = _field("")
-
-    @property
-    def series_key(self) -> str:
-        return self.layer
 
 
 @dataclass(frozen=True)
-class ProbeSeriesPlot(Plot):
+class ProbeSeriesPlot(_LayerStatsPlot):
     """The probe's activation statistics of a layer across checkpoints (details.activation_series["probe:<layer>"])."""
 
     kind: ClassVar[str] = "probe_series"
-    layer: str = _field("")
-
-    @property
-    def series_key(self) -> str:
-        return Key.PROBE.of(self.layer)
+    prefix: ClassVar[Key | None] = Key.PROBE
 
 
 @dataclass(frozen=True)
-class KernelsPlot(Plot):
+class _StoredImagePlot(Plot):
+    """An image already in details.images (decoded, never drawn)."""
+
+    is_image: ClassVar[bool] = True
+    image: str = _field("")
+
+
+@dataclass(frozen=True)
+class KernelsPlot(_StoredImagePlot):
     """The kernel grid of a conv weight at the last checkpoint (details.images["kernels:<param>"])."""
 
     kind: ClassVar[str] = "kernels"
-    is_image: ClassVar[bool] = True
-    image: str = _field("")
 
     @classmethod
     def of(cls, run: str, param: str) -> "KernelsPlot":
@@ -369,12 +380,10 @@ class KernelsPlot(Plot):
 
 
 @dataclass(frozen=True)
-class ImagePlot(Plot):
+class ImagePlot(_StoredImagePlot):
     """An image of details.images (probe maps, attention maps, logged images)."""
 
     kind: ClassVar[str] = "image"
-    is_image: ClassVar[bool] = True
-    image: str = _field("")
 
     @classmethod
     def of(cls, run: str, source: Key, name: str) -> "ImagePlot":
