@@ -71,7 +71,8 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
     `rules` (the resolved rule set) decides what is worth computing beyond the files themselves: the
     probe runs only when an enabled rule needs activations. Without it, everything is done.
     """
-    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress)
+    tensors = rules is None or RunFacts.needs_checkpoint_facts(rules.needs)
+    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, tensors=tensors)
     problems = list(read.problems)
     probe_results, probe_info = [], None
     if opts.probe is not None and (rules is None or rules.wants(*PROBE_SIGNALS)):
@@ -81,7 +82,9 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
         probe_results, probe_info = outcome.results, outcome.info
         problems.extend(outcome.problems)
     return RunFacts(name=spec.name, path=spec.path, events=read.log, signals=build_signals(read.log, opts.config.tags),
-                    checkpoints=read.checkpoints, problems=problems, probe=probe_results, probe_info=probe_info)
+                    checkpoints=read.checkpoints, problems=problems, probe=probe_results, probe_info=probe_info,
+                    needs=rules.needs if rules is not None else None,
+                    eager_facts=rules.facts if rules is not None else frozenset())
 
 
 @dataclass

@@ -155,9 +155,10 @@ def _layers(run: RunFacts, findings, dead: DeadKernelOptions) -> list[dict[str, 
                 facts["dead_kernel_ratio"] = _num(np.mean(mask)) if mask.size else None
             if st.kernel_diversity is not None:
                 facts["kernel_diversity"] = _num(st.kernel_diversity)
-            mc = np.asarray(st.unit_max_corr if st.unit_max_corr is not None else [], dtype=float)
-            if np.isfinite(mc).any():
-                facts["max_corr"] = _num(np.nanmax(mc))
+            if st.has("correlations"):  # shown when a rule computed it; the table never forces a fact
+                mc = np.asarray(st.unit_max_corr if st.unit_max_corr is not None else [], dtype=float)
+                if np.isfinite(mc).any():
+                    facts["max_corr"] = _num(np.nanmax(mc))
         elif n in run.signals.weight_hist:
             h = run.signals.weight_hist[n]
             facts["weight_std"] = _num(h.std[-1]) if len(h) else None

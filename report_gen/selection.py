@@ -45,6 +45,11 @@ class RuleSet:
         """Every signal some enabled rule can use: facts nobody needs are never computed."""
         return frozenset(n for r in self.enabled for n in r.rule.needs)
 
+    @property
+    def facts(self) -> frozenset[str]:
+        """The expensive weight facts some enabled rule declares it reads (computed while reading)."""
+        return frozenset(f for r in self.enabled for f in r.rule.facts)
+
     def wants(self, *signals: Signal) -> bool:
         return bool(self.needs.intersection(signals))
 

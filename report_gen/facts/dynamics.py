@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -72,14 +72,30 @@ class _Failures:
                 for path, (count, kind, first) in self.by_path.items()]
 
 
+_BLOCK = 1 << 18  # values per block of the update pass
+
+
 def update_facts(prev: torch.Tensor, cur: torch.Tensor, prev_l2: float) -> tuple[float, float]:
-    """(relative L2 update, mean absolute update) from `prev` to `cur` (same shape)."""
-    diff = cur.to(torch.float32) - prev.to(torch.float32)
-    n = diff.numel()
+    """(relative L2 update, mean absolute update) from `prev` to `cur` (same shape).
+
+    One pass in blocks of 2**18 values (float32 differences, block sums accumulated in float64): no
+    full-size difference tensor is ever allocated. Bit-identical tensors give exactly 0.
+    """
+    a = cur.detach().reshape(-1)
+    b = prev.detach().reshape(-1)
+    a = a if a.dtype == torch.float32 else a.to(torch.float32)
+    b = b if b.dtype == torch.float32 else b.to(torch.float32)
+    n = a.numel()
     if n == 0:
         return math.nan, math.nan
-    diff_l2 = math.sqrt(float64_sum(diff, power=2))
-    abs_mean = float64_sum(diff.abs_()) / n
+    buf = torch.empty(min(n, _BLOCK))
+    sq = abs_sum = 0.0
+    for start in range(0, n, _BLOCK):
+        d = torch.sub(a[start:start + _BLOCK], b[start:start + _BLOCK], out=buf[:min(_BLOCK, n - start)])
+        sq += float(torch.dot(d, d))
+        abs_sum += float(torch.abs(d, out=d).sum())
+    diff_l2 = math.sqrt(sq)
+    abs_mean = abs_sum / n
     if prev_l2 == 0.0:
         return (math.nan if diff_l2 == 0.0 else math.inf), abs_mean
     return diff_l2 / prev_l2, abs_mean
@@ -100,7 +116,15 @@ def _load(ckpt: CheckpointData, name: str, failures: _Failures) -> torch.Tensor 
         return None
 
 
-def _param_series(name: str, ckpts: list[CheckpointData], failures: _Failures | None = None) -> ParamSeries:
+def _release(t: torch.Tensor | None) -> None:
+    if t is not None:
+        from report_gen.readers.checkpoint.tree import release_pages
+
+        release_pages(t)
+
+
+def _param_series(name: str, ckpts: list[CheckpointData], failures: _Failures | None = None,
+                  eager: Collection[str] = ()) -> ParamSeries:
     n = len(ckpts)
     series = ParamSeries(name=name, steps=[c.step for c in ckpts], stats=[],
                          rel_update=np.full(max(n - 1, 0), np.nan),
@@ -109,26 +133,35 @@ def _param_series(name: str, ckpts: list[CheckpointData], failures: _Failures | 
     prev_l2 = math.nan
     for i, ckpt in enumerate(ckpts):
         if name not in ckpt.tensors:
+            _release(prev)
             prev = None
             continue
         cur = _load(ckpt, name, failures if failures is not None else _Failures())
         if cur is None:
             series.unreadable.append(i)
+            _release(prev)
             prev = None
             continue
-        stats = weight_stats(name, cur)
+        stats = weight_stats(name, cur, source=reloader(ckpt, name), eager=eager)
         series.stats.append(stats)
         series.present.append(i)
         if series.nan_appeared_at is None and (stats.nan_count or stats.inf_count):
             series.nan_appeared_at = i
         if prev is not None and prev.shape == cur.shape:
             series.rel_update[i - 1], series.abs_update_mean[i - 1] = update_facts(prev, cur, prev_l2)
+        _release(prev)
         prev, prev_l2 = cur, stats.l2
+    _release(prev)
     return series
 
 
+def reloader(ckpt: CheckpointData, name: str) -> Callable[[], torch.Tensor]:
+    """Reload one tensor of one checkpoint on demand (what WeightStats' expensive facts read)."""
+    return lambda: ckpt.load(name)
+
+
 def series_facts(ckpts: list[CheckpointData], *, progress: ProgressFn | None = None,
-                 problems: list[Problem] | None = None) -> dict[str, ParamSeries]:
+                 problems: list[Problem] | None = None, eager: Collection[str] = ()) -> dict[str, ParamSeries]:
     """ParamSeries for every tensor name found in the (already ordered) checkpoints.
 
     progress(done, total, name) is called after each name, if given.
@@ -140,7 +173,7 @@ def series_facts(ckpts: list[CheckpointData], *, progress: ProgressFn | None = N
     failures = _Failures()
     out: dict[str, ParamSeries] = {}
     for done, name in enumerate(names, start=1):
-        out[name] = _param_series(name, ckpts, failures)
+        out[name] = _param_series(name, ckpts, failures, eager)
         if progress is not None:
             progress(done, len(names), name)
     if problems is not None:

@@ -52,6 +52,15 @@ class RunFacts:
     probe: list[tuple[int | None, Any]] = field(default_factory=list)  # [(step, ProbeResult)]
     probe_info: dict[str, Any] | None = None
     progress: Any = None
+    # what the selected rules need (engine: RuleSet.needs / RuleSet.facts); None = everything may be computed
+    needs: frozenset[Signal] | None = None
+    eager_facts: frozenset[str] = frozenset()
+
+    @property
+    def tensor_facts(self) -> bool:
+        """Whether facts judged from checkpoint tensor data may be computed for this run: some selected
+        rule needs checkpoint facts (or no selection was given). When not, no tensor is ever read."""
+        return self.needs is None or self.needs_checkpoint_facts(self.needs)
 
     # ---- availability -------------------------------------------------------------------------
     @cached_property
@@ -66,7 +75,7 @@ class RunFacts:
             have.add(Signal.CHECKPOINT)
         if len(self.checkpoints) >= 2:
             have.add(Signal.CHECKPOINT_SERIES)
-        if any(c.optimizer and c.optimizer.get("grad_rms") for c in self.checkpoints):
+        if self.tensor_facts and any(c.optimizer and c.optimizer.get("grad_rms") for c in self.checkpoints):
             have.add(Signal.OPTIMIZER_STATE)
         if self.probe:
             have.add(Signal.PROBE)
@@ -93,13 +102,15 @@ class RunFacts:
     # ---- checkpoints ----------------------------------------------------------------------------
     @cached_property
     def series(self) -> dict[str, Any]:
-        """param name -> ParamSeries over the ordered checkpoint series (facts.dynamics)."""
-        if not self.checkpoints:
+        """param name -> ParamSeries over the ordered checkpoint series (facts.dynamics); empty when no
+        selected rule needs checkpoint facts (`tensor_facts`)."""
+        if not self.checkpoints or not self.tensor_facts:
             return {}
         from report_gen.facts.dynamics import series_facts
 
         try:
-            return series_facts(self.checkpoints, progress=self.progress, problems=self.problems)
+            return series_facts(self.checkpoints, progress=self.progress, problems=self.problems,
+                                eager=self.eager_facts)
         except Exception as e:  # noqa: BLE001 - a tensor that cannot be read must not lose the report
             self.problems.append(Problem(file=self.checkpoints[-1].path, kind=ProblemKind.UNREADABLE_TENSOR, severity="warning",
                                          message=f"checkpoint facts could not be computed: {type(e).__name__}: {e}"))
@@ -147,7 +158,7 @@ class RunFacts:
             out[name] = GradEstimate(value, Signal.GRAD_HIST, rms, h.steps, nonfinite)
         if out:
             return out
-        for c in reversed(self.checkpoints):
+        for c in reversed(self.checkpoints if self.tensor_facts else []):
             opt = c.optimizer or {}
             if opt.get("grad_rms"):
                 for name, v in opt["grad_rms"].items():

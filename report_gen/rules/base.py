@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from report_gen.core import Severity
+from report_gen.facts import WEIGHT_FACT_GROUPS
 from report_gen.vocab import Plot, Signal
 
 CODE_RE = re.compile(r"^[A-Z][0-9]{3}$")
@@ -90,6 +91,7 @@ class Rule:
     needs: tuple[Signal, ...]
     options: type
     func: Callable[..., Iterable[Hit]]
+    facts: tuple[str, ...] = ()  # expensive weight facts it reads (facts.WEIGHT_FACT_GROUPS), computed eagerly
 
     @property
     def doc(self) -> str:
@@ -154,8 +156,14 @@ REGISTRY: dict[str, Rule] = {}
 
 
 def rule(code: str, name: str, severity: str, *, needs: Iterable[Signal], options: type = NoOptions,
-         category: str | None = None):
-    """Declare a rule. Checks the declaration at import time so a bad one never ships."""
+         category: str | None = None, facts: Iterable[str] = ()):
+    """Declare a rule. Checks the declaration at import time so a bad one never ships.
+
+    facts: the expensive weight facts the rule reads (facts.WEIGHT_FACT_GROUPS: "quantiles",
+    "correlations", "spectrum"); they are computed while each tensor is read only when such a rule is
+    selected (read without being declared, they are still computed, by reading the tensor again).
+    """
+    facts = tuple(facts)
     category = name if category is None else category
 
     def deco(func):
@@ -173,6 +181,9 @@ def rule(code: str, name: str, severity: str, *, needs: Iterable[Signal], option
         for n in needs:
             if not isinstance(n, Signal):
                 raise ValueError(f"{code}: needs must be Signal members, got {n!r}")
+        unknown = [f for f in facts if f not in WEIGHT_FACT_GROUPS]
+        if unknown:
+            raise ValueError(f"{code}: unknown facts {unknown}; expected some of {WEIGHT_FACT_GROUPS}")
         if not (dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen):
             raise ValueError(f"{code}: options must be a frozen dataclass")
         undocumented = [f.name for f in dataclasses.fields(options) if not f.metadata.get("doc")]
@@ -182,7 +193,7 @@ def rule(code: str, name: str, severity: str, *, needs: Iterable[Signal], option
         missing = [s for s in DOC_SECTIONS if not sections.get(s)]
         if missing:
             raise ValueError(f"{code}: docstring lacks {', '.join(missing)}")
-        REGISTRY[code] = Rule(code, name, category, severity, tuple(needs), options, func)
+        REGISTRY[code] = Rule(code, name, category, severity, tuple(needs), options, func, facts)
         return func
 
     return deco

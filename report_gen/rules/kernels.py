@@ -157,7 +157,8 @@ class RedundantOptions:
     min_kernels: int = opt(8, "sampled kernels needed in the layer")
 
 
-@rule("K103", "redundant-filters", "warning", needs=(Signal.CHECKPOINT,), options=RedundantOptions)
+@rule("K103", "redundant-filters", "warning", needs=(Signal.CHECKPOINT,), options=RedundantOptions,
+      facts=("correlations",))
 def redundant_filters(run, opts: RedundantOptions):
     """
     What it detects:

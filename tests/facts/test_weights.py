@@ -141,3 +141,74 @@ def test_largest_near_duplicate_family():
     w[9] = w[8] * 2  # a separate pair
     s = weight_stats("x.weight", w)
     assert s.dup_family_share == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("shape,scale,offset", [((600, 300), 0.02, 0.0), ((3, 70_000), 1.0, 5.0),
+                                                ((200_000,), 0.5, -0.3), ((128, 64, 3, 3), 0.1, 0.01),
+                                                ((1, 300_000), 2.0, 0.0)])
+def test_fast_block_pass_agrees_with_the_exact_float64_pass(shape, scale, offset):
+    """Large tensors go through the float32 block pass; it must agree with the float64 reference."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(*shape, generator=g) ** 3 * scale + offset  # skewed, heavy-tailed
+    x.view(-1)[::97] = 0.0
+    fast = wf._fast_stats("w", x.float(), "float32")
+    exact = wf._exact_stats("w", x.float(), "float32")
+    assert fast is not None and x.numel() > wf._EXACT_MAX
+    for key in ("mean", "std", "absmax", "l2", "rms", "zero_frac"):
+        assert getattr(fast, key) == pytest.approx(getattr(exact, key), rel=1e-5, abs=1e-9), key
+    for key in ("skew", "kurtosis", "bimodality"):  # third/fourth moments: float32 blocks, documented 1e-4
+        assert getattr(fast, key) == pytest.approx(getattr(exact, key), rel=1e-4, abs=1e-7), key
+    if x.ndim >= 2:
+        np.testing.assert_allclose(fast.unit_absmax, exact.unit_absmax, rtol=1e-7)
+        np.testing.assert_allclose(fast.unit_mean, exact.unit_mean, rtol=1e-5, atol=1e-9)
+        assert fast.kernel_diversity == pytest.approx(exact.kernel_diversity, rel=1e-4, nan_ok=True)
+
+
+def test_fast_pass_hands_nonfinite_and_overflow_to_the_exact_pass():
+    x = torch.randn(100_000)
+    x[12345] = float("nan")
+    s = weight_stats("w", x)
+    assert (s.nan_count, s.inf_count) == (1, 0) and math.isfinite(s.mean)
+    big = torch.randn(100_000) * 1e10  # d^4 overflows float32
+    s = weight_stats("w", big)
+    assert math.isfinite(s.kurtosis) and s.std == pytest.approx(big.double().std(unbiased=False).item(), rel=1e-9)
+
+
+def test_expensive_facts_are_computed_only_when_read():
+    w = torch.randn(64, 48, generator=torch.Generator().manual_seed(8))
+    calls = []
+
+    def source():
+        calls.append(1)
+        return w
+
+    s = weight_stats("fc.weight", w, source=source)
+    assert not calls and not s.has("correlations") and not s.has("spectrum") and not s.has("quantiles")
+    reference = weight_stats("fc.weight", w, eager=("correlations", "spectrum", "quantiles"))
+    assert s.unit_max_corr is not None and len(calls) == 1 and s.has("correlations")
+    np.testing.assert_array_equal(s.unit_max_corr, reference.unit_max_corr)
+    assert s.dup_family_share == reference.dup_family_share and len(calls) == 1  # the group is computed once
+    assert s.stable_rank == pytest.approx(reference.stable_rank) and len(calls) == 2
+    assert s.abs_quantiles == reference.abs_quantiles and len(calls) == 3
+
+
+def test_eager_groups_use_the_tensor_at_hand_and_pickling_drops_the_loader():
+    import pickle
+
+    w = torch.randn(32, 16)
+    s = weight_stats("fc.weight", w, source=lambda: (_ for _ in ()).throw(AssertionError("reloaded")),
+                     eager=("correlations",))
+    assert s.has("correlations") and s.corr_topk_mean is not None
+    back = pickle.loads(pickle.dumps(s))
+    assert back.source is None and back.corr_topk_mean == s.corr_topk_mean
+    assert back.stable_rank is None  # nothing to reload from: no fact, no error
+
+
+def test_block_power_iteration_bound_on_a_large_matrix(monkeypatch):
+    monkeypatch.setattr(wf, "_EXACT_SVD_MIN_DIM", 8)
+    g = torch.Generator().manual_seed(9)
+    u, v = torch.randn(300, 1, generator=g), torch.randn(1, 200, generator=g)
+    w = torch.randn(300, 200, generator=g) + 0.5 * u @ v
+    sv = np.linalg.svd(w.double().numpy(), compute_uv=False)
+    sigma = wf._top_singular_value(w)
+    assert sigma <= sv[0] * (1 + 1e-6) and sigma == pytest.approx(sv[0], rel=1e-3)

@@ -218,7 +218,8 @@ def test_no_decoding_error_escapes(tmp_path, monkeypatch):
         raise RuntimeError("hostile")
 
     monkeypatch.setattr(decode, "_from_histo", boom)
-    monkeypatch.setattr(bulk.SimpleScalars, "decode", classmethod(boom))  # the bulk path too
+    monkeypatch.setattr(bulk.SimpleScalars, "decode", classmethod(boom))  # the bulk paths too
+    monkeypatch.setattr(bulk.LegacyHistograms, "decode", classmethod(boom))
     path = write_records(tmp_path / "events.out.tfevents.1", [
         make_scalar_event("loss", 1, 1.0), make_hist_event("w", 1, [1.0]), make_scalar_event("loss", 2, 2.0)])
     data = read_one(path)

@@ -56,10 +56,10 @@ def _open_safetensors(path: str) -> CheckpointData:
                   step_from_metadata(meta), meta, None, [])
 
 
-def open_single_file(path: str, policy: LoadPolicy) -> CheckpointData:
+def open_single_file(path: str, policy: LoadPolicy, optimizer: bool = True) -> CheckpointData:
     if sniff(path) == "safetensors":
         return _open_safetensors(path)
-    return checkpoint_from_tree(path, policy.load_tree(path))
+    return checkpoint_from_tree(path, policy.load_tree(path), optimizer=optimizer)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -94,7 +94,7 @@ def _shard_path(index_path: str, folder: str, shard: Any) -> str:
                                                                f"a file outside the index's folder; not read")
 
 
-def open_index(path: str, policy: LoadPolicy) -> CheckpointData:
+def open_index(path: str, policy: LoadPolicy, optimizer: bool = True) -> CheckpointData:
     """A sharded checkpoint: `*.safetensors.index.json` / `pytorch_model.bin.index.json`."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -111,7 +111,7 @@ def open_index(path: str, policy: LoadPolicy) -> CheckpointData:
     for shard, shard_path in paths.items():
         if not os.path.isfile(shard_path):
             raise CheckpointError(path, ProblemKind.MISSING_SHARD, f"shard {shard!r} listed in the index is missing")
-        shards[shard] = open_single_file(shard_path, policy)
+        shards[shard] = open_single_file(shard_path, policy, optimizer)
     tensors, owner, problems = {}, {}, []
     for shard in shards.values():
         tensors.update(shard.tensors)
@@ -133,21 +133,22 @@ def _read_json(path: str) -> dict[str, Any]:
         return {}
 
 
-def open_folder(folder: str, policy: LoadPolicy) -> CheckpointData:
+def open_folder(folder: str, policy: LoadPolicy, optimizer: bool = True) -> CheckpointData:
     """A Hugging Face style folder: config.json + weights, maybe trainer_state.json/optimizer.pt."""
     weights = _folder_weights_file(folder)
     if weights is None:
         raise CheckpointError(folder, ProblemKind.NO_WEIGHTS, "folder has no model weights (looked for "
                                                               "model.safetensors, pytorch_model.bin, *.index.json)")
-    inner = open_index(weights, policy) if weights.endswith(".json") else open_single_file(weights, policy)
+    inner = (open_index(weights, policy, optimizer) if weights.endswith(".json")
+             else open_single_file(weights, policy, optimizer))
     config = _read_json(os.path.join(folder, "config.json"))
     meta = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool)) or k == "architectures"}
     trainer = _read_json(os.path.join(folder, "trainer_state.json"))
     meta.update({k: trainer[k] for k in ("global_step", "epoch") if k in trainer})
     ordered = inner.format in ("torch-zip", "torch-legacy")
-    optimizer = _folder_optimizer(folder, inner.tensors, policy, inner.problems, ordered)
+    facts = _folder_optimizer(folder, inner.tensors, policy, inner.problems, ordered) if optimizer else None
     return finish(folder, f"hf-folder/{inner.format}", inner.tensors, inner.load,
-                  step_from_metadata(meta), meta, optimizer, inner.problems)
+                  step_from_metadata(meta), meta, facts, inner.problems)
 
 
 def _folder_optimizer(folder: str, tensors: Mapping[str, TensorInfo], policy: LoadPolicy,

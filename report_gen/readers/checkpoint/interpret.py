@@ -276,7 +276,9 @@ def _drop_unreadable(path: str, tree: TorchTree, weights: dict[str, tuple[Leaf, 
     return {n: v for n, v in weights.items() if n not in bad}
 
 
-def checkpoint_from_tree(path: str, tree: TorchTree) -> CheckpointData:
+def checkpoint_from_tree(path: str, tree: TorchTree, *, optimizer: bool = True) -> CheckpointData:
+    """The CheckpointData of one unpickled file. optimizer=False: the optimizer state is not looked at
+    (its tensors are data: a caller that needs no checkpoint facts reads none)."""
     root = tree.root
     weights = _find_weights(root)
     if not weights:
@@ -289,13 +291,12 @@ def checkpoint_from_tree(path: str, tree: TorchTree) -> CheckpointData:
                for n, (leaf, role) in weights.items()}
     meta = _metadata(root)
     step = step_from_metadata(meta)
-    optimizer_sd = find_optimizer_state(root)
-    optimizer = None
+    optimizer_sd = find_optimizer_state(root) if optimizer else None
+    facts = None
     if optimizer_sd is not None:
-        optimizer = safe_optimizer_facts(path, optimizer_sd, tensors, tree.checked_materialiser(path),
-                                         problems)
+        facts = safe_optimizer_facts(path, optimizer_sd, tensors, tree.checked_materialiser(path), problems)
     return finish(path, tree.format, tensors, lambda name: tree.materialise(leaves[name]),
-                  step, meta, optimizer, problems)
+                  step, meta, facts, problems)
 
 
 def finish(path: str, fmt: str, tensors: dict[str, TensorInfo], load: Callable[[str], torch.Tensor],

@@ -15,24 +15,25 @@ from report_gen.readers.types import CheckpointData
 log = logging.getLogger("report_gen")
 
 
-def open_checkpoint(path: str, *, trust_pickles: bool = False) -> CheckpointData:
+def open_checkpoint(path: str, *, trust_pickles: bool = False, optimizer: bool = True) -> CheckpointData:
     """Open one checkpoint (file, shard index or model folder) lazily.
 
     Raises CheckpointError (an InputError) with a one-line message when nothing usable can be read,
     and never any other exception: an unexpected failure becomes kind "unreadable".
+    optimizer=False: the optimizer state is not read (no tensor data is read when opening).
     """
-    return _open(path, load_policy(trust_pickles))
+    return _open(path, load_policy(trust_pickles), optimizer)
 
 
-def _open(path: str, policy: LoadPolicy) -> CheckpointData:
+def _open(path: str, policy: LoadPolicy, optimizer: bool = True) -> CheckpointData:
     try:
         if os.path.isdir(path):
-            return open_folder(path, policy)
+            return open_folder(path, policy, optimizer)
         if not os.path.exists(path):
             raise CheckpointError(path, ProblemKind.MISSING, "no such file")
         if path.endswith(".json"):
-            return open_index(path, policy)
-        return open_single_file(path, policy)
+            return open_index(path, policy, optimizer)
+        return open_single_file(path, policy, optimizer)
     except CheckpointError:
         raise
     except RecursionError:
@@ -46,7 +47,7 @@ def _open(path: str, policy: LoadPolicy) -> CheckpointData:
 
 
 def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
-                     progress: Callable[[int, int], None] | None = None
+                     progress: Callable[[int, int], None] | None = None, optimizer: bool = True
                      ) -> tuple[list[CheckpointData], list[Problem]]:
     """Open the checkpoints of ONE run: the usable ones in training order, and every problem found.
 
@@ -54,7 +55,8 @@ def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
     severity of its kind: a tensor or list saved beside the checkpoints (a probe batch, embeddings;
     "no-weights", "not-a-checkpoint") is info, anything else a warning. Problems are in path order,
     each file's own problems (unsafe globals replaced, tensors skipped) where the file comes.
-    progress(i, n) is called before the i-th of n files is opened.
+    progress(i, n) is called before the i-th of n files is opened. optimizer=False: optimizer state is not
+    read (opening then reads no tensor data at all: only the pickles, headers and indexes).
     """
     policy = load_policy(trust_pickles)
     ckpts, problems = [], []
@@ -62,7 +64,7 @@ def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
         if progress is not None:
             progress(i, len(paths))
         try:
-            ckpt = _open(path, policy)
+            ckpt = _open(path, policy, optimizer)
         except CheckpointError as e:
             problems.append(Problem(file=path, kind=e.kind, message=str(e)))
             continue

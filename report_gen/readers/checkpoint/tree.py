@@ -120,10 +120,26 @@ def _release_mapped_pages(tensor: torch.Tensor) -> None:
 
 
 def _mapped_materialiser(leaf: Leaf) -> torch.Tensor:
-    """float32 copy of a tensor from `torch.load(mmap=True)`, then its pages are released."""
-    out = leaf.detach().to(torch.float32, copy=True)
+    """A float32 tensor from `torch.load(mmap=True)`: a contiguous float32 tensor is returned as the
+    mapped view itself (no copy: its pages are the file's, shared with the page cache, never private
+    memory; `release_pages` drops them when the caller is done); anything else is copied to float32
+    and the mapped pages released at once."""
+    leaf = leaf.detach()
+    if leaf.dtype == torch.float32 and leaf.is_contiguous():
+        view = leaf.view_as(leaf)
+        view._report_gen_mapped = True  # release_pages may drop its pages (never anonymous memory)
+        return view
+    out = leaf.to(torch.float32, copy=True)
     _release_mapped_pages(leaf)
     return out
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Drop the resident pages of a tensor that `load` returned as a view into a file mapping (a no-op
+    for any other tensor: anonymous memory is freed with the tensor, and dropping it would zero it).
+    Best effort; the tensor stays valid (its pages are re-read from the file if touched again)."""
+    if getattr(tensor, "_report_gen_mapped", False):
+        _release_mapped_pages(tensor)
 
 
 def _memory_materialiser(leaf: Leaf) -> torch.Tensor:

@@ -73,3 +73,136 @@ def _tags(buffer: bytes, starts: list[int], lengths: list[int]) -> np.ndarray:
     for key in set(raw):
         names[key] = key.decode("utf-8", "replace")
     return np.array([names[r] for r in raw], dtype=object)
+
+
+def _varint_at(raw: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, byte length, valid) of the varint starting at each of ``pos`` (at most 10 bytes)."""
+    last = raw.size - 1
+    groups = raw[np.minimum(pos[:, None] + np.arange(10), last)]
+    done = groups < 0x80
+    valid = done.any(axis=1)
+    length = done.argmax(axis=1) + 1
+    return _varints(groups, np.where(valid, length, 0)), length, valid
+
+
+@dataclass
+class LegacyHistograms:
+    """Records of the legacy ``HistogramProto`` shape (what torch's ``add_histogram`` writes), decoded
+    with numpy: no protobuf object per record.
+
+    Wire layout (fields in number order, each optional one absent when zero/empty, as protobuf
+    writes them): ``[09 <wall f64>] [10 <step varint>] 2a L1 { 0a L2 { 0a T <tag> 2a L3 { [09 min]
+    [11 max] [19 num] [21 sum] [29 sum_squares] [32 L4 <bucket_limit packed f64>] [3a L5 <bucket packed
+    f64>] } } }`` with every length checked against the enclosing one. Anything else (metadata, a second
+    value, unpacked buckets, unknown fields) is left to the protobuf path, record by record.
+    ``mask`` marks the matched records of the batch; the other fields hold the matched ones: ``stats``
+    is (n, 5) min, max, num, sum, sum_squares; ``limit_spans``/``count_spans`` are (start, bytes) of the
+    packed arrays in the buffer.
+    """
+
+    mask: np.ndarray
+    tags: np.ndarray  # object array of str
+    steps: np.ndarray
+    wall_times: np.ndarray
+    stats: np.ndarray
+    limit_spans: np.ndarray  # (n, 2) int64
+    count_spans: np.ndarray
+
+    @classmethod
+    def decode(cls, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> "LegacyHistograms":
+        raw = np.frombuffer(buffer, dtype=np.uint8)
+        last = raw.size - 1
+
+        def at(index: np.ndarray) -> np.ndarray:
+            return raw[np.minimum(index, last)]
+
+        ends = starts + lengths
+        ok = lengths >= 8
+        has_wall = at(starts) == 0x09
+        pos = starts + 9 * has_wall
+        has_step = at(pos) == 0x10
+        step, step_len, step_ok = _varint_at(raw, pos + 1)
+        ok &= ~has_step | step_ok
+        pos = pos + np.where(has_step, 1 + step_len, 0)
+        for expected in (0x2A, 0x0A):  # the summary, then its one value: each runs to the end
+            size, size_len, size_ok = _varint_at(raw, pos + 1)
+            ok &= (at(pos) == expected) & size_ok & (size >= 0)
+            pos = pos + 1 + size_len
+            ok &= pos + size.astype(np.int64) == ends
+        tag_len, tag_len_len, tag_ok = _varint_at(raw, pos + 1)
+        ok &= (at(pos) == 0x0A) & tag_ok & (tag_len >= 0) & (tag_len < (1 << 20))
+        tag_start = pos + 1 + tag_len_len
+        pos = tag_start + np.where(ok, tag_len, 0).astype(np.int64)
+        size, size_len, size_ok = _varint_at(raw, pos + 1)
+        ok &= (at(pos) == 0x2A) & size_ok & (size >= 0)
+        pos = pos + 1 + size_len
+        ok &= pos + size.astype(np.int64) == ends
+        fixed = np.zeros((starts.size, 5), dtype=np.int64)  # offsets of min, max, num, sum, sum_squares
+        present = np.zeros((starts.size, 5), dtype=bool)
+        for k, field_tag in enumerate((0x09, 0x11, 0x19, 0x21, 0x29)):
+            present[:, k] = at(pos) == field_tag
+            fixed[:, k] = pos + 1
+            pos = pos + 9 * present[:, k]
+        spans = []
+        for field_tag in (0x32, 0x3A):
+            has = at(pos) == field_tag
+            size, size_len, size_ok = _varint_at(raw, pos + 1)
+            size = np.where(has, size.astype(np.int64), 0)
+            ok &= ~has | (size_ok & (size >= 0) & (size % 8 == 0) & (size < (1 << 40)))
+            start = pos + np.where(has, 1 + size_len, 0)
+            spans.append(np.stack([start, size], axis=1))
+            pos = start + np.where(ok, size, 0)
+        ok &= (pos == ends) & (ends <= raw.size)
+        tags, valid = _strict_tags(buffer, tag_start[ok].tolist(), tag_len[ok].astype(np.int64).tolist())
+        ok[np.flatnonzero(ok)[~valid]] = False  # not UTF-8: protobuf refuses the record, so must we
+        sel = np.flatnonzero(ok)
+        stats = np.zeros((sel.size, 5), dtype=np.float64)
+        for k in range(5):
+            rows = sel[present[sel, k]]
+            if rows.size:
+                stats[present[sel, k], k] = gather_rows(raw, fixed[rows, k], 8).view("<f8").ravel()
+        walls = np.zeros(sel.size, dtype=np.float64)
+        with_wall = has_wall[sel]
+        if with_wall.any():
+            walls[with_wall] = gather_rows(raw, starts[sel][with_wall] + 1, 8).view("<f8").ravel()
+        return cls(mask=ok, tags=tags[valid],
+                   steps=np.where(has_step[sel], step[sel], 0), wall_times=walls, stats=stats,
+                   limit_spans=spans[0][sel], count_spans=spans[1][sel])
+
+
+def _strict_tags(buffer: bytes, starts: list[int], lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Tag strings as an object array, and which are valid UTF-8 (decoded once per distinct string)."""
+    names: dict[bytes, str | None] = {}
+    raw = [buffer[s:s + n] for s, n in zip(starts, lengths)]
+    for key in set(raw):
+        try:
+            names[key] = key.decode("utf-8")
+        except UnicodeDecodeError:
+            names[key] = None
+    tags = np.array([names[r] for r in raw], dtype=object)
+    return tags, np.array([t is not None for t in tags], dtype=bool)
+
+
+def packed_doubles(buffer: bytes, spans: np.ndarray, shared: dict[bytes, np.ndarray] | None = None
+                   ) -> list[np.ndarray]:
+    """The packed float64 arrays at ``spans`` (start, bytes), copied out of the buffer (read-only).
+
+    With ``shared`` (bytes -> array, kept by the caller), equal arrays are one object: bucket limits of
+    consecutive steps of one tag are usually identical, so a long run keeps each distinct set once.
+    """
+    if shared is None:
+        flat = np.frombuffer(b"".join([buffer[s:s + n] for s, n in spans.tolist()]), dtype="<f8")
+        if not len(spans):
+            return []
+        sizes = spans[:, 1] // 8
+        if (sizes == sizes[0]).all():
+            return list(flat.reshape(len(spans), int(sizes[0]))) if sizes[0] else [flat[:0]] * len(spans)
+        return np.split(flat, np.cumsum(sizes)[:-1])
+    out = []
+    for s, n in spans.tolist():
+        key = buffer[s:s + n]
+        arr = shared.get(key)
+        if arr is None:
+            arr = shared[key] = np.frombuffer(key, dtype="<f8")
+        out.append(arr)
+    return out

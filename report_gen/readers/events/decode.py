@@ -44,7 +44,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_p
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers.events.bulk import SimpleScalars
+from report_gen.readers.events.bulk import LegacyHistograms, SimpleScalars, packed_doubles
 from report_gen.readers.tfrecord import RecordBatch, RecordReader
 
 ALL_KINDS = ("scalars", "histograms", "images", "texts", "hparams")
@@ -97,6 +97,9 @@ class FileContent:
     scalar_tags: list[np.ndarray] = field(default_factory=list)  # object arrays of tag names
     scalar_cols: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (seq, step, wall, value)
     histograms: dict[str, list[Point]] = field(default_factory=dict)
+    # legacy histograms decoded in bulk: tag -> batches, and the seq of each tag's first such record
+    hist_batches: dict[str, list["HistBatch"]] = field(default_factory=dict)
+    hist_first: dict[str, int] = field(default_factory=dict)
     images: dict[str, list[Point]] = field(default_factory=dict)
     texts: dict[str, list[Point]] = field(default_factory=dict)
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +108,18 @@ class FileContent:
     def note_first(self, seq: int, wall_time: float) -> None:
         if self.first is None or seq < self.first[0]:
             self.first = (seq, wall_time)
+
+
+@dataclass
+class HistBatch:
+    """Histogram values of one tag decoded in bulk from one record batch (in write order)."""
+
+    seqs: np.ndarray
+    steps: np.ndarray
+    wall_times: np.ndarray
+    stats: np.ndarray  # (n, 5): min, max, num, sum, sum_squares
+    limits: list[np.ndarray]
+    counts: list[np.ndarray]
 
 
 def decode_file(path: str, sub: str, kinds: frozenset[str]) -> FileContent:
@@ -139,6 +154,7 @@ class _EventDecoder:
         self.file_bytes = 0  # size of the file (sets the fill budget, see _MAX_FILL)
         self.filled = 0  # tensor elements rebuilt from TF's "last value left out" form so far
         self._slow_scalars: tuple[list, list, list, list, list] = ([], [], [], [], [])
+        self._shared_limits: dict[str, dict[bytes, np.ndarray]] = {}  # per tag: equal limits kept once
 
     def decode_batch(self, batch: RecordBatch, first_seq: int) -> None:
         """Decode one batch; record ``i`` gets sequence number ``first_seq + i``."""
@@ -154,8 +170,33 @@ class _EventDecoder:
                 self.content.scalar_cols.append((seqs, fast.steps, fast.wall_times, fast.values))
         buf = batch.buffer
         rest = np.flatnonzero(~fast.mask) if fast is not None else np.arange(len(batch))
+        if rest.size:
+            rest = self._bulk_histograms(batch, rest, first_seq)
         for i, start, length in zip(rest.tolist(), batch.starts[rest].tolist(), batch.lengths[rest].tolist()):
             self._decode_record(buf[start:start + length], first_seq + i, batch.base + start - 12)
+
+    def _bulk_histograms(self, batch: RecordBatch, rest: np.ndarray, first_seq: int) -> np.ndarray:
+        """Decode the legacy-histogram records among ``rest`` in bulk; returns the records still left."""
+        try:
+            hist = LegacyHistograms.decode(batch.buffer, batch.starts[rest], batch.lengths[rest])
+        except Exception:  # noqa: BLE001 - defensive: the protobuf path decides
+            return rest
+        if not hist.mask.any():
+            return rest
+        seqs = first_seq + rest[hist.mask]
+        self.content.note_first(int(seqs[0]), float(hist.wall_times[0]))
+        if "histograms" in self.kinds:
+            rows_of: dict[str, list[int]] = {}
+            for i, tag in enumerate(hist.tags.tolist()):
+                rows_of.setdefault(tag, []).append(i)
+            for tag, rows in rows_of.items():
+                idx = np.asarray(rows, dtype=np.int64)
+                limits = packed_doubles(batch.buffer, hist.limit_spans[idx], self._shared_limits.setdefault(tag, {}))
+                counts = packed_doubles(batch.buffer, hist.count_spans[idx])
+                self.content.hist_batches.setdefault(tag, []).append(
+                    HistBatch(seqs[idx], hist.steps[idx], hist.wall_times[idx], hist.stats[idx], limits, counts))
+                self.content.hist_first.setdefault(tag, int(seqs[idx[0]]))
+        return rest[~hist.mask]
 
     def _decode_record(self, data: bytes, seq: int, offset: int) -> None:
         """Decode one record; if it (or any of its values) cannot be decoded it is counted as bad-proto."""

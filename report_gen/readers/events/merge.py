@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers.events.decode import FileContent, Point
+from report_gen.readers.events.decode import FileContent, HistBatch
 from report_gen.readers.types import HistogramSeries, ImageRef, RunLog, tidy_scalars
 
 
@@ -132,7 +132,8 @@ def merge_points(sub: str, group: list[FileContent], max_per_tag: int | None, re
                  data: RunLog) -> None:
     """Merge histograms, images and texts of one sub into ``data`` (keys prefixed with ``sub/``)."""
     prefix = f"{sub}/" if sub else ""
-    for attr in ("histograms", "images", "texts"):
+    merge_histograms(prefix, group, max_per_tag, restarts, data)
+    for attr in ("images", "texts"):
         # first appearance: files in merge order, then (dict insertion order) records in file order
         tags = dict.fromkeys(tag for c in group for tag in getattr(c, attr))
         for tag in tags:
@@ -147,24 +148,68 @@ def merge_points(sub: str, group: list[FileContent], max_per_tag: int | None, re
                 restarts.add(group[points[i][0]].path, tag, int(steps[i]), dropped)
             chosen = [points[k][1] for k in kept.tolist()]
             key = prefix + tag
-            if attr == "histograms":
-                data.histograms[key] = _histogram_series(key, chosen)
-            elif attr == "images":
+            if attr == "images":
                 data.images[key] = [ImageRef(key, p.step, w, h, enc) for p in chosen for w, h, enc in p.payload]
             else:
                 data.texts[key] = [(p.step, p.payload) for p in chosen]
 
 
-def _histogram_series(key: str, points: list[Point]) -> HistogramSeries:
-    stats = np.array([p.payload[:5] for p in points], dtype=np.float64).reshape(-1, 5)
-    return HistogramSeries(
-        tag=key,
-        steps=np.array([p.step for p in points], dtype=np.int64),
-        wall_times=np.array([p.wall_time for p in points], dtype=np.float64),
-        min=stats[:, 0], max=stats[:, 1], num=stats[:, 2], sum=stats[:, 3], sum_squares=stats[:, 4],
-        limits=[p.payload[5] for p in points],
-        counts=[p.payload[6] for p in points],
-    )
+def _histogram_tags(group: list[FileContent]) -> list[str]:
+    """Histogram tags in order of first appearance: files in merge order, then records in file order
+    (whichever decoder, bulk or protobuf, read a tag's first record)."""
+    tags: dict[str, None] = {}
+    for c in group:
+        first = {tag: points[0].seq for tag, points in c.histograms.items() if points}
+        for tag, seq in c.hist_first.items():
+            first[tag] = min(seq, first.get(tag, seq))
+        tags.update(dict.fromkeys(sorted(first, key=first.__getitem__)))
+    return list(tags)
+
+
+def _file_histograms(c: FileContent, tag: str) -> HistBatch | None:
+    """Every value of `tag` in one file, bulk-decoded and protobuf-decoded together, in write order."""
+    parts = list(c.hist_batches.get(tag, []))
+    points = c.histograms.get(tag, [])
+    if points:
+        stats = np.array([p.payload[:5] for p in points], dtype=np.float64).reshape(-1, 5)
+        parts.append(HistBatch(np.array([p.seq for p in points], dtype=np.int64),
+                               np.array([p.step for p in points], dtype=np.int64),
+                               np.array([p.wall_time for p in points], dtype=np.float64), stats,
+                               [p.payload[5] for p in points], [p.payload[6] for p in points]))
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    seqs = np.concatenate([p.seqs for p in parts])
+    order = np.argsort(seqs, kind="stable")
+    limits = [a for p in parts for a in p.limits]
+    counts = [a for p in parts for a in p.counts]
+    return HistBatch(seqs[order], np.concatenate([p.steps for p in parts])[order],
+                     np.concatenate([p.wall_times for p in parts])[order],
+                     np.concatenate([p.stats for p in parts])[order],
+                     [limits[k] for k in order.tolist()], [counts[k] for k in order.tolist()])
+
+
+def merge_histograms(prefix: str, group: list[FileContent], max_per_tag: int | None, restarts: Restarts,
+                     data: RunLog) -> None:
+    """Merge the histograms of one sub into ``data`` (step policy as for every other kind)."""
+    for tag in _histogram_tags(group):
+        per_file = [(i, h) for i, c in enumerate(group) if (h := _file_histograms(c, tag)) is not None]
+        file_index = np.concatenate([np.full(h.seqs.size, i, dtype=np.int64) for i, h in per_file])
+        seqs = np.concatenate([h.seqs for _, h in per_file])
+        steps = np.concatenate([h.steps for _, h in per_file]).astype(np.int64)
+        kept, found = _select(steps, _session_ids(group, file_index, seqs), max_per_tag)
+        for i, dropped in found:
+            restarts.add(group[file_index[i]].path, tag, int(steps[i]), dropped)
+        stats = np.concatenate([h.stats for _, h in per_file])[kept]
+        limits = [a for _, h in per_file for a in h.limits]
+        counts = [a for _, h in per_file for a in h.counts]
+        rows = kept.tolist()
+        key = prefix + tag
+        data.histograms[key] = HistogramSeries(
+            tag=key, steps=steps[kept], wall_times=np.concatenate([h.wall_times for _, h in per_file])[kept],
+            min=stats[:, 0].copy(), max=stats[:, 1].copy(), num=stats[:, 2].copy(), sum=stats[:, 3].copy(),
+            sum_squares=stats[:, 4].copy(), limits=[limits[k] for k in rows], counts=[counts[k] for k in rows])
 
 
 def scalar_frame(frames: list[pd.DataFrame | None]) -> pd.DataFrame:
