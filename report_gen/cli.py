@@ -27,6 +27,16 @@ def _formats(text: str) -> list[str]:
     return fmts
 
 
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--jobs must be a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--jobs must be at least 1, got {n}")
+    return n
+
+
 def _codes(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
@@ -60,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--trust-pickles", action="store_true",
                    help="allow unpickling code from checkpoints (only for files you trust)")
     d.add_argument("--github-summary", action="store_true", help="append the Markdown to $GITHUB_STEP_SUMMARY")
+    d.add_argument("-j", "--jobs", type=_jobs, default=None,
+                   help="worker processes for independent runs and files (default: the cores available to this "
+                        "process: affinity and cgroup quota); torch/BLAS threads are shared so that jobs x threads "
+                        "never exceeds the cores")
     _verbosity(d)
 
     r = sub.add_parser("rules", help="list the rules, or `rules explain CODE`")
@@ -159,8 +173,11 @@ def _github_summary(written: dict, report: dict) -> None:
 
 
 def cmd_diagnose(args) -> int:
+    from report_gen import runtime
     from report_gen.config import load_config
     from report_gen.engine import Options, ProbeSpec, exit_code
+
+    runtime.configure(args.jobs)  # before anything starts a thread pool
 
     cfg = load_config(args.config)
     probe = None
@@ -177,7 +194,7 @@ def cmd_diagnose(args) -> int:
     elif args.probe or args.probe_shape:
         raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
     opts = Options(config=cfg, trust_pickles=args.trust_pickles, probe=probe, baseline=args.baseline,
-                   select=args.select, ignore=args.ignore)
+                   select=args.select, ignore=args.ignore, jobs=args.jobs)
     report, written = run_diagnose(args.paths, args.out, args.format, opts, quiet=args.quiet,
                                    github_summary=args.github_summary)
     from report_gen.render.terminal import print_summary

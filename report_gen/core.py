@@ -105,6 +105,8 @@ class ProblemKind(str, enum.Enum):
     UNREADABLE_OPTIMIZER_STATE = "unreadable-optimizer-state", Severity.WARNING
     # the probe (probe.py)
     STATE_DICT_MISMATCH = "state-dict-mismatch", Severity.WARNING
+    # the process pool of one diagnose (parallel.py): the worker reading a run or file died
+    WORKER_CRASHED = "worker-crashed", Severity.ERROR
 
 
 @dataclass

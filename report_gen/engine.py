@@ -2,10 +2,12 @@
 
     config + --select/--ignore --resolve_rules--> RuleSet            (once; bad options fail here)
     paths --discover--> RunSpecs
-    RunSpec --readers--> logs, checkpoints, graded problems
-            --probe.probe_run (only when a selected rule needs it)--> RunFacts (built once, never mutated)
-    RunFacts x RuleSet --evaluate--> findings, suppressed, evaluated, not_evaluated
-            --assemble--> report dict (DESIGN §4)
+    for each RunSpec (diagnose_run; in a process pool when several runs make it pay, see parallel.py):
+        --readers--> logs, checkpoints, graded problems
+        --probe.probe_run (only when a selected rule needs it)--> RunFacts (built once, never mutated)
+        RunFacts x RuleSet --evaluate_run--> findings, suppressed, rule status --evidence--> details
+    RunReports (in run order) --merge_evaluations--> findings, suppressed, evaluated, not_evaluated
+            --assemble_reports--> report dict (DESIGN §4)
             --baseline.apply_baseline (report -> report; the baseline loaded or diagnosed here)--> report
 
 Facts are lazy (facts/run.py): only what the enabled rules need is computed. The CLI only parses
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +27,13 @@ from typing import Any, Callable
 from report_gen import __version__
 from report_gen.baseline import apply_baseline
 from report_gen.config import Config
-from report_gen.core import (Finding, InputError, Problem, judged_runs, jsonable, severity_counts, severity_rank,
-                             verdict_for)
+from report_gen.core import (Finding, InputError, Problem, ProblemKind, judged_runs, jsonable, severity_counts,
+                             severity_rank, verdict_for)
 from report_gen.facts.run import RunFacts
 from report_gen.readers.discovery import RunSpec, discover
 from report_gen.readers.run import read_run
 from report_gen.readers.signals import build_signals
+from report_gen.readers.types import RunLog
 from report_gen.reportfile import load_report
 from report_gen.selection import ResolvedRule, RuleSet, resolve_rules
 from report_gen.vocab import Signal, missing_reason
@@ -54,6 +58,7 @@ class Options:
     baseline: str | None = None
     select: list[str] | None = None  # CLI --select/--ignore, applied on top of the config
     ignore: list[str] | None = None
+    jobs: int | None = None  # worker processes (None: runtime.configure's plan, one per available core)
 
 
 Progress = Callable[[str, int, int], None]
@@ -95,28 +100,53 @@ class Evaluation:
     not_evaluated: list[dict]
 
 
-def evaluate(runs: list[RunFacts], rules: RuleSet) -> Evaluation:
-    """Run every enabled rule on every run that has one of the signals it needs."""
-    findings: list[Finding] = []
+@dataclass
+class RunEvaluation:
+    """The rules on ONE run: per enabled rule (by index in rules.enabled) "ran", "missing" or an error
+    message, the run's findings (hit order) and its suppressed findings."""
+
+    name: str
+    status: list[str]
+    findings: list[Finding]
+    suppressed: list[tuple[int, dict]]  # (rule index, suppressed finding)
+
+
+def evaluate_run(run: RunFacts, rules: RuleSet) -> RunEvaluation:
+    """Run every enabled rule that has one of the signals it needs on one run."""
+    status, findings, suppressed = [], [], []
+    for index, resolved in enumerate(rules.enabled):
+        rule = resolved.rule
+        if not any(n in run.available for n in rule.needs):
+            status.append("missing")
+            continue
+        try:
+            hits = list(rule.func(run, resolved.options))
+        except Exception as e:  # noqa: BLE001 - a rule bug must not lose the report
+            log.warning("rule %s failed on run %s: %s", rule.code, run.name, e, exc_info=log.isEnabledFor(logging.DEBUG))
+            status.append(f"internal error in the rule: {type(e).__name__}: {e}")
+            continue
+        status.append("ran")
+        for f in (_complete(resolved, run.name, h) for h in hits):
+            glob = rules.subject_ignored(f)
+            if glob is None:
+                findings.append(f)
+            else:
+                suppressed.append((index, {**f.to_dict(), "reason": f"per-subject-ignores: {glob}"}))
+    return RunEvaluation(run.name, status, findings, suppressed)
+
+
+def merge_evaluations(evaluations: list[RunEvaluation], rules: RuleSet) -> Evaluation:
+    """The per-run evaluations as one (rule order, then run order, as if evaluated rule by rule)."""
     evaluated: list[dict] = []
     not_evaluated: list[dict] = [{"code": r.code, "name": r.name, "reason": "disabled by configuration"}
                                  for r in rules.disabled]
-    for resolved in rules.enabled:
+    for index, resolved in enumerate(rules.enabled):
         rule = resolved.rule
-        ran, missing = [], []
-        for run in runs:
-            if not any(n in run.available for n in rule.needs):
-                missing.append(run.name)
-                continue
-            ran.append(run.name)
-            try:
-                hits = list(rule.func(run, resolved.options))
-            except Exception as e:  # noqa: BLE001 - a rule bug must not lose the report
-                log.warning("rule %s failed on run %s: %s", rule.code, run.name, e, exc_info=log.isEnabledFor(logging.DEBUG))
-                not_evaluated.append({"code": rule.code, "name": rule.name, "runs": [run.name],
-                                      "reason": f"internal error in the rule: {type(e).__name__}: {e}"})
-                continue
-            findings.extend(_complete(resolved, run.name, h) for h in hits)
+        ran = [e.name for e in evaluations if e.status[index] == "ran"]
+        missing = [e.name for e in evaluations if e.status[index] == "missing"]
+        for e in evaluations:
+            if e.status[index] not in ("ran", "missing"):
+                not_evaluated.append({"code": rule.code, "name": rule.name, "runs": [e.name], "reason": e.status[index]})
         if ran:
             evaluated.append({"code": rule.code, "name": rule.name, "category": rule.category, "runs": ran})
         if missing and rule.needs != (Signal.INPUT_PROBLEMS,):
@@ -124,14 +154,16 @@ def evaluate(runs: list[RunFacts], rules: RuleSet) -> Evaluation:
             not_evaluated.append({"code": rule.code, "name": rule.name, "runs": missing,
                                   "reason": reason, "enable": enable})
     not_evaluated.sort(key=lambda d: d["code"])  # one entry order, whatever made the rule not run
-    kept, suppressed = [], []
-    for f in findings:
-        glob = rules.subject_ignored(f)
-        if glob is None:
-            kept.append(f)
-        else:
-            suppressed.append({**f.to_dict(), "reason": f"per-subject-ignores: {glob}"})
-    return Evaluation(sort_findings(kept), suppressed, evaluated, not_evaluated)
+    suppressed = [d for _, _, d in sorted(((i, k, d) for k, e in enumerate(evaluations) for i, d in e.suppressed),
+                                          key=lambda t: (t[0], t[1]))]
+    by_rule = {r.code: i for i, r in enumerate(rules.enabled)}
+    findings = sorted((f for e in evaluations for f in e.findings), key=lambda f: by_rule.get(f.code, 0))
+    return Evaluation(sort_findings(findings), suppressed, evaluated, not_evaluated)
+
+
+def evaluate(runs: list[RunFacts], rules: RuleSet) -> Evaluation:
+    """Run every enabled rule on every run that has one of the signals it needs."""
+    return merge_evaluations([evaluate_run(r, rules) for r in runs], rules)
 
 
 def _complete(resolved: ResolvedRule, run: str, hit) -> Finding:
@@ -145,28 +177,108 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.run, f.code, f.subject))
 
 
+@dataclass
+class RunReport:
+    """Everything one run contributes to the report: compact (numbers, findings, details), so a pool
+    worker can send it back. `inputs` is the run's inputs entry without its verdict (set on merge)."""
+
+    name: str
+    inputs: dict[str, Any]
+    evaluation: RunEvaluation
+    details: dict[str, Any]
+    timing: dict[str, float]
+
+
+def diagnose_run(spec: RunSpec, opts: Options, rules: RuleSet, progress: Progress = _noop) -> RunReport:
+    """Read, compute facts, evaluate and extract the evidence of ONE run."""
+    from report_gen.evidence import build_details
+
+    t0 = time.perf_counter()
+    run = load_run(spec, opts, progress, rules)
+    t1 = time.perf_counter()
+    run.precompute(rules.needs)  # facts are lazy; computing the needed ones here keeps the timing honest
+    t2 = time.perf_counter()
+    evaluation = evaluate_run(run, rules)
+    t3 = time.perf_counter()
+    details = build_details(run, evaluation.findings, rules.options)
+    first, last = run.step_range
+    inputs = {"name": run.name, "path": run.path, "event_files": len(run.events.files),
+              "checkpoints": len(run.checkpoints), "first_step": first, "last_step": last,
+              "problems": [p.to_dict() for p in run.problems]}
+    if run.probe_info:
+        inputs["probe"] = jsonable(run.probe_info)
+    t4 = time.perf_counter()
+    return RunReport(run.name, inputs, evaluation, details,
+                     {"read_s": t1 - t0, "facts_s": t2 - t1, "rules_s": t3 - t2, "details_s": t4 - t3})
+
+
+def _crashed_run(spec: RunSpec, rules: RuleSet, message: str) -> RunReport:
+    """The report of a run whose worker died: one Problem, and no rule could look at anything else."""
+    problem = Problem(file=spec.path, kind=ProblemKind.WORKER_CRASHED, message=f"{spec.path}: {message}; "
+                      "the run was not diagnosed (run again with --jobs 1 to see the failure)")
+    run = RunFacts(name=spec.name, path=spec.path, events=RunLog.empty(), signals=build_signals(RunLog.empty()),
+                   problems=[problem], needs=rules.needs)
+    evaluation = evaluate_run(run, rules)  # only the input-integrity rule has something to look at
+    inputs = {"name": spec.name, "path": spec.path, "event_files": len(spec.event_files),
+              "checkpoints": len(spec.checkpoints), "first_step": None, "last_step": None,
+              "problems": [problem.to_dict()]}
+    return RunReport(spec.name, inputs, evaluation, {}, {})
+
+
+def _diagnose_in_worker(task: tuple[RunSpec, Options, RuleSet]) -> RunReport:
+    spec, opts, rules = task
+    return diagnose_run(spec, opts, rules)
+
+
+def _run_bytes(spec: RunSpec) -> int:
+    total = 0
+    for path in list(spec.event_files) + list(spec.checkpoints):
+        path = path[0] if isinstance(path, tuple) else path
+        try:
+            total += os.path.getsize(path) if not os.path.isdir(path) else sum(
+                e.stat().st_size for e in os.scandir(path) if e.is_file())
+        except OSError:
+            pass
+    return total
+
+
+def diagnose_runs(specs: list[RunSpec], opts: Options, rules: RuleSet, progress: Progress = _noop
+                  ) -> list[RunReport]:
+    """Every run's report, in a process pool when several runs make it pay (runtime plan, parallel)."""
+    from report_gen import parallel, runtime
+
+    plan = runtime.ensure_configured(opts.jobs)
+    if parallel.worth_a_pool(sum(_run_bytes(s) for s in specs), len(specs), plan.jobs):
+        progress(f"diagnosing {len(specs)} runs in {min(plan.jobs, len(specs))} processes", 0, len(specs))
+        threads = max(1, plan.cores // min(plan.jobs, len(specs)))
+        outcomes = parallel.run_tasks(_diagnose_in_worker, [(s, opts, rules) for s in specs], plan.jobs, threads)
+        return [o if not isinstance(o, parallel.Crashed) else _crashed_run(s, rules, o.message)
+                for s, o in zip(specs, outcomes)]
+    reports = []
+    for i, spec in enumerate(specs):
+        progress(f"reading {spec.name}", i, len(specs))
+        reports.append(diagnose_run(spec, opts, rules, progress))
+    return reports
+
+
 def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dict[str, Any]:
     """The whole pipeline. Raises InputError for unusable input (exit 2); file damage is a finding."""
     rules = resolve_rules(opts.config, opts.select, opts.ignore)
     base = _baseline_report(opts.baseline, opts) if opts.baseline else None
     t0 = time.perf_counter()
     specs = discover(paths)
-    runs = []
-    for i, spec in enumerate(specs):
-        progress(f"reading {spec.name}", i, len(specs))
-        runs.append(load_run(spec, opts, progress, rules))
-    t_read = time.perf_counter()
-    for r in runs:  # facts are lazy; computing the needed ones here keeps the timing honest
-        r.precompute(rules.needs)
-    t_facts = time.perf_counter()
-    result = evaluate(runs, rules)
-    t_rules = time.perf_counter()
-    report = assemble(runs, result, rules, opts)
+    reports = diagnose_runs(specs, opts, rules, progress)
+    t1 = time.perf_counter()
+    result = merge_evaluations([r.evaluation for r in reports], rules)
+    report = assemble_reports(reports, result, rules, opts)
     if base is not None:
         apply_baseline(report, base, label=opts.baseline)
     t_end = time.perf_counter()
-    report["timing"] = {"read_s": round(t_read - t0, 3), "facts_s": round(t_facts - t_read, 3),
-                        "rules_s": round(t_rules - t_facts, 3), "details_s": round(t_end - t_rules, 3)}
+    timing = {k: round(sum(r.timing.get(k, 0.0) for r in reports), 3)
+              for k in ("read_s", "facts_s", "rules_s", "details_s")}
+    timing["details_s"] = round(timing["details_s"] + (t_end - t1), 3)
+    timing["wall_s"] = round(t_end - t0, 3)
+    report["timing"] = timing
     return report
 
 
@@ -181,23 +293,35 @@ def _baseline_report(path: str, opts: Options) -> dict[str, Any]:
 
 
 def assemble(runs: list[RunFacts], result: Evaluation, rules: RuleSet, opts: Options) -> dict[str, Any]:
+    """The report of runs already evaluated together (`evaluate`); `diagnose` goes run by run."""
     from report_gen.evidence import build_details
 
+    reports = []
+    for r in runs:
+        first, last = r.step_range
+        inputs = {"name": r.name, "path": r.path, "event_files": len(r.events.files), "checkpoints": len(r.checkpoints),
+                  "first_step": first, "last_step": last, "problems": [p.to_dict() for p in r.problems]}
+        if r.probe_info:
+            inputs["probe"] = jsonable(r.probe_info)
+        reports.append(RunReport(r.name, inputs, RunEvaluation(r.name, [], [], []),
+                                 build_details(r, result.findings, rules.options), {}))
+    return assemble_reports(reports, result, rules, opts)
+
+
+def assemble_reports(reports: list[RunReport], result: Evaluation, rules: RuleSet, opts: Options) -> dict[str, Any]:
     findings = result.findings
-    details = {"runs": {r.name: build_details(r, findings, rules.options) for r in runs}}
+    details = {"runs": {r.name: r.details for r in reports}}
     counts = severity_counts(findings)
     judged = judged_runs(result.evaluated)
     inputs = []
-    for r in runs:
-        first, last = r.step_range
-        inputs.append({"name": r.name, "path": r.path, "event_files": len(r.events.files),
-                       "checkpoints": len(r.checkpoints),
-                       "first_step": first, "last_step": last, "problems": [p.to_dict() for p in r.problems],
-                       "judged": r.name in judged,
-                       "verdict": verdict_for(severity_counts([f for f in findings if f.run == r.name]),
-                                              judged=r.name in judged)})
-        if r.probe_info:
-            inputs[-1]["probe"] = jsonable(r.probe_info)
+    for r in reports:
+        entry = dict(r.inputs)
+        probe = entry.pop("probe", None)
+        entry["judged"] = r.name in judged
+        entry["verdict"] = verdict_for(severity_counts([f for f in findings if f.run == r.name]), judged=r.name in judged)
+        if probe is not None:
+            entry["probe"] = probe
+        inputs.append(entry)
     used_globs = [d["reason"].split(": ", 1)[1] for d in result.suppressed]
     return {
         "schema_version": 1,
@@ -205,7 +329,7 @@ def assemble(runs: list[RunFacts], result: Evaluation, rules: RuleSet, opts: Opt
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "inputs": {"runs": inputs, "trust_pickles": bool(opts.trust_pickles),
                    "config": rules.config.source, "probe": jsonable(opts.probe.__dict__) if opts.probe else None},
-        "summary": {"verdict": verdict_for(counts, judged=all(r.name in judged for r in runs)), "counts": counts},
+        "summary": {"verdict": verdict_for(counts, judged=all(r.name in judged for r in reports)), "counts": counts},
         "findings": [f.to_dict() for f in findings],
         "not_evaluated": result.not_evaluated,
         "evaluated": result.evaluated,

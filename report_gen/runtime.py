@@ -169,6 +169,14 @@ def current() -> Plan:
     return _APPLIED if _APPLIED is not None else plan()
 
 
+def ensure_configured(jobs: int | None = None) -> Plan:
+    """The API's start (engine.diagnose): `configure(jobs)` unless the CLI (or the caller) already did;
+    an explicit `jobs` different from the applied plan's re-plans."""
+    if _APPLIED is None or (jobs is not None and jobs != _APPLIED.jobs):
+        return configure(jobs)
+    return _APPLIED
+
+
 def apply_threads(threads: int) -> None:
     """Set torch's and BLAS's thread counts in this process (what is already imported)."""
     torch = sys.modules.get("torch")

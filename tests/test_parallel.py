@@ -1,0 +1,78 @@
+"""The process pool inside one diagnose: same report as one process, results in run order, a worker that
+dies becomes a Problem of its run (the other runs are still diagnosed)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from report_gen import engine, parallel
+from report_gen.engine import Options, diagnose
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
+RUNS = ["healthy_mlp", "diverging", "frozen_layer", "overfitting"]
+
+
+def _stable(report: dict) -> str:
+    report = dict(report)
+    report.pop("created"), report.pop("timing")
+    return json.dumps(report, sort_keys=False, default=str)
+
+
+@pytest.fixture
+def always_pool(monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_POOL_BYTES", 0)
+    monkeypatch.setattr(parallel, "MIN_PIECE_BYTES", 0)
+
+
+def _square(x):
+    if x == 3:
+        raise ValueError("three")
+    if x == 5:
+        os._exit(7)  # the worker dies
+    return x * x
+
+
+def test_run_tasks_keeps_order_and_isolates_failures():
+    out = parallel.run_tasks(_square, list(range(8)), jobs=2)
+    assert [o for i, o in enumerate(out) if i not in (3, 5)] == [0, 1, 4, 16, 36, 49]
+    assert isinstance(out[3], parallel.Crashed) and "ValueError: three" in out[3].message
+    assert isinstance(out[5], parallel.Crashed) and "died" in out[5].message
+
+
+def test_a_pool_only_when_it_pays():
+    assert not parallel.worth_a_pool(10 << 30, 20, jobs=1)  # one core
+    assert not parallel.worth_a_pool(10 << 30, 1, jobs=2)  # one piece
+    assert not parallel.worth_a_pool(2 << 20, 20, jobs=2)  # little work in all
+    assert not parallel.worth_a_pool(parallel.MIN_POOL_BYTES, 1000, jobs=2)  # many tiny pieces
+    assert parallel.worth_a_pool(200 << 20, 20, jobs=2)
+
+
+def test_pool_gives_the_same_report_as_one_process(always_pool):
+    paths = [str(SAMPLES / r) for r in RUNS]
+    one = diagnose(paths, Options(jobs=1))
+    two = diagnose(paths, Options(jobs=2))
+    assert _stable(one) == _stable(two)
+    assert [r["name"] for r in two["inputs"]["runs"]] == RUNS
+    assert one["findings"] and one["evaluated"]
+
+
+def test_a_crashing_worker_becomes_a_problem_of_its_run(always_pool, monkeypatch):
+    real = engine.load_run
+
+    def dies_on_diverging(spec, *args, **kwargs):
+        if spec.name == "diverging":
+            os._exit(9)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "load_run", dies_on_diverging)  # inherited by the forked workers
+    report = diagnose([str(SAMPLES / r) for r in RUNS], Options(jobs=2))
+    runs = {r["name"]: r for r in report["inputs"]["runs"]}
+    assert [p["kind"] for p in runs["diverging"]["problems"]] == ["worker-crashed"]
+    assert runs["diverging"]["verdict"] != "pass"
+    assert any(f["code"] == "I101" and f["run"] == "diverging" for f in report["findings"])
+    assert all(not runs[n]["problems"] or runs[n]["problems"][0]["kind"] != "worker-crashed"
+               for n in RUNS if n != "diverging")
+    assert any(f["run"] == "frozen_layer" and f["code"] == "U101" for f in report["findings"])
