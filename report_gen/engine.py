@@ -89,7 +89,7 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
     return RunFacts(name=spec.name, path=spec.path, events=read.log, signals=build_signals(read.log, opts.config.tags),
                     checkpoints=read.checkpoints, problems=problems, probe=probe_results, probe_info=probe_info,
                     needs=rules.needs if rules is not None else None,
-                    eager_facts=rules.facts if rules is not None else frozenset())
+                    eager_facts=rules.facts if rules is not None else frozenset(), trust_pickles=opts.trust_pickles)
 
 
 @dataclass

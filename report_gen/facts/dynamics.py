@@ -10,6 +10,7 @@ skipped for that checkpoint only, as if it were missing there; the failures are 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Collection
 
@@ -160,22 +161,96 @@ def reloader(ckpt: CheckpointData, name: str) -> Callable[[], torch.Tensor]:
     return lambda: ckpt.load(name)
 
 
+def _tensor_bytes(ckpts: list[CheckpointData], name: str) -> int:
+    total = 0
+    for c in ckpts:
+        info = c.tensors.get(name)
+        if info is not None:
+            total += 4 * math.prod(info.shape)  # read as float32
+    return total
+
+
+def _series_in_worker(task: tuple[list[str], bool, list[str], tuple[str, ...]]):
+    """A pool worker: open the checkpoints itself (its own file handles and mappings) and compute the
+    series of some names; returns them (without loaders) and the failures, in name order."""
+    from report_gen.readers.checkpoint import open_checkpoint
+
+    paths, trust, names, eager = task
+    ckpts = [open_checkpoint(p, trust_pickles=trust, optimizer=False) for p in paths]
+    failures = _Failures()
+    return {n: _param_series(n, ckpts, failures, eager) for n in names}, failures.by_path
+
+
+def _series_pool(ckpts: list[CheckpointData], names: list[str], eager: Collection[str], trust_pickles: bool,
+                 jobs: int | None) -> tuple[dict[str, ParamSeries], _Failures] | None:
+    """The series of all names computed by a process pool, when the tensors make it pay; else None."""
+    from report_gen import parallel, runtime
+
+    plan = runtime.current() if jobs is None else runtime.plan(jobs)
+    sizes = [_tensor_bytes(ckpts, n) for n in names]
+    if not parallel.worth_a_pool(sum(sizes), len(names), plan.jobs) or any(os.path.isdir(c.path) for c in ckpts):
+        return None
+    pieces = min(len(names), 4 * plan.jobs)  # contiguous groups of about equal bytes, in name order
+    target, groups, current, acc = sum(sizes) / pieces, [], [], 0
+    for name, size in zip(names, sizes):
+        current.append(name)
+        acc += size
+        if acc >= target * (len(groups) + 1) and len(groups) < pieces - 1:
+            groups.append(current)
+            current = []
+    groups.append(current)
+    tasks = [([c.path for c in ckpts], trust_pickles, g, tuple(eager)) for g in groups if g]
+    outcomes = parallel.run_tasks(_series_in_worker, tasks, plan.jobs, max(1, plan.cores // plan.jobs))
+    out: dict[str, ParamSeries] = {}
+    failures = _Failures()
+    for task, outcome in zip(tasks, outcomes):
+        if isinstance(outcome, parallel.Crashed):
+            for name in task[2]:  # a dead worker: its tensors count as unreadable, in this process's words
+                failures.add(ckpts[-1].path, name, RuntimeError(outcome.message))
+                out[name] = ParamSeries(name=name, steps=[c.step for c in ckpts], stats=[],
+                                        rel_update=np.full(max(len(ckpts) - 1, 0), np.nan),
+                                        abs_update_mean=np.full(max(len(ckpts) - 1, 0), np.nan),
+                                        unreadable=[i for i, c in enumerate(ckpts) if name in c.tensors])
+            continue
+        series, by_path = outcome
+        for path, (count, kind, first) in by_path.items():
+            before = failures.by_path.get(path)
+            failures.by_path[path] = (count, kind, first) if before is None else (before[0] + count, before[1], before[2])
+        for name, ps in series.items():
+            for k, i in enumerate(ps.present):  # loaders of this process for the lazy facts
+                ps.stats[k].source = reloader(ckpts[i], name)
+            out[name] = ps
+    return {n: out[n] for n in names}, failures
+
+
 def series_facts(ckpts: list[CheckpointData], *, progress: ProgressFn | None = None,
-                 problems: list[Problem] | None = None, eager: Collection[str] = ()) -> dict[str, ParamSeries]:
+                 problems: list[Problem] | None = None, eager: Collection[str] = (),
+                 trust_pickles: bool = False, jobs: int | None = None) -> dict[str, ParamSeries]:
     """ParamSeries for every tensor name found in the (already ordered) checkpoints.
 
     progress(done, total, name) is called after each name, if given.
     problems: if given, one Problem (kind "unreadable-tensor", severity "warning", count = number of
     tensors) is appended per checkpoint from which some tensor could not be read; those tensors
     are skipped for that checkpoint (see ParamSeries.unreadable) and everything else is computed.
+    eager: the expensive WeightStats groups to compute while each tensor is read (facts.weights.EXPENSIVE);
+    the others are computed if and when read, by reloading the tensor.
+    When the tensors are large enough for it to pay (parallel.worth_a_pool), names are shared among
+    forked workers (`jobs`, default: the runtime plan) that reopen the files themselves (with the
+    same `trust_pickles`); results are identical and in the same order.
     """
     names = _ordered_names(ckpts)
-    failures = _Failures()
-    out: dict[str, ParamSeries] = {}
-    for done, name in enumerate(names, start=1):
-        out[name] = _param_series(name, ckpts, failures, eager)
+    pooled = _series_pool(ckpts, names, eager, trust_pickles, jobs) if len(names) > 1 else None
+    if pooled is not None:
+        out, failures = pooled
         if progress is not None:
-            progress(done, len(names), name)
+            progress(len(names), len(names), names[-1])
+    else:
+        failures = _Failures()
+        out = {}
+        for done, name in enumerate(names, start=1):
+            out[name] = _param_series(name, ckpts, failures, eager)
+            if progress is not None:
+                progress(done, len(names), name)
     if problems is not None:
         problems.extend(failures.problems())
     return out

@@ -55,6 +55,7 @@ class RunFacts:
     # what the selected rules need (engine: RuleSet.needs / RuleSet.facts); None = everything may be computed
     needs: frozenset[Signal] | None = None
     eager_facts: frozenset[str] = frozenset()
+    trust_pickles: bool = False  # how the checkpoints were opened (pool workers reopen them the same way)
 
     @property
     def tensor_facts(self) -> bool:
@@ -110,7 +111,7 @@ class RunFacts:
 
         try:
             return series_facts(self.checkpoints, progress=self.progress, problems=self.problems,
-                                eager=self.eager_facts)
+                                eager=self.eager_facts, trust_pickles=self.trust_pickles)
         except Exception as e:  # noqa: BLE001 - a tensor that cannot be read must not lose the report
             self.problems.append(Problem(file=self.checkpoints[-1].path, kind=ProblemKind.UNREADABLE_TENSOR, severity="warning",
                                          message=f"checkpoint facts could not be computed: {type(e).__name__}: {e}"))

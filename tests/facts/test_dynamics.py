@@ -110,3 +110,26 @@ def _model(seed):
     model = cb.TinyNet()
     model.load_state_dict(cb.tiny_state(seed))
     return model
+
+
+def test_a_pool_of_workers_gives_the_same_series(tmp_path, monkeypatch):
+    """Names shared among forked workers that reopen the files: identical facts, same order, lazy
+    facts still computed (through this process's loaders)."""
+    from report_gen import parallel
+    g = torch.Generator().manual_seed(3)
+    states = [{f"l{i}.weight": torch.randn(40, 30, generator=g) * (k + 1) for i in range(6)} for k in range(3)]
+    ckpts = _series(tmp_path, states)
+    serial = series_facts(ckpts, jobs=1)
+    monkeypatch.setattr(parallel, "MIN_POOL_BYTES", 0)
+    monkeypatch.setattr(parallel, "MIN_PIECE_BYTES", 0)
+    calls = []
+    real = parallel.run_tasks
+    monkeypatch.setattr(parallel, "run_tasks", lambda func, items, *a: calls.append(len(items)) or real(func, items, *a))
+    pooled = series_facts(ckpts, jobs=2)
+    assert calls and calls[0] >= 2 and list(pooled) == list(serial)  # the workers computed it
+    for name in serial:
+        a, b = serial[name], pooled[name]
+        assert a.present == b.present and np.array_equal(a.rel_update, b.rel_update, equal_nan=True)
+        for x, y in zip(a.stats, b.stats):
+            assert (x.mean, x.std, x.absmax, x.kurtosis) == (y.mean, y.std, y.absmax, y.kurtosis)
+            assert y.source is not None and y.stable_rank == x.stable_rank
