@@ -1,7 +1,7 @@
 """Facts about one weight tensor: pure functions, numbers only (verdicts belong to rules).
 
 Cheap facts (moments, extremes, zeros, per-unit max |w| and mean) come from ONE pass over the tensor
-when it is read. Small tensors (up to 65,536 values) are summed in float64 exactly as before; larger
+when it is read. Small tensors (up to 4,096 values) are summed in float64 exactly as before; larger
 float32 tensors are processed in blocks of 2**18 values: each block is summed in float32 by torch
 (cascade summation) around a shift near the mean, and the block sums are accumulated in float64, so
 without a float64 copy of anything mean/std/RMS stay within 1e-5 relative of the float64 pass and
@@ -15,8 +15,8 @@ through `source`, and in a bounded form:
 - quantiles of |w| (`abs_quantiles`): exact up to 65,536 values, else on a seeded sample of 65,536:
   the rank of each quantile is then within +-3 sqrt(p(1-p)/n) <= 0.6 % of the exact one (3 sigma);
 - unit correlations (`unit_max_corr`, `corr_topk_mean`, `dup_family_share`): up to 256 evenly spaced
-  units over up to 2,048 evenly spaced columns; a correlation estimated from m columns has a
-  standard error of about (1 - r^2)/sqrt(m), 0.004 at |r| = 0.9 (the duplicate level) for m = 2,048;
+  units over up to 1,024 evenly spaced columns; a correlation estimated from m columns has a
+  standard error of about (1 - r^2)/sqrt(m), 0.006 at |r| = 0.9 (the duplicate level) for m = 1,024;
 - spectrum (`stable_rank`, `alpha`): exact singular values when min(out, in) <= 512, else the top
   singular value from a seeded block power iteration (block of 4, at most 30 steps, stopped when it
   changes by less than 1e-4): a lower bound of sigma_max, so the stable rank is an upper bound, within
@@ -38,12 +38,12 @@ from report_gen.numeric import chunks as _chunks
 from report_gen.numeric import float64_sum
 
 _SMALL_1D = 1 << 16  # 1-D tensors up to this size keep their values (per-channel facts)
-_EXACT_MAX = 1 << 16  # tensors up to this size get the exact float64 pass
+_EXACT_MAX = 1 << 12  # tensors up to this size get the exact float64 pass
 _BLOCK = 1 << 18  # values per block of the fast pass
 _QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _QUANTILE_SAMPLE = 1 << 16
 _CORR_UNITS = 256
-_CORR_COLUMNS = 2048
+_CORR_COLUMNS = 1024
 _EXACT_SVD_MIN_DIM = 512  # exact singular values (and alpha) when min(out, in) is at most this
 _SPECTRAL_MAX_NUMEL = 1 << 26  # no spectral facts (stable rank, alpha) above 64M elements
 _POWER_ITERATIONS = 30
