@@ -3,6 +3,7 @@
 One style for every figure, a colour-blind-safe palette (Okabe-Ito), small PNGs. A `PlotStore` draws
 each plot key once and hands the same PNG bytes to the HTML and the Markdown renderer; it draws at
 most `max_figures` figures, in the priority order the view model gives, reusing one Figure object.
+matplotlib is imported only when a figure is drawn (a report without plots never pays for it).
 """
 from __future__ import annotations
 
@@ -12,10 +13,6 @@ from functools import partial
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from cycler import cycler
-from matplotlib import rc_context
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from report_gen.facts import curves
 from report_gen.render.context import plot_key
@@ -24,8 +21,7 @@ from report_gen.vocab import (ActivationSeriesPlot, CurvePlot, DistributionPlot,
                               ProbeSeriesPlot, curve_label)
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
-STYLE = {
-    "axes.prop_cycle": cycler(color=OKABE_ITO),
+STYLE = {  # plus "axes.prop_cycle": the Okabe-Ito colours (`_style`)
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
@@ -42,6 +38,12 @@ MARGINS = {"left": 0.1, "right": 0.98, "top": 0.9, "bottom": 0.17}
 DEFAULT_MAX_FIGURES = 40
 TENSORBOARD_SMOOTHING = 0.6
 BAND_PAIRS = (("0", "100", 0.15), ("7", "93", 0.25), ("16", "84", 0.35), ("31", "69", 0.5))
+
+
+def _style() -> dict[str, Any]:
+    from cycler import cycler
+
+    return {**STYLE, "axes.prop_cycle": cycler(color=OKABE_ITO)}
 
 
 def to_floats(values: Any) -> np.ndarray:
@@ -74,12 +76,20 @@ class PlotStore:
         self._baseline_curves: dict = baseline.get("curves") if isinstance(baseline.get("curves"), dict) else {}
         self._max_figures = max_figures
         self._png: dict[str, bytes | None] = {}
-        self._figure: Figure | None = None
+        self._figure: Any = None
         self.figures_drawn = 0
 
     def prepare(self, plots: Iterable[Plot]) -> None:
         """Draw (or decode) every plot not seen yet, in order, until the figure cap is reached."""
-        with rc_context(STYLE):
+        plots = list(plots)
+        if not any(not p.is_image and plot_key(p) not in self._png for p in plots):
+            for plot in plots:  # only logged images (or nothing new): no matplotlib
+                if plot_key(plot) not in self._png:
+                    self._png[plot_key(plot)] = self._logged_image(plot)
+            return
+        from matplotlib import rc_context
+
+        with rc_context(_style()):
             for plot in plots:
                 key = plot_key(plot)
                 if key in self._png:
@@ -111,6 +121,9 @@ class PlotStore:
         if isinstance(plot, CurvePlot) and plot.baseline:
             painter = partial(_paint_curves, baseline=self._baseline_curves.get(plot.run))
         if self._figure is None:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+
             self._figure = Figure(figsize=FIGSIZE, dpi=DPI)
             FigureCanvasAgg(self._figure)
         fig = self._figure
