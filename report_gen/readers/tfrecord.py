@@ -158,7 +158,10 @@ class _Scanner:
         """Frame every complete record in the buffer; True if stopped at an invalid header.
 
         The hot loop only walks lengths: header CRCs are cached per length value (records of one
-        size share the header), data CRCs are computed here and compared in bulk with numpy.
+        size share the header), data CRCs are computed here and compared in bulk with numpy. After a
+        few records of one length, the headers where the next records of that same length would sit
+        are checked in bulk with numpy (a run of equal records, as a scalar logger writes them, is
+        framed in one step); the first header that differs ends the run and the loop goes on from it.
         """
         buf, pos, n = self.buf, self.pos, len(self.buf)
         check = self.reader.check_crc
@@ -166,6 +169,8 @@ class _Scanner:
         starts: list[int] = []
         crcs: list[int] = []
         bad_header = False
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        same, last_length, cooldown = 0, -1, 0
         while pos + _HEADER_SIZE <= n:
             length, length_crc = unpack(buf, pos)
             if known.get(length) != length_crc:
@@ -181,6 +186,20 @@ class _Scanner:
             if check:
                 crcs.append(crc(buf[start:end]))
             pos = end + _FOOTER_SIZE
+            same = same + 1 if length == last_length else 0
+            last_length = length
+            if cooldown:
+                cooldown -= 1
+            elif same >= _RUN_MIN:
+                jumped = _equal_run(raw, pos, length, length_crc, n)
+                if jumped < _RUN_MIN:
+                    cooldown = 64  # lengths alternate here: do not probe on every record
+                    continue
+                run_starts = range(pos + _HEADER_SIZE, pos + jumped * (length + _FRAME_SIZE), length + _FRAME_SIZE)
+                starts.extend(run_starts)
+                if check:
+                    crcs.extend([crc(buf[s:s + length]) for s in run_starts])
+                pos += jumped * (length + _FRAME_SIZE)
         self.pos = pos
         return self._batch(starts, crcs if check else None), bad_header
 
@@ -245,6 +264,24 @@ class _Scanner:
                 f"{self.reader.path}: last record at byte {offset} is incomplete ({left} bytes); "
                 "the run was probably killed while writing",
                 severity="info", offset=offset))
+
+
+_RUN_MIN = 8  # records of one length before a bulk look-ahead
+_RUN_WINDOW = 8192  # records looked at per look-ahead
+
+
+def _equal_run(raw: np.ndarray, pos: int, length: int, length_crc: int, n: int) -> int:
+    """How many complete records of exactly `length` (with the same, already verified, header) follow
+    back to back from `pos` in the buffer: their headers are read at the predicted offsets in bulk."""
+    step = length + _FRAME_SIZE
+    count = min((n - pos) // step, _RUN_WINDOW)
+    if count <= 0:
+        return 0
+    at = pos + step * np.arange(count, dtype=np.int64)
+    headers = gather_rows(raw, at, _HEADER_SIZE)
+    good = (headers[:, :8].copy().view("<u8").ravel() == length) & (headers[:, 8:].copy().view("<u4").ravel()
+                                                                      == length_crc)
+    return count if good.all() else int(np.argmin(good))
 
 
 def _mask(crc):

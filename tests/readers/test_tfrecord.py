@@ -142,3 +142,39 @@ def test_batches_expose_offsets(tmp_path):
     (batch,) = list(RecordReader(str(path)).batches())
     assert batch.lengths.tolist() == [len(p) for p in PAYLOADS]
     assert batch.starts[0] == 12 and batch.base == 0
+
+
+def test_runs_of_equal_records_are_framed_in_bulk_with_the_same_damage_handling(tmp_path, monkeypatch):
+    """Equal-length records are framed by a bulk look-ahead; damage inside a run (a bad header, a bad
+    data CRC, a length change) gives exactly what the record-by-record walk gives."""
+    import struct
+
+    import numpy as np
+
+    from report_gen.readers import tfrecord
+
+    payloads = [struct.pack("<I", i) * 8 for i in range(300)]  # 32 bytes each
+    payloads[120] = b"x" * 40  # a length change inside the run
+    data = bytearray(b"".join(frame(p) for p in payloads))
+    size = 32 + 16
+    data[50 * size + 9] ^= 0xFF  # record 50: bad length CRC -> resync
+    data[70 * size + 14] ^= 0xFF  # record 70: bad data CRC
+    path = tmp_path / "f.tfrecord"
+    path.write_bytes(bytes(data))
+
+    def read():
+        reader = tfrecord.RecordReader(str(path), chunk_size=4096)
+        out = list(reader.records())
+        return out, [(p.kind, p.offset, p.count) for p in reader.problems]
+
+    bulk = read()
+    calls = []
+    real = tfrecord._equal_run
+    monkeypatch.setattr(tfrecord, "_equal_run", lambda *a: calls.append(1) or real(*a))
+    assert read() == bulk and calls  # the look-ahead did run
+    monkeypatch.setattr(tfrecord, "_RUN_MIN", 10**9)  # record by record
+    walk = read()
+    assert bulk == walk
+    assert len(bulk[0]) == 298 and payloads[120] in bulk[0]
+    assert {k for k, _, _ in bulk[1]} == {"bad-length-crc", "bad-data-crc"}
+    assert np.all([r in payloads for r in bulk[0]])
