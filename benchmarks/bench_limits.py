@@ -12,8 +12,9 @@ benchmarks/_data/ (gitignored; reused when present).
     ... --reps N --json out.json
 
 Memory is sampled every 20 ms from /proc over the whole process tree: "private" is the sum over the
-processes of Private_Clean + Private_Dirty (smaps_rollup: memory no other process shares, i.e. not the
-page cache of a mapped file nor pages shared with a forked parent); "RSS" is the main process's VmHWM.
+processes of Private_Dirty (smaps_rollup: written pages no other process maps, i.e. neither the clean
+page cache of a mapped file nor pages a forked worker still shares with its parent); "RSS" is the main
+process's VmHWM (mapped file pages included).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def _tree(pid: int) -> list[int]:
 def _private_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:")))
+            return sum(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
     except OSError:
         return 0
 
@@ -94,14 +95,16 @@ def measure(cmd: list[str], *, until: str | None = None, cwd: str | None = None,
                 wall = time.perf_counter() - t0
                 proc.terminate()
                 break
-    proc.wait()
+    _, status, usage = os.wait4(proc.pid, 0)  # CPU of the process and of the workers it reaped
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if wall is None:
         wall = time.perf_counter() - t0
     done.set()
     sampler.join()
     if proc.returncode not in (0, 1, -15) and until is None:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
-    return {"wall_s": wall, "private_mb": peak["private"] / 1024, "rss_mb": peak["hwm"] / 1024}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "private_mb": peak["private"] / 1024,
+            "rss_mb": peak["hwm"] / 1024}
 
 
 def loadavg() -> float:
@@ -119,9 +122,11 @@ def side_by_side(sides: dict[str, list[str] | dict], reps: int) -> dict:
             res = measure(**spec) if isinstance(spec, dict) else measure(spec)
             res["load"] = loadavg()
             runs[name].append(res)
-            print(f"  [{r + 1}/{reps}] {name}: {res['wall_s']:.2f} s, private {res['private_mb']:.0f} MB, "
+            print(f"  [{r + 1}/{reps}] {name}: {res['wall_s']:.2f} s (CPU {res['cpu_s']:.2f} s), "
+                  f"private {res['private_mb']:.0f} MB, "
                   f"load {res['load']:.1f}", file=sys.stderr, flush=True)
     return {name: {"median_wall_s": statistics.median(x["wall_s"] for x in rs),
+                   "median_cpu_s": statistics.median(x["cpu_s"] for x in rs),
                    "median_private_mb": statistics.median(x["private_mb"] for x in rs),
                    "median_rss_mb": statistics.median(x["rss_mb"] for x in rs),
                    "load": statistics.median(x["load"] for x in rs), "runs": rs} for name, rs in runs.items()}
@@ -132,9 +137,11 @@ def show(title: str, result: dict, ours: str, base: str, extra: str = "") -> Non
     print(f"\n## {title}")
     for name in (ours, base):
         r = result[name]
-        print(f"  {name:<44} median wall {r['median_wall_s']:7.2f} s   private {r['median_private_mb']:7.0f} MB   "
+        print(f"  {name:<44} median wall {r['median_wall_s']:7.2f} s   CPU {r['median_cpu_s']:7.2f} s   "
+              f"private {r['median_private_mb']:7.0f} MB   "
               f"RSS {r['median_rss_mb']:7.0f} MB   (load {r['load']:.1f}, {len(r['runs'])} runs)")
-    print(f"  ratio {ours} / {base}: {a['median_wall_s'] / b['median_wall_s']:.2f}x {extra}")
+    print(f"  ratio {ours} / {base}: wall {a['median_wall_s'] / b['median_wall_s']:.2f}x, "
+          f"CPU {a['median_cpu_s'] / b['median_cpu_s']:.2f}x {extra}")
 
 
 # ------------------------------------------------------------------------------------ the cases
@@ -209,12 +216,19 @@ def case_ckpt(reps: int, gib: int) -> dict:
         s = sum(float(t.sum()) for t in sd.values())
     """)
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # page cache warm for both
+    tiny = DATA / "ckpt_tiny.pt"
+    subprocess.run(_python(f"import torch; torch.save({{'layer0.weight': torch.zeros(4, 4)}}, {str(tiny)!r})"),
+                   check=True, env=ENV)
     result = side_by_side({"report-gen diagnose": _diagnose(path), "floor: torch.load(mmap) + sum()": floor}, reps)
+    result["import_baseline"] = measure(_diagnose(tiny))  # the same command on a 64-byte checkpoint
     size_mb = path.stat().st_size / 2**20
     result["file_mb"] = size_mb
     ours = result["report-gen diagnose"]
+    base = result["import_baseline"]["private_mb"]
     show(f"{gib} GiB float32 checkpoint", result, "report-gen diagnose", "floor: torch.load(mmap) + sum()",
-         f"(target <= 3x); private memory {ours['median_private_mb'] / size_mb:.2f}x the file (target < 0.25x)")
+         f"(target <= 3x); private memory {ours['median_private_mb'] / size_mb:.2f}x the file, "
+         f"{(ours['median_private_mb'] - base) / size_mb:.2f}x above the {base:.0f} MB of the same command on a "
+         f"64-byte checkpoint (target < 0.25x)")
     return result
 
 
@@ -285,8 +299,8 @@ def case_hist(reps: int, tbparse_reps: int) -> dict:
         r = SummaryReader({str(path)!r}, pivot=False)
         n = len(r.histograms)
     """)
-    result = side_by_side({"report_gen read_events": ours, "report-gen diagnose": whole}, reps)
-    result.update(side_by_side({"tbparse": tbparse}, tbparse_reps))
+    result = side_by_side({"report_gen read_events": ours, "report-gen diagnose": whole, "tbparse": tbparse},
+                          min(reps, tbparse_reps))  # tbparse takes minutes: the three interleaved, few rounds
     result["file_mb"] = path.stat().st_size / 1e6
     show(f"{result['file_mb']:.0f} MB of histograms", result, "report_gen read_events", "tbparse",
          "(target: tbparse / ours >= 50x, ours peak RSS < 1 GB)")

@@ -31,12 +31,8 @@ class SimpleScalars:
 
     @classmethod
     def decode(cls, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> "SimpleScalars":
-        raw = np.frombuffer(buffer, dtype=np.uint8)
+        raw, at = _bytes_at(buffer)
         last = raw.size - 1
-
-        def at(index: np.ndarray) -> np.ndarray:
-            return raw[np.minimum(index, last)].astype(np.int64)
-
         ends = starts + lengths
         has_step = at(starts + 9) == 0x10
         varint = raw[np.minimum(starts[:, None] + 10 + np.arange(10), last)]
@@ -57,6 +53,18 @@ class SimpleScalars:
             wall_times=gather_rows(raw, starts + 1, 8).view("<f8").ravel(),
             values=gather_rows(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64),
         )
+
+
+def _bytes_at(buffer: bytes):
+    """The buffer as bytes, and `at(index)`: the bytes at an array of offsets (clamped to the buffer, so
+    a malformed length reads junk that the caller's checks then refuse, never out of bounds)."""
+    raw = np.frombuffer(buffer, dtype=np.uint8)
+    last = raw.size - 1
+
+    def at(index: np.ndarray) -> np.ndarray:
+        return raw[np.minimum(index, last)].astype(np.int64)
+
+    return raw, at
 
 
 def _varints(groups: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -110,12 +118,7 @@ class LegacyHistograms:
 
     @classmethod
     def decode(cls, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> "LegacyHistograms":
-        raw = np.frombuffer(buffer, dtype=np.uint8)
-        last = raw.size - 1
-
-        def at(index: np.ndarray) -> np.ndarray:
-            return raw[np.minimum(index, last)]
-
+        raw, at = _bytes_at(buffer)
         ends = starts + lengths
         ok = lengths >= 8
         has_wall = at(starts) == 0x09
