@@ -47,8 +47,14 @@ CHILD = textwrap.dedent("""
         state = torch.load(path, weights_only=True, map_location="cpu")
         results = [weight_stats(name, t) for name, t in state.items()]
     else:
+        from functools import partial
+        from report_gen.readers.checkpoint.tree import release_pages
         ckpt = open_checkpoint(path)
-        results = [weight_stats(name, ckpt.load(name)) for name in ckpt.tensors]
+        results = []
+        for name in ckpt.tensors:
+            t = ckpt.load(name)
+            results.append(weight_stats(name, t, source=partial(ckpt.load, name)))  # expensive facts reload
+            release_pages(t)
     wall = time.perf_counter() - start
     stop.set()
     peak[0] = max(peak[0], rss_anon_kb())
