@@ -396,3 +396,13 @@ def test_storage_ids_in_messages_go_through_the_bounded_repr():
     with pytest.raises(pickle.UnpicklingError, match="malformed storage id"):
         storage_ref_from_pid(("storage", storage_ref_from_pid.__globals__["StorageType"](torch.float32),
                               10**5000, "cpu", 4))
+
+
+def test_a_hostile_probe_input_is_an_input_error(tmp_path):
+    """--probe FILE goes through torch.load(weights_only=True): scanned first, so one clean line."""
+    path = tmp_path / "batch.pt"
+    path.write_bytes(torch_zip(HOSTILE["deep tuple as dict key"]))
+    code = ("from report_gen.core import InputError\nfrom report_gen.probe import load_probe_input\n"
+            f"try:\n    load_probe_input({str(path)!r}, None)\nexcept InputError as exc:\n    print('clean:', exc)\n")
+    done = run_python(code, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("clean:") and "refused" in done.stdout, done.stderr[-300:]
