@@ -70,6 +70,10 @@ class ProblemKind(str, enum.Enum):
     BAD_LENGTH_CRC = "bad-length-crc", Severity.WARNING
     BAD_DATA_CRC = "bad-data-crc", Severity.WARNING
     JUNK_BYTES = "junk-bytes", Severity.WARNING  # printable non-record bytes (a log written into the file)
+    BAD_LENGTH = "bad-length", Severity.WARNING  # a valid header claims more than the file holds; resynced past
+    OVERSIZED_RECORD = "oversized-record", Severity.WARNING  # longer than MAX_RECORD_BYTES: skipped by seek
+    FILE_GREW = "file-grew", Severity.INFO  # written to while read: read up to its size at open
+    FILE_SHRANK = "file-shrank", Severity.WARNING  # truncated while read: records past that point missing
     # event protos and the step policy (readers/events/)
     EMPTY_FILE = "empty-file", Severity.WARNING  # an empty event file is graded info by its reader
     VERSION_ONLY = "version-only", Severity.INFO
