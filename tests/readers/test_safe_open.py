@@ -128,3 +128,38 @@ def test_missing_paths_keep_their_os_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         open_regular(tmp_path / "nope")
     assert regular_file_problem(tmp_path / "nope") == "No such file or directory"
+
+
+def _in_thread(fn):
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "blocked"
+    return result[0]
+
+
+def test_sniffing_a_fifo_named_like_a_checkpoint_does_not_block(tmp_path):
+    from report_gen.readers.paths import is_checkpoint_path, sniff_torch_file
+
+    for name in ("model.bin", "weights.tar"):
+        os.mkfifo(tmp_path / name)
+        assert _in_thread(lambda: sniff_torch_file(str(tmp_path / name))) is False
+        assert _in_thread(lambda: is_checkpoint_path(str(tmp_path / name))) is False
+    (tmp_path / "pytorch_model.bin").symlink_to("/dev/zero")
+    assert _in_thread(lambda: sniff_torch_file(str(tmp_path / "pytorch_model.bin"))) is False
+
+
+def test_a_config_that_is_not_a_regular_file_is_one_clean_error(tmp_path):
+    from report_gen.config import load_config
+    from report_gen.core import InputError
+
+    (tmp_path / "cfg.toml").symlink_to("/dev/zero")
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(str(tmp_path / "cfg.toml"))
+    os.mkfifo(tmp_path / "fifo.toml")
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(str(tmp_path / "fifo.toml"))
+    (tmp_path / "pyproject.toml").write_bytes(b"\xff\xfe")
+    with pytest.raises(InputError, match="not UTF-8"):
+        load_config(str(tmp_path / "pyproject.toml"))
