@@ -185,7 +185,7 @@ MAX_CONFIG_BYTES = 16 << 20
 
 
 def _read_toml(p: Path) -> dict[str, Any]:
-    from report_gen.readers.safe_open import read_regular
+    from report_gen.safe_open import read_regular
 
     try:
         return tomllib.loads(read_regular(p, MAX_CONFIG_BYTES).decode("utf-8"))

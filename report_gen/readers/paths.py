@@ -12,7 +12,7 @@ import os
 import re
 import struct
 
-from report_gen.readers.safe_open import open_regular
+from report_gen.safe_open import open_regular
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pkl", ".tar")
 _INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
@@ -58,7 +58,7 @@ def is_torch_tar(path: str) -> bool:
 def sniff_torch_file(path: str) -> bool:
     """True when the first bytes are those of a torch zip, a legacy torch file, safetensors or a
     legacy torch tar; False for anything else (and for unreadable files, FIFOs and devices, which are
-    never opened: `safe_open.open_regular`)."""
+    never opened: `report_gen.safe_open.open_regular`)."""
     try:
         with open_regular(path) as f:
             head = f.read(1024)

@@ -10,8 +10,9 @@ This layer knows nothing about protobuf. It streams the file in chunks (memory d
 size), and hands out :class:`RecordBatch` objects: one buffer plus the offsets of the valid records in
 it, so the decoding layer can work on a whole batch at once (vectorised) or record by record.
 
-The file is opened only if it is a regular file (`safe_open.open_regular`: a FIFO or a device named
-like an event file is refused, never waited on), and read only up to the size it had when opened.
+The file is opened only if it is a regular file (`report_gen.safe_open.open_regular`: a FIFO or a
+device named like an event file is refused, never waited on), and read only up to the size it had
+when opened.
 
 Damage is never an exception; it becomes a :class:`report_gen.core.Problem` on
 :attr:`RecordReader.problems`:
@@ -51,7 +52,7 @@ import crc32c as _crc32c
 import numpy as np
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers.safe_open import open_regular
+from report_gen.safe_open import open_regular
 
 _HEADER = struct.Struct("<QI")
 _U32 = struct.Struct("<I")

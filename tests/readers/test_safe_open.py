@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-import report_gen.readers.safe_open as safe_open
-from report_gen.readers.safe_open import (FileTooLarge, NotRegularFile, open_regular, read_regular,
+import report_gen.safe_open as safe_open
+from report_gen.safe_open import (FileTooLarge, NotRegularFile, open_regular, read_regular,
                                           regular_file_problem)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 import ckpt_builders as cb
 from hostile_tools import bounded_time, run_python
 from memtools import peak_memory
-from report_gen.readers.checkpoints import CheckpointError, open_checkpoint
+from report_gen.readers.checkpoint import CheckpointError, open_checkpoint
 from report_gen.readers.pickle_guard import (MAX_DEPTH, MAX_MEMBER_BYTES, MAX_OBJECT_BYTES, MAX_OPCODES, Budget,
                                              PickleRefused, bounded_repr, scan_bytes, scan_torch_bytes,
                                              scan_torch_file)
@@ -239,11 +239,11 @@ def test_without_the_scan_torch_load_crashes_on_a_deep_key(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason="hook left for the checkpoint reader: call pickle_guard.scan_torch_file "
-                                       "before torch.load in _load_zip_tree (issue 14)")
+                                       "before torch.load in checkpoint.tree (issue 14)")
 def test_open_checkpoint_on_a_hostile_torch_zip_is_one_clean_error(tmp_path):
     path = tmp_path / "hostile.pt"
     path.write_bytes(torch_zip(HOSTILE["deep tuple as dict key"]))
-    code = (f"from report_gen.readers.checkpoints import CheckpointError, open_checkpoint\n"
+    code = (f"from report_gen.readers.checkpoint import CheckpointError, open_checkpoint\n"
             f"try:\n    open_checkpoint({str(path)!r})\nexcept CheckpointError as exc:\n    print('clean:', exc)\n")
     done = run_python(code, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("clean:"), done.returncode
