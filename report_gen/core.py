@@ -65,6 +65,8 @@ class ProblemKind(str, enum.Enum):
 
     # any file: an I/O error or an unexpected failure (an event file that cannot be opened: error)
     UNREADABLE = "unreadable", Severity.WARNING
+    # a FIFO, device, socket or symlink to one named like an input (report_gen/safe_open.py): never opened
+    NOT_A_REGULAR_FILE = "not-a-regular-file", Severity.WARNING
     # TFRecord framing (readers/tfrecord.py)
     TRUNCATED_RECORD = "truncated-record", Severity.INFO  # the last record ends early: a killed run
     BAD_LENGTH_CRC = "bad-length-crc", Severity.WARNING
@@ -94,6 +96,7 @@ class ProblemKind(str, enum.Enum):
     OPTIMIZER_ONLY = "optimizer-only", Severity.WARNING
     SCHEDULER_ONLY = "scheduler-only", Severity.WARNING
     UNSAFE_PICKLE = "unsafe-pickle", Severity.WARNING
+    HOSTILE_PICKLE = "hostile-pickle", Severity.WARNING  # refused by readers/pickle_guard.py before unpickling
     TORCHSCRIPT_V1 = "torchscript-v1", Severity.WARNING
     LEGACY_TAR = "legacy-tar", Severity.WARNING
     MISSING = "missing", Severity.WARNING
