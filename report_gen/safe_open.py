@@ -43,21 +43,14 @@ class FileTooLarge(OSError):
         super().__init__(errno.EFBIG, f"{size:,} bytes, more than the {limit:,} this file can hold", path)
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"),
+          (stat.S_ISLNK, "a symbolic link"))
+
+
 def file_kind(mode: int) -> str:
     """'a FIFO (named pipe)', 'a character device', ... for a st_mode."""
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    return "not a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def _reason(path: str, st: os.stat_result) -> str:
