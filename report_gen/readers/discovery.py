@@ -10,6 +10,10 @@ Policy
 * Keras/TF2 writes ``logs/train/`` and ``logs/validation/`` with no event file in ``logs``: sibling run
   folders named like phases (train, validation, val, eval, test...) are grouped into one run named
   after their parent, each phase kept as a sub folder.
+* An HF Trainer ``output_dir``: sibling ``checkpoint-N/`` (or ``last-checkpoint/``) folders holding
+  log files (``trainer_state.json``) make their parent a run folder, so all checkpoints of one
+  ``output_dir`` and its ``runs/<date>/`` event files are one run named after the ``output_dir``
+  (never above the folder given).
 * Checkpoints are attached to the nearest run folder above them, or, when the run has log files
   elsewhere, to the run whose folder contains them. Checkpoints with no log-file run become a
   checkpoint-only run named after their folder.
@@ -18,6 +22,7 @@ Policy
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from report_gen.readers.registry import is_log_file
 # a folder of several step-N.safetensors files is a series of checkpoints
 _MODEL_FOLDER_MARKERS = ("config.json", "model.safetensors", "model.safetensors.index.json",
                          "pytorch_model.bin", "pytorch_model.bin.index.json")
+HF_CHECKPOINT_DIR = re.compile(r"checkpoint-\d+|last-checkpoint")
 PHASE_NAMES = {"train", "training", "validation", "valid", "val", "eval", "evaluation", "test"}
 _SKIP_DIRS = {".git", "__pycache__", "node_modules", ".ipynb_checkpoints"}
 
@@ -62,9 +68,12 @@ def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
     return logs, ckpts
 
 
-def _run_roots(log_dirs: list[Path]) -> dict[Path, Path]:
+def _run_roots(log_dirs: list[Path], top: Path) -> dict[Path, Path]:
     """Map each log folder to the root of the run it belongs to."""
     dirs = set(log_dirs)
+    # HF Trainer output_dir: its checkpoint-N/ (and hub-style last-checkpoint/) folders, each with a
+    # trainer_state.json, are one run rooted at the output_dir (which also gathers its runs/<date>/ events)
+    dirs |= {d.parent for d in log_dirs if HF_CHECKPOINT_DIR.fullmatch(d.name) and top in d.parents}
     roots: dict[Path, Path] = {}
     for d in sorted(dirs, key=lambda p: len(p.parts)):
         root = d
@@ -131,7 +140,7 @@ def _without_nested(paths: list[str]) -> list[str]:
 
 def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
     logs, ckpts = _walk(top)
-    roots = _run_roots(list(logs))
+    roots = _run_roots(list(logs), top)
     by_root: dict[Path, RunSpec] = {}
     for root in sorted(set(roots.values()), key=lambda r: str(r)):
         rel = root.relative_to(top) if root != top else Path(top.resolve().name)

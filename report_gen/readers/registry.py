@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers import events
-from report_gen.readers.types import RunLog, tidy_scalars
+from report_gen.readers import events, hf_trainer
+from report_gen.readers.types import RunLog, series_in_order
 
 log = logging.getLogger("report_gen")
 
@@ -62,6 +62,8 @@ class LogReader:
 
 LOG_READERS: tuple[LogReader, ...] = (
     LogReader("tensorboard", "event files", events.is_event_file_name, events.read_events),
+    LogReader("hf-trainer", "trainer_state.json files", hf_trainer.is_trainer_state_name,
+              hf_trainer.read_trainer_states),
 )
 
 
@@ -145,12 +147,5 @@ def merge_logs(logs: Sequence[RunLog]) -> RunLog:
                 message=f"{len(duplicates)} series already read from another log of this run ({shown}); "
                         "this log's copy was left out"))
         merged.files.extend(current.files)
-    merged.scalars = _series_in_order(pd.concat(frames, ignore_index=True))
+    merged.scalars = series_in_order(pd.concat(frames, ignore_index=True))
     return merged
-
-
-def _series_in_order(scalars: pd.DataFrame) -> pd.DataFrame:
-    """Rows sorted by run, then tag (stable: each series keeps its own order, as its log gave it)."""
-    runs = pd.factorize(scalars["run"], sort=True)[0]
-    tags = pd.factorize(scalars["tag"], sort=True)[0]
-    return tidy_scalars(scalars.iloc[np.lexsort((tags, runs))].reset_index(drop=True))
