@@ -8,8 +8,9 @@ Policy
 * A run folder nested inside another run folder belongs to the outer run as a *sub* folder: that is
   what torch's ``add_scalars`` writes (``run/activation_stats_conv1_mean/events...``).
 * Keras/TF2 writes ``logs/train/`` and ``logs/validation/`` with no event file in ``logs``: sibling run
-  folders named like phases (train, validation, val, eval, test...) are grouped into one run named
-  after their parent, each phase kept as a sub folder.
+  folders named like phases (train, validation, val, eval, test...) holding only event files are
+  grouped into one run named after their parent, each phase kept as a sub folder (a ``train/`` folder
+  of other logs, e.g. Ultralytics' ``runs/detect/train/results.csv``, is a run of its own).
 * An HF Trainer ``output_dir``: sibling ``checkpoint-N/`` (or ``last-checkpoint/``) folders holding
   log files (``trainer_state.json``) make their parent a run folder, so all checkpoints of one
   ``output_dir`` and its ``runs/<date>/`` event files are one run named after the ``output_dir``
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from report_gen.core import InputError
+from report_gen.readers.events import is_event_file_name
 from report_gen.readers.paths import is_checkpoint_path
 from report_gen.readers.registry import is_log_file
 
@@ -68,8 +70,9 @@ def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
     return logs, ckpts
 
 
-def _run_roots(log_dirs: list[Path], top: Path) -> dict[Path, Path]:
+def _run_roots(logs: dict[Path, list[Path]], top: Path) -> dict[Path, Path]:
     """Map each log folder to the root of the run it belongs to."""
+    log_dirs = list(logs)
     dirs = set(log_dirs)
     # HF Trainer output_dir: its checkpoint-N/ (and hub-style last-checkpoint/) folders, each with a
     # trainer_state.json, are one run rooted at the output_dir (which also gathers its runs/<date>/ events)
@@ -83,9 +86,12 @@ def _run_roots(log_dirs: list[Path], top: Path) -> dict[Path, Path]:
                 break
         roots[d] = root
     # Keras-style phase folders: group siblings named train/validation/... under their parent
+    def keras_phase(folder: Path) -> bool:  # a phase folder of TensorBoard event files (not Ultralytics' train/)
+        return folder.name.lower() in PHASE_NAMES and all(is_event_file_name(f.name) for f in logs.get(folder, []))
+
     for d, root in list(roots.items()):
-        if root == d and d.name.lower() in PHASE_NAMES and d.parent not in dirs:
-            siblings = [s for s in dirs if s.parent == d.parent and s.name.lower() in PHASE_NAMES]
+        if root == d and keras_phase(d) and d.parent not in dirs:
+            siblings = [s for s in dirs if s.parent == d.parent and keras_phase(s)]
             if len(siblings) >= 1:
                 for s in siblings:
                     for k, r in roots.items():
@@ -140,7 +146,7 @@ def _without_nested(paths: list[str]) -> list[str]:
 
 def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
     logs, ckpts = _walk(top)
-    roots = _run_roots(list(logs), top)
+    roots = _run_roots(logs, top)
     by_root: dict[Path, RunSpec] = {}
     for root in sorted(set(roots.values()), key=lambda r: str(r)):
         rel = root.relative_to(top) if root != top else Path(top.resolve().name)

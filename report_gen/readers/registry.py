@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers import events, hf_trainer
+from report_gen.readers import csvlogs, events, hf_trainer
 from report_gen.readers.types import RunLog, series_in_order
 
 log = logging.getLogger("report_gen")
@@ -64,6 +64,10 @@ LOG_READERS: tuple[LogReader, ...] = (
     LogReader("tensorboard", "event files", events.is_event_file_name, events.read_events),
     LogReader("hf-trainer", "trainer_state.json files", hf_trainer.is_trainer_state_name,
               hf_trainer.read_trainer_states),
+    LogReader("lightning-csv", "Lightning metrics.csv files", csvlogs.is_lightning_csv_name,
+              csvlogs.read_lightning_csv, csvlogs.sniff_lightning_csv),
+    LogReader("ultralytics-csv", "Ultralytics results.csv files", csvlogs.is_ultralytics_csv_name,
+              csvlogs.read_ultralytics_csv, csvlogs.sniff_ultralytics_csv),
 )
 
 
