@@ -18,6 +18,12 @@ Policy
 * Checkpoints are attached to the nearest run folder above them, or, when the run has log files
   elsewhere, to the run whose folder contains them. Checkpoints with no log-file run become a
   checkpoint-only run named after their folder.
+* A log file holding several runs (an MLflow SQLite store, see ``LogReader.members``) is one run per
+  member: named ``<folder>/<file stem>/<run name>`` (``<file stem>/<run name>`` when given directly),
+  with only that file, ``member`` set, and no checkpoints; a store with no runs makes none. It takes
+  no part in the run-folder policy above (its folder is a run folder only through its other logs).
+* An MLflow file store needs no rule here: its reader's log file is the run's ``meta.yaml``, so
+  ``mlruns/<experiment>/<run_id>/`` is the run folder (metrics/params/tags and artifacts below it).
 * A single log file or checkpoint given directly is a run of its own.
 """
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 from report_gen.core import InputError
 from report_gen.readers.events import is_event_file_name
 from report_gen.readers.paths import is_checkpoint_path
-from report_gen.readers.registry import is_log_file
+from report_gen.readers.registry import is_log_file, reader_for
 
 # a folder is ONE checkpoint (HF model folder, sharded weights) only when it says so by these names;
 # a folder of several step-N.safetensors files is a series of checkpoints
@@ -47,6 +53,7 @@ class RunSpec:
     path: str
     event_files: list[tuple[str, str]] = field(default_factory=list)  # (file, sub) of every log file
     checkpoints: list[str] = field(default_factory=list)
+    member: str | None = None  # the run inside a multi-run log file (an MLflow SQLite store), else None
 
 
 def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
@@ -118,7 +125,14 @@ def discover(paths: list[str]) -> list[RunSpec]:
     for raw in _without_nested(paths):
         p = Path(raw)
         if p.is_file():
-            if is_log_file(str(p)):
+            reader = reader_for(str(p))
+            if reader is not None and reader.members is not None:
+                members = _member_runs(p, p.stem, taken)
+                if not members:
+                    raise InputError(f"{raw}: an {reader.what[:-1] if reader.what.endswith('s') else reader.what} "
+                                     "with no runs")
+                runs.extend(members)
+            elif reader is not None:
                 runs.append(RunSpec(_unique_name(p.parent.name or p.stem, taken), str(p), [(str(p), "")]))
             elif is_checkpoint_path(str(p)):
                 runs.append(RunSpec(_unique_name(p.stem, taken), str(p), [], [str(p)]))
@@ -144,8 +158,34 @@ def _without_nested(paths: list[str]) -> list[str]:
     return [raw for raw, _ in kept]
 
 
+def _member_runs(path: Path, base: str, taken: set[str]) -> list[RunSpec]:
+    """One RunSpec per run inside a multi-run log file."""
+    reader = reader_for(str(path))
+    return [RunSpec(_unique_name(f"{base}/{name}", taken), str(path), [(str(path), "")], member=member)
+            for member, name in reader.members(str(path))]
+
+
+def _split_stores(logs: dict[Path, list[Path]]) -> list[tuple[Path, Path]]:
+    """Take the multi-run log files out of `logs` (a folder left with none is no log folder)."""
+    stores = []
+    for d in list(logs):
+        kept = []
+        for f in logs[d]:
+            reader = reader_for(str(f))
+            if reader is not None and reader.members is not None:
+                stores.append((d, f))
+            else:
+                kept.append(f)
+        if kept:
+            logs[d] = kept
+        else:
+            del logs[d]
+    return stores
+
+
 def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
     logs, ckpts = _walk(top)
+    stores = _split_stores(logs)
     roots = _run_roots(logs, top)
     by_root: dict[Path, RunSpec] = {}
     for root in sorted(set(roots.values()), key=lambda r: str(r)):
@@ -164,6 +204,9 @@ def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
         else:
             owner.checkpoints.append(str(c))
     runs = list(by_root.values())
+    for folder, store in stores:
+        rel = folder.relative_to(top) if folder != top else Path(top.resolve().name)
+        runs.extend(_member_runs(store, f"{str(rel).replace(os.sep, '/')}/{store.stem}", taken))
     for folder, files in sorted(orphan.items(), key=lambda kv: str(kv[0])):
         # checkpoints in a 'checkpoints' folder next to nothing: name after the folder's parent
         base = folder.parent if folder.name.lower() in {"checkpoints", "ckpt", "ckpts", "weights"} else folder
