@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers import csvlogs, events, hf_trainer, mlflow_store
+from report_gen.readers import csvlogs, events, hf_trainer, mlflow_store, wandb_run
 from report_gen.readers.types import RunLog, series_in_order
 
 log = logging.getLogger("report_gen")
@@ -80,6 +80,7 @@ LOG_READERS: tuple[LogReader, ...] = (
               mlflow_store.read_file_store, mlflow_store.sniff_run_meta),
     LogReader("mlflow-sqlite", "MLflow SQLite stores", mlflow_store.is_sqlite_name,
               mlflow_store.read_sqlite, mlflow_store.sniff_sqlite, members=mlflow_store.sqlite_runs),
+    LogReader("wandb", "W&B run logs", wandb_run.is_wandb_log_name, wandb_run.read_wandb_runs),
 )
 
 
