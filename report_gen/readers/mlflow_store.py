@@ -218,6 +218,11 @@ def sqlite_runs(path: str) -> list[tuple[str, str]]:
     return [(str(uuid), str(name) if name else str(uuid)) for uuid, name in rows]
 
 
+def _seconds(stamp: Any) -> float:
+    """An MLflow timestamp (ms) as seconds, NaN when there is none."""
+    return stamp / 1000.0 if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else float("nan")
+
+
 def _value(value: Any, is_nan: Any) -> float | None:
     if is_nan:
         return float("nan")
@@ -272,7 +277,7 @@ def _sqlite_run(con: sqlite3.Connection, path: str, run_uuid: str, series: Serie
             bad += 1
             continue
         seen.add(key)
-        series.add(key, step, number, wall_time=(stamp or 0) / 1000.0 if isinstance(stamp, (int, float)) else float("nan"),
+        series.add(key, step, number, wall_time=_seconds(stamp),
                    file=path)
     try:
         latest = con.execute("SELECT key, value, timestamp, step, is_nan FROM latest_metrics WHERE run_uuid = ?",
@@ -282,7 +287,7 @@ def _sqlite_run(con: sqlite3.Connection, path: str, run_uuid: str, series: Serie
     for key, value, stamp, step, is_nan in latest:
         number = _value(value, is_nan)
         if key not in seen and number is not None and isinstance(step, int) and isinstance(key, str):
-            series.add(key, step, number, wall_time=(stamp or 0) / 1000.0 if isinstance(stamp, (int, float)) else float("nan"),
+            series.add(key, step, number, wall_time=_seconds(stamp),
                        file=path)
     if bad:
         problems.append(Problem(path, ProblemKind.BAD_ROW, f"{path}: {bad} metric row(s) of run {run_uuid} "
