@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from report_gen.readers import textlogs
 from report_gen.readers.csvlogs import read_lightning_csv, read_ultralytics_csv
@@ -30,14 +33,16 @@ def _rows(path):
 
 def test_lightning_resumed_csv_the_later_rows_win():
     rows = _rows(RESUMED / "metrics.csv")
-    assert len(rows) == 144
+    verification = json.loads((REAL / "lightning" / "MANIFEST.json").read_text())["cases"]["csv_resumed_healthy"][
+        "verification"]
+    assert len(rows) == verification["csv_rows"]
     log = read_lightning_csv([(str(RESUMED / "metrics.csv"), "")])
     # independent expectation: the resumed fit starts where `step` first goes down; per column, values of
     # the first fit at steps >= that step are replaced by the second fit's
     steps = [int(r["step"]) for r in rows]
     cut = next(i for i in range(1, len(steps)) if steps[i] < steps[i - 1])
     restart = steps[cut]
-    assert restart == 32
+    assert restart == int(re.search(r"step=(\d+)", verification["resumed_from"]).group(1))
     dropped = 0
     for column in ("train_loss_step", "train_loss_epoch", "train_acc", "val_loss", "val_acc", "epoch"):
         first = [(int(r["step"]), float(r[column])) for r in rows[:cut] if r[column]]
@@ -47,22 +52,19 @@ def test_lightning_resumed_csv_the_later_rows_win():
         want = sorted(kept, key=lambda p: p[0])
         assert list(zip(*_series(log, column))) == want, column
     (problem,) = log.problems
-    assert problem.kind == "step-restart" and problem.severity == "info" and problem.count == dropped == 76
+    assert problem.kind == "step-restart" and problem.severity == "info" and problem.count == dropped > 0
     assert "step" not in set(log.scalars.tag)
-    assert _series(log, "val_loss")[1][-1] == pytest.approx(0.166881, abs=1e-6)
+    assert _series(log, "val_loss")[1][-1] == pytest.approx(verification["final_val_loss"], abs=1e-6)
     # the header was rewritten when train_acc appeared: earlier rows have it empty, not shifted
-    assert _series(log, "train_acc")[0][0] >= 32
-    assert log.hparams == {"classes": 2, "dim": 16, "frozen": False, "hidden": 32, "log_grad_norm": False,
-                           "log_histograms": False, "log_train_acc_from_epoch": 2, "lr": 0.05, "momentum": 0.9,
-                           "optimizer": "sgd", "schedule": "none", "total_steps": 0, "warmup_steps": 0,
-                           "weight_decay": 0.0}
+    assert _series(log, "train_acc")[0][0] >= restart
+    assert log.hparams == yaml.safe_load((RESUMED / "hparams.yaml").read_text())  # flat already
 
 
 def test_lightning_version_folder_is_one_run_with_its_checkpoints():
     (run,) = discover([str(REAL / "lightning" / "csv_resumed_healthy")])
     assert run.name == "lightning_logs/version_0"
     assert run.event_files == [(str(RESUMED / "metrics.csv"), "")]
-    assert len(run.checkpoints) == 8
+    assert len(run.checkpoints) == len(list((RESUMED / "checkpoints").glob("*.ckpt"))) > 1
 
 
 def test_ultralytics_results_csv_epoch_as_step_and_args_as_hparams():

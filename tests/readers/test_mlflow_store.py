@@ -2,6 +2,7 @@
 (tests/fixtures/real/mlflow), plus hostile edge cases."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -17,8 +18,9 @@ from report_gen.readers.registry import is_log_file, reader_for
 from report_gen.readers.run import read_run
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "mlflow"
-RUN_ID = "aef4c08b23d244f180d58c24d42d6664"
-FILE_RUN = REAL / "file_store_healthy" / "mlruns" / "608747458196420016" / RUN_ID
+CASES = json.loads((REAL / "MANIFEST.json").read_text())["cases"]
+RUN_ID = CASES["file_store_healthy"]["verification"]["run_id"]
+(FILE_RUN,) = (REAL / "file_store_healthy" / "mlruns").glob(f"*/{RUN_ID}")
 
 
 def _series(log, tag):
@@ -32,19 +34,21 @@ def _lines(path):
 
 def test_file_store_run_is_one_run_with_metrics_params_and_meta():
     (run,) = discover([str(REAL / "file_store_healthy")])
-    assert run.name == f"mlruns/608747458196420016/{RUN_ID}"
+    assert run.name == f"mlruns/{FILE_RUN.parent.name}/{RUN_ID}"
     assert run.event_files == [(str(FILE_RUN / "meta.yaml"), "")]
     assert not is_log_file(str(REAL / "file_store_healthy" / "mlruns" / "0" / "meta.yaml"))  # experiment meta
     log = read_file_store(run.event_files)
     assert log.problems == []
     raw = _lines(FILE_RUN / "metrics" / "train_loss")
-    assert len(raw) == 200
+    assert len(raw) == CASES["file_store_healthy"]["verification"]["train_loss_points"]
     assert _series(log, "train_loss") == ([int(r[2]) for r in raw], [float(r[1]) for r in raw])
     val = _lines(FILE_RUN / "metrics" / "val_loss")
-    assert _series(log, "val_loss")[1][-1] == float(val[-1][1]) == pytest.approx(0.094231, abs=1e-6)
+    assert _series(log, "val_loss")[1][-1] == float(val[-1][1]) == pytest.approx(
+        CASES["file_store_healthy"]["verification"]["val_loss_last"], abs=1e-6)
     assert log.scalars[log.scalars.tag == "train_loss"].wall_time.tolist() == [int(r[0]) / 1000 for r in raw]
     assert log.hparams["lr"] == float((FILE_RUN / "params" / "lr").read_text())
-    assert log.hparams["optimizer"] == "adam" and log.hparams["batch_size"] == 32
+    assert log.hparams["optimizer"] == (FILE_RUN / "params" / "optimizer").read_text()
+    assert log.hparams["batch_size"] == int((FILE_RUN / "params" / "batch_size").read_text())
     assert log.hparams["mlflow.run_name"] == "mlp" and log.hparams["mlflow.status"] == "FINISHED"
     assert "mlflow.user" not in log.hparams and "tag.mlflow.user" not in log.hparams
 
@@ -98,15 +102,17 @@ def test_sqlite_store_each_run_is_a_run_and_the_file_is_never_written(tmp_path):
     os.chmod(db, 0o444)
     before = db.read_bytes()
     (run,) = discover([str(tmp_path)])
-    uuid = "2696bbcd0b774145abdfb9a6207a302e"
+    uuid = CASES["sqlite_healthy"]["verification"]["run_id"]
     assert run.member == uuid and run.name == f"{tmp_path.name}/mlflow/mlp" and run.checkpoints == []
     inputs = read_run(run)
     log = inputs.log
     raw = _db_rows(db, "SELECT step, value FROM metrics WHERE run_uuid=? AND key='train_loss' ORDER BY rowid", uuid)
-    assert len(raw) == 200
+    assert len(raw) == CASES["sqlite_healthy"]["verification"]["train_loss_points"]
     assert _series(log, "train_loss") == ([r[0] for r in raw], [r[1] for r in raw])
-    assert _series(log, "val_acc")[1][-1] == pytest.approx(0.945312, abs=1e-6)
-    assert log.hparams["lr"] == 0.05 and log.hparams["mlflow.status"] == "FINISHED"
+    assert _series(log, "val_acc")[1][-1] == pytest.approx(CASES["sqlite_healthy"]["verification"]["final_val_acc"],
+                                                           abs=1e-6)
+    (lr,) = _db_rows(db, "SELECT value FROM params WHERE run_uuid=? AND key='lr'", uuid)
+    assert log.hparams["lr"] == float(lr[0]) and log.hparams["mlflow.status"] == "FINISHED"
     assert inputs.problems == []
     assert db.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["mlflow.db"]  # no journal, no -wal / -shm
