@@ -8,14 +8,13 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning.pytorch as L  # the `test` extra installs lightning and pytorch_lightning
 import pytest
 import torch
 from torch import nn
 
 from integration_kit import diagnose_fully, tiny_cnn, tiny_task
-
-L = pytest.importorskip("lightning.pytorch")
-from report_gen.integrations.lightning import ReportGenCallback  # noqa: E402
+from report_gen.integrations.lightning import ReportGenCallback
 
 
 class TinyModule(L.LightningModule):
@@ -102,7 +101,8 @@ def test_explicit_log_dir_and_accumulation(tmp_path):
 
 
 def test_pytorch_lightning_import_name(tmp_path):
-    pl = pytest.importorskip("pytorch_lightning")
+    import pytorch_lightning as pl
+
     assert issubclass(ReportGenCallback, pl.Callback) and issubclass(ReportGenCallback, L.Callback)
 
     class PlModule(pl.LightningModule):
