@@ -30,7 +30,6 @@ frameworks are imported when `ReportGenCallback` is first looked up, not by `imp
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from typing import Any
 
@@ -41,14 +40,15 @@ _FLAVOURS = ("lightning.pytorch", "pytorch_lightning")
 
 def _flavours() -> list[Any]:
     """The installed Lightning packages (`lightning.pytorch`, `pytorch_lightning`), imported."""
-    found = []
+    found, error = [], None
     for name in _FLAVOURS:
-        top = name.split(".")[0]
-        if importlib.util.find_spec(top) is not None:
+        try:
             found.append(importlib.import_module(name))
+        except ImportError as missing:
+            error = missing
     if not found:
         raise ImportError("report_gen.integrations.lightning needs Lightning: pip install lightning "
-                          "(or pytorch_lightning)")
+                          "(or pytorch_lightning)") from error
     return found
 
 
