@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -25,9 +24,46 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_monitor import small_cnn  # noqa: E402
+from bench_monitor import median_overhead, small_cnn  # noqa: E402
 
 WARMUP = 20
+
+
+class SelfTime:
+    """Process CPU time spent inside report_gen's code: the callback's hooks and the forward hooks' reductions.
+
+    A steadier number than the A/B difference on a loaded machine (it does not depend on the other
+    side's run), but a lower bound: it leaves out what report_gen's work costs the rest of the step
+    (caches, allocator, TensorBoard's writer thread).
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, function):
+        def timed(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.process_time() - start
+        return timed
+
+    def instrument(self, callback) -> None:
+        from report_gen import monitor
+
+        for name in ("on_before_optimizer_step", "on_train_batch_end", "on_pre_optimizer_step", "on_optimizer_step",
+                     "on_log"):
+            if name in type(callback).__dict__:
+                setattr(callback, name, self.wrap(getattr(callback, name)))
+        if not hasattr(monitor._ActivationCapture._add, "__wrapped_by_bench__"):
+            original = monitor._ActivationCapture._add
+            timed = self.wrap(original)
+            timed.__wrapped_by_bench__ = True
+            monitor._ActivationCapture._add = timed
+
+
+SELF = SelfTime()
 
 
 class Window:
@@ -44,6 +80,11 @@ class Window:
         if step == self.steps - 1 and self.start is not None:
             n = self.steps - WARMUP
             self.result = ((time.perf_counter() - self.start[0]) / n, (time.process_time() - self.start[1]) / n)
+
+
+def _instrumented(callback):
+    SELF.instrument(callback)
+    return callback
 
 
 def data(steps: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +121,7 @@ def run_lightning(steps: int, batch: int, root: str, with_callback: bool) -> tup
     torch.manual_seed(0)
     x, y = data(steps, batch)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch)
-    callbacks = [Timer()] + ([ReportGenCallback()] if with_callback else [])
+    callbacks = [Timer()] + ([_instrumented(ReportGenCallback())] if with_callback else [])
     trainer = L.Trainer(max_epochs=1, default_root_dir=root, accelerator="cpu", devices=1, callbacks=callbacks,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Module(), loader)
@@ -115,7 +156,7 @@ def run_hf(steps: int, batch: int, root: str, with_callback: bool) -> tuple[floa
     args = transformers.TrainingArguments(output_dir=root, max_steps=steps, per_device_train_batch_size=batch,
                                           learning_rate=0.01, report_to="none", save_strategy="no", use_cpu=True,
                                           disable_tqdm=True, dataloader_num_workers=0)
-    callbacks = [Timer()] + ([ReportGenCallback()] if with_callback else [])
+    callbacks = [Timer()] + ([_instrumented(ReportGenCallback())] if with_callback else [])
     transformers.Trainer(model=Model(), args=args, train_dataset=dataset, callbacks=callbacks).train()
     return window.result
 
@@ -140,6 +181,7 @@ def main() -> None:
         for name, run in frameworks.items():
             run(WARMUP + 5, args.batch, f"{tmp}/{name}-warmup", True)  # imports, allocator, kernels
             results: dict[str, list[tuple[float, float]]] = {"baseline": [], "callback": []}
+            SELF.seconds = 0.0
             for rep in range(args.reps):
                 order = ["baseline", "callback"] if rep % 2 == 0 else ["callback", "baseline"]
                 for side in order:
@@ -147,15 +189,18 @@ def main() -> None:
                     wall, cpu = results[side][-1]
                     print(f"{name:9s} rep {rep} {side:8s} wall {wall * 1e3:7.2f} ms/step  cpu {cpu * 1e3:7.2f} ms/step",
                           flush=True)
-            rows.append((name, results))
+            rows.append((name, results, SELF.seconds / (args.reps * args.steps)))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.steps} steps "
           f"({args.steps - WARMUP} timed) x {args.reps} reps, batch {args.batch}, 3x32x32, callbacks at defaults")
     print("| framework | clock | without median ms/step | with ReportGenCallback | overhead |\n|---|---|---|---|---|")
-    for name, results in rows:
-        for column, clock in enumerate(["wall", "cpu"]):
-            base = statistics.median(r[column] for r in results["baseline"])
-            with_cb = statistics.median(r[column] for r in results["callback"])
-            print(f"| {name} | {clock} | {base * 1e3:.2f} | {with_cb * 1e3:.2f} | {100 * (with_cb / base - 1):+.2f}% |")
+    for name, results, _ in rows:
+        for clock, base, with_cb, overhead in median_overhead(results["baseline"], results["callback"]):
+            print(f"| {name} | {clock} | {base:.2f} | {with_cb:.2f} | {overhead:+.2f}% |")
+    print("\n| framework | report_gen's own CPU ms/step (hooks + activation reductions) | share of the step without it |"
+          "\n|---|---|---|")
+    for name, results, own in rows:
+        base_cpu = next(b for clock, b, _, _ in median_overhead(results["baseline"], results["callback"]) if clock == "cpu")
+        print(f"| {name} | {own * 1e3:.3f} | {100 * own * 1e3 / base_cpu:.2f}% |")
 
 
 if __name__ == "__main__":

@@ -25,18 +25,24 @@ class TinyClassifier(nn.Module):
         return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
 
 
-def _train(out: Path, callback, **arg_overrides) -> None:
+def _examples(n: int, seed: int) -> list[dict]:
+    x, y = tiny_task(n, seed)
+    return [{"x": xi, "labels": yi} for xi, yi in zip(x, y)]
+
+
+def _train(out: Path, callback, evaluate: bool = False, **arg_overrides) -> None:
     torch.manual_seed(0)
-    x, y = tiny_task()
-    data = [{"x": xi, "labels": yi} for xi, yi in zip(x, y)]
     settings = dict(output_dir=str(out), max_steps=40, per_device_train_batch_size=32, learning_rate=3e-3,
                     lr_scheduler_type="constant", logging_steps=2, report_to="none", use_cpu=True, seed=0,
                     disable_tqdm=True)
+    if evaluate:
+        settings.update(eval_strategy="steps", eval_steps=5, per_device_eval_batch_size=64)
     settings.update(arg_overrides)
     args = transformers.TrainingArguments(**settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        transformers.Trainer(model=TinyClassifier(), args=args, train_dataset=data, callbacks=[callback]).train()
+        transformers.Trainer(model=TinyClassifier(), args=args, train_dataset=_examples(256, 0),
+                             eval_dataset=_examples(128, 1) if evaluate else None, callbacks=[callback]).train()
 
 
 def _tags(folder: Path) -> set[str]:
@@ -48,10 +54,10 @@ def _tags(folder: Path) -> set[str]:
 
 
 def test_default_trainer_run_is_fully_diagnosed(tmp_path):
-    _train(tmp_path, ReportGenCallback(hist_interval=5, scalar_interval=1))
+    _train(tmp_path, ReportGenCallback(hist_interval=5, scalar_interval=1), evaluate=True)
     tags = _tags(tmp_path)
     # transformers v5 reports to nothing by default: the callback writes the Trainer's logs itself
-    assert {"train/loss", "train/grad_norm", "train/learning_rate"} <= tags, sorted(tags)
+    assert {"train/loss", "train/grad_norm", "train/learning_rate", "eval/loss"} <= tags, sorted(tags)
     assert {"weight_hist/net.0.weight", "grad_hist/net.0.weight", "update_ratio/net.0.weight"} <= tags
     assert not {"train/train_loss", "train/epoch", "train/train_runtime"} & tags
     # the Trainer's own checkpoint, with the optimizer state: nothing added
@@ -59,6 +65,7 @@ def test_default_trainer_run_is_fully_diagnosed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-40"]
     report = diagnose_fully(tmp_path)
     assert report["inputs"]["runs"][0]["checkpoints"] == 1
+    assert {"L105", "L104"} <= {e["code"] for e in report["evaluated"]}  # eval_loss read as the validation loss
 
 
 def test_with_tensorboard_reporting_no_tag_is_written_twice(tmp_path):
