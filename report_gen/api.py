@@ -12,7 +12,7 @@
 The options are the CLI's (`report-gen diagnose --help`), spelled as keywords: `config` (a TOML file; by
 default `[tool.report_gen]` of the nearest pyproject.toml, as on the command line), `select`, `ignore`,
 `baseline`, `trust_pickles`, `model` + `model_kwargs` + (`probe` | `probe_shape`), `probe_max_checkpoints`,
-`fail_on`, `fail_on_persisting`. A Report wraps the very dict the CLI renders (report.json schema, DESIGN §4).
+`fail_on`, `fail_on_persisting`, `fail_on_unknown`. A Report wraps the very dict the CLI renders (report.json schema, DESIGN §4).
 Nothing heavy is imported before `diagnose` runs.
 """
 from __future__ import annotations
@@ -86,8 +86,8 @@ def _fail_level(value: str) -> str:
 
 
 def diagnose(path_or_paths: PathLike | Iterable[PathLike], *, fail_on: str | None = None,
-             fail_on_persisting: bool = False, progress: Callable[[str, int, int], None] | None = None,
-             **options: Any) -> "Report":
+             fail_on_persisting: bool = False, fail_on_unknown: bool | None = None,
+             progress: Callable[[str, int, int], None] | None = None, **options: Any) -> "Report":
     """Diagnose run folders, event files or checkpoints, like `report-gen diagnose`; returns a Report.
 
     Raises report_gen.core.InputError for unusable input (the CLI's exit code 2); damaged files are
@@ -101,21 +101,24 @@ def diagnose(path_or_paths: PathLike | Iterable[PathLike], *, fail_on: str | Non
         raise InputError("diagnose needs at least one path")
     opts = build_options(**options)
     report = run_engine(paths, opts, progress) if progress is not None else run_engine(paths, opts)
-    return Report(report, fail_on=_fail_level(fail_on or opts.config.fail_on), fail_on_persisting=fail_on_persisting)
+    return Report(report, fail_on=_fail_level(fail_on or opts.config.fail_on), fail_on_persisting=fail_on_persisting,
+                  fail_on_unknown=opts.config.fail_on_unknown if fail_on_unknown is None else fail_on_unknown)
 
 
 class Report:
     """A diagnosis: the report dict the CLI renders (report.json, DESIGN §4), with ways to show it."""
 
-    def __init__(self, data: dict, *, fail_on: str = "error", fail_on_persisting: bool = False) -> None:
+    def __init__(self, data: dict, *, fail_on: str = "error", fail_on_persisting: bool = False,
+                 fail_on_unknown: bool = False) -> None:
         self.data = data
         self.fail_on = _fail_level(fail_on)
         self.fail_on_persisting = fail_on_persisting
+        self.fail_on_unknown = fail_on_unknown
 
     @classmethod
     def load(cls, path: PathLike, **kwargs: Any) -> "Report":
         """A Report from a report.json written earlier (like `report-gen render`)."""
-        from report_gen.render.jsonout import load_report
+        from report_gen.reportfile import load_report
 
         return cls(load_report(path), **kwargs)
 
@@ -135,12 +138,15 @@ class Report:
     def not_evaluated(self) -> list[dict]:
         return self.data.get("not_evaluated", [])
 
-    def exit_code(self, fail_on: str | None = None, fail_on_persisting: bool | None = None) -> int:
-        """The CLI's exit code for this report: 1 when a finding counts at or above `fail_on`, else 0."""
+    def exit_code(self, fail_on: str | None = None, fail_on_persisting: bool | None = None,
+                  fail_on_unknown: bool | None = None) -> int:
+        """The CLI's exit code for this report: 1 when a finding counts at or above `fail_on` (or, with
+        fail_on_unknown, when nothing about the training could be judged), else 0."""
         from report_gen.engine import exit_code
 
         return exit_code(self.data, _fail_level(fail_on or self.fail_on),
-                         self.fail_on_persisting if fail_on_persisting is None else fail_on_persisting)
+                         self.fail_on_persisting if fail_on_persisting is None else fail_on_persisting,
+                         self.fail_on_unknown if fail_on_unknown is None else fail_on_unknown)
 
     def to_json(self) -> str:
         from report_gen.render.jsonout import dumps

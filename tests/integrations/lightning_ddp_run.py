@@ -1,9 +1,9 @@
-"""Run by test_integration_lightning under torchrun (2 CPU processes, gloo): python lightning_ddp_run.py ROOT."""
+"""Run by test_lightning under torchrun (2 CPU processes, gloo): python lightning_ddp_run.py ROOT."""
 import sys
 
 import lightning.pytorch as L
 
-from test_integration_lightning import ReportGenCallback, _fit
+from test_lightning import ReportGenCallback, _fit
 
 if __name__ == "__main__":
     root = sys.argv[1]

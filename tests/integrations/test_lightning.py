@@ -133,7 +133,8 @@ def test_ddp_only_rank_zero_writes(tmp_path):
     # two CPU processes (gloo): both run the hooks (statistics are all-reduced), rank 0 alone writes
     # (torchrun, as people launch DDP; ddp_spawn's shared-memory hand-over of the model is not allowed here)
     script = Path(__file__).with_name("lightning_ddp_run.py")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.parent), os.environ.get("PYTHONPATH", "")])}
+    helpers = [str(script.parent), str(script.parent.parent)]  # this test module, integration_kit
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*helpers, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
                            str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
