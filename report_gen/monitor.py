@@ -229,10 +229,6 @@ class TrainingMonitor:
             self._log_activations(net, plan, inputs)
         self._arm(step + 1)
 
-    def log_scalar(self, tag: str, value: float, step: int) -> None:
-        """Write one scalar through the monitor's writer (rank 0 only; other ranks do nothing)."""
-        self._scalar(tag, float(value), step)
-
     def close(self) -> None:
         """Remove the hooks, flush, and close the writer if the monitor created it (idempotent)."""
         for handle in self._handles:

@@ -7,10 +7,10 @@
 
 What it writes, with report_gen.monitor.TrainingMonitor (same tags and intervals, DESIGN §6): weight and
 gradient histograms, update ratios and activation statistics of the activation layers. The Trainer's
-own logs (`loss`, `grad_norm`, `learning_rate`, `eval_loss`, `eval_*accuracy*`, every `logging_steps`)
-are written as `train/loss`, `train/grad_norm`, `train/learning_rate`, `eval/...`, the names HF's
-TensorBoardCallback uses, unless that callback is on (`report_to` includes "tensorboard"): it writes
-them itself, and the same tag from two writers would make one a restart of the other.
+own logs (`loss`, `grad_norm`, `learning_rate`, `eval_*`, every `logging_steps`) are not written again:
+report_gen reads them from the `trainer_state.json` the Trainer leaves in every `checkpoint-N/` (and
+from its TensorBoard folder with `report_to="tensorboard"`); a second copy would only be reported as a
+duplicate series.
 
 Where: a new event file in `args.output_dir`, the folder that also holds the Trainer's `checkpoint-N/`
 folders, so the events and the checkpoints are one run for report_gen (with `report_to="tensorboard"`
@@ -22,7 +22,8 @@ before clipping); update ratios, weights and activations in `on_optimizer_step`.
 
 Checkpoints: the Trainer's `checkpoint-N/` folders already hold the optimizer state (`optimizer.pt`),
 so nothing is added. With `save_strategy="no"` the callback asks the Trainer for one checkpoint at the
-end of training (its usual `checkpoint-N/`, optimizer included); `save_checkpoints=False` turns that off.
+end of training (its usual `checkpoint-N/`, optimizer state and trainer_state.json included);
+`save_checkpoints=False` turns that off.
 
 Distributed: every process runs the hooks (statistics are all-reduced by the monitor); only the world
 process zero writes. transformers is imported when `ReportGenCallback` is first looked up.
@@ -33,24 +34,6 @@ import os
 from typing import Any
 
 from report_gen.integrations._shared import lazy_class, monitor_options
-
-_TRAIN_KEYS = ("loss", "grad_norm", "learning_rate")
-
-
-def log_tag(key: str) -> str | None:
-    """The TensorBoard tag for a key of the Trainer's logs that report_gen reads, else None.
-
-    Same names as transformers' TensorBoardCallback (`eval_loss` -> `eval/loss`, `loss` -> `train/loss`);
-    run summaries (`train_loss`, `train_runtime`), throughput and `epoch` are not read by any rule.
-    """
-    if key in _TRAIN_KEYS:
-        return f"train/{key}"
-    for prefix in ("eval_", "test_"):
-        if key.startswith(prefix):
-            metric = key[len(prefix):]
-            if metric.endswith("loss") or "acc" in metric:
-                return f"{prefix[:-1]}/{metric}"
-    return None
 
 
 def _build() -> type:
@@ -65,7 +48,7 @@ def _build() -> type:
                           f"{transformers.__version__}): pip install -U transformers")
 
     class ReportGenCallback(TrainerCallback):
-        """Logs weights, gradients, update ratios and activations (plus the Trainer's logs) for report_gen.
+        """Logs weights, gradients, update ratios and activations for report_gen.
 
         log_dir: where to write the event file (default: the Trainer's `output_dir`).
         save_checkpoints: with `save_strategy="no"`, have the Trainer save one checkpoint at the end.
@@ -79,7 +62,6 @@ def _build() -> type:
             self.save_checkpoints = save_checkpoints
             self._options = monitor_options(monitor_opts)
             self.monitor = None
-            self._forward_logs = False
 
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             from report_gen.monitor import TrainingMonitor
@@ -89,7 +71,6 @@ def _build() -> type:
                                            **self._options)
             if model is not None:
                 self.monitor.watch(model, first_step=state.global_step)
-            self._forward_logs = "tensorboard" not in (args.report_to or [])
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None,
                                   **kwargs: Any) -> None:
@@ -99,14 +80,6 @@ def _build() -> type:
         def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             if self.monitor is not None and model is not None:
                 self.monitor.log_after_step(model, state.global_step)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            if self.monitor is None or not self._forward_logs:
-                return
-            for key, value in (logs or {}).items():
-                tag = log_tag(key)
-                if tag is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.monitor.log_scalar(tag, value, state.global_step)  # NaN/Inf kept: L101 reads them
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.save_checkpoints and args.save_strategy == "no" and state.global_step >= state.max_steps:
