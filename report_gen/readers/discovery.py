@@ -197,8 +197,8 @@ def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
         by_root[root].event_files.extend((str(f), sub) for f in files)
     orphan: dict[Path, list[Path]] = {}
     for c in ckpts:
-        owner = next((by_root[r] for r in sorted(by_root, key=lambda r: -len(r.parts))
-                      if r == c or r in c.parents), None)
+        # the deepest run folder holding it: walk up from the file (linear in runs, not quadratic)
+        owner = next((by_root[r] for r in (c, *c.parents) if r in by_root), None)
         if owner is None:
             orphan.setdefault(c.parent if c.is_file() else c.parent, []).append(c)
         else:
