@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--trust-pickles", action="store_true",
                    help="allow unpickling code from checkpoints (only for files you trust)")
     d.add_argument("--github-summary", action="store_true", help="append the Markdown to $GITHUB_STEP_SUMMARY")
+    _storage_arguments(d)
     _verbosity(d)
 
     r = sub.add_parser("rules", help="list the rules, or `rules explain CODE`")
@@ -76,6 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="diagnose the bundled sample runs into ./reports/demo")
     dm.add_argument("-o", "--out", default="reports/demo")
     _verbosity(dm)
+
+    sw = sub.add_parser("sweep", help="diagnose many runs in parallel: an index page and one report per run")
+    sw.add_argument("paths", nargs="+", metavar="PATH_OR_URL", help="sweep folders or URLs (s3://, gs://, ...)")
+    sw.add_argument("-o", "--out", required=True, help="output folder: index.html, index.md, sweep.json, runs/")
+    sw.add_argument("--jobs", type=int, help="local: worker processes (default: the cores this process may use); "
+                                             "dask: runs in flight (default: the cluster's threads)")
+    sw.add_argument("--engine", choices=("local", "dask"), default="local")
+    sw.add_argument("--scheduler", help="dask.distributed scheduler address, e.g. tcp://10.0.0.5:8786 "
+                                        "(default: $DASK_SCHEDULER_ADDRESS)")
+    sw.add_argument("--format", type=_formats, default=["html", "json"], help="per-run reports (default: html,json)")
+    sw.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
+    sw.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
+    sw.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+    sw.add_argument("--fail-on", choices=("error", "warning", "never"),
+                    help="exit 1 when any run has a finding at or above this level, or could not be diagnosed "
+                         "(default: error)")
+    sw.add_argument("--trust-pickles", action="store_true",
+                    help="allow unpickling code from checkpoints (only for files you trust)")
+    _storage_arguments(sw)
+    _verbosity(sw)
     return p
 
 
@@ -84,6 +105,13 @@ def _shown(value) -> str:
     from report_gen.render.terminal import terminal_text
 
     return terminal_text(value, 4000)
+def _storage_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-options", metavar="JSON",
+                   help="fsspec filesystem options for URLs, e.g. '{\"anon\": true}' or "
+                        "'{\"endpoint_url\": \"http://minio:9000\"}' (fsspec's own config files and "
+                        "FSSPEC_<PROTOCOL>_<OPTION> variables apply too)")
+    p.add_argument("--cache-dir", help="local cache for objects read from URLs (default: $REPORT_GEN_CACHE_DIR "
+                                       "or the user cache folder)")
 
 
 def _verbosity(p: argparse.ArgumentParser) -> None:
@@ -105,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
                         handlers=[handler])
     try:
-        return {"diagnose": cmd_diagnose, "rules": cmd_rules, "render": cmd_render, "demo": cmd_demo}[args.command](args)
+        return {"diagnose": cmd_diagnose, "rules": cmd_rules, "render": cmd_render, "demo": cmd_demo,
+                "sweep": cmd_sweep}[args.command](args)
     except InputError as e:
         print(f"report-gen: error: {terminal_text(e)}", file=sys.stderr)
         return 2
@@ -198,7 +227,8 @@ def cmd_diagnose(args) -> int:
     opts = build_options(config=cfg, select=args.select, ignore=args.ignore, baseline=args.baseline,
                          trust_pickles=args.trust_pickles, model=args.model, model_kwargs=args.model_kwargs,
                          probe=args.probe, probe_shape=args.probe_shape,
-                         probe_max_checkpoints=args.probe_max_checkpoints)
+                         probe_max_checkpoints=args.probe_max_checkpoints,
+                         storage_options=args.storage_options, cache_dir=args.cache_dir)
     report, written = run_diagnose(args.paths, args.out, args.format, opts, quiet=args.quiet,
                                    github_summary=args.github_summary)
     from report_gen.render.terminal import print_summary
@@ -267,3 +297,48 @@ def cmd_demo(args) -> int:
     print_summary(report, quiet=args.quiet)
     print(_shown(Path(written.get("html", args.out)).resolve()))
     return 0
+
+
+def _storage_settings(args):
+    from report_gen.storage import StorageSettings, parse_storage_options
+
+    return StorageSettings(options=parse_storage_options(args.storage_options), cache_dir=args.cache_dir)
+
+
+def cmd_sweep(args) -> int:
+    from report_gen import sweep
+    from report_gen.config import load_config
+    from report_gen.engine import Options, effective_config
+    from report_gen.render.sweep import SweepProgress, print_sweep_summary
+
+    cfg = load_config(args.config)
+    storage = _storage_settings(args)
+    opts = Options(config=cfg, trust_pickles=args.trust_pickles, select=args.select, ignore=args.ignore,
+                   storage=storage)
+    effective_config(opts)  # a selection that enables no rule stops here, before any worker starts
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError("--jobs must be at least 1")
+    if args.engine == "dask":
+        scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        if not scheduler:
+            raise InputError("--engine dask needs --scheduler tcp://HOST:PORT (or DASK_SCHEDULER_ADDRESS)")
+        engine = sweep.DaskEngine(scheduler, window=args.jobs)
+    elif args.scheduler:
+        raise InputError("--scheduler is for --engine dask")
+    else:
+        engine = sweep.LocalPool(args.jobs)
+    try:
+        items = sweep.discover_sweep(args.paths, storage)
+        progress = SweepProgress(len(items), quiet=args.quiet)
+        try:
+            index = sweep.run_sweep(items, args.out, sweep.TaskSettings(opts, tuple(args.format)), engine,
+                                    inputs=args.paths, progress=progress)
+        finally:
+            progress.close()
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
+    print_sweep_summary(index, quiet=args.quiet)
+    if not args.quiet:
+        print(f"index: {Path(args.out) / 'index.html'}")
+    return sweep.sweep_exit_code(index, args.fail_on or cfg.fail_on)
