@@ -41,9 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--out", default="reports/latest", help="output folder (default: reports/latest)")
     d.add_argument("--format", type=_formats, default=list(FORMATS), help="html,md,json (default: all)")
     d.add_argument("--baseline", help="baseline run folder or report.json to compare against")
-    d.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
-    d.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
-    d.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+    _rule_selection(d)
     d.add_argument("--fail-on", choices=("error", "warning", "never"),
                    help="exit 1 on a finding at or above this level (default: error); with --baseline only "
                         "new findings count")
@@ -87,9 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--scheduler", help="dask.distributed scheduler address, e.g. tcp://10.0.0.5:8786 "
                                         "(default: $DASK_SCHEDULER_ADDRESS)")
     sw.add_argument("--format", type=_formats, default=["html", "json"], help="per-run reports (default: html,json)")
-    sw.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
-    sw.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
-    sw.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+    _rule_selection(sw)
     sw.add_argument("--fail-on", choices=("error", "warning", "never"),
                     help="exit 1 when any run has a finding at or above this level, or could not be diagnosed "
                          "(default: error)")
@@ -105,6 +101,14 @@ def _shown(value) -> str:
     from report_gen.render.terminal import terminal_text
 
     return terminal_text(value, 4000)
+
+
+def _rule_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
+    p.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
+    p.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+
+
 def _storage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", metavar="JSON",
                    help="fsspec filesystem options for URLs, e.g. '{\"anon\": true}' or "

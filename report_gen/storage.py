@@ -506,6 +506,14 @@ def stage_inputs(paths: Sequence[str], settings: StorageSettings | None = None,
     settings = settings or StorageSettings()
     cache = Cache(settings.cache_dir)
     view = cache.new_view()
+    try:
+        return _stage_all(paths, settings, cache, view, progress)
+    except BaseException:
+        shutil.rmtree(view, ignore_errors=True)
+        raise
+
+
+def _stage_all(paths: Sequence[str], settings: StorageSettings, cache: Cache, view: Path, progress) -> Staged:
     out_paths: list[str] = []
     roots: list[_Root] = []
     failures: list[tuple[str, Problem]] = []

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import logging
 import math
 import multiprocessing
@@ -45,12 +44,16 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from report_gen import __version__
 from report_gen.core import InputError, severity_rank
-from report_gen.storage import (MODEL_FOLDER_MARKERS, Listing, ObjectInfo, StorageSettings, UnsafeName, confined, display_url,
-                                filesystem, is_url, join_url, list_url, local_relpath, read_head, select, view_folder)
+from report_gen.storage import (MODEL_FOLDER_MARKERS, Listing, ObjectInfo, StorageSettings, UnsafeName, confined,
+                                display_url, filesystem, is_url, join_url, list_url, local_relpath, read_head, select,
+                                view_folder)
+
+if TYPE_CHECKING:
+    from report_gen.engine import Options
 
 log = logging.getLogger("report_gen")
 
@@ -96,7 +99,7 @@ class RunItem:
 class TaskSettings:
     """What every task needs; picklable (sent to each worker)."""
 
-    options: Any  # engine.Options (without probe)
+    options: "Options"  # no probe: a sweep diagnoses what the runs logged
     formats: tuple[str, ...] = ("html", "json")
 
 
@@ -173,8 +176,9 @@ def _remote_items(listing: Listing, runs: dict[str, str]) -> dict[str, RunItem]:
 
 
 def _skeleton(listing: Listing, root: Path, file_name: str | None, storage: StorageSettings) -> None:
-    """Empty sparse stand-ins (true size; true first bytes where the name cannot decide) for the objects
-    discovery looks at, so that the readers' own discovery groups them into runs."""
+    """Stand-ins for the objects discovery looks at, so that the readers' own discovery groups them into
+    runs: empty files (discovery goes by name), except where the name cannot decide: those get their
+    true first bytes in a sparse file of their true size, as sniff_torch_file expects."""
     fs, _ = filesystem(listing.url, storage.options)
     wanted, sniff, folders = select(listing.objects)
     markers = [o for objs in folders.values() for o in objs if o.rel.rpartition("/")[2] in MODEL_FOLDER_MARKERS]
@@ -191,9 +195,7 @@ def _skeleton(listing: Listing, root: Path, file_name: str | None, storage: Stor
                 continue
             except Exception:  # noqa: BLE001 - an unreadable head: the task reports it
                 pass
-        with open(dest, "wb") as f:
-            if o.size:
-                f.truncate(o.size)
+        dest.touch()
 
 
 # ----------------------------------------------------------------------------------------- task
@@ -213,6 +215,15 @@ def limit_threads() -> None:
 
 
 def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB: /proc's VmHWM on Linux (getrusage's maxrss there
+    keeps the high-water mark of the process that exec'd us), getrusage elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
     try:
         import resource
 
@@ -720,26 +731,33 @@ def fisher_greater(a: int, flagged: int, condition: int, total: int) -> float:
     return min(1.0, math.exp(m) * sum(math.exp(v - m) for v in logs))
 
 
+def _spread(values: list[Any], n: int) -> list[Any]:
+    """At most n of the sorted values, evenly spread (all of them when there are few)."""
+    if len(values) <= n:
+        return list(values)
+    return sorted({values[round(i * (len(values) - 1) / (n - 1))] for i in range(n)})
+
+
 def _conditions(values: list[Any], flags: list[bool]) -> list[tuple[str, Any, Callable[[Any], bool]]]:
-    """Conditions to try on one hparam: thresholds (>=, <=) for numbers, equality otherwise."""
+    """Conditions to try on one hparam: thresholds (>= t, <= t) for numbers, equality otherwise. The
+    bounds the flagged runs reach are always tried: they are the only thresholds that can be exact."""
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
     if numeric:
         distinct = sorted(set(values))
         if len(distinct) < 2:
             return []
-        flagged_vals = sorted({v for v, f in zip(values, flags) if f})
-        picks = set(distinct[1:]) if len(distinct) <= MAX_CONDITIONS_PER_HPARAM else \
-            {distinct[round(i * (len(distinct) - 1) / MAX_CONDITIONS_PER_HPARAM)] for i in range(1, MAX_CONDITIONS_PER_HPARAM)}
-        ge = sorted(picks | ({flagged_vals[0]} if flagged_vals and flagged_vals[0] != distinct[0] else set()))
-        le_picks = set(distinct[:-1]) if len(distinct) <= MAX_CONDITIONS_PER_HPARAM else \
-            {distinct[round(i * (len(distinct) - 1) / MAX_CONDITIONS_PER_HPARAM)] for i in range(0, MAX_CONDITIONS_PER_HPARAM - 1)}
-        le = sorted(le_picks | ({flagged_vals[-1]} if flagged_vals and flagged_vals[-1] != distinct[-1] else set()))
-        return ([(">=", t, (lambda v, t=t: v >= t)) for t in ge] + [("<=", t, (lambda v, t=t: v <= t)) for t in le])
-    distinct = sorted({_hashable(v) for v in values}, key=lambda v: (str(type(v)), str(v)))
-    if len(distinct) < 2:
+        flagged = [v for v, f in zip(values, flags) if f]
+        ge = set(_spread(distinct[1:], MAX_CONDITIONS_PER_HPARAM)) | ({min(flagged)} - {distinct[0]})
+        le = set(_spread(distinct[:-1], MAX_CONDITIONS_PER_HPARAM)) | ({max(flagged)} - {distinct[-1]})
+        return ([(">=", t, (lambda v, t=t: v >= t)) for t in sorted(ge)]
+                + [("<=", t, (lambda v, t=t: v <= t)) for t in sorted(le)])
+    counts: dict[Any, int] = {}
+    for v, f in zip(values, flags):
+        counts[_hashable(v)] = counts.get(_hashable(v), 0) + int(f)
+    if len(counts) < 2:
         return []
-    by_flagged = sorted(distinct, key=lambda d: -sum(1 for v, f in zip(values, flags) if f and _hashable(v) == d))
-    return [("==", d, (lambda v, d=d: _hashable(v) == d)) for d in by_flagged[:MAX_CONDITIONS_PER_HPARAM]]
+    common = sorted(counts, key=lambda d: (-counts[d], str(d)))[:MAX_CONDITIONS_PER_HPARAM]
+    return [("==", d, (lambda v, d=d: _hashable(v) == d)) for d in common]
 
 
 def associate(hparams: list[dict[str, Any]], flags: list[bool], varying: Sequence[str]) -> dict[str, Any] | None:

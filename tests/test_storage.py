@@ -215,3 +215,16 @@ def test_a_url_with_nothing_readable_stops_diagnose(tmp_path):
     (tmp_path / "src" / "notes.txt").write_text("no run here")
     with pytest.raises(InputError, match="nothing could be staged"):
         diagnose([f"file://{tmp_path / 'src'}"], Options(storage=StorageSettings(cache_dir=str(tmp_path / "c"))))
+    assert not any((tmp_path / "c" / "views").iterdir())  # no staging folder left behind
+
+
+def test_fsspec_configuration_applies_without_storage_options(s3, tmp_path, monkeypatch):
+    import fsspec.config
+
+    sweep_kit.write_run(tmp_path / "src" / "run", 8)
+    s3.upload(tmp_path / "src", "runs/conf")
+    # what ~/.config/fsspec/s3.json or FSSPEC_S3_ENDPOINT_URL=... would hold
+    monkeypatch.setitem(fsspec.config.conf, "s3", dict(s3.options))
+    report = diagnose(["s3://runs/conf/run"], Options(storage=StorageSettings(cache_dir=str(tmp_path / "c"))))
+    assert report["inputs"]["runs"][0]["path"] == "s3://runs/conf/run"
+    assert report["summary"]["verdict"] == "pass"
