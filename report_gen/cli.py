@@ -312,14 +312,15 @@ def _storage_settings(args):
 def cmd_sweep(args) -> int:
     from report_gen import sweep
     from report_gen.config import load_config
-    from report_gen.engine import Options, effective_config
+    from report_gen.engine import Options
     from report_gen.render.sweep import SweepProgress, print_sweep_summary
+    from report_gen.selection import resolve_rules
 
     cfg = load_config(args.config)
     storage = _storage_settings(args)
     opts = Options(config=cfg, trust_pickles=args.trust_pickles, select=args.select, ignore=args.ignore,
                    storage=storage)
-    effective_config(opts)  # a selection that enables no rule stops here, before any worker starts
+    resolve_rules(cfg, args.select, args.ignore)  # a bad selection stops here, before any worker starts
     if args.jobs is not None and args.jobs < 1:
         raise InputError("--jobs must be at least 1")
     if args.engine == "dask":

@@ -13,11 +13,12 @@ Policy
   `--storage-options JSON` is passed to the filesystem of every URL (like pandas' and dask's
   `storage_options`); per-protocol defaults come from fsspec's own configuration
   (`~/.config/fsspec/*.json`, `FSSPEC_S3_ENDPOINT_URL=...`), which fsspec applies itself.
-* **Which objects**: the ones discovery would use, decided by the readers' own name tests
-  (`is_event_file_name`, `is_checkpoint_path`); the two suffixes a name cannot decide (`.bin`,
-  `.tar`) are decided by `sniff_torch_file` on their first 64 KiB (one range read, written into a
-  sparse file of the object's size so the size checks hold). Companions: the shards a staged
-  `*.index.json` names, and a model folder's `config.json` (discovery's model-folder marker).
+* **Which objects**: the ones discovery would use, decided by discovery's own tests
+  (`registry.is_log_file`, `paths.is_checkpoint_path`) on the name alone; a name those tests can only
+  decide from the bytes (a log reader that sniffs, a `.bin`/`.tar` checkpoint) is decided by the same
+  tests on a stand-in with the same name and the object's first 64 KiB (one range read, in a sparse
+  file of the object's size so size checks hold). Companions: the shards a staged `*.index.json`
+  names, and a model folder's marker files (`config.json`, as discovery's model-folder test reads them).
 * **Cache**: `<cache>/objects/<2 hex>/<sha256>`, keyed by URL, ETag/generation, size and mtime, so
   a changed object is fetched again and an unchanged one never is. Downloads go to a unique
   temporary file that is renamed into place: concurrent processes (a local pool, several CI jobs
@@ -61,17 +62,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from report_gen.core import InputError, Problem
+from report_gen.core import InputError, Problem, ProblemKind
 from report_gen.readers.discovery import _MODEL_FOLDER_MARKERS as MODEL_FOLDER_MARKERS
-from report_gen.readers.events import is_event_file_name
 from report_gen.readers.paths import _SNIFFED_SUFFIXES as SNIFFED_SUFFIXES
-from report_gen.readers.paths import is_checkpoint_path, sniff_torch_file
+from report_gen.readers.paths import is_checkpoint_path
+from report_gen.readers.registry import LOG_READERS, is_log_file
 
 log = logging.getLogger("report_gen")
 
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _PASSWORD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):[^/@]*@")
-HEAD_BYTES = 64 * 1024  # enough for sniff_torch_file, and for the first tar headers of a legacy torch tar
+HEAD_BYTES = 64 * 1024  # enough for every sniff (a few KiB), and for the first tar headers of a legacy torch tar
 INDEX_MAX_BYTES = 16 * 1024 * 1024  # a *.index.json larger than this is not parsed for shard names
 MAX_NAME_BYTES = 255  # one path component, on every common file system
 MAX_PATH_CHARS = 3000  # a staged path longer than this is refused (PATH_MAX is 4096 on Linux)
@@ -258,13 +259,23 @@ def list_url(url: str, settings: StorageSettings) -> Listing:
 
 
 def _name_wanted(name: str) -> bool:
-    """The readers' own name tests on a name alone (the path below cannot exist, so nothing is opened)."""
-    return is_event_file_name(name) or is_checkpoint_path(os.path.join(_ABSENT, name))
+    """Discovery's own tests (`is_log_file`, `is_checkpoint_path`) on a name alone: the path they are
+    given cannot exist, so nothing is opened and a test that needs the bytes says no."""
+    absent = os.path.join(_ABSENT, name)
+    return is_log_file(absent) or is_checkpoint_path(absent)
 
 
 def needs_sniff(name: str) -> bool:
-    """A name that could be a checkpoint only if its first bytes say so (`.bin`, `.tar`)."""
-    return not _name_wanted(name) and name.lower().endswith(SNIFFED_SUFFIXES)
+    """A name that is a log or a checkpoint only if its first bytes say so: a log reader's name test
+    passes but the reader sniffs (`metrics.csv`), or a checkpoint suffix too generic to trust (`.bin`)."""
+    if _name_wanted(name):
+        return False
+    return name.lower().endswith(SNIFFED_SUFFIXES) or any(r.sniff and r.name_matches(name) for r in LOG_READERS)
+
+
+def wanted_after_sniff(probe: str) -> bool:
+    """The same tests on a local stand-in (same name, true first bytes, true size)."""
+    return is_log_file(probe) or is_checkpoint_path(probe)
 
 
 def select(objects: Iterable[ObjectInfo]) -> tuple[list[ObjectInfo], list[ObjectInfo], dict[str, list[ObjectInfo]]]:
@@ -548,10 +559,9 @@ def _stage_listing(listing: Listing, local_root: Path, file_name: str | None, ca
     def remote_of(o: ObjectInfo) -> str:
         return listing.root if listing.is_file else listing.root + "/" + o.rel
 
-    def fail(o: ObjectInfo, local: Path | None, kind: str, message: str, severity: str = "error") -> None:
+    def fail(o: ObjectInfo, local: Path | None, kind: ProblemKind, message: str) -> None:
         where = str(local) if local is not None else str(local_root)
-        problems.append((where, Problem(file=display_url(url_of(o)), kind=kind, severity=severity,
-                                        message=message)))
+        problems.append((where, Problem(file=display_url(url_of(o)), kind=kind, message=message)))
 
     def cached(o: ObjectInfo) -> Path:
         """The object in the cache, downloaded if it is not there yet (raises on failure)."""
@@ -564,11 +574,13 @@ def _stage_listing(listing: Listing, local_root: Path, file_name: str | None, ca
         return path
 
     def sniffed(o: ObjectInfo) -> bool:
-        probe = cache.temporary()
+        folder = cache.temporary()  # the stand-in keeps the object's name: the name tests see it
+        folder.mkdir()
         try:
-            return sniff_torch_file(str(read_head(fs, remote_of(o), o.size, probe, settings)))
+            probe = folder / _fit_component(o.rel.rpartition("/")[2] or "object")
+            return wanted_after_sniff(str(read_head(fs, remote_of(o), o.size, probe, settings)))
         finally:
-            probe.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
 
     def materialize(objs: list[ObjectInfo], taken: set[Path]) -> list[tuple[ObjectInfo, Path]]:
         """Fetch (in parallel) and link into the view; what fails becomes a Problem."""
@@ -577,10 +589,10 @@ def _stage_listing(listing: Listing, local_root: Path, file_name: str | None, ca
             try:
                 local = confined(local_root, file_name or local_relpath(o.rel))
             except UnsafeName as e:
-                fail(o, None, "unsafe-name", f"not staged: the key has {e}", "warning")
+                fail(o, None, ProblemKind.UNSAFE_NAME, f"not staged: the key has {e}")
                 continue
             if local in taken:
-                fail(o, local, "unsafe-name", "not staged: another key maps to the same local name", "warning")
+                fail(o, local, ProblemKind.UNSAFE_NAME, "not staged: another key maps to the same local name")
                 continue
             taken.add(local)
             placed.append((o, local))
@@ -593,14 +605,14 @@ def _stage_listing(listing: Listing, local_root: Path, file_name: str | None, ca
                     raise outcome
                 _link(outcome, local)
             except FileNotFoundError:
-                fail(o, local, "missing-object", "the object was listed but is gone (deleted or replaced "
-                                                 "while the diagnosis ran)")
+                fail(o, local, ProblemKind.MISSING_OBJECT, "the object was listed but is gone (deleted or "
+                                                           "replaced while the diagnosis ran)")
             except PermissionError as e:
-                fail(o, local, "permission-denied", f"access denied ({e})")
+                fail(o, local, ProblemKind.PERMISSION_DENIED, f"access denied ({e})")
             except TransferError as e:
-                fail(o, local, "transfer-failed", f"could not be fetched after {e.attempts} attempts ({e})")
+                fail(o, local, ProblemKind.TRANSFER_FAILED, f"could not be fetched after {e.attempts} attempts ({e})")
             except OSError as e:  # the local side: a name the file system refuses, a full disk
-                kind = "unsafe-name" if e.errno in (errno.ENAMETOOLONG, errno.EINVAL) else "transfer-failed"
+                kind = ProblemKind.UNSAFE_NAME if e.errno in (errno.ENAMETOOLONG, errno.EINVAL) else ProblemKind.TRANSFER_FAILED
                 fail(o, local, kind, f"could not be written to the cache ({e.strerror or e})")
             else:
                 done.append((o, local))
@@ -611,7 +623,7 @@ def _stage_listing(listing: Listing, local_root: Path, file_name: str | None, ca
         if outcome is True:
             wanted.append(o)
         elif isinstance(outcome, BaseException):
-            fail(o, None, "transfer-failed", f"its first bytes could not be read ({outcome})")
+            fail(o, None, ProblemKind.TRANSFER_FAILED, f"its first bytes could not be read ({outcome})")
     chosen = {o.rel for o in wanted}
     markers = [m for w in wanted for m in folders.get(w.rel.rpartition("/")[0], [])
                if m.rel.rpartition("/")[2] in MODEL_FOLDER_MARKERS and m.rel not in chosen]

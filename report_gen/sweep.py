@@ -51,6 +51,7 @@ from report_gen.core import InputError, severity_rank
 from report_gen.storage import (MODEL_FOLDER_MARKERS, Listing, ObjectInfo, StorageSettings, UnsafeName, confined,
                                 display_url, filesystem, is_url, join_url, list_url, local_relpath, read_head, select,
                                 view_folder)
+from report_gen.vocab import Signal
 
 if TYPE_CHECKING:
     from report_gen.engine import Options
@@ -178,7 +179,7 @@ def _remote_items(listing: Listing, runs: dict[str, str]) -> dict[str, RunItem]:
 def _skeleton(listing: Listing, root: Path, file_name: str | None, storage: StorageSettings) -> None:
     """Stand-ins for the objects discovery looks at, so that the readers' own discovery groups them into
     runs: empty files (discovery goes by name), except where the name cannot decide: those get their
-    true first bytes in a sparse file of their true size, as sniff_torch_file expects."""
+    true first bytes in a sparse file of their true size, as the sniffs expect."""
     fs, _ = filesystem(listing.url, storage.options)
     wanted, sniff, folders = select(listing.objects)
     markers = [o for objs in folders.values() for o in objs if o.rel.rpartition("/")[2] in MODEL_FOLDER_MARKERS]
@@ -307,8 +308,8 @@ def summarize(item: RunItem, report: dict, link: str | None) -> dict[str, Any]:
             "code": main["code"], "name": main.get("name", ""), "severity": main["severity"],
             "subject": str(main.get("subject", ""))[:200], "message": str(main.get("message", ""))[:MESSAGE_CHARS]},
         findings=sorted(by_code.values(), key=lambda e: (-severity_rank(e["severity"]), e["code"])),
-        loss=_curve_summary(details, ("val_loss", "train_loss"), higher_is_better=False),
-        metric=_curve_summary(details, ("val_acc", "train_acc"), higher_is_better=True),
+        loss=_curve_summary(details, (Signal.VAL_LOSS, Signal.TRAIN_LOSS), higher_is_better=False),
+        metric=_curve_summary(details, (Signal.VAL_ACC, Signal.TRAIN_ACC), higher_is_better=True),
         steps=[min(firsts), max(lasts)] if firsts and lasts else None,
         event_files=sum(int(r.get("event_files") or 0) for r in runs),
         checkpoints=sum(int(r.get("checkpoints") or 0) for r in runs),
@@ -318,10 +319,10 @@ def summarize(item: RunItem, report: dict, link: str | None) -> dict[str, Any]:
     return row
 
 
-def _curve_summary(details: dict, keys: Sequence[str], *, higher_is_better: bool) -> dict[str, Any] | None:
+def _curve_summary(details: dict, keys: Sequence[Signal], *, higher_is_better: bool) -> dict[str, Any] | None:
     """Best and final value of the first of `keys` a run logged. The report's curves hold at most
     1,000 evenly spaced points (first and last kept): `final` is exact, `best` is over those points."""
-    for key in keys:
+    for key in (k.value for k in keys):
         for d in details.values():
             curve = (d.get("curves") or {}).get(key)
             if not curve or not curve.get("values"):
