@@ -68,6 +68,7 @@ HPARAM_VALUE_CHARS = 200
 ASSOCIATION_ALPHA = 0.05
 MAX_CONDITIONS_PER_HPARAM = 64
 SCHEDULER_TIMEOUT = "10s"  # how long to try reaching a Dask scheduler
+MAX_LOST_WORKERS = 8  # local workers found dead before taking a run, before the pool gives up
 #: imported once by the local pool's fork server, so that no worker pays for them (a name that does not
 #: import is skipped by multiprocessing)
 WORKER_PRELOAD = ("torch", "report_gen.sweep", "report_gen.engine", "report_gen.render", "report_gen.rules",
@@ -108,7 +109,8 @@ class TaskSettings:
 class TaskResult:
     row: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)  # relative path -> bytes, under OUT/runs/<out_name>/
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the task
+    cpu_seconds: float = 0.0  # CPU time of the worker process during the task
     peak_rss_mb: float | None = None
 
 
@@ -240,24 +242,25 @@ def diagnose_run(item: RunItem, settings: TaskSettings) -> TaskResult:
     from report_gen.render import render
 
     limit_threads()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     opts = settings.options
     if item.listing is not None:
         storage = opts.storage or StorageSettings()
         opts = replace(opts, storage=replace(storage, listings={item.target: item.listing}))
+    files: dict[str, bytes] = {}
     try:
         report = diagnose([item.target], opts)
         with tempfile.TemporaryDirectory(prefix="report_gen-run-") as tmp:
             render(report, tmp, settings.formats)
             files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+        row = summarize(item, report, _report_link(item, settings.formats))
     except InputError as e:
-        return TaskResult(failed_row(item, str(e)), seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+        row = failed_row(item, str(e))
     except Exception as e:  # noqa: BLE001 - one run's internal error must not lose the sweep
         log.debug("diagnosing %s failed", item.name, exc_info=True)
-        return TaskResult(failed_row(item, f"internal error: {type(e).__name__}: {e}"),
-                          seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
-    row = summarize(item, report, _report_link(item, settings.formats))
-    return TaskResult(row, files, time.perf_counter() - t0, _peak_rss_mb())
+        row = failed_row(item, f"internal error: {type(e).__name__}: {e}")
+    return TaskResult(row, files if row["status"] == "ok" else {}, time.perf_counter() - t0,
+                      time.process_time() - c0, _peak_rss_mb())
 
 
 def _report_link(item: RunItem, formats: Sequence[str]) -> str | None:
@@ -407,6 +410,7 @@ class LocalPool:
         ctx = _context()
         todo = list(reversed(items))
         workers = [_Worker(ctx) for _ in range(min(self.jobs, len(items)))]
+        lost = 0  # workers found dead before they took a run, since the last result
         try:
             while True:
                 for i, w in enumerate(workers):
@@ -417,7 +421,16 @@ class LocalPool:
                             w.item = item
                         except (OSError, ValueError):  # died while idle: the run goes to a new worker
                             todo.append(item)
-                            workers[i] = w = _replace(w, ctx)
+                            dead = w
+                            workers[i] = w = _replace(dead, ctx)
+                            exit_code = dead.process.exitcode
+                            lost += 1
+                            if lost > MAX_LOST_WORKERS:  # workers die before any work: do not loop forever
+                                reason = (f"no worker process could start ({_describe_exit(exit_code)}, "
+                                          f"{lost} times)")
+                                while todo:
+                                    gone = todo.pop()
+                                    yield gone, TaskResult(failed_row(gone, reason))
                 busy = [w for w in workers if w.item is not None]
                 if not busy:
                     return
@@ -438,6 +451,7 @@ class LocalPool:
                         workers[workers.index(w)] = _replace(w, ctx)
                     else:
                         w.item = None
+                        lost = 0
                     yield item, result
         finally:
             _stop_all(workers)
@@ -518,22 +532,33 @@ class DaskEngine:
         todo = iter(items)
         pending: dict[Any, RunItem] = {}
         queue = as_completed(loop=self.client.loop)
+        refused: list[tuple[RunItem, TaskResult]] = []
 
-        def submit() -> bool:
+        def submit() -> None:
+            """The next run to the cluster; one the client cannot submit (the scheduler is gone) fails."""
             item = next(todo, None)
             if item is None:
-                return False
-            key = f"report-gen-run-{uuid.uuid4().hex}"
-            future = self.client.submit(task, item, settings, key=key, pure=False)
+                return
+            try:
+                future = self.client.submit(task, item, settings, key=f"report-gen-run-{uuid.uuid4().hex}", pure=False)
+            except Exception as e:  # noqa: BLE001 - a closed client, a lost scheduler
+                refused.append((item, TaskResult(failed_row(item, _dask_reason(e)))))
+                return
             pending[future] = item
             queue.add(future)
-            return True
 
         for _ in range(window):
-            if not submit():
-                break
+            submit()
         try:
-            for future in queue:
+            while True:
+                while refused:
+                    yield refused.pop()
+                    submit()
+                future = next(queue, None)
+                if future is None:
+                    if not refused:
+                        return
+                    continue
                 item = pending.pop(future)
                 try:
                     result = future.result()
@@ -575,7 +600,7 @@ def run_sweep(items: Sequence[RunItem], out: str | Path, settings: TaskSettings,
     rows: list[dict[str, Any]] = []
     done = failed = 0
     worker_peak = 0.0
-    busy_s = 0.0
+    busy_s = cpu_s = 0.0
     remaining = {it.name: it for it in items}
     interrupted = False
     try:
@@ -592,6 +617,7 @@ def run_sweep(items: Sequence[RunItem], out: str | Path, settings: TaskSettings,
             failed += row.get("status") != "ok"
             worker_peak = max(worker_peak, result.peak_rss_mb or 0.0)
             busy_s += result.seconds
+            cpu_s += result.cpu_seconds
             if progress is not None:
                 progress(done, failed, len(items), item.name)
     except KeyboardInterrupt:
@@ -602,7 +628,8 @@ def run_sweep(items: Sequence[RunItem], out: str | Path, settings: TaskSettings,
     elapsed = time.perf_counter() - t0
     timing = {"engine": engine.name, "workers": engine.workers, "elapsed_s": round(elapsed, 3),
               "runs_per_s": round(len(items) / elapsed, 3) if elapsed > 0 else None,
-              "task_s_total": round(busy_s, 3), "driver_peak_rss_mb": _peak_rss_mb(),
+              "task_s_total": round(busy_s, 3), "task_cpu_s_total": round(cpu_s, 3),
+              "driver_peak_rss_mb": _peak_rss_mb(),
               "worker_peak_rss_mb": worker_peak or None}
     index = build_index(rows, inputs=inputs, settings=settings, timing=timing, interrupted=interrupted)
     write_index(index, out)
