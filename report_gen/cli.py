@@ -55,8 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy")
     g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32")
     d.add_argument("--probe-max-checkpoints", type=int, default=6, help="checkpoints probed, evenly spaced (6)")
-    d.add_argument("--trust-pickles", action="store_true",
-                   help="allow unpickling code from checkpoints (only for files you trust)")
+    _trust_pickles(d)
     d.add_argument("--github-summary", action="store_true", help="append the Markdown to $GITHUB_STEP_SUMMARY")
     _storage_arguments(d)
     _verbosity(d)
@@ -89,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--fail-on", choices=("error", "warning", "never"),
                     help="exit 1 when any run has a finding at or above this level, or could not be diagnosed "
                          "(default: error)")
-    sw.add_argument("--trust-pickles", action="store_true",
-                    help="allow unpickling code from checkpoints (only for files you trust)")
+    sw.add_argument("--fail-on-unknown", action="store_true",
+                    help="also exit 1 when a run's verdict is UNKNOWN: nothing about its training could be judged")
+    _trust_pickles(sw)
     _storage_arguments(sw)
     _verbosity(sw)
     return p
@@ -107,6 +107,11 @@ def _rule_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
     p.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
     p.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+
+
+def _trust_pickles(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-pickles", action="store_true",
+                   help="allow unpickling code from checkpoints (only for files you trust)")
 
 
 def _storage_arguments(p: argparse.ArgumentParser) -> None:
@@ -346,4 +351,4 @@ def cmd_sweep(args) -> int:
     print_sweep_summary(index, quiet=args.quiet)
     if not args.quiet:
         print(f"index: {Path(args.out) / 'index.html'}")
-    return sweep.sweep_exit_code(index, args.fail_on or cfg.fail_on)
+    return sweep.sweep_exit_code(index, args.fail_on or cfg.fail_on, args.fail_on_unknown or cfg.fail_on_unknown)

@@ -829,9 +829,12 @@ def associate(hparams: list[dict[str, Any]], flags: list[bool], varying: Sequenc
 # ------------------------------------------------------------------------------------ exit code
 
 
-def sweep_exit_code(index: dict[str, Any], fail_on: str) -> int:
+def sweep_exit_code(index: dict[str, Any], fail_on: str, fail_on_unknown: bool = False) -> int:
     """0 when no run has a finding at or above fail_on, else 1. A run that could not be diagnosed counts
-    as an error: a gate must not pass on runs it never read."""
+    as an error: a gate must not pass on runs it never read. fail_on_unknown: also 1 when a run's
+    verdict is `unknown` (as `diagnose --fail-on-unknown`)."""
+    if fail_on_unknown and any(r["status"] == "ok" and r["verdict"] == "unknown" for r in index["runs"]):
+        return 1
     if fail_on == "never":
         return 0
     levels = ("error",) if fail_on == "error" else ("error", "warning")

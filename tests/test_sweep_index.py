@@ -122,6 +122,8 @@ def test_exit_code_over_the_sweep():
     assert [sweep_exit_code(healthy, f) for f in ("error", "warning")] == [0, 0]
     assert [sweep_exit_code(warned, f) for f in ("error", "warning", "never")] == [0, 1, 0]
     assert [sweep_exit_code(failed, f) for f in ("error", "never")] == [1, 0]  # an unread run is no pass
+    unknown = build_index([row("a"), row("b", "unknown")])
+    assert [sweep_exit_code(unknown, "error"), sweep_exit_code(unknown, "never", fail_on_unknown=True)] == [0, 1]
 
 
 # ------------------------------------------------------------------------------------- HTML
