@@ -17,8 +17,10 @@ Policy
   (`registry.is_log_file`, `paths.is_checkpoint_path`) on the name alone; a name those tests can only
   decide from the bytes (a log reader that sniffs, a `.bin`/`.tar` checkpoint) is decided by the same
   tests on a stand-in with the same name and the object's first 64 KiB (one range read, in a sparse
-  file of the object's size so size checks hold). Companions: the shards a staged `*.index.json`
-  names, and a model folder's marker files (`config.json`, as discovery's model-folder test reads them).
+  file of the object's size so size checks hold). Companions: what each log reader reads beside its
+  log file (`LOG_COMPANIONS`: hparams.yaml, args.yaml, training_args.bin, MLflow's metrics/,
+  W&B's files/...), the shards a staged `*.index.json` names, and a model folder's marker files
+  (`config.json`, as discovery's model-folder test reads them).
 * **Cache**: `<cache>/objects/<2 hex>/<sha256>`, keyed by URL, ETag/generation, size and mtime, so
   a changed object is fetched again and an unchanged one never is. Downloads go to a unique
   temporary file that is renamed into place: concurrent processes (a local pool, several CI jobs
@@ -66,7 +68,7 @@ from report_gen.core import InputError, Problem, ProblemKind
 from report_gen.readers.discovery import _MODEL_FOLDER_MARKERS as MODEL_FOLDER_MARKERS
 from report_gen.readers.paths import _SNIFFED_SUFFIXES as SNIFFED_SUFFIXES
 from report_gen.readers.paths import is_checkpoint_path
-from report_gen.readers.registry import LOG_READERS, is_log_file
+from report_gen.readers.registry import LOG_READERS, LogReader, is_log_file, reader_for
 
 log = logging.getLogger("report_gen")
 
@@ -276,6 +278,64 @@ def needs_sniff(name: str) -> bool:
 def wanted_after_sniff(probe: str) -> bool:
     """The same tests on a local stand-in (same name, true first bytes, true size)."""
     return is_log_file(probe) or is_checkpoint_path(probe)
+
+
+#: What each log reader reads beside its log file (readers/registry.py, by reader name), as patterns
+#: relative to the log file's folder: a name, "../name" in the folder above, "folder/**" everything
+#: below a folder. A reader missing here fails tests/test_storage.py, so its author decides.
+LOG_COMPANIONS: dict[str, tuple[str, ...]] = {
+    "tensorboard": (),
+    "hf-trainer": ("training_args.bin", "../training_args.bin"),
+    "lightning-csv": ("hparams.yaml",),
+    "ultralytics-csv": ("args.yaml",),
+    "mlflow-files": ("metrics/**", "params/**", "tags/**"),
+    "mlflow-sqlite": (),
+    "wandb": ("files/wandb-history.jsonl", "files/config.yaml", "files/wandb-summary.json"),
+}
+
+
+def log_companions(log: ObjectInfo, reader: LogReader, by_rel: Mapping[str, ObjectInfo]) -> list[ObjectInfo]:
+    """The listed objects `reader` reads beside the log file `log` (LOG_COMPANIONS)."""
+    out = []
+    for pattern in LOG_COMPANIONS.get(reader.name, ()):
+        base: str | None = log.rel.rpartition("/")[0]
+        while pattern.startswith("../") and base is not None:
+            base, pattern = (base.rpartition("/")[0] if base else None), pattern[3:]
+        if base is None:
+            continue
+        prefix = f"{base}/" if base else ""
+        if pattern.endswith("/**"):
+            below = prefix + pattern[:-2]
+            out += [o for rel, o in by_rel.items() if rel.startswith(below)]
+        elif prefix + pattern in by_rel:
+            out.append(by_rel[prefix + pattern])
+    return out
+
+
+#: What the checkpoint reader reads in a model folder beyond its weights (readers/checkpoint/hf.py
+#: open_folder: config.json, trainer_state.json, optimizer.pt).
+MODEL_FOLDER_EXTRAS = ("optimizer.pt",)
+
+
+def model_folder_files(siblings: Iterable[ObjectInfo]) -> list[ObjectInfo]:
+    """In a folder discovery takes for one model (it holds one of its marker names), the marker files
+    and what the checkpoint reader reads there; elsewhere nothing."""
+    siblings = list(siblings)
+    names = {o.rel.rpartition("/")[2] for o in siblings}
+    if not names & set(MODEL_FOLDER_MARKERS):
+        return []
+    wanted = set(MODEL_FOLDER_MARKERS) | set(MODEL_FOLDER_EXTRAS)
+    return [o for o in siblings if o.rel.rpartition("/")[2] in wanted]
+
+
+def reader_of_name(name: str) -> LogReader | None:
+    """The log reader a name alone decides (None for a checkpoint, or when the bytes must decide)."""
+    return reader_for(os.path.join(_ABSENT, name))
+
+
+def is_multi_run_name(name: str) -> bool:
+    """A log file that may hold several runs (an MLflow SQLite store): discovery must read it whole."""
+    return any(r.members is not None and r.name_matches(name) for r in LOG_READERS)
 
 
 def select(objects: Iterable[ObjectInfo]) -> tuple[list[ObjectInfo], list[ObjectInfo], dict[str, list[ObjectInfo]]]:
@@ -573,12 +633,14 @@ def _stage_listing(listing: Listing, local_root: Path, file_name: str | None, ca
             path = cache.commit(tmp, key)
         return path
 
-    def sniffed(o: ObjectInfo) -> bool:
+    def sniffed(o: ObjectInfo) -> tuple[bool, LogReader | None]:
+        """(wanted, the log reader that recognises it) from a same-name stand-in with its first bytes."""
         folder = cache.temporary()  # the stand-in keeps the object's name: the name tests see it
         folder.mkdir()
         try:
-            probe = folder / _fit_component(o.rel.rpartition("/")[2] or "object")
-            return wanted_after_sniff(str(read_head(fs, remote_of(o), o.size, probe, settings)))
+            probe = str(read_head(fs, remote_of(o), o.size, folder / _fit_component(o.rel.rpartition("/")[2]
+                                                                                    or "object"), settings))
+            return wanted_after_sniff(probe), reader_for(probe)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -619,14 +681,20 @@ def _stage_listing(listing: Listing, local_root: Path, file_name: str | None, ca
         return done
 
     wanted, sniff, folders = select(listing.objects)
+    readers = {o.rel: r for o in wanted if (r := reader_of_name(o.rel.rpartition("/")[2])) is not None}
     for o, outcome in zip(sniff, _parallel(sniffed, sniff)):
-        if outcome is True:
-            wanted.append(o)
-        elif isinstance(outcome, BaseException):
+        if isinstance(outcome, BaseException):
             fail(o, None, ProblemKind.TRANSFER_FAILED, f"its first bytes could not be read ({outcome})")
+        elif outcome[0]:
+            wanted.append(o)
+            if outcome[1] is not None:
+                readers[o.rel] = outcome[1]
     chosen = {o.rel for o in wanted}
-    markers = [m for w in wanted for m in folders.get(w.rel.rpartition("/")[0], [])
-               if m.rel.rpartition("/")[2] in MODEL_FOLDER_MARKERS and m.rel not in chosen]
+    by_rel = {o.rel: o for o in listing.objects}
+    markers = [m for w in wanted for m in model_folder_files(folders.get(w.rel.rpartition("/")[0], []))
+               if m.rel not in chosen]
+    markers += [c for o in wanted if o.rel in readers for c in log_companions(o, readers[o.rel], by_rel)
+                if c.rel not in chosen]
     taken: set[Path] = set()
     staged = materialize(sorted({o.rel: o for o in wanted + markers}.values(), key=lambda x: x.rel), taken)
     chosen |= {o.rel for o in markers}
@@ -634,6 +702,20 @@ def _stage_listing(listing: Listing, local_root: Path, file_name: str | None, ca
               for s in _shards(local, folders.get(o.rel.rpartition("/")[0], [])) if s.rel not in chosen]
     staged += materialize(sorted({o.rel: o for o in shards}.values(), key=lambda x: x.rel), taken)
     return len(staged), problems
+
+
+def fetch_whole(listing: Listing, o: ObjectInfo, dest: Path, settings: StorageSettings) -> None:
+    """One listed object, whole, at dest (through the cache: a later staging re-uses it)."""
+    fs, _ = filesystem(listing.url, settings.options)
+    cache = Cache(settings.cache_dir)
+    url = listing.url if listing.is_file else join_url(listing.url, o.rel)
+    key = cache.key(url, o)
+    path = cache.lookup(key, o.size)
+    if path is None:
+        tmp = cache.temporary()
+        _download(fs, listing.root if listing.is_file else listing.root + "/" + o.rel, tmp, o.size, settings)
+        path = cache.commit(tmp, key)
+    _link(path, dest)
 
 
 def _parallel(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:

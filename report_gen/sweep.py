@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from report_gen import __version__
 from report_gen.core import InputError, severity_rank
 from report_gen.storage import (MODEL_FOLDER_MARKERS, Listing, ObjectInfo, StorageSettings, UnsafeName, confined,
-                                display_url, filesystem, is_url, join_url, list_url, local_relpath, read_head, select,
-                                view_folder)
+                                display_url, fetch_whole, filesystem, is_multi_run_name, is_url, join_url, list_url,
+                                local_relpath, read_head, select, view_folder)
 from report_gen.vocab import Signal
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def discover_sweep(targets: Sequence[str], storage: StorageSettings | None = Non
             _skeleton(listing, root, file_name, storage)
             local_paths.append(str(root / file_name) if file_name else str(root))
             remote[root] = listing
-        specs = discover(local_paths)
+        specs = _one_per_store(discover(local_paths))
         runs_of: dict[Path, dict[str, str]] = {root: {} for root in remote}  # listed root -> {run rel: name}
         local_items: dict[str, RunItem] = {}
         for spec in specs:
@@ -155,6 +155,19 @@ def discover_sweep(targets: Sequence[str], storage: StorageSettings | None = Non
                 runs_of[root]["" if path == root else path.relative_to(root).as_posix()] = spec.name
         remote_items = {name: item for root, runs in runs_of.items() for name, item in _remote_items(remote[root], runs).items()}
         return [local_items.get(spec.name) or remote_items[spec.name] for spec in specs]
+
+
+def _one_per_store(specs: list) -> list:
+    """The runs of one multi-run file (an MLflow SQLite store: one RunSpec per member) as ONE run of the
+    sweep, named after the store: a task diagnoses a path, and all of the store's runs are in it."""
+    out, stores = [], {}
+    for spec in specs:
+        if spec.member is None:
+            out.append(spec)
+        elif spec.path not in stores:
+            stores[spec.path] = replace(spec, name=spec.name.rpartition("/")[0] or spec.name, member=None)
+            out.append(stores[spec.path])
+    return out
 
 
 def _remote_items(listing: Listing, runs: dict[str, str]) -> dict[str, RunItem]:
@@ -170,7 +183,7 @@ def _remote_items(listing: Listing, runs: dict[str, str]) -> dict[str, RunItem]:
         except UnsafeName:
             local = o.rel  # kept with the run it lies in: staging reports it
         parts = local.split("/")
-        owner = next((rel for rel in ("/".join(parts[:k]) for k in range(len(parts) - 1, -1, -1)) if rel in mine), None)
+        owner = next((rel for rel in ("/".join(parts[:k]) for k in range(len(parts), -1, -1)) if rel in mine), None)
         if owner is not None:
             mine[owner].append(o)
     return {name: RunItem(name, listing.url, display_url(join_url(listing.url, rel)), safe_name(name),
@@ -181,10 +194,11 @@ def _remote_items(listing: Listing, runs: dict[str, str]) -> dict[str, RunItem]:
 def _skeleton(listing: Listing, root: Path, file_name: str | None, storage: StorageSettings) -> None:
     """Stand-ins for the objects discovery looks at, so that the readers' own discovery groups them into
     runs: empty files (discovery goes by name), except where the name cannot decide: those get their
-    true first bytes in a sparse file of their true size, as the sniffs expect."""
+    true first bytes in a sparse file of their true size, as the sniffs expect; a file holding several
+    runs (an MLflow SQLite store) is fetched whole, discovery reads its run list."""
     fs, _ = filesystem(listing.url, storage.options)
     wanted, sniff, folders = select(listing.objects)
-    markers = [o for objs in folders.values() for o in objs if o.rel.rpartition("/")[2] in MODEL_FOLDER_MARKERS]
+    markers = [o for objs in folders.values() for o in objs if o.rel.rpartition("/")[2] in MODEL_FOLDER_MARKERS]  # discovery reads names only
     sniffed = {o.rel for o in sniff}
     for o in dict.fromkeys(list(wanted) + list(sniff) + markers):
         try:
@@ -192,12 +206,15 @@ def _skeleton(listing: Listing, root: Path, file_name: str | None, storage: Stor
         except UnsafeName:
             continue  # the task that stages it reports it
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if o.rel in sniffed:
-            try:
+        try:
+            if is_multi_run_name(o.rel.rpartition("/")[2]):  # discovery lists its runs: it needs all of it
+                fetch_whole(listing, o, dest, storage)
+                continue
+            if o.rel in sniffed:
                 read_head(fs, listing.root if listing.is_file else listing.root + "/" + o.rel, o.size, dest, storage)
                 continue
-            except Exception:  # noqa: BLE001 - an unreadable head: the task reports it
-                pass
+        except Exception:  # noqa: BLE001 - unreadable: the task that stages it reports it
+            pass
         dest.touch()
 
 

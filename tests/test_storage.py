@@ -228,3 +228,30 @@ def test_fsspec_configuration_applies_without_storage_options(s3, tmp_path, monk
     report = diagnose(["s3://runs/conf/run"], Options(storage=StorageSettings(cache_dir=str(tmp_path / "c"))))
     assert report["inputs"]["runs"][0]["path"] == "s3://runs/conf/run"
     assert report["summary"]["verdict"] == "pass"
+
+
+REAL = Path(__file__).parent / "fixtures" / "real"
+ONE_PER_FORMAT = ["lightning/csv_resumed_healthy", "ultralytics/yolo-detect-healthy", "hf/gpt2-healthy-tensorboard",
+                  "mlflow/file_store_healthy", "mlflow/sqlite_healthy", "wandb/offline_healthy"]
+
+
+def _without_timing(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("created", "timing")}
+
+
+@pytest.mark.parametrize("case", ONE_PER_FORMAT)
+def test_a_staged_run_gives_the_report_of_the_local_run(case, tmp_path):
+    """Every log reader's companions (hparams.yaml, args.yaml, training_args.bin, MLflow's metrics/,
+    W&B's files/) are staged: through file:// the report is the local one, with the URL as path."""
+    local = str(REAL / case)
+    url = f"file://{local}"
+    here = diagnose([local], Options())
+    there = diagnose([url], Options(storage=StorageSettings(cache_dir=str(tmp_path / "cache"))))
+    assert json.dumps(_without_timing(there)) == json.dumps(_without_timing(here)).replace(local, url)
+
+
+def test_every_log_reader_says_what_it_reads_beside_its_log_file():
+    from report_gen.readers.registry import LOG_READERS
+    from report_gen.storage import LOG_COMPANIONS
+
+    assert set(LOG_COMPANIONS) == {r.name for r in LOG_READERS}
