@@ -36,7 +36,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import re
-import shutil
 import signal
 import sys
 import tempfile
@@ -608,11 +607,14 @@ def run_sweep(items: Sequence[RunItem], out: str | Path, settings: TaskSettings,
               inputs: Sequence[str] = (), progress: Progress | None = None,
               task: Callable[[RunItem, TaskSettings], TaskResult] = diagnose_run) -> dict[str, Any]:
     """Diagnose every item with `engine`, write each run's files and the index; return the index dict."""
+    from report_gen.render.output import OutputFolder
+
     out = Path(out)
-    try:
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
+    with OutputFolder(out) as folder, folder.subfolder("runs") as runs_folder:
+        return _run(items, out, runs_folder, settings, engine, inputs, progress, task)
+
+
+def _run(items, out: Path, runs_folder, settings, engine, inputs, progress, task) -> dict[str, Any]:
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     done = failed = 0
@@ -626,9 +628,9 @@ def run_sweep(items: Sequence[RunItem], out: str | Path, settings: TaskSettings,
             row = result.row
             if row.get("status") == "ok" and result.files:
                 try:
-                    _write_run_files(out / "runs", item.out_name, result.files)
-                except OSError as e:
-                    row = failed_row(item, f"its report could not be written ({e.strerror or e})")
+                    _write_run_files(runs_folder, item.out_name, result.files)
+                except (InputError, OSError, ValueError) as e:
+                    row = failed_row(item, f"its report could not be written ({e})")
             rows.append(row)
             done += 1
             failed += row.get("status") != "ok"
@@ -655,17 +657,21 @@ def run_sweep(items: Sequence[RunItem], out: str | Path, settings: TaskSettings,
     return index
 
 
-def _write_run_files(runs_dir: Path, out_name: str, files: dict[str, bytes]) -> None:
-    """The run's files into runs_dir/out_name, replacing an older report of the same run whole."""
-    tmp = runs_dir / f".tmp-{out_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    for rel, data in files.items():
-        dest = confined(tmp, local_relpath(rel))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
-    final = runs_dir / out_name
-    if final.exists():
-        shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+def _write_run_files(runs_folder, out_name: str, files: dict[str, bytes]) -> None:
+    """The run's files under runs/<out_name>/ (render.output.OutputFolder: never through a planted
+    symlink, each file whole or not at all)."""
+    with runs_folder.subfolder(out_name) as folder:
+        for rel, data in files.items():
+            *subs, name = local_relpath(rel).split(os.sep)
+            _write_nested(folder, subs, name, data)
+
+
+def _write_nested(folder, subs: list[str], name: str, data: bytes) -> None:
+    if not subs:
+        folder.write(name, data)
+        return
+    with folder.subfolder(subs[0]) as sub:
+        _write_nested(sub, subs[1:], name, data)
 
 
 # ---------------------------------------------------------------------------------------- index
@@ -862,12 +868,12 @@ def sweep_exit_code(index: dict[str, Any], fail_on: str, fail_on_unknown: bool =
 
 
 def write_index(index: dict[str, Any], out: Path) -> dict[str, Path]:
+    """sweep.json, index.html (+ its sorted pages) and index.md in out."""
     from report_gen.render.jsonout import dumps
+    from report_gen.render.output import OutputFolder
     from report_gen.render.sweep import render_sweep
 
-    written = {"json": out / "sweep.json"}
-    tmp = out / "sweep.json.tmp"
-    tmp.write_text(dumps(index) + "\n", encoding="utf-8")
-    os.replace(tmp, written["json"])
-    written.update(render_sweep(index, out))
+    with OutputFolder(out) as folder:
+        written = {"json": folder.write_text("sweep.json", dumps(index) + "\n")}
+        written.update(render_sweep(index, folder))
     return written

@@ -230,3 +230,39 @@ def test_terminal_never_prints_control_characters_from_run_names():
         progress(n, n // 4, 10, "x\x1b[2J")
     assert plain.getvalue().count("runs done") == 10 and "\x1b" not in plain.getvalue()
     assert "10/10 runs done, 2 failed" in plain.getvalue()
+
+
+class _Replay:
+    """An engine that hands back results made beforehand: the driver's writing, without processes."""
+
+    name, workers = "replay", 1
+
+    def __init__(self, results):
+        self.results = results
+
+    def run(self, task, settings, items):
+        yield from zip(items, self.results)
+
+
+def test_the_driver_never_writes_through_planted_symlinks(tmp_path):
+    from report_gen.sweep import RunItem, TaskResult, TaskSettings, run_sweep
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.html").write_text("keep me")
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    (out / "index.html").symlink_to(outside / "victim.html")
+    (out / "index").symlink_to(outside)
+    (out / "runs" / "a-1").symlink_to(outside)
+    items = [RunItem("a", "/x/a", "/x/a", "a-1"), RunItem("b", "/x/b", "/x/b", "b-2")]
+    results = [TaskResult(row("a", hparams={"lr": 0.1}) | {"report": "runs/a-1/report.html"},
+                          {"report.html": b"<html>a</html>", "report_files/p.png": b"png"}),
+               TaskResult(row("b", "fail", codes=["L101"], hparams={"lr": 1.0}), {"report.json": b"{}"})]
+    index = run_sweep(items, out, TaskSettings(None, ("html",)), _Replay(results))
+    assert (outside / "victim.html").read_text() == "keep me" and sorted(p.name for p in outside.iterdir()) == ["victim.html"]
+    assert not (out / "index.html").is_symlink() and "Sweep diagnosis" in (out / "index.html").read_text()
+    assert (out / "runs" / "a-1" / "report.html").read_bytes() == b"<html>a</html>"
+    assert (out / "runs" / "a-1" / "report_files" / "p.png").read_bytes() == b"png"
+    assert index["summary"]["verdict"] == "fail"
+    assert json.loads((out / "sweep.json").read_text())["runs"][0]["name"] == "a"

@@ -27,7 +27,8 @@ from urllib.parse import quote
 
 from markupsafe import escape
 
-from report_gen.core import InputError
+from report_gen.render.output import OutputFolder
+
 from report_gen.render.context import VERDICT_LABELS, clean_text, format_duration, format_value
 
 PAGE_ROWS = 200
@@ -338,25 +339,25 @@ def draw_plot(index: dict) -> tuple[bytes, str] | None:
 # ---------------------------------------------------------------------------------------- writers
 
 
-def render_sweep(index: dict, out: str | Path) -> dict[str, Path]:
-    """Write index.html, the sorted pages under index/, index.md and its plot; return {format: path}."""
-    out = Path(out)
-    try:
-        (out / "index").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{out}: cannot create the index folder ({e.strerror or e})") from None
+def render_sweep(index: dict, out: "str | Path | OutputFolder") -> dict[str, Path]:
+    """Write index.html, the sorted pages under index/, index.md and its plot; return {format: path}.
+    Every file goes through render.output.OutputFolder (no planted symlink is followed)."""
+    if not isinstance(out, OutputFolder):
+        with OutputFolder(out) as folder:
+            return render_sweep(index, folder)
     ctx = build_sweep_context(index)
     plot = draw_plot(index)
-    html = _write_html(index, ctx, plot, out)
-    md = out / "index.md"
-    md.write_text(render_sweep_markdown(index, ctx, f"{IMAGE_DIR}/{PLOT_FILE}" if plot else None), encoding="utf-8")
+    with out.subfolder("index") as pages:
+        html = _write_html(index, ctx, plot, out, pages)
+    md = out.write_text("index.md", render_sweep_markdown(index, ctx, f"{IMAGE_DIR}/{PLOT_FILE}" if plot else None))
     if plot:
-        (out / IMAGE_DIR).mkdir(exist_ok=True)
-        (out / IMAGE_DIR / PLOT_FILE).write_bytes(plot[0])
+        with out.subfolder(IMAGE_DIR) as images:
+            images.write(PLOT_FILE, plot[0])
     return {"html": html, "md": md}
 
 
-def _write_html(index: dict, ctx: dict, plot: tuple[bytes, str] | None, out: Path) -> Path:
+def _write_html(index: dict, ctx: dict, plot: tuple[bytes, str] | None, out: OutputFolder,
+                pages_folder: OutputFolder) -> Path:
     from report_gen.render.html import _environment
 
     template = _environment().get_template("sweep.html.j2")
@@ -374,14 +375,12 @@ def _write_html(index: dict, ctx: dict, plot: tuple[bytes, str] | None, out: Pat
             for page in range(1, rendered + 1):
                 table = _table(ordered, ctx["columns"], base="../", order=(col.key, direction), page=page,
                                pages=pages, rendered_pages=rendered, total=total, cells=cells)
-                text = template.render(ctx=ctx, table=table, full=False, figure=None, base="../")
-                (out / "index" / page_file(col.key, direction, page)).write_text(text, encoding="utf-8")
+                pages_folder.write_text(page_file(col.key, direction, page),
+                                        template.render(ctx=ctx, table=table, full=False, figure=None, base="../"))
             if (col.key, direction) == ("verdict", "asc"):
                 first_page = _table(ordered, ctx["columns"], base="", order=("verdict", "asc"), page=1,
                                     pages=pages, rendered_pages=rendered, total=total, cells=cells)
-    path = out / "index.html"
-    path.write_text(template.render(ctx=ctx, table=first_page, full=True, figure=figure, base=""), encoding="utf-8")
-    return path
+    return out.write_text("index.html", template.render(ctx=ctx, table=first_page, full=True, figure=figure, base=""))
 
 
 def render_sweep_markdown(index: dict, ctx: dict | None = None, plot_link: str | None = None) -> str:
