@@ -176,3 +176,22 @@ def test_cli_sweep_usage_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "cannot reach the Dask scheduler" in err and len(err.strip().splitlines()) == 1
     assert main(["sweep", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_discovery_from_a_listing_finds_the_runs_local_discovery_finds(s3):
+    """Real fixtures of every log format: the runs found in S3 (listing only, plus the heads of files
+    whose name cannot decide and the MLflow SQLite stores) are the runs found on disk."""
+    from pathlib import Path
+
+    real = Path(__file__).parent / "fixtures" / "real"
+    s3.bucket("formats")
+    s3.upload(real, "formats/real")
+    local = discover_sweep([str(real)])
+    remote = discover_sweep(["s3://formats/real"], StorageSettings(options=s3.options))
+    assert [i.name for i in remote] == [i.name for i in local]
+    assert len(local) > 20
+    stores = [i for i in local if i.target.endswith("mlflow.db")]
+    assert len(stores) == 2 and all(i.name.endswith("/mlflow") for i in stores)  # one run per store
+    by_name = {i.name: i for i in remote}
+    for item in local:
+        assert by_name[item.name].path == f"s3://formats/real/{Path(item.path).relative_to(real).as_posix()}"
