@@ -308,23 +308,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _storage_settings(args):
-    from report_gen.storage import StorageSettings, parse_storage_options
-
-    return StorageSettings(options=parse_storage_options(args.storage_options), cache_dir=args.cache_dir)
-
-
 def cmd_sweep(args) -> int:
     from report_gen import sweep
+    from report_gen.api import build_options
     from report_gen.config import load_config
-    from report_gen.engine import Options
     from report_gen.render.sweep import SweepProgress, print_sweep_summary
     from report_gen.selection import resolve_rules
+    from report_gen.storage import StorageSettings
 
     cfg = load_config(args.config)
-    storage = _storage_settings(args)
-    opts = Options(config=cfg, trust_pickles=args.trust_pickles, select=args.select, ignore=args.ignore,
-                   storage=storage)
+    opts = build_options(config=cfg, select=args.select, ignore=args.ignore, trust_pickles=args.trust_pickles,
+                         storage_options=args.storage_options, cache_dir=args.cache_dir)
+    storage = opts.storage or StorageSettings()
     resolve_rules(cfg, args.select, args.ignore)  # a bad selection stops here, before any worker starts
     if args.jobs is not None and args.jobs < 1:
         raise InputError("--jobs must be at least 1")
@@ -350,5 +345,5 @@ def cmd_sweep(args) -> int:
             engine.close()
     print_sweep_summary(index, quiet=args.quiet)
     if not args.quiet:
-        print(f"index: {Path(args.out) / 'index.html'}")
+        print(f"index: {_shown(Path(args.out) / 'index.html')}")
     return sweep.sweep_exit_code(index, args.fail_on or cfg.fail_on, args.fail_on_unknown or cfg.fail_on_unknown)

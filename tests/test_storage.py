@@ -255,3 +255,11 @@ def test_every_log_reader_says_what_it_reads_beside_its_log_file():
     from report_gen.storage import LOG_COMPANIONS
 
     assert set(LOG_COMPANIONS) == {r.name for r in LOG_READERS}
+
+
+def test_the_python_api_reads_urls_too(tmp_path):
+    import report_gen
+
+    run = sweep_kit.write_run(tmp_path / "src" / "run", 9, fault="nan", lr=0.3)
+    report = report_gen.diagnose(f"file://{run}", cache_dir=tmp_path / "cache", storage_options={})
+    assert report.verdict == "fail" and report.data["inputs"]["runs"][0]["path"] == f"file://{run}"
