@@ -51,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--out", default="reports/latest", help="output folder (default: reports/latest)")
     d.add_argument("--format", type=_formats, default=list(FORMATS), help="html,md,json (default: all)")
     d.add_argument("--baseline", help="baseline run folder or report.json to compare against")
-    d.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
-    d.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
-    d.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+    _rule_selection(d)
     d.add_argument("--fail-on", choices=("error", "warning", "never"),
                    help="exit 1 on a finding at or above this level (default: error); with --baseline only "
                         "new findings count")
@@ -67,13 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy")
     g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32")
     d.add_argument("--probe-max-checkpoints", type=int, default=6, help="checkpoints probed, evenly spaced (6)")
-    d.add_argument("--trust-pickles", action="store_true",
-                   help="allow unpickling code from checkpoints (only for files you trust)")
+    _trust_pickles(d)
     d.add_argument("--github-summary", action="store_true", help="append the Markdown to $GITHUB_STEP_SUMMARY")
     d.add_argument("-j", "--jobs", type=_jobs, default=None,
                    help="worker processes for independent runs and files (default: the cores available to this "
                         "process: affinity and cgroup quota); torch/BLAS threads are shared so that jobs x threads "
                         "never exceeds the cores")
+    _storage_arguments(d)
     _verbosity(d)
 
     r = sub.add_parser("rules", help="list the rules, or `rules explain CODE`")
@@ -90,7 +88,53 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="diagnose the bundled sample runs into ./reports/demo")
     dm.add_argument("-o", "--out", default="reports/demo")
     _verbosity(dm)
+
+    sw = sub.add_parser("sweep", help="diagnose many runs in parallel: an index page and one report per run")
+    sw.add_argument("paths", nargs="+", metavar="PATH_OR_URL", help="sweep folders or URLs (s3://, gs://, ...)")
+    sw.add_argument("-o", "--out", required=True, help="output folder: index.html, index.md, sweep.json, runs/")
+    sw.add_argument("--jobs", type=int, help="local: worker processes (default: the cores this process may use); "
+                                             "dask: runs in flight (default: the cluster's threads)")
+    sw.add_argument("--engine", choices=("local", "dask"), default="local")
+    sw.add_argument("--scheduler", help="dask.distributed scheduler address, e.g. tcp://10.0.0.5:8786 "
+                                        "(default: $DASK_SCHEDULER_ADDRESS)")
+    sw.add_argument("--format", type=_formats, default=["html", "json"], help="per-run reports (default: html,json)")
+    _rule_selection(sw)
+    sw.add_argument("--fail-on", choices=("error", "warning", "never"),
+                    help="exit 1 when any run has a finding at or above this level, or could not be diagnosed "
+                         "(default: error)")
+    sw.add_argument("--fail-on-unknown", action="store_true",
+                    help="also exit 1 when a run's verdict is UNKNOWN: nothing about its training could be judged")
+    _trust_pickles(sw)
+    _storage_arguments(sw)
+    _verbosity(sw)
     return p
+
+
+def _shown(value) -> str:
+    """A path or name for stdout: no control character or bidi override reaches the terminal."""
+    from report_gen.render.terminal import terminal_text
+
+    return terminal_text(value, 4000)
+
+
+def _rule_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
+    p.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
+    p.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+
+
+def _trust_pickles(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-pickles", action="store_true",
+                   help="allow unpickling code from checkpoints (only for files you trust)")
+
+
+def _storage_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-options", metavar="JSON",
+                   help="fsspec filesystem options for URLs, e.g. '{\"anon\": true}' or "
+                        "'{\"endpoint_url\": \"http://minio:9000\"}' (fsspec's own config files and "
+                        "FSSPEC_<PROTOCOL>_<OPTION> variables apply too)")
+    p.add_argument("--cache-dir", help="local cache for objects read from URLs (default: $REPORT_GEN_CACHE_DIR "
+                                       "or the user cache folder)")
 
 
 def _verbosity(p: argparse.ArgumentParser) -> None:
@@ -105,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     verbose = getattr(args, "verbose", 0)
+    from report_gen.render.terminal import TerminalSafeFormatter, terminal_text
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TerminalSafeFormatter("report-gen: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
-                        format="report-gen: %(message)s", stream=sys.stderr)
+                        handlers=[handler])
     try:
-        return {"diagnose": cmd_diagnose, "rules": cmd_rules, "render": cmd_render, "demo": cmd_demo}[args.command](args)
+        return {"diagnose": cmd_diagnose, "rules": cmd_rules, "render": cmd_render, "demo": cmd_demo,
+                "sweep": cmd_sweep}[args.command](args)
     except InputError as e:
-        print(f"report-gen: error: {e}", file=sys.stderr)
+        print(f"report-gen: error: {terminal_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("report-gen: interrupted", file=sys.stderr)
@@ -120,22 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - never a traceback for the user unless asked
         if verbose:
             raise
-        print(f"report-gen: internal error: {type(e).__name__}: {e} (run with -v for details)", file=sys.stderr)
+        print(f"report-gen: internal error: {type(e).__name__}: {terminal_text(e, 300)} (run with -v for details)",
+              file=sys.stderr)
         return 2
 
 
 def _progress(quiet: bool):
-    """A callback drawing a rich progress bar on stderr when it is a terminal."""
+    """A callback drawing a rich progress bar on stderr when it is a terminal. Run and file names
+    are shown as plain text: markup off (a folder named `[link=...]` is no hyperlink) and control
+    characters stripped (a folder named `ESC ]0;...BEL` does not set the window title)."""
     if quiet or not sys.stderr.isatty():
         return None, None
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    prog = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
-                    console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True))
+    from report_gen.render.terminal import terminal_text
+
+    prog = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
+                    transient=True, console=Console(stderr=True))
     task = prog.add_task("reading", total=None)
 
     def cb(msg: str, done: int, total: int) -> None:
-        prog.update(task, description=msg)
+        prog.update(task, description=terminal_text(msg, 200))
 
     return prog, cb
 
@@ -144,6 +199,7 @@ def run_diagnose(paths, out, formats, opts, *, quiet=False, github_summary=False
     from report_gen.engine import diagnose
     from report_gen.render import render
 
+    _warn_if_output_inside_inputs(out, paths)
     prog, cb = _progress(quiet)
     if prog is not None:
         with prog:
@@ -154,6 +210,19 @@ def run_diagnose(paths, out, formats, opts, *, quiet=False, github_summary=False
     if github_summary:
         _github_summary(written, report)
     return report, written
+
+
+def _warn_if_output_inside_inputs(out, paths) -> None:
+    """An output folder inside a diagnosed path is one whose contents the artifact's author may have
+    planted (report_files -> /etc ...): outputs never follow such links, but say so."""
+    from report_gen.render.output import is_inside
+
+    for path in paths:
+        if os.path.isdir(path) and is_inside(out, path):
+            logging.getLogger("report_gen").warning(
+                "the output folder %s is inside the input %s: files planted there are replaced, never "
+                "written through, and the next run will read the reports as part of the input", out, path)
+            return
 
 
 def _github_summary(written: dict, report: dict) -> None:
@@ -174,27 +243,18 @@ def _github_summary(written: dict, report: dict) -> None:
 
 def cmd_diagnose(args) -> int:
     from report_gen import runtime
+    from report_gen.api import build_options
     from report_gen.config import load_config
-    from report_gen.engine import Options, ProbeSpec, exit_code
+    from report_gen.engine import exit_code
 
     runtime.configure(args.jobs)  # before anything starts a thread pool
 
     cfg = load_config(args.config)
-    probe = None
-    if args.model:
-        try:
-            kwargs = json.loads(args.model_kwargs)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--model-kwargs: invalid JSON ({e.msg})") from None
-        if not isinstance(kwargs, dict):
-            raise InputError("--model-kwargs must be a JSON object")
-        if not args.probe and not args.probe_shape:
-            raise InputError("--model needs --probe FILE or --probe-shape N,C,H,W")
-        probe = ProbeSpec(args.model, kwargs, args.probe, args.probe_shape, args.probe_max_checkpoints)
-    elif args.probe or args.probe_shape:
-        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
-    opts = Options(config=cfg, trust_pickles=args.trust_pickles, probe=probe, baseline=args.baseline,
-                   select=args.select, ignore=args.ignore, jobs=args.jobs)
+    opts = build_options(config=cfg, select=args.select, ignore=args.ignore, baseline=args.baseline,
+                         trust_pickles=args.trust_pickles, model=args.model, model_kwargs=args.model_kwargs,
+                         probe=args.probe, probe_shape=args.probe_shape,
+                         probe_max_checkpoints=args.probe_max_checkpoints,
+                         storage_options=args.storage_options, cache_dir=args.cache_dir, jobs=args.jobs)
     report, written = run_diagnose(args.paths, args.out, args.format, opts, quiet=args.quiet,
                                    github_summary=args.github_summary)
     from report_gen.render.terminal import print_summary
@@ -202,7 +262,7 @@ def cmd_diagnose(args) -> int:
     print_summary(report, quiet=args.quiet)
     if not args.quiet:
         for fmt, path in written.items():
-            print(f"{fmt:>4}: {path}")
+            print(f"{fmt:>4}: {_shown(path)}")
     return exit_code(report, args.fail_on or cfg.fail_on, args.fail_on_persisting,
                      args.fail_on_unknown or cfg.fail_on_unknown)
 
@@ -243,7 +303,7 @@ def cmd_render(args) -> int:
     written = render(report, args.out, args.format)
     if not args.quiet:
         for fmt, path in written.items():
-            print(f"{fmt:>4}: {path}")
+            print(f"{fmt:>4}: {_shown(path)}")
     return 0
 
 
@@ -261,5 +321,46 @@ def cmd_demo(args) -> int:
 
     report, written = run_diagnose([str(sample_runs_dir())], args.out, list(FORMATS), Options(), quiet=args.quiet)
     print_summary(report, quiet=args.quiet)
-    print(Path(written.get("html", args.out)).resolve())
+    print(_shown(Path(written.get("html", args.out)).resolve()))
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from report_gen import sweep
+    from report_gen.api import build_options
+    from report_gen.config import load_config
+    from report_gen.render.sweep import SweepProgress, print_sweep_summary
+    from report_gen.selection import resolve_rules
+    from report_gen.storage import StorageSettings
+
+    cfg = load_config(args.config)
+    opts = build_options(config=cfg, select=args.select, ignore=args.ignore, trust_pickles=args.trust_pickles,
+                         storage_options=args.storage_options, cache_dir=args.cache_dir)
+    storage = opts.storage or StorageSettings()
+    resolve_rules(cfg, args.select, args.ignore)  # a bad selection stops here, before any worker starts
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError("--jobs must be at least 1")
+    if args.engine == "dask":
+        scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        if not scheduler:
+            raise InputError("--engine dask needs --scheduler tcp://HOST:PORT (or DASK_SCHEDULER_ADDRESS)")
+        engine = sweep.DaskEngine(scheduler, window=args.jobs)
+    elif args.scheduler:
+        raise InputError("--scheduler is for --engine dask")
+    else:
+        engine = sweep.LocalPool(args.jobs)
+    try:
+        items = sweep.discover_sweep(args.paths, storage)
+        progress = SweepProgress(len(items), quiet=args.quiet)
+        try:
+            index = sweep.run_sweep(items, args.out, sweep.TaskSettings(opts, tuple(args.format)), engine,
+                                    inputs=args.paths, progress=progress)
+        finally:
+            progress.close()
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
+    print_sweep_summary(index, quiet=args.quiet)
+    if not args.quiet:
+        print(f"index: {_shown(Path(args.out) / 'index.html')}")
+    return sweep.sweep_exit_code(index, args.fail_on or cfg.fail_on, args.fail_on_unknown or cfg.fail_on_unknown)

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from report_gen import __version__
 from report_gen.baseline import apply_baseline
@@ -36,6 +36,7 @@ from report_gen.readers.signals import build_signals
 from report_gen.readers.types import RunLog
 from report_gen.reportfile import load_report
 from report_gen.selection import ResolvedRule, RuleSet, resolve_rules
+from report_gen.storage import StorageSettings, stage_inputs
 from report_gen.vocab import Signal, missing_reason
 
 log = logging.getLogger("report_gen")
@@ -59,6 +60,7 @@ class Options:
     select: list[str] | None = None  # CLI --select/--ignore, applied on top of the config
     ignore: list[str] | None = None
     jobs: int | None = None  # worker processes (None: runtime.configure's plan, one per available core)
+    storage: StorageSettings | None = None  # how fsspec URLs among the paths are read (storage.py)
 
 
 Progress = Callable[[str, int, int], None]
@@ -189,12 +191,15 @@ class RunReport:
     timing: dict[str, float]
 
 
-def diagnose_run(spec: RunSpec, opts: Options, rules: RuleSet, progress: Progress = _noop) -> RunReport:
-    """Read, compute facts, evaluate and extract the evidence of ONE run."""
+def diagnose_run(spec: RunSpec, opts: Options, rules: RuleSet, progress: Progress = _noop,
+                 problems: Sequence[Problem] = ()) -> RunReport:
+    """Read, compute facts, evaluate and extract the evidence of ONE run; `problems` are the run's
+    problems met before reading it (staging a remote input)."""
     from report_gen.evidence import build_details
 
     t0 = time.perf_counter()
     run = load_run(spec, opts, progress, rules)
+    run.problems.extend(problems)
     t1 = time.perf_counter()
     run.precompute(rules.needs)  # facts are lazy; computing the needed ones here keeps the timing honest
     t2 = time.perf_counter()
@@ -212,22 +217,23 @@ def diagnose_run(spec: RunSpec, opts: Options, rules: RuleSet, progress: Progres
                      {"read_s": t1 - t0, "facts_s": t2 - t1, "rules_s": t3 - t2, "details_s": t4 - t3})
 
 
-def _crashed_run(spec: RunSpec, rules: RuleSet, message: str) -> RunReport:
-    """The report of a run whose worker died: one Problem, and no rule could look at anything else."""
+def _crashed_run(spec: RunSpec, rules: RuleSet, message: str, problems: Sequence[Problem] = ()) -> RunReport:
+    """The report of a run whose worker died: one Problem (after those met before reading the run), and
+    no rule could look at anything else."""
     problem = Problem(file=spec.path, kind=ProblemKind.WORKER_CRASHED, message=f"{spec.path}: {message}; "
                       "the run was not diagnosed (run again with --jobs 1 to see the failure)")
     run = RunFacts(name=spec.name, path=spec.path, events=RunLog.empty(), signals=build_signals(RunLog.empty()),
-                   problems=[problem], needs=rules.needs)
+                   problems=[*problems, problem], needs=rules.needs)
     evaluation = evaluate_run(run, rules)  # only the input-integrity rule has something to look at
     inputs = {"name": spec.name, "path": spec.path, "event_files": len(spec.event_files),
               "checkpoints": len(spec.checkpoints), "first_step": None, "last_step": None,
-              "problems": [problem.to_dict()]}
+              "problems": [p.to_dict() for p in run.problems]}
     return RunReport(spec.name, inputs, evaluation, {}, {})
 
 
-def _diagnose_in_worker(task: tuple[RunSpec, Options, RuleSet]) -> RunReport:
-    spec, opts, rules = task
-    return diagnose_run(spec, opts, rules)
+def _diagnose_in_worker(task: tuple[RunSpec, Options, RuleSet, list[Problem]]) -> RunReport:
+    spec, opts, rules, problems = task
+    return diagnose_run(spec, opts, rules, problems=problems)
 
 
 def _run_bytes(spec: RunSpec) -> int:
@@ -242,22 +248,25 @@ def _run_bytes(spec: RunSpec) -> int:
     return total
 
 
-def diagnose_runs(specs: list[RunSpec], opts: Options, rules: RuleSet, progress: Progress = _noop
-                  ) -> list[RunReport]:
-    """Every run's report, in a process pool when several runs make it pay (runtime plan, parallel)."""
+def diagnose_runs(specs: list[RunSpec], opts: Options, rules: RuleSet, progress: Progress = _noop,
+                  problems: Sequence[Sequence[Problem]] | None = None) -> list[RunReport]:
+    """Every run's report, in a process pool when several runs make it pay (runtime plan, parallel).
+    `problems`: per run, the problems met before reading it (see diagnose_run)."""
     from report_gen import parallel, runtime
 
+    before = [list(p) for p in problems] if problems is not None else [[] for _ in specs]
     plan = runtime.ensure_configured(opts.jobs)
     if parallel.worth_a_pool(sum(_run_bytes(s) for s in specs), len(specs), plan.jobs):
         progress(f"diagnosing {len(specs)} runs in {min(plan.jobs, len(specs))} processes", 0, len(specs))
         threads = max(1, plan.cores // min(plan.jobs, len(specs)))
-        outcomes = parallel.run_tasks(_diagnose_in_worker, [(s, opts, rules) for s in specs], plan.jobs, threads)
-        return [o if not isinstance(o, parallel.Crashed) else _crashed_run(s, rules, o.message)
-                for s, o in zip(specs, outcomes)]
+        outcomes = parallel.run_tasks(_diagnose_in_worker, [(s, opts, rules, p) for s, p in zip(specs, before)],
+                                      plan.jobs, threads)
+        return [o if not isinstance(o, parallel.Crashed) else _crashed_run(s, rules, o.message, p)
+                for s, o, p in zip(specs, outcomes, before)]
     reports = []
     for i, spec in enumerate(specs):
         progress(f"reading {spec.name}", i, len(specs))
-        reports.append(diagnose_run(spec, opts, rules, progress))
+        reports.append(diagnose_run(spec, opts, rules, progress, before[i]))
     return reports
 
 
@@ -266,8 +275,10 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
     rules = resolve_rules(opts.config, opts.select, opts.ignore)
     base = _baseline_report(opts.baseline, opts) if opts.baseline else None
     t0 = time.perf_counter()
-    specs = discover(paths)
-    reports = diagnose_runs(specs, opts, rules, progress)
+    staged = stage_inputs(paths, opts.storage, progress)  # URLs -> a local view of the cache; local paths as given
+    specs = discover(staged.paths)
+    # an object that could not be fetched is a Problem of its run (I101 reports it)
+    reports = diagnose_runs(specs, opts, rules, progress, staged.problems_of([s.path for s in specs]))
     t1 = time.perf_counter()
     result = merge_evaluations([r.evaluation for r in reports], rules)
     report = assemble_reports(reports, result, rules, opts)
@@ -279,7 +290,7 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
     timing["details_s"] = round(timing["details_s"] + (t_end - t1), 3)
     timing["wall_s"] = round(t_end - t0, 3)
     report["timing"] = timing
-    return report
+    return staged.publish(report)  # the report names the URLs, never the cache
 
 
 def _baseline_report(path: str, opts: Options) -> dict[str, Any]:

@@ -169,6 +169,18 @@ def current() -> Plan:
     return _APPLIED if _APPLIED is not None else plan()
 
 
+def configure_single() -> Plan:
+    """One process, one torch/BLAS thread: for a task of a pool that already uses the cores (a sweep
+    worker), so that a diagnose inside it starts neither threads nor processes of its own."""
+    global _APPLIED
+    p = Plan(cores=1, jobs=1, threads=1)
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+    apply_threads(1)
+    _APPLIED = p
+    return p
+
+
 def ensure_configured(jobs: int | None = None) -> Plan:
     """The API's start (engine.diagnose): `configure(jobs)` unless the CLI (or the caller) already did;
     an explicit `jobs` different from the applied plan's re-plans."""

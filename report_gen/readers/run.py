@@ -37,7 +37,7 @@ def read_run(spec: RunSpec, *, trust_pickles: bool = False,
     tensors=False: checkpoints are opened for their names, shapes and steps only (no optimizer state,
     no tensor data), for a caller that needs no checkpoint facts.
     """
-    log = read_logs(spec.event_files, where=spec.path)
+    log = read_logs(spec.event_files, where=spec.path, member=spec.member)
     problems = list(log.problems)
     ckpts: list[CheckpointData] = []
     if spec.checkpoints:  # torch is imported only when there is a checkpoint to read
