@@ -164,6 +164,27 @@ def test_cli_sweep_of_a_local_folder(tmp_path, capsys):
     shutil.rmtree(out)
 
 
+def test_cli_sweep_of_an_s3_prefix_on_a_dask_cluster(s3, dask_address, tmp_path, capsys):
+    """The README's s3:// and Dask commands, as a user types them (through the scheduler's address)."""
+    s3.bucket("cli")
+    root = _small_sweep(tmp_path / "runs", ["r1", "r2"])
+    write_run(root / "r3", 3, fault="nan", lr=0.3)
+    s3.upload(root, "cli/sweep-42")
+    out = tmp_path / "out"
+    args = ["sweep", "s3://cli/sweep-42/", "-o", str(out), "--storage-options", json.dumps(s3.options),
+            "--cache-dir", str(tmp_path / "cache"), "--format", "json"]
+    assert main(args + ["--engine", "dask", "--scheduler", dask_address]) == 1  # r3 has an error
+    assert "nonfinite-loss in 1 of 3 runs" in capsys.readouterr().out
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["timing"]["engine"] == "dask" and index["inputs"] == ["s3://cli/sweep-42/"]
+    assert {r["name"]: r["verdict"] for r in index["runs"]} == {"r1": "pass", "r2": "pass", "r3": "fail"}
+    assert all(r["path"] == f"s3://cli/sweep-42/{r['name']}" for r in index["runs"])
+    assert s3.endpoint not in (out / "sweep.json").read_text()  # storage options never reach the outputs
+    assert main(args + ["-o", str(tmp_path / "local"), "--jobs", "1", "-q"]) == 1  # the same, local pool
+    local = json.loads((tmp_path / "local" / "sweep.json").read_text())
+    assert _strip(local) == _strip(index)
+
+
 def test_cli_sweep_usage_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("report_gen.sweep.SCHEDULER_TIMEOUT", "1s")
     root = _small_sweep(tmp_path / "runs", ["x1"])
