@@ -64,7 +64,7 @@ def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
         try:
             ckpt = _open(path, policy)
         except CheckpointError as e:
-            problems.append(Problem(file=path, kind=e.kind, message=str(e)))
+            problems.append(Problem(file=path, kind=e.kind, message=str(e), severity=e.severity))
             continue
         except Exception as e:  # noqa: BLE001 - one odd file must not lose the rest of the report
             log.debug("opening %s failed", path, exc_info=True)
