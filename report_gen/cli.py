@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--probe-max-checkpoints", type=int, default=6, help="checkpoints probed, evenly spaced (6)")
     d.add_argument("--trust-pickles", action="store_true",
                    help="allow unpickling code from checkpoints (only for files you trust)")
+    d.add_argument("--isolate", action="store_true",
+                   help="open each checkpoint first in a worker process with CPU, memory and time limits, so a "
+                        "parser crash or hang costs one input-integrity finding, not the report (for untrusted "
+                        "artifacts in CI; POSIX)")
     d.add_argument("--github-summary", action="store_true", help="append the Markdown to $GITHUB_STEP_SUMMARY")
     _verbosity(d)
 
@@ -156,8 +160,23 @@ def run_diagnose(paths, out, formats, opts, *, quiet=False, github_summary=False
         report = diagnose(paths, opts)
     written = render(report, out, formats)
     if github_summary:
-        _github_summary(written, report)
+        _after_render("--github-summary", lambda: _github_summary(written, report))
     return report, written
+
+
+def _after_render(what: str, step) -> None:
+    """A step after the report files are written (terminal summary, job summary) in its own error
+    boundary: its failure is one warning line, never the exit code of a report already written."""
+    try:
+        step()
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the report is written; say what was not shown
+        from report_gen.render.terminal import terminal_text
+
+        logging.getLogger("report_gen").debug("%s failed", what, exc_info=True)
+        logging.getLogger("report_gen").warning("%s failed (%s: %s); the report files are written", what,
+                                                type(e).__name__, terminal_text(e, 200))
 
 
 def _warn_if_output_inside_inputs(out, paths) -> None:
@@ -208,12 +227,12 @@ def cmd_diagnose(args) -> int:
     elif args.probe or args.probe_shape:
         raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
     opts = Options(config=cfg, trust_pickles=args.trust_pickles, probe=probe, baseline=args.baseline,
-                   select=args.select, ignore=args.ignore)
+                   select=args.select, ignore=args.ignore, isolate=args.isolate)
     report, written = run_diagnose(args.paths, args.out, args.format, opts, quiet=args.quiet,
                                    github_summary=args.github_summary)
     from report_gen.render.terminal import print_summary
 
-    print_summary(report, quiet=args.quiet)
+    _after_render("the terminal summary", lambda: print_summary(report, quiet=args.quiet))
     if not args.quiet:
         for fmt, path in written.items():
             print(f"{fmt:>4}: {_shown(path)}")
@@ -274,6 +293,6 @@ def cmd_demo(args) -> int:
     from report_gen.render.terminal import print_summary
 
     report, written = run_diagnose([str(sample_runs_dir())], args.out, list(FORMATS), Options(), quiet=args.quiet)
-    print_summary(report, quiet=args.quiet)
+    _after_render("the terminal summary", lambda: print_summary(report, quiet=args.quiet))
     print(_shown(Path(written.get("html", args.out)).resolve()))
     return 0
