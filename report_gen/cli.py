@@ -209,25 +209,15 @@ def _github_summary(written: dict, report: dict) -> None:
 
 
 def cmd_diagnose(args) -> int:
+    from report_gen.api import build_options
     from report_gen.config import load_config
-    from report_gen.engine import Options, ProbeSpec, exit_code
+    from report_gen.engine import exit_code
 
     cfg = load_config(args.config)
-    probe = None
-    if args.model:
-        try:
-            kwargs = json.loads(args.model_kwargs)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--model-kwargs: invalid JSON ({e.msg})") from None
-        if not isinstance(kwargs, dict):
-            raise InputError("--model-kwargs must be a JSON object")
-        if not args.probe and not args.probe_shape:
-            raise InputError("--model needs --probe FILE or --probe-shape N,C,H,W")
-        probe = ProbeSpec(args.model, kwargs, args.probe, args.probe_shape, args.probe_max_checkpoints)
-    elif args.probe or args.probe_shape:
-        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
-    opts = Options(config=cfg, trust_pickles=args.trust_pickles, probe=probe, baseline=args.baseline,
-                   select=args.select, ignore=args.ignore, isolate=args.isolate)
+    opts = build_options(config=cfg, select=args.select, ignore=args.ignore, baseline=args.baseline,
+                         trust_pickles=args.trust_pickles, model=args.model, model_kwargs=args.model_kwargs,
+                         probe=args.probe, probe_shape=args.probe_shape,
+                         probe_max_checkpoints=args.probe_max_checkpoints, isolate=args.isolate)
     report, written = run_diagnose(args.paths, args.out, args.format, opts, quiet=args.quiet,
                                    github_summary=args.github_summary)
     from report_gen.render.terminal import print_summary

@@ -83,6 +83,13 @@ class ProblemKind(str, enum.Enum):
     VERSION_ONLY = "version-only", Severity.INFO
     BAD_PROTO = "bad-proto", Severity.WARNING
     STEP_RESTART = "step-restart", Severity.INFO
+    # text logs: JSON, CSV, YAML, MLflow stores, W&B folders (readers/textlogs.py and the readers using it)
+    TOO_LARGE = "too-large", Severity.WARNING  # a log file above its reader's size cap: not read (or read in part)
+    BAD_JSON = "bad-json", Severity.WARNING
+    BAD_ROW = "bad-row", Severity.WARNING  # a CSV row / metric line that does not parse (the others are kept)
+    BAD_YAML = "bad-yaml", Severity.WARNING
+    UNSAFE_YAML_TAG = "unsafe-yaml-tag", Severity.INFO  # a !!python/... tag kept as text, never constructed
+    BAD_DATABASE = "bad-database", Severity.WARNING  # an SQLite store that is locked, corrupt or not MLflow's
     # several logs of one run (readers/registry.py)
     DUPLICATE_SERIES = "duplicate-series", Severity.INFO  # a later log's copy of a series is left out
     # a whole run (readers/run.py)
@@ -103,7 +110,7 @@ class ProblemKind(str, enum.Enum):
     LEGACY_TAR = "legacy-tar", Severity.WARNING
     MISSING = "missing", Severity.WARNING
     MISSING_SHARD = "missing-shard", Severity.WARNING
-    UNSAFE_PATH = "unsafe-path", Severity.WARNING  # a shard index names a file outside its folder
+    UNSAFE_PATH = "unsafe-path", Severity.WARNING  # a shard index (or a log symlink) names a file outside its folder
     # checkpoints read with something left out
     UNSAFE_PICKLE_NEUTRALISED = "unsafe-pickle-neutralised", Severity.WARNING  # info when nothing dangerous
     TRUSTED_PICKLE = "trusted-pickle", Severity.WARNING

@@ -23,7 +23,7 @@ from report_gen.readers.checkpoint import CheckpointError, open_checkpoint, read
 from report_gen.readers.checkpoint.storage import INFLATE_RATIO, INFLATE_SLACK
 from report_gen.readers.discovery import MAX_DEPTH, RunSpec, discover, walk_folders
 from report_gen.readers.events import read_events
-from report_gen.readers.events.merge import _select
+from report_gen.readers.events.merge import apply_step_policy
 from report_gen.readers.run import read_run
 
 
@@ -262,7 +262,7 @@ def test_the_linear_restart_pass_matches_the_policy_applied_restart_by_restart()
         n = int(rng.integers(1, 50))
         steps = rng.integers(-3, int(rng.integers(1, 25)), n).astype(np.int64)
         sessions = np.cumsum(rng.random(n) < rng.random()).astype(np.int64)
-        kept, restarts = _select(steps, sessions, None)
+        kept, restarts = apply_step_policy(steps, sessions, None)
         want_kept, want_restarts = _applied_one_by_one(steps, sessions)
         assert np.array_equal(kept, want_kept) and restarts == want_restarts, (steps, sessions)
 
@@ -282,7 +282,7 @@ def test_10000_session_restarts_are_handled_in_linear_time(tmp_path):
     steps = np.tile(np.arange(5, dtype=np.int64), 10_000)
     sessions = np.repeat(np.arange(10_000, dtype=np.int64), 5)
     with bounded_time(1.0):
-        kept, restarts = _select(steps, sessions, None)
+        kept, restarts = apply_step_policy(steps, sessions, None)
     assert kept.size == 5 and len(restarts) == 9999
 
 
