@@ -42,7 +42,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers.textlogs import SeriesBuilder, flatten_hparams, plain_value, read_text, run_log, run_root
+from report_gen.readers.textlogs import (SeriesBuilder, flatten_hparams, plain_value, read_text, run_log, run_root,
+                                         to_float)
 from report_gen.safe_open import open_regular
 
 FILE_NAME = "trainer_state.json"
@@ -107,7 +108,7 @@ def _salvage_history(text: str) -> list[dict]:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return to_float(value)  # (float() of a 5,000-digit JSON int raises)
 
 
 def read_trainer_states(files: Sequence[tuple[str, str]]) -> Any:

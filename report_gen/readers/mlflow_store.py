@@ -121,7 +121,9 @@ def _metric_file(key: str, path: str, root: str, series: SeriesBuilder, problems
             bad += 1
             first_bad = first_bad or number
             continue
-        series.add(key, int(step), value, wall_time=stamp / 1000.0, file=path)
+        digits = step.lstrip("-")  # int() of more than 4,300 digits raises: bounded first
+        series.add(key, int(step) if len(digits) <= 19 else (-(2**63) if step.startswith("-") else 2**63 - 1),
+                   value, wall_time=stamp / 1000.0, file=path)
     if bad:
         problems.append(Problem(path, ProblemKind.BAD_ROW, f"{path}: {bad} line(s) are not 'timestamp value step' "
                                 f"(first at line {first_bad}); skipped", count=bad, offset=first_bad))

@@ -331,3 +331,19 @@ def test_a_run_spec_survives_every_class_at_once(tmp_path):
                                     ("fifo.pt", "not-a-regular-file", "warning"),
                                     ("evil.pt", "unsafe-pickle", "warning")]
     assert not (tmp_path / "pwned").exists()
+
+
+def test_steps_beyond_int64_in_text_logs_are_bounded_not_a_lost_log(tmp_path):
+    """CSV, trainer_state.json and an MLflow metric file with steps of 1e308 and 10**4000: each log is
+    still read (the step bounded to int64), never an unreadable reader."""
+    from report_gen.readers.registry import read_logs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,step,train_loss\n0,0,1.5\n0,1e308,1.0\n")
+    huge = "1" + "0" * 4000
+    (run / "trainer_state.json").write_text('{"global_step": 2, "log_history": [{"step": 1, "loss": 2.0}, '
+                                            '{"step": ' + huge + ', "loss": 1.0}]}')
+    log = read_logs([(str(run / "metrics.csv"), ""), (str(run / "trainer_state.json"), "")], where=str(run))
+    assert not [p for p in log.problems if p.kind == "unreadable"], log.problems
+    assert log.scalars.step.max() == 2**63 - 1 and len(log.scalars) >= 3
