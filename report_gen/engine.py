@@ -56,6 +56,7 @@ class Options:
     select: list[str] | None = None  # CLI --select/--ignore, applied on top of the config
     ignore: list[str] | None = None
     storage: StorageSettings | None = None  # how fsspec URLs among the paths are read (storage.py)
+    isolate: bool = False  # --isolate: checkpoints vetted in a limited worker process (readers/isolation.py)
 
 
 Progress = Callable[[str, int, int], None]
@@ -73,7 +74,7 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
     `rules` (the resolved rule set) decides what is worth computing beyond the files themselves: the
     probe runs only when an enabled rule needs activations. Without it, everything is done.
     """
-    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress)
+    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, isolate=opts.isolate)
     problems = list(read.problems)
     probe_results, probe_info = [], None
     if opts.probe is not None and (rules is None or rules.wants(*PROBE_SIGNALS)):
