@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="MODULE:FACTORY (or path/to/file.py:FACTORY) to probe activations post hoc")
     d.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
     g = d.add_mutually_exclusive_group()
-    g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy")
-    g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32")
+    g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy (without --model: "
+                                   "token ids for HF checkpoint folders, which probe themselves)")
+    g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32 (HF folders: N,L "
+                                         "token ids)")
     d.add_argument("--probe-max-checkpoints", type=int, default=6, help="checkpoints probed, evenly spaced (6)")
     d.add_argument("--trust-pickles", action="store_true",
                    help="allow unpickling code from checkpoints (only for files you trust)")
@@ -174,8 +176,8 @@ def cmd_diagnose(args) -> int:
         if not args.probe and not args.probe_shape:
             raise InputError("--model needs --probe FILE or --probe-shape N,C,H,W")
         probe = ProbeSpec(args.model, kwargs, args.probe, args.probe_shape, args.probe_max_checkpoints)
-    elif args.probe or args.probe_shape:
-        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
+    elif args.probe or args.probe_shape:  # for HF checkpoint folders, which probe themselves
+        probe = ProbeSpec(None, {}, args.probe, args.probe_shape, args.probe_max_checkpoints)
     opts = Options(config=cfg, trust_pickles=args.trust_pickles, probe=probe, baseline=args.baseline,
                    select=args.select, ignore=args.ignore)
     report, written = run_diagnose(args.paths, args.out, args.format, opts, quiet=args.quiet,

@@ -17,7 +17,7 @@ PACKAGE = Path(report_gen.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("report_gen.core", "report_gen.numeric", "report_gen.vocab", "report_gen.reportfile")),
     ("readers", ("report_gen.readers",)),
-    ("facts", ("report_gen.facts", "report_gen.probe", "report_gen.monitor")),
+    ("facts", ("report_gen.facts", "report_gen.probe", "report_gen.hfprobe", "report_gen.monitor")),
     ("rules", ("report_gen.rules",)),
     ("engine", ("report_gen.config", "report_gen.selection", "report_gen.evidence", "report_gen.baseline",
                 "report_gen.engine")),
