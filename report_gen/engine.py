@@ -166,8 +166,8 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
         runs.append(load_run(spec, opts, progress, rules))
     if opts.probe is not None and not opts.probe.model and not any(r.probe_info for r in runs) \
             and rules.wants(*PROBE_SIGNALS):
-        raise InputError("--probe/--probe-shape without --model are for HF checkpoint folders (config.json + "
-                         "weights), and no run here has one: give --model MODULE:FACTORY")
+        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY, unless a run is an HF checkpoint folder "
+                         "(config.json + weights), which probes itself; none is here")
     t_read = time.perf_counter()
     for r in runs:  # facts are lazy; computing the needed ones here keeps the timing honest
         r.precompute(rules.needs)
