@@ -133,7 +133,9 @@ class CheckpointData:
     tensors: parameter name -> TensorInfo for model parameters/buffers (prefixes stripped)
     load(name) -> torch.Tensor (float32 on CPU) for one tensor, loaded on demand, never the whole file
     optimizer: optional dict with keys "kind" ("adam", "sgd", ...), "grad_rms": {param: float},
-               "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None
+               "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None,
+               "lrs": the `lr` of every param group (the scheduler's value at save time), "group_params": how many
+               parameters the param groups hold, "state_entries": how many of them have optimizer state (moments)
     metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...)
     problems: Problems found (e.g. unsafe globals replaced by placeholders)
     """
