@@ -38,3 +38,29 @@ def findings(lib: str, name: str, *codes: str, sub: str = "", **rule_options) ->
 
 def at_least_warning(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [f for f in found if f["severity"] in ("warning", "error")]
+
+
+def trainer_state_signals(lib: str, name: str, checkpoint: str):
+    """Signals built straight from an HF Trainer's trainer_state.json log_history (the numbers as the Trainer
+    wrote them, read here with json, independently of report_gen's readers): train/loss, train/grad_norm,
+    train/learning_rate, eval/loss, eval/accuracy, as its TensorBoardCallback would name them."""
+    import numpy as np
+
+    from report_gen.readers.signals import Series, Signals
+
+    state = json.loads((case(lib, name) / checkpoint / "trainer_state.json").read_text())
+    cols: dict[str, list[tuple[int, float]]] = {}
+    for entry in state["log_history"]:
+        for key, tag in (("loss", "train/loss"), ("grad_norm", "train/grad_norm"), ("learning_rate", "train/learning_rate"),
+                         ("eval_loss", "eval/loss"), ("eval_accuracy", "eval/accuracy")):
+            if key in entry:
+                cols.setdefault(tag, []).append((int(entry["step"]), float(entry[key])))
+
+    def s(tag):
+        if tag not in cols:
+            return None
+        steps, values = zip(*cols[tag])
+        return Series(tag, np.array(steps, dtype=np.int64), np.array(values, dtype=np.float64))
+
+    return Signals(train_loss=s("train/loss"), grad_norm=s("train/grad_norm"), lr=s("train/learning_rate"),
+                   val_loss=s("eval/loss"), val_acc=s("eval/accuracy"))
