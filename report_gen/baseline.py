@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from report_gen.core import severity_rank
+from report_gen.core import INT64_MAX, INT64_MIN, severity_rank
 
 log = logging.getLogger("report_gen")
 
@@ -95,7 +95,7 @@ def _run_details(report: dict, run: str) -> dict:
 
 def _finite_values(curve: dict | None) -> np.ndarray:
     values = (curve or {}).get("values") or []
-    out = np.array([v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in values],
+    out = np.array([v if _is_number(v) else np.nan for v in values] if isinstance(values, list) else [],
                    dtype=float)
     return out[np.isfinite(out)]
 
@@ -117,7 +117,8 @@ def scalar_deltas(base: dict, cand: dict, pairs: dict[str, str]) -> list[dict[st
 
 
 def _last_step(report: dict, run: str) -> int | None:
-    return next((r.get("last_step") for r in report.get("inputs", {}).get("runs", []) if r.get("name") == run), None)
+    step = next((r.get("last_step") for r in report.get("inputs", {}).get("runs", []) if r.get("name") == run), None)
+    return step if _is_number(step) else None
 
 
 def layer_deltas(base: dict, cand: dict, pairs: dict[str, str]) -> list[dict[str, Any]]:
@@ -138,7 +139,14 @@ def layer_deltas(base: dict, cand: dict, pairs: dict[str, str]) -> list[dict[str
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+    """A finite int or float; ints beyond int64 (a step of 10**5000 in a file) do not count."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, np.integer):
+        return True
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    return isinstance(value, float) and bool(np.isfinite(value))
 
 
 def baseline_curves(base: dict, pairs: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _shown(value) -> str:
+    """A path or name for stdout: no control character or bidi override reaches the terminal."""
+    from report_gen.render.terminal import terminal_text
+
+    return terminal_text(value, 4000)
+
+
 def _verbosity(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -91,12 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     verbose = getattr(args, "verbose", 0)
+    from report_gen.render.terminal import TerminalSafeFormatter, terminal_text
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TerminalSafeFormatter("report-gen: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
-                        format="report-gen: %(message)s", stream=sys.stderr)
+                        handlers=[handler])
     try:
         return {"diagnose": cmd_diagnose, "rules": cmd_rules, "render": cmd_render, "demo": cmd_demo}[args.command](args)
     except InputError as e:
-        print(f"report-gen: error: {e}", file=sys.stderr)
+        print(f"report-gen: error: {terminal_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("report-gen: interrupted", file=sys.stderr)
@@ -106,22 +117,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - never a traceback for the user unless asked
         if verbose:
             raise
-        print(f"report-gen: internal error: {type(e).__name__}: {e} (run with -v for details)", file=sys.stderr)
+        print(f"report-gen: internal error: {type(e).__name__}: {terminal_text(e, 300)} (run with -v for details)",
+              file=sys.stderr)
         return 2
 
 
 def _progress(quiet: bool):
-    """A callback drawing a rich progress bar on stderr when it is a terminal."""
+    """A callback drawing a rich progress bar on stderr when it is a terminal. Run and file names
+    are shown as plain text: markup off (a folder named `[link=...]` is no hyperlink) and control
+    characters stripped (a folder named `ESC ]0;...BEL` does not set the window title)."""
     if quiet or not sys.stderr.isatty():
         return None, None
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    prog = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True,
-                    console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True))
+    from report_gen.render.terminal import terminal_text
+
+    prog = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
+                    transient=True, console=Console(stderr=True))
     task = prog.add_task("reading", total=None)
 
     def cb(msg: str, done: int, total: int) -> None:
-        prog.update(task, description=msg)
+        prog.update(task, description=terminal_text(msg, 200))
 
     return prog, cb
 
@@ -130,6 +147,7 @@ def run_diagnose(paths, out, formats, opts, *, quiet=False, github_summary=False
     from report_gen.engine import diagnose
     from report_gen.render import render
 
+    _warn_if_output_inside_inputs(out, paths)
     prog, cb = _progress(quiet)
     if prog is not None:
         with prog:
@@ -140,6 +158,19 @@ def run_diagnose(paths, out, formats, opts, *, quiet=False, github_summary=False
     if github_summary:
         _github_summary(written, report)
     return report, written
+
+
+def _warn_if_output_inside_inputs(out, paths) -> None:
+    """An output folder inside a diagnosed path is one whose contents the artifact's author may have
+    planted (report_files -> /etc ...): outputs never follow such links, but say so."""
+    from report_gen.render.output import is_inside
+
+    for path in paths:
+        if os.path.isdir(path) and is_inside(out, path):
+            logging.getLogger("report_gen").warning(
+                "the output folder %s is inside the input %s: files planted there are replaced, never "
+                "written through, and the next run will read the reports as part of the input", out, path)
+            return
 
 
 def _github_summary(written: dict, report: dict) -> None:
@@ -185,7 +216,7 @@ def cmd_diagnose(args) -> int:
     print_summary(report, quiet=args.quiet)
     if not args.quiet:
         for fmt, path in written.items():
-            print(f"{fmt:>4}: {path}")
+            print(f"{fmt:>4}: {_shown(path)}")
     return exit_code(report, args.fail_on or cfg.fail_on, args.fail_on_persisting,
                      args.fail_on_unknown or cfg.fail_on_unknown)
 
@@ -226,7 +257,7 @@ def cmd_render(args) -> int:
     written = render(report, args.out, args.format)
     if not args.quiet:
         for fmt, path in written.items():
-            print(f"{fmt:>4}: {path}")
+            print(f"{fmt:>4}: {_shown(path)}")
     return 0
 
 
@@ -244,5 +275,5 @@ def cmd_demo(args) -> int:
 
     report, written = run_diagnose([str(sample_runs_dir())], args.out, list(FORMATS), Options(), quiet=args.quiet)
     print_summary(report, quiet=args.quiet)
-    print(Path(written.get("html", args.out)).resolve())
+    print(_shown(Path(written.get("html", args.out)).resolve()))
     return 0

@@ -180,10 +180,17 @@ def load_config(path: str | None = None, search_from: str | None = None) -> Conf
     return Config()
 
 
+#: a config file larger than this is not one (pyproject.toml files are KB)
+MAX_CONFIG_BYTES = 16 << 20
+
+
 def _read_toml(p: Path) -> dict[str, Any]:
+    from report_gen.safe_open import read_regular
+
     try:
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(read_regular(p, MAX_CONFIG_BYTES).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: invalid TOML: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{p}: invalid TOML: {e}") from None
     except OSError as e:

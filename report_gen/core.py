@@ -67,16 +67,29 @@ class ProblemKind(str, enum.Enum):
 
     # any file: an I/O error or an unexpected failure (an event file that cannot be opened: error)
     UNREADABLE = "unreadable", Severity.WARNING
+    # a FIFO, device, socket or symlink to one named like an input (report_gen/safe_open.py): never opened
+    NOT_A_REGULAR_FILE = "not-a-regular-file", Severity.WARNING
     # TFRecord framing (readers/tfrecord.py)
     TRUNCATED_RECORD = "truncated-record", Severity.INFO  # the last record ends early: a killed run
     BAD_LENGTH_CRC = "bad-length-crc", Severity.WARNING
     BAD_DATA_CRC = "bad-data-crc", Severity.WARNING
     JUNK_BYTES = "junk-bytes", Severity.WARNING  # printable non-record bytes (a log written into the file)
+    BAD_LENGTH = "bad-length", Severity.WARNING  # a valid header claims more than the file holds; resynced past
+    OVERSIZED_RECORD = "oversized-record", Severity.WARNING  # longer than MAX_RECORD_BYTES: skipped by seek
+    FILE_GREW = "file-grew", Severity.INFO  # written to while read: read up to its size at open
+    FILE_SHRANK = "file-shrank", Severity.WARNING  # truncated while read: records past that point missing
     # event protos and the step policy (readers/events/)
     EMPTY_FILE = "empty-file", Severity.WARNING  # an empty event file is graded info by its reader
     VERSION_ONLY = "version-only", Severity.INFO
     BAD_PROTO = "bad-proto", Severity.WARNING
     STEP_RESTART = "step-restart", Severity.INFO
+    # text logs: JSON, CSV, YAML, MLflow stores, W&B folders (readers/textlogs.py and the readers using it)
+    TOO_LARGE = "too-large", Severity.WARNING  # a log file above its reader's size cap: not read (or read in part)
+    BAD_JSON = "bad-json", Severity.WARNING
+    BAD_ROW = "bad-row", Severity.WARNING  # a CSV row / metric line that does not parse (the others are kept)
+    BAD_YAML = "bad-yaml", Severity.WARNING
+    UNSAFE_YAML_TAG = "unsafe-yaml-tag", Severity.INFO  # a !!python/... tag kept as text, never constructed
+    BAD_DATABASE = "bad-database", Severity.WARNING  # an SQLite store that is locked, corrupt or not MLflow's
     # several logs of one run (readers/registry.py)
     DUPLICATE_SERIES = "duplicate-series", Severity.INFO  # a later log's copy of a series is left out
     # a whole run (readers/run.py)
@@ -92,11 +105,12 @@ class ProblemKind(str, enum.Enum):
     OPTIMIZER_ONLY = "optimizer-only", Severity.WARNING
     SCHEDULER_ONLY = "scheduler-only", Severity.WARNING
     UNSAFE_PICKLE = "unsafe-pickle", Severity.WARNING
+    HOSTILE_PICKLE = "hostile-pickle", Severity.WARNING  # refused by readers/pickle_guard.py before unpickling
     TORCHSCRIPT_V1 = "torchscript-v1", Severity.WARNING
     LEGACY_TAR = "legacy-tar", Severity.WARNING
     MISSING = "missing", Severity.WARNING
     MISSING_SHARD = "missing-shard", Severity.WARNING
-    UNSAFE_PATH = "unsafe-path", Severity.WARNING  # a shard index names a file outside its folder
+    UNSAFE_PATH = "unsafe-path", Severity.WARNING  # a shard index (or a log symlink) names a file outside its folder
     # checkpoints read with something left out
     UNSAFE_PICKLE_NEUTRALISED = "unsafe-pickle-neutralised", Severity.WARNING  # info when nothing dangerous
     TRUSTED_PICKLE = "trusted-pickle", Severity.WARNING
@@ -189,8 +203,33 @@ class Finding:
         )
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def clamp_int64(value: int) -> int:
+    """`value` bounded to the int64 range (a step of 10**5000 read from a file becomes 2**63 - 1), so
+    it can be formatted, converted to float and compared without an OverflowError."""
+    return INT64_MIN if value < INT64_MIN else INT64_MAX if value > INT64_MAX else value
+
+
+def display_text(value: str) -> str:
+    """`value` safe to encode as UTF-8: the lone surrogates that stand for the raw bytes of a
+    non-UTF-8 file name (os functions decode those with 'surrogateescape') become backslash escapes,
+    'run\\xff'. The raw name stays what the readers use for I/O; this is only what is shown."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte (from JSON text, say)
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def jsonable(value: Any) -> Any:
-    """Turn numpy scalars/arrays and non-finite floats into plain JSON values."""
+    """Turn numpy scalars/arrays and non-finite floats into plain JSON values; ints are bounded to
+    int64 and strings made encodable (`clamp_int64`, `display_text`), so writing never fails."""
     import math
 
     try:
@@ -200,7 +239,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, enum.Enum):  # vocabulary members (Signal, Key, ...) are their value in JSON
         value = value.value
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {display_text(str(k)): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if np is not None:
@@ -214,9 +253,13 @@ def jsonable(value: Any) -> Any:
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
         return value
-    if isinstance(value, (int, str, bool)) or value is None:
+    if isinstance(value, bool) or value is None:
         return value
-    return str(value)
+    if isinstance(value, int):
+        return clamp_int64(value)
+    if isinstance(value, str):
+        return display_text(value)
+    return display_text(str(value))
 
 
 def severity_counts(findings: list[Finding]) -> dict[str, int]:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from report_gen.core import InputError, Problem, ProblemKind
+from report_gen.readers.pickle_guard import scan_torch_file
 from report_gen.facts.activations import (ProbeResult, activation_kind, activation_stats,
                                           attention_stats, even_indices)
 
@@ -157,6 +158,7 @@ def _file_input(path: str) -> tuple[Any, str]:
         if path.endswith(".npy"):
             obj: Any = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
+            scan_torch_file(path)  # a hostile pickle is refused before torch's unpickler runs
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unsafe pickle, corrupt zip, wrong format...
         raise InputError(f"{path}: cannot read probe input: {_one_line(exc)}") from exc

@@ -15,7 +15,8 @@ PACKAGE = Path(report_gen.__file__).parent
 
 # lowest first; the first matching prefix decides
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("report_gen.core", "report_gen.numeric", "report_gen.vocab", "report_gen.reportfile")),
+    ("core", ("report_gen.core", "report_gen.numeric", "report_gen.vocab", "report_gen.reportfile",
+              "report_gen.safe_open")),
     ("readers", ("report_gen.readers",)),
     ("facts", ("report_gen.facts", "report_gen.probe", "report_gen.monitor")),
     ("rules", ("report_gen.rules",)),

@@ -8,27 +8,41 @@ Policy
 * A run folder nested inside another run folder belongs to the outer run as a *sub* folder: that is
   what torch's ``add_scalars`` writes (``run/activation_stats_conv1_mean/events...``).
 * Keras/TF2 writes ``logs/train/`` and ``logs/validation/`` with no event file in ``logs``: sibling run
-  folders named like phases (train, validation, val, eval, test...) are grouped into one run named
-  after their parent, each phase kept as a sub folder.
+  folders named like phases (train, validation, val, eval, test...) holding only event files are
+  grouped into one run named after their parent, each phase kept as a sub folder (a ``train/`` folder
+  of other logs, e.g. Ultralytics' ``runs/detect/train/results.csv``, is a run of its own).
+* An HF Trainer ``output_dir``: sibling ``checkpoint-N/`` (or ``last-checkpoint/``) folders holding
+  log files (``trainer_state.json``) make their parent a run folder, so all checkpoints of one
+  ``output_dir`` and its ``runs/<date>/`` event files are one run named after the ``output_dir``
+  (never above the folder given).
 * Checkpoints are attached to the nearest run folder above them, or, when the run has log files
   elsewhere, to the run whose folder contains them. Checkpoints with no log-file run become a
   checkpoint-only run named after their folder.
+* A log file holding several runs (an MLflow SQLite store, see ``LogReader.members``) is one run per
+  member: named ``<folder>/<file stem>/<run name>`` (``<file stem>/<run name>`` when given directly),
+  with only that file, ``member`` set, and no checkpoints; a store with no runs makes none. It takes
+  no part in the run-folder policy above (its folder is a run folder only through its other logs).
+* An MLflow file store needs no rule here: its reader's log file is the run's ``meta.yaml``, so
+  ``mlruns/<experiment>/<run_id>/`` is the run folder (metrics/params/tags and artifacts below it).
 * A single log file or checkpoint given directly is a run of its own.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from report_gen.core import InputError
+from report_gen.readers.events import is_event_file_name
 from report_gen.readers.paths import is_checkpoint_path
-from report_gen.readers.registry import is_log_file
+from report_gen.readers.registry import is_log_file, reader_for
 
 # a folder is ONE checkpoint (HF model folder, sharded weights) only when it says so by these names;
 # a folder of several step-N.safetensors files is a series of checkpoints
 _MODEL_FOLDER_MARKERS = ("config.json", "model.safetensors", "model.safetensors.index.json",
                          "pytorch_model.bin", "pytorch_model.bin.index.json")
+HF_CHECKPOINT_DIR = re.compile(r"checkpoint-\d+|last-checkpoint")
 PHASE_NAMES = {"train", "training", "validation", "valid", "val", "eval", "evaluation", "test"}
 _SKIP_DIRS = {".git", "__pycache__", "node_modules", ".ipynb_checkpoints"}
 
@@ -39,6 +53,7 @@ class RunSpec:
     path: str
     event_files: list[tuple[str, str]] = field(default_factory=list)  # (file, sub) of every log file
     checkpoints: list[str] = field(default_factory=list)
+    member: str | None = None  # the run inside a multi-run log file (an MLflow SQLite store), else None
 
 
 def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
@@ -62,9 +77,13 @@ def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
     return logs, ckpts
 
 
-def _run_roots(log_dirs: list[Path]) -> dict[Path, Path]:
+def _run_roots(logs: dict[Path, list[Path]], top: Path) -> dict[Path, Path]:
     """Map each log folder to the root of the run it belongs to."""
+    log_dirs = list(logs)
     dirs = set(log_dirs)
+    # HF Trainer output_dir: its checkpoint-N/ (and hub-style last-checkpoint/) folders, each with a
+    # trainer_state.json, are one run rooted at the output_dir (which also gathers its runs/<date>/ events)
+    dirs |= {d.parent for d in log_dirs if HF_CHECKPOINT_DIR.fullmatch(d.name) and top in d.parents}
     roots: dict[Path, Path] = {}
     for d in sorted(dirs, key=lambda p: len(p.parts)):
         root = d
@@ -74,9 +93,12 @@ def _run_roots(log_dirs: list[Path]) -> dict[Path, Path]:
                 break
         roots[d] = root
     # Keras-style phase folders: group siblings named train/validation/... under their parent
+    def keras_phase(folder: Path) -> bool:  # a phase folder of TensorBoard event files (not Ultralytics' train/)
+        return folder.name.lower() in PHASE_NAMES and all(is_event_file_name(f.name) for f in logs.get(folder, []))
+
     for d, root in list(roots.items()):
-        if root == d and d.name.lower() in PHASE_NAMES and d.parent not in dirs:
-            siblings = [s for s in dirs if s.parent == d.parent and s.name.lower() in PHASE_NAMES]
+        if root == d and keras_phase(d) and d.parent not in dirs:
+            siblings = [s for s in dirs if s.parent == d.parent and keras_phase(s)]
             if len(siblings) >= 1:
                 for s in siblings:
                     for k, r in roots.items():
@@ -103,7 +125,14 @@ def discover(paths: list[str]) -> list[RunSpec]:
     for raw in _without_nested(paths):
         p = Path(raw)
         if p.is_file():
-            if is_log_file(str(p)):
+            reader = reader_for(str(p))
+            if reader is not None and reader.members is not None:
+                members = _member_runs(p, p.stem, taken)
+                if not members:
+                    raise InputError(f"{raw}: an {reader.what[:-1] if reader.what.endswith('s') else reader.what} "
+                                     "with no runs")
+                runs.extend(members)
+            elif reader is not None:
                 runs.append(RunSpec(_unique_name(p.parent.name or p.stem, taken), str(p), [(str(p), "")]))
             elif is_checkpoint_path(str(p)):
                 runs.append(RunSpec(_unique_name(p.stem, taken), str(p), [], [str(p)]))
@@ -129,9 +158,35 @@ def _without_nested(paths: list[str]) -> list[str]:
     return [raw for raw, _ in kept]
 
 
+def _member_runs(path: Path, base: str, taken: set[str]) -> list[RunSpec]:
+    """One RunSpec per run inside a multi-run log file."""
+    reader = reader_for(str(path))
+    return [RunSpec(_unique_name(f"{base}/{name}", taken), str(path), [(str(path), "")], member=member)
+            for member, name in reader.members(str(path))]
+
+
+def _split_stores(logs: dict[Path, list[Path]]) -> list[tuple[Path, Path]]:
+    """Take the multi-run log files out of `logs` (a folder left with none is no log folder)."""
+    stores = []
+    for d in list(logs):
+        kept = []
+        for f in logs[d]:
+            reader = reader_for(str(f))
+            if reader is not None and reader.members is not None:
+                stores.append((d, f))
+            else:
+                kept.append(f)
+        if kept:
+            logs[d] = kept
+        else:
+            del logs[d]
+    return stores
+
+
 def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
     logs, ckpts = _walk(top)
-    roots = _run_roots(list(logs))
+    stores = _split_stores(logs)
+    roots = _run_roots(logs, top)
     by_root: dict[Path, RunSpec] = {}
     for root in sorted(set(roots.values()), key=lambda r: str(r)):
         rel = root.relative_to(top) if root != top else Path(top.resolve().name)
@@ -149,6 +204,9 @@ def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
         else:
             owner.checkpoints.append(str(c))
     runs = list(by_root.values())
+    for folder, store in stores:
+        rel = folder.relative_to(top) if folder != top else Path(top.resolve().name)
+        runs.extend(_member_runs(store, f"{str(rel).replace(os.sep, '/')}/{store.stem}", taken))
     for folder, files in sorted(orphan.items(), key=lambda kv: str(kv[0])):
         # checkpoints in a 'checkpoints' folder next to nothing: name after the folder's parent
         base = folder.parent if folder.name.lower() in {"checkpoints", "ckpt", "ckpts", "weights"} else folder

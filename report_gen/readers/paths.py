@@ -12,6 +12,8 @@ import os
 import re
 import struct
 
+from report_gen.safe_open import open_regular
+
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pkl", ".tar")
 _INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
 _TRAINING_STATE_FILES = {"optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt",
@@ -34,7 +36,7 @@ def is_torch_tar(path: str) -> bool:
     more: member sizes written in the headers are only used to seek."""
     names: set[str] = set()
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             pos = 0
             for _ in range(8):
@@ -55,9 +57,10 @@ def is_torch_tar(path: str) -> bool:
 
 def sniff_torch_file(path: str) -> bool:
     """True when the first bytes are those of a torch zip, a legacy torch file, safetensors or a
-    legacy torch tar; False for anything else (and for unreadable files)."""
+    legacy torch tar; False for anything else (and for unreadable files, FIFOs and devices, which are
+    never opened: `report_gen.safe_open.open_regular`)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(1024)
             size = os.fstat(f.fileno()).st_size
     except OSError:

@@ -23,8 +23,10 @@ is one module plus its registration:
    (`tests/readers/test_log_readers.py` plugs a toy reader in end to end).
 
 Known limits of the seam: a run folder is a folder that directly holds a log file (see
-`discovery`), so a format whose files sit deeper than their run (MLflow's `metrics/<key>`) needs
-discovery to learn that; discovery's two "nothing usable here" messages still name only TensorBoard.
+`discovery`): a format whose files sit deeper than their run names a file in the run folder as its
+log file (MLflow's file store: the run's `meta.yaml`, whose reader then reads `metrics/<key>`); a
+file holding several runs says so with `members` (MLflow's SQLite store). Discovery's two "nothing
+usable here" messages still name only TensorBoard.
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ import numpy as np
 import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers import events
-from report_gen.readers.types import RunLog, tidy_scalars
+from report_gen.readers import csvlogs, events, hf_trainer, mlflow_store, wandb_run
+from report_gen.readers.types import RunLog, series_in_order
 
 log = logging.getLogger("report_gen")
 
@@ -47,13 +49,19 @@ LogFile = tuple[str, str]  # (path, sub)
 
 @dataclass(frozen=True)
 class LogReader:
-    """One log format. `what` names its files in messages ("event files")."""
+    """One log format. `what` names its files in messages ("event files").
+
+    members: for a format whose ONE file holds several runs (an MLflow SQLite store), `(path) ->
+        [(member id, member name)]`; discovery makes one run of each member and `read` is then called
+        as `read(files, member=id)`. None for one-run files (all others).
+    """
 
     name: str
     what: str
     name_matches: Callable[[str], bool]
-    read: Callable[[Sequence[LogFile]], RunLog]
+    read: Callable[..., RunLog]
     sniff: Callable[[str], bool] | None = None
+    members: Callable[[str], list[tuple[str, str]]] | None = None
 
     def recognises(self, path: str) -> bool:
         """The file name says so, and the first bytes agree where the reader sniffs."""
@@ -62,6 +70,17 @@ class LogReader:
 
 LOG_READERS: tuple[LogReader, ...] = (
     LogReader("tensorboard", "event files", events.is_event_file_name, events.read_events),
+    LogReader("hf-trainer", "trainer_state.json files", hf_trainer.is_trainer_state_name,
+              hf_trainer.read_trainer_states),
+    LogReader("lightning-csv", "Lightning metrics.csv files", csvlogs.is_lightning_csv_name,
+              csvlogs.read_lightning_csv, csvlogs.sniff_lightning_csv),
+    LogReader("ultralytics-csv", "Ultralytics results.csv files", csvlogs.is_ultralytics_csv_name,
+              csvlogs.read_ultralytics_csv, csvlogs.sniff_ultralytics_csv),
+    LogReader("mlflow-files", "MLflow file-store runs", mlflow_store.is_meta_yaml_name,
+              mlflow_store.read_file_store, mlflow_store.sniff_run_meta),
+    LogReader("mlflow-sqlite", "MLflow SQLite stores", mlflow_store.is_sqlite_name,
+              mlflow_store.read_sqlite, mlflow_store.sniff_sqlite, members=mlflow_store.sqlite_runs),
+    LogReader("wandb", "W&B run logs", wandb_run.is_wandb_log_name, wandb_run.read_wandb_runs),
 )
 
 
@@ -74,8 +93,10 @@ def is_log_file(path: str) -> bool:
     return reader_for(path) is not None
 
 
-def read_logs(files: Sequence[LogFile], *, where: str) -> RunLog:
+def read_logs(files: Sequence[LogFile], *, where: str, member: str | None = None) -> RunLog:
     """Read the log files of ONE run, each by the reader that recognises it, into one RunLog.
+
+    member: the run inside a multi-run file (`LogReader.members`), handed to the readers that have members.
 
     Never raises for damage: a reader that fails on its files as a whole is one "unreadable"
     Problem (error) naming `where` (the run folder), and the other readers' logs are still read.
@@ -90,13 +111,13 @@ def read_logs(files: Sequence[LogFile], *, where: str) -> RunLog:
     logs = []
     for reader in LOG_READERS:
         if reader.name in groups:
-            logs.append(_read_one(reader, groups[reader.name], where))
+            logs.append(_read_one(reader, groups[reader.name], where, member))
     return merge_logs(logs)
 
 
-def _read_one(reader: LogReader, files: list[LogFile], where: str) -> RunLog:
+def _read_one(reader: LogReader, files: list[LogFile], where: str, member: str | None) -> RunLog:
     try:
-        return reader.read(files)
+        return reader.read(files, member=member) if reader.members is not None else reader.read(files)
     except Exception as e:  # noqa: BLE001 - readers report damage as Problems; this is a last resort
         log.debug("reading the %s of %s failed", reader.what, where, exc_info=True)
         failed = RunLog.empty()
@@ -145,12 +166,5 @@ def merge_logs(logs: Sequence[RunLog]) -> RunLog:
                 message=f"{len(duplicates)} series already read from another log of this run ({shown}); "
                         "this log's copy was left out"))
         merged.files.extend(current.files)
-    merged.scalars = _series_in_order(pd.concat(frames, ignore_index=True))
+    merged.scalars = series_in_order(pd.concat(frames, ignore_index=True))
     return merged
-
-
-def _series_in_order(scalars: pd.DataFrame) -> pd.DataFrame:
-    """Rows sorted by run, then tag (stable: each series keeps its own order, as its log gave it)."""
-    runs = pd.factorize(scalars["run"], sort=True)[0]
-    tags = pd.factorize(scalars["tag"], sort=True)[0]
-    return tidy_scalars(scalars.iloc[np.lexsort((tags, runs))].reset_index(drop=True))

@@ -35,7 +35,7 @@ def read_run(spec: RunSpec, *, trust_pickles: bool = False,
 
     progress(message, i, n) is called before the i-th of the run's n checkpoints is opened.
     """
-    log = read_logs(spec.event_files, where=spec.path)
+    log = read_logs(spec.event_files, where=spec.path, member=spec.member)
     problems = list(log.problems)
     ckpts: list[CheckpointData] = []
     if spec.checkpoints:  # torch is imported only when there is a checkpoint to read

@@ -21,10 +21,16 @@ unpickler never refuses and never runs code from the file:
   call `__setstate__` on a real object (a numpy dtype, a tensor, a shared class or function).
 
 The global names replaced are collected in `RestrictedUnpickler.replaced` so callers can report them.
+
+`restricted_load` first runs the linear pre-scan of `pickle_guard` over the pickle (size, opcode
+and object budgets, nesting depth, hash cost of keys and set members): a hostile pickle is refused
+with `PickleRefused` before a single opcode is executed. A torch.save blob nested in a plain
+pickle is scanned too (against the same per-file budget) before torch's own loader reads it.
 """
 from __future__ import annotations
 
 import collections
+import contextvars
 import io
 import math
 import os
@@ -37,6 +43,9 @@ from typing import IO, Any, Callable
 
 import numpy as np
 import torch
+
+from report_gen.readers.pickle_guard import (MAX_PICKLE_BYTES, Budget, PickleRefused, bounded_repr,
+                                             scan_stream, scan_torch_bytes)
 
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "FloatStorage": torch.float32,
@@ -247,10 +256,15 @@ def _rebuild_from_type(func: Any, _new_type: Any, args: tuple, _state: Any) -> A
     return placeholder_class("torch._tensor._rebuild_from_type_v2")(func, args)
 
 
+#: the budget of the file being unpickled, for the torch.save blobs nested in it
+_FILE_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("pickle_budget", default=None)
+
+
 def _load_from_bytes(data: Any) -> Any:
     """torch.storage._load_from_bytes (plain `pickle` of a tensor): a nested torch.save blob, read
-    by torch's own weights-only loader. Zip blobs must store their entries uncompressed (torch
-    never compresses; a compressed entry would be inflated whole, a zip bomb)."""
+    by torch's own weights-only loader once the pre-scan accepted it (PickleRefused otherwise,
+    which refuses the whole file: a hostile blob means a hostile file). Zip blobs must store their
+    entries uncompressed (torch never compresses; a compressed entry would be inflated whole)."""
     if not isinstance(data, bytes):
         return placeholder_class("torch.storage._load_from_bytes")(data)
     if data[:2] == b"PK":
@@ -260,6 +274,10 @@ def _load_from_bytes(data: Any) -> Any:
                     return placeholder_class("torch.storage._load_from_bytes")()
         except zipfile.BadZipFile:
             return placeholder_class("torch.storage._load_from_bytes")()
+    try:
+        scan_torch_bytes(data, budget=_FILE_BUDGET.get())
+    except zipfile.BadZipFile:
+        return placeholder_class("torch.storage._load_from_bytes")()
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception:  # noqa: BLE001 - a damaged nested blob is one unreadable value, not a crash
@@ -676,13 +694,15 @@ class _Finaliser:
 def storage_ref_from_pid(pid: Any) -> StorageRef:
     """Turn a torch `('storage', type, key, location, numel[, view_metadata])` id into a StorageRef."""
     if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
-        raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:60]}")
+        raise pickle.UnpicklingError(f"unsupported persistent id {bounded_repr(pid, 60)}")
     storage_type, key, location, numel = pid[1], pid[2], pid[3], pid[4]
     if not isinstance(storage_type, StorageType):
-        raise pickle.UnpicklingError(f"unknown storage type {str(storage_type)[:60]}")
+        raise pickle.UnpicklingError(f"unknown storage type {bounded_repr(storage_type, 60)}")
     if not isinstance(key, (str, int)) or type(numel) is not int or numel < 0:
         raise pickle.UnpicklingError("malformed storage id")
-    key, location = str(key), str(location)[:40]
+    if isinstance(key, int) and not -2**63 <= key < 2**63:
+        raise pickle.UnpicklingError("malformed storage id")
+    key, location = str(key), (location if isinstance(location, str) else bounded_repr(location))[:40]
     view = pid[5] if len(pid) > 5 else None
     if view is not None:  # legacy view of a root storage: (view_key, offset, size)
         if not isinstance(view, tuple) or len(view) < 3 or type(view[1]) is not int \
@@ -692,12 +712,25 @@ def storage_ref_from_pid(pid: Any) -> StorageRef:
     return StorageRef(key, storage_type.dtype, numel, location)
 
 
-def restricted_load(file: IO[bytes], persistent_load: Callable[[Any], Any] | None = None
+def restricted_load(file: IO[bytes], persistent_load: Callable[[Any], Any] | None = None, *,
+                    max_bytes: int = MAX_PICKLE_BYTES, budget: Budget | None = None
                     ) -> tuple[Any, list[str]]:
-    """Unpickle one object from `file`; return it and the list of globals replaced (including
-    numpy values left inert because they were not plain numeric data)."""
+    """Unpickle one object from `file` (seekable, at the start of the pickle); return it and the
+    list of globals replaced (including numpy values left inert because they were not plain
+    numeric data).
+
+    The pickle is pre-scanned first (`pickle_guard.scan_stream`): PickleRefused, before anything is
+    unpickled, when it is longer than `max_bytes` or hostile. `budget` is the input file's
+    (share one across the pickles of a file: the five of a legacy torch file, say); by default each
+    call gets a fresh one."""
+    budget = budget if budget is not None else Budget()
+    scan_stream(file, max_bytes=max_bytes, budget=budget)
     unpickler = RestrictedUnpickler(file, persistent_load)
-    obj = unpickler.load()
+    token = _FILE_BUDGET.set(budget)
+    try:
+        obj = unpickler.load()
+    finally:
+        _FILE_BUDGET.reset(token)
     finaliser = _Finaliser()
     obj = finaliser(obj)
     # numpy values that could not be rebuilt safely (object/structured dtypes, sizes that do not
@@ -706,6 +739,6 @@ def restricted_load(file: IO[bytes], persistent_load: Callable[[Any], Any] | Non
     return obj, replaced
 
 
-__all__ = ["MAX_ELEMENTS_PER_STORED", "MAX_FREE_ELEMENTS", "Placeholder", "RestrictedUnpickler",
+__all__ = ["MAX_ELEMENTS_PER_STORED", "MAX_FREE_ELEMENTS", "PickleRefused", "Placeholder", "RestrictedUnpickler",
            "StorageRef", "StorageType", "TensorRef", "is_dangerous_global", "placeholder_class",
            "restricted_load", "storage_ref_from_pid", "view_problem"]

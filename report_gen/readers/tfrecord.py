@@ -10,18 +10,36 @@ This layer knows nothing about protobuf. It streams the file in chunks (memory d
 size), and hands out :class:`RecordBatch` objects: one buffer plus the offsets of the valid records in
 it, so the decoding layer can work on a whole batch at once (vectorised) or record by record.
 
+The file is opened only if it is a regular file (`report_gen.safe_open.open_regular`: a FIFO or a
+device named like an event file is refused, never waited on), and read only up to the size it had
+when opened.
+
 Damage is never an exception; it becomes a :class:`report_gen.core.Problem` on
 :attr:`RecordReader.problems`:
 
 - ``truncated-record`` (info): the file ends inside a record (a killed run). Everything before is read.
+  Only when nothing valid follows: a header that claims more bytes than the file holds, with valid
+  records after it, is ``bad-length`` instead.
 - ``bad-length-crc`` / ``junk-bytes`` (warning): the header at some offset is not a valid record header.
   ``junk-bytes`` when the bytes there are printable text (e.g. a log line written into the file),
   ``bad-length-crc`` otherwise. The reader then resynchronises: it scans forward for the next offset
   holding a valid header (length CRC matches, record fits in the file) and continues there.
   ``count`` is the number of bytes skipped.
+- ``bad-length`` (warning): a header with a valid CRC claims a record longer than what is left of the
+  file (a lying header); the reader resynchronises past it (``count`` = bytes skipped).
+- ``oversized-record`` (warning): a valid record longer than `MAX_RECORD_BYTES`; skipped by seeking
+  past it, never read into memory (``count`` = its length).
 - ``bad-data-crc`` (warning): records whose payload CRC does not match are skipped; one Problem per
   file with ``count`` = number of such records and ``offset`` = the first one.
-- ``unreadable`` (error): the file cannot be opened or read (permissions, a directory, I/O error).
+- ``file-grew`` (info) / ``file-shrank`` (warning): the file changed size while it was read (a run
+  still writing it, or truncating it); what it held at open is read, nothing past it.
+- ``unreadable`` (error): the file cannot be opened or read (permissions, a directory, a FIFO or a
+  device, an I/O error).
+
+Resynchronising is vectorised: `find_header` tests every offset of a window at once with numpy
+(length bytes that must be zero for the record to fit in the file, then the header CRC computed with
+eight 256-entry tables, CRC32C being affine in its input bits), so 64 MB of junk costs well under a
+second instead of a CRC per byte in Python.
 """
 from __future__ import annotations
 
@@ -34,6 +52,7 @@ import crc32c as _crc32c
 import numpy as np
 
 from report_gen.core import Problem, ProblemKind
+from report_gen.safe_open import open_regular
 
 _HEADER = struct.Struct("<QI")
 _U32 = struct.Struct("<I")
@@ -42,10 +61,82 @@ _FOOTER_SIZE = 4
 _FRAME_SIZE = _HEADER_SIZE + _FOOTER_SIZE
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 
+#: The longest record read into memory. Event records are protobuf ``Event`` messages, and protobuf's
+#: long-standing default message size limit is 64 MiB (CodedInputStream's total-bytes limit, 64 << 20,
+#: still the default of several runtimes). Real TensorBoard records are 50 bytes (a scalar) to a few
+#: MB (an image, a graph); a longer one is skipped by seeking past it and reported, so a file whose
+#: one header claims gigabytes never makes the reader allocate them.
+MAX_RECORD_BYTES = 64 << 20
+_FIRST_WINDOW = 4 << 10  # resync windows start small (damage is usually short) and double
+_MAX_WINDOW = 4 << 20
+
 
 def masked_crc32c(data: bytes) -> int:
     """Return the masked CRC32C of ``data`` as stored in TFRecord framing."""
     return _mask(_crc32c.crc32c(data))
+
+
+def _crc8_tables() -> tuple[np.ndarray, int]:
+    """CRC32C of 8 bytes as ``base ^ T[0][b0] ^ ... ^ T[7][b7]``: the CRC is affine over GF(2) in its
+    input bits, so each byte's contribution is independent of the others."""
+    base = _crc32c.crc32c(bytes(8))
+    tables = np.zeros((8, 256), dtype=np.uint32)
+    for k in range(8):
+        for b in range(256):
+            tables[k, b] = _crc32c.crc32c(bytes(k) + bytes([b]) + bytes(7 - k)) ^ base
+    return tables, base
+
+
+_CRC8_TABLES, _CRC8_BASE = _crc8_tables()
+
+
+def header_crcs(length_bytes: np.ndarray) -> np.ndarray:
+    """Masked CRC32C of each row of an (n, 8) uint8 array (the length fields of n headers)."""
+    crc = np.full(len(length_bytes), _CRC8_BASE, dtype=np.uint32)
+    for k in range(8):
+        crc ^= _CRC8_TABLES[k][length_bytes[:, k]]
+    return _mask(crc.astype(np.uint64)).astype(np.uint32)
+
+
+def find_header(buf: bytes, start: int, stop: int, file_end: int) -> int:
+    """The first offset i in [start, stop) of `buf` holding a valid record header (length CRC
+    matches) whose record fits before `file_end` (an offset in buf's coordinates: i + 16 + length
+    <= file_end); -1 when there is none. buf[i:i + 12] must exist for every i < stop.
+
+    Vectorised: offsets are first filtered on the length bytes that must be zero for any record to
+    fit (for a file under 4 GiB, the top four), then on not being all zero (sparse files), and only
+    the survivors get their header CRC computed, with tables, and compared."""
+    n = stop - start
+    max_length = file_end - start - _FRAME_SIZE
+    if n <= 0 or max_length < 0:
+        return -1
+    raw = np.frombuffer(buf, dtype=np.uint8)[start:stop + _HEADER_SIZE - 1]
+    zero = raw == 0
+    wide = (max_length.bit_length() + 7) // 8  # length bytes that may be non-zero
+    candidates = np.ones(n, dtype=bool)
+    for k in range(wide, 8):
+        candidates &= zero[k:k + n]
+    if np.count_nonzero(candidates) > n // 64:  # mostly zeros: an all-zero header is never valid
+        nonzero = ~zero
+        near = nonzero[:n].copy()
+        for k in range(1, _HEADER_SIZE):
+            near |= nonzero[k:k + n]
+        candidates &= near
+    idx = np.flatnonzero(candidates)
+    for block in range(0, len(idx), 1 << 16):
+        at = idx[block:block + (1 << 16)]
+        rows = raw[at[:, None] + np.arange(_HEADER_SIZE)]
+        lengths = np.ascontiguousarray(rows[:, :8]).view("<u8").ravel()
+        room = file_end - (start + at) - _FRAME_SIZE  # int64, may be negative
+        fits = (room >= 0) & (lengths <= np.maximum(room, 0).astype(np.uint64))
+        if not fits.any():
+            continue
+        at, rows = at[fits], rows[fits]
+        stored = np.ascontiguousarray(rows[:, 8:]).view("<u4").ravel()
+        hit = np.flatnonzero(header_crcs(rows[:, :8]) == stored)
+        if len(hit):
+            return start + int(at[hit[0]])
+    return -1
 
 
 @dataclass
@@ -77,6 +168,7 @@ class RecordReader:
 
     Iterate :meth:`batches` (or :meth:`records`) once. ``check_crc`` turns CRC verification off
     (header CRCs are still needed, and checked, when resynchronising after damage).
+    ``bytes_total`` is the size of the file when it was opened: nothing past it is read.
     """
 
     path: str
@@ -96,7 +188,7 @@ class RecordReader:
     def batches(self) -> Iterator[RecordBatch]:
         """Yield batches of valid records in file order (see module docstring for damage handling)."""
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path, buffering=0) as f:  # raw: no read-ahead past what is asked
                 self.bytes_total = os.fstat(f.fileno()).st_size
                 yield from _Scanner(self, f).run()
         except OSError as exc:
@@ -122,24 +214,36 @@ class _Scanner:
     def __init__(self, reader: RecordReader, f) -> None:
         self.reader = reader
         self.f = f
+        self.size = reader.bytes_total  # measured at open: nothing past it is ever read
         self.buf = b""
         self.pos = 0  # position in buf
         self.base = 0  # file offset of buf[0]
+        self.fpos = 0  # file offset of the next read
         self.eof = False
+        self.shrank = False
+        self.tail: tuple[int, int] | None = None  # (offset, bytes) of an incomplete last record
         self.known_headers: dict[int, int] = {}  # length -> its masked CRC, once verified
 
     # -- buffer management -------------------------------------------------------------------
     def _fill(self, need: int) -> bool:
-        """Make ``need`` bytes available from ``pos``; False if the file ends first."""
+        """Make ``need`` bytes available from ``pos``; False if the file (as opened) ends first."""
         while len(self.buf) - self.pos < need and not self.eof:
             self.base += self.pos
             rest = self.buf[self.pos:]
-            chunk = self.f.read(max(self.reader.chunk_size, need - len(rest)))
-            if not chunk:
+            want = min(max(self.reader.chunk_size, need - len(rest)), self.size - self.fpos)
+            chunk = self.f.read(want) if want > 0 else b""
+            self.fpos += len(chunk)
+            if len(chunk) < want:
+                self.shrank = True
+            if not chunk or self.fpos >= self.size:
                 self.eof = True
             self.buf = rest + chunk
             self.pos = 0
         return len(self.buf) - self.pos >= need
+
+    def _problem(self, kind: ProblemKind, message: str, severity: str = "warning", **extra) -> None:
+        path = self.reader.path
+        self.reader.problems.append(Problem(path, kind, f"{path}: {message}", severity=severity, **extra))
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> Iterator[RecordBatch]:
@@ -150,9 +254,21 @@ class _Scanner:
                 yield batch
             if stopped_at_bad_header:
                 self._resync()
-            elif not self._fill(_HEADER_SIZE) or (self._header_ok() and not self._fill_record()):
-                break
+                continue
+            if not self._fill(_HEADER_SIZE):
+                break  # the end of the file, or a partial header there
+            if not self._header_ok():
+                continue  # framing flags it next round
+            length = _HEADER.unpack_from(self.buf, self.pos)[0]
+            if self.base + self.pos + _FRAME_SIZE + length > self.size:
+                if not self._resync_past_lying_header(length):
+                    break
+            elif length > MAX_RECORD_BYTES:
+                self._skip_oversized(length)
+            elif not self._fill(_FRAME_SIZE + length):
+                break  # only when the file shrank under us
         self._report_tail()
+        self._report_size_change()
 
     def _frame_buffered(self) -> tuple[RecordBatch, bool]:
         """Frame every complete record in the buffer; True if stopped at an invalid header.
@@ -175,8 +291,8 @@ class _Scanner:
                 known[length] = length_crc
             start = pos + _HEADER_SIZE
             end = start + length
-            if end + _FOOTER_SIZE > n:
-                break
+            if end + _FOOTER_SIZE > n or length > MAX_RECORD_BYTES:
+                break  # needs more bytes, does not fit, or is too long: run() decides
             starts.append(start)
             if check:
                 crcs.append(crc(buf[start:end]))
@@ -203,14 +319,26 @@ class _Scanner:
         buf, pos = self.buf, self.pos
         return _U32.unpack_from(buf, pos + 8)[0] == masked_crc32c(buf[pos:pos + 8])
 
-    def _fill_record(self) -> bool:
-        """Buffer the whole record whose (valid) header is at ``pos``; False if the file ends first."""
-        length = _HEADER.unpack_from(self.buf, self.pos)[0]
-        if self.base + self.pos + _FRAME_SIZE + length > self.reader.bytes_total:
-            return False
-        return self._fill(_FRAME_SIZE + length)
-
     # -- damage -------------------------------------------------------------------------------
+    def _search(self, pos: int) -> bool:
+        """Move to the first valid header at or after buffer position `pos` whose record fits in
+        the file; False (position at the end of the data) when there is none."""
+        window = _FIRST_WINDOW
+        while True:
+            last = len(self.buf) - _HEADER_SIZE + 1  # offsets with a whole header buffered
+            while pos < last:
+                stop = min(last, pos + window)
+                found = find_header(self.buf, pos, stop, self.size - self.base)
+                if found >= 0:
+                    self.pos = found
+                    return True
+                pos, window = stop, min(window * 2, _MAX_WINDOW)
+            self.pos = pos
+            if not self._fill(len(self.buf) - pos + 1):
+                self.pos = len(self.buf)
+                return False
+            pos = self.pos
+
     def _resync(self) -> None:
         """Skip from a bad header to the next valid header whose record fits in the file (or to EOF).
 
@@ -219,32 +347,60 @@ class _Scanner:
         """
         start = self.base + self.pos
         head = self.buf[self.pos:self.pos + _HEADER_SIZE]
-        self.pos += 1
-        while self._fill(_HEADER_SIZE):
-            if self._header_ok() and self._fill_record():
-                break
-            self.pos += 1
-        else:
-            self.pos = len(self.buf)
+        found = self._search(self.pos + 1)
         skipped = self.base + self.pos - start
         is_text = all(b in _PRINTABLE for b in head)
         kind = ProblemKind.JUNK_BYTES if is_text else ProblemKind.BAD_LENGTH_CRC
         what = "non-record bytes" if is_text else "a record header with a bad length CRC"
-        self.reader.problems.append(Problem(
-            self.reader.path, kind,
-            f"{self.reader.path}: {what} at byte {start}; skipped {skipped} bytes to "
-            + ("the next valid record" if self.pos < len(self.buf) else "the end of the file"),
-            severity="warning", offset=start, count=skipped))
+        self._problem(kind, f"{what} at byte {start}; skipped {skipped} bytes to "
+                      + ("the next valid record" if found else "the end of the file"),
+                      offset=start, count=skipped)
+
+    def _resync_past_lying_header(self, length: int) -> bool:
+        """A header with a valid CRC claims more than the file holds. Resync past it when a valid
+        record follows (a lying header in mid-file must not hide what comes after it); otherwise
+        it is the incomplete last record of a killed run. False in that case."""
+        start = self.base + self.pos
+        if self._search(self.pos + 1):
+            skipped = self.base + self.pos - start
+            self._problem(ProblemKind.BAD_LENGTH, f"the record header at byte {start} claims {length:,} bytes, more than "
+                          f"the {self.size - start - _FRAME_SIZE:,} left in the file; skipped {skipped} bytes "
+                          "to the next valid record", offset=start, count=skipped)
+            return True
+        self.tail = (start, self.size - start)
+        return False
+
+    def _skip_oversized(self, length: int) -> None:
+        """A valid record longer than MAX_RECORD_BYTES: seek past it, never read it."""
+        start = self.base + self.pos
+        after = start + _FRAME_SIZE + length
+        self.f.seek(after)
+        self.buf, self.pos, self.base, self.fpos = b"", 0, after, after
+        self.eof = after >= self.size
+        self._problem(ProblemKind.OVERSIZED_RECORD, f"the record at byte {start} holds {length:,} bytes, more than the "
+                      f"{MAX_RECORD_BYTES >> 20} MiB a TensorBoard record can hold; skipped without reading it",
+                      offset=start, count=length)
 
     def _report_tail(self) -> None:
-        left = len(self.buf) - self.pos
-        if left:
-            offset = self.base + self.pos
-            self.reader.problems.append(Problem(
-                self.reader.path, ProblemKind.TRUNCATED_RECORD,
-                f"{self.reader.path}: last record at byte {offset} is incomplete ({left} bytes); "
-                "the run was probably killed while writing",
-                severity="info", offset=offset))
+        if self.tail is None and len(self.buf) > self.pos:
+            self.tail = (self.base + self.pos, len(self.buf) - self.pos)
+        if self.tail is not None:
+            offset, left = self.tail
+            self._problem(ProblemKind.TRUNCATED_RECORD, f"last record at byte {offset} is incomplete ({left} bytes); "
+                          "the run was probably killed while writing", severity="info", offset=offset)
+
+    def _report_size_change(self) -> None:
+        try:
+            now = os.fstat(self.f.fileno()).st_size
+        except (OSError, ValueError):
+            return
+        if self.shrank or now < self.size:
+            self._problem(ProblemKind.FILE_SHRANK, f"shrank from {self.size:,} to {now:,} bytes while it was read; "
+                          "records past that point are missing", offset=min(now, self.fpos))
+        elif now > self.size:
+            self._problem(ProblemKind.FILE_GREW, f"grew by {now - self.size:,} bytes while it was read (a run still "
+                          f"writing it?); read up to the {self.size:,} bytes it had when opened",
+                          severity="info", offset=self.size, count=now - self.size)
 
 
 def _mask(crc):

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from report_gen.core import judged_runs, severity_rank, verdict_for
+from report_gen.core import INT64_MAX, INT64_MIN, display_text, judged_runs, severity_rank, verdict_for
 from report_gen.render.images import encoded
 from report_gen.vocab import (DISTRIBUTION_SOURCES, ActivationSeriesPlot, CurvePlot, DistributionPlot, GradDepthPlot,
                               ImagePlot, Key, LayerSeriesPlot, Plot, ProbeSeriesPlot, Signal, curve_label, parse_plot)
@@ -58,11 +58,28 @@ def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
 
+#: bidirectional formatting characters: they can make a name read differently from what it is
+#: (U+202E turns "exe.txt" around); removed from everything shown
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def clean_text(value: Any, limit: int = 2000) -> str:
-    """str(value) with control characters replaced by spaces, cut to `limit` characters with '…'."""
-    text = "" if value is None else str(value)
-    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    """str(value) for display: control characters (C0 and C1: ESC, BEL, CSI, ...) replaced by spaces,
+    bidirectional overrides removed, the raw bytes of a non-UTF-8 name shown as backslash escapes
+    (`core.display_text`), cut to `limit` characters with '…'."""
+    text = "" if value is None else value if isinstance(value, str) else _safe_str(value)
+    text = display_text(text[: limit + 1] if len(text) > 4 * limit + 64 else text)
+    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text if ch not in BIDI_CONTROLS)
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def _safe_str(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return format_value(value)
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a value whose str() fails is shown by its type
+        return f"<{type(value).__name__}>"
 
 
 def format_value(value: Any) -> str:
@@ -72,6 +89,8 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:  # a step of 10**5000: shown by its order of magnitude
+            return f"{'-' if value < 0 else ''}~1e{int((abs(value).bit_length() - 1) * 0.30103)} (out of range)"
         return f"{value:,}" if abs(value) >= 10_000 else str(value)
     if isinstance(value, float):
         if math.isnan(value):

@@ -1,12 +1,17 @@
-"""report.json: exactly the report dict, strict JSON (NaN/Inf as strings), UTF-8, indent=1."""
+"""report.json: exactly the report dict, strict JSON (NaN/Inf as strings), UTF-8, indent=1.
+
+Integers are int64 (larger ones are bounded, when written and when read back: a step of 10**5000
+in a hand-made report.json is read as 2**63 - 1 by `reportfile.load_report`), strings are valid
+UTF-8 (`core.display_text`).
+"""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from report_gen.core import jsonable
 from report_gen.render.images import encoded
+from report_gen.render.output import OutputFolder
 
 
 def dumps(report: dict) -> str:
@@ -14,10 +19,13 @@ def dumps(report: dict) -> str:
     return json.dumps(jsonable(encoded(report)), allow_nan=False, ensure_ascii=False, indent=1)
 
 
-def write_json(report: dict, path: str | Path) -> Path:
-    """Write the report to `path` (atomically: a temporary file renamed into place)."""
+def write_json(report: dict, path: str | Path, *, folder: OutputFolder | None = None) -> Path:
+    """Write the report to `path` atomically and without following a symlink planted there: a
+    fresh temporary file renamed into place (`render.output.OutputFolder`). `folder`, when given,
+    is the already opened folder of `path`."""
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(dumps(report) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    text = dumps(report) + "\n"
+    if folder is not None:
+        return folder.write_text(path.name, text)
+    with OutputFolder(path.parent) as opened:
+        return opened.write_text(path.name, text)

@@ -3,19 +3,30 @@
 Always shorter than GitHub's 65,536-character comment limit: long tables are capped first, then the
 least severe findings are cut (and the cut is stated). Images are written as PNG files beside the
 report and linked relatively, because GitHub strips data: images. Every text taken from the report is
-escaped with the `md` filter so it renders inertly: no raw HTML, no table breaks, no @mentions.
+escaped with the `md` filter so it renders inertly: no raw HTML, no table breaks, no @mentions, no
+issue references, no math.
+
+GitHub links @mentions and issue references (``#123``, ``GH-77``, ``owner/repo#9``) in a filter that
+runs on the text nodes of the HTML *after* Markdown was rendered (skipping ``pre``, ``code`` and ``a``).
+By then ``\\#`` has become ``#`` and ``&#35;`` has been decoded to ``#``, so neither stops it. What does is
+a character the pattern does not allow between the sign and the name or number: a zero-width space
+(U+200B) after ``@``, ``#`` and ``GH-``. It is invisible and leaves the table syntax alone (checked
+with markdown-it in the tests). Math (``$...$``) is found the same late way; GitHub's documented way
+to show a literal dollar sign is ``<span>$</span>``, which splits the text node so no pair of
+delimiters is ever in one node.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
 import jinja2
 
-from report_gen.core import InputError
 from report_gen.render.context import Limits, build_context, template_root
+from report_gen.render.output import OutputFolder
 from report_gen.render.plots import PlotStore
 
 MAX_CHARS = 65_536
@@ -25,15 +36,19 @@ TEXT_LIMIT = 600
 ZERO_WIDTH_SPACE = "\u200b"
 _ESCAPES = {
     "\\": "\\\\", "|": "\\|", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "~": "\\~",
-    "#": "\\#", "&": "&amp;", "<": "&lt;", ">": "&gt;",
+    "&": "&amp;", "<": "&lt;", ">": "&gt;",
     "@": "@" + ZERO_WIDTH_SPACE,  # breaks GitHub's @mention (and e-mail autolink) without changing the look
+    "#": "\\#" + ZERO_WIDTH_SPACE,  # \# for headings, the space for #123 and owner/repo#9 references
+    "$": "<span>$</span>",  # GitHub's documented literal dollar: no $...$ math
 }
 _TRANSLATION = str.maketrans({**_ESCAPES, "\n": " ", "\r": " "})
+_GH_REFERENCE = re.compile(r"(?i)(?<![0-9a-z])(gh-)(?=[0-9])")
 
 
 def escape_markdown(value: object) -> str:
-    """Text that renders literally in GFM, also inside a table cell: one line, no markup, no mentions."""
-    return str(value).translate(_TRANSLATION)
+    """Text that renders literally in GFM, also inside a table cell: one line, no markup, no mentions,
+    no issue references, no math (see the module docstring)."""
+    return _GH_REFERENCE.sub("\\1" + ZERO_WIDTH_SPACE, str(value).translate(_TRANSLATION))
 
 
 @lru_cache(maxsize=1)
@@ -65,14 +80,13 @@ class _ImageLinks:
         return f"{quote(self._prefix)}/{name}" if self._prefix else name
 
     def write(self) -> None:
+        """Write the used images into the image folder; a symlink planted as the folder or as an
+        image name is replaced, never written through (`render.output.OutputFolder`)."""
         if self._dir is None or not self.used:
             return
-        try:
-            self._dir.mkdir(parents=True, exist_ok=True)
+        with OutputFolder(self._dir.parent) as parent, parent.subfolder(self._dir.name) as images:
             for key, name in self.used.items():
-                (self._dir / name).write_bytes(self._plots.png(key) or b"")
-        except OSError as error:
-            raise InputError(f"{self._dir}: cannot write images ({error.strerror or error})") from None
+                images.write(name, self._plots.png(key) or b"")
 
 
 def render_markdown(report: dict, image_dir: Path | None, image_prefix: str = "report_files", *,

@@ -6,7 +6,9 @@ most `max_figures` figures, in the priority order the view model gives, reusing 
 """
 from __future__ import annotations
 
+import warnings
 import io
+import logging
 import math
 from functools import partial
 from typing import Any, Callable, Iterable
@@ -18,10 +20,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from report_gen.facts import curves
-from report_gen.render.context import plot_key
+from report_gen.render.context import clean_text, plot_key
 from report_gen.render.images import decode_png, encoded
 from report_gen.vocab import (ActivationSeriesPlot, CurvePlot, DistributionPlot, GradDepthPlot, LayerSeriesPlot, Plot,
                               ProbeSeriesPlot, curve_label)
+
+log = logging.getLogger("report_gen")
+#: steps beyond int64 (a hand-made report.json, a damaged file) are not drawn: matplotlib cannot lay
+#: out an axis that spans 1e308
+MAX_ABS_STEP = float(2**63)
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 STYLE = {
@@ -117,28 +124,40 @@ class PlotStore:
         fig.clear()
         fig.subplots_adjust(**MARGINS)  # fixed margins: tight_layout would double the drawing time
         ax = fig.add_subplot()
-        try:
-            drawn = painter(ax, self._run(plot), plot)
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
-            drawn = False  # malformed numbers in details: show no plot rather than stop the report
-        if not drawn:
-            return None
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI)
+        try:  # the error boundary of one plot: drawing and laying out
+            if not painter(ax, self._run(plot), plot):
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # glyph and layout warnings would echo data to stderr
+                fig.savefig(buffer, format="png", dpi=DPI)
+        except Exception:  # noqa: BLE001 - malformed numbers in details: no plot rather than no report
+            log.debug("plot %s not drawn", plot_key(plot)[:200], exc_info=True)
+            self._figure = None  # a figure that failed half-way is not reused
+            return None
         self.figures_drawn += 1
         return buffer.getvalue()
 
 
+def to_steps(values: Any) -> np.ndarray:
+    """`to_floats` for an x axis: steps that are not finite or beyond int64 become NaN (not drawn)."""
+    x = to_floats(values)
+    x[~(np.abs(x) < MAX_ABS_STEP)] = np.nan
+    return x
+
+
 def _xy(series: Any, values_key: str = "values") -> tuple[np.ndarray, np.ndarray]:
     series = series if isinstance(series, dict) else {}
-    x, y = to_floats(series.get("steps")), to_floats(series.get(values_key))
+    x, y = to_steps(series.get("steps")), to_floats(series.get(values_key))
     n = min(len(x), len(y))
-    return x[:n], y[:n]
+    keep = np.isfinite(x[:n])
+    return x[:n][keep], y[:n][keep]
 
 
 def _label(text: str, limit: int = 60) -> str:
-    """Data-provided text as a matplotlib label: single line, no mathtext ($), bounded length."""
-    text = " ".join(str(text).split()).replace("$", r"\$")
+    """Data-provided text as a matplotlib label: single line, no control or bidi characters (a tag
+    with ESC would reach matplotlib's glyph warnings on stderr raw), no mathtext ($), bounded length."""
+    text = " ".join(clean_text(text, 4 * limit).split()).replace("$", r"\$")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -173,7 +192,7 @@ def _paint_curves(ax, run: dict, plot: CurvePlot, baseline: Any = None) -> bool:
             drawn = True
     if not drawn:
         return False
-    if plot.mark_step is not None:
+    if plot.mark_step is not None and abs(plot.mark_step) < MAX_ABS_STEP:
         ax.axvline(plot.mark_step, color="#555555", linestyle="--", linewidth=1)
     finite = np.concatenate(seen)[np.isfinite(np.concatenate(seen))] if seen else np.array([])
     if finite.size and finite.min() > 0 and finite.max() / finite.min() > 1e3:
@@ -189,7 +208,7 @@ def _paint_distribution(ax, run: dict, plot: DistributionPlot) -> bool:
     dist = dists.get(plot.key)
     if not isinstance(dist, dict) or not isinstance(dist.get("percentiles"), dict):
         return False
-    steps = to_floats(dist.get("steps"))
+    steps = to_steps(dist.get("steps"))
     pct = {k: to_floats(v)[: len(steps)] for k, v in dist["percentiles"].items()}
     if not len(steps) or "50" not in pct:
         return False
@@ -227,7 +246,7 @@ def _paint_activation_series(ax, run: dict, plot: ActivationSeriesPlot | ProbeSe
     data = series.get(plot.series_key)
     if not isinstance(data, dict):
         return False
-    x = to_floats(data.get("steps"))
+    x = to_steps(data.get("steps"))
     drawn = False
     for index, key in enumerate(("mean", "max", "min")):
         y = to_floats(data.get(key))[: len(x)]

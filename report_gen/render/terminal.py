@@ -1,13 +1,33 @@
-"""A short terminal summary with rich: the verdict line, then a table of the top findings."""
+"""A short terminal summary with rich: the verdict line, then a table of the top findings.
+
+Nothing from the report reaches the terminal as markup or raw control characters: texts are rich
+`Text` objects (never markup-parsed) built from `clean_text` (C0/C1 controls and bidi overrides
+removed), and `terminal_text` does the same for anything else printed (progress, log lines, errors).
+"""
 from __future__ import annotations
 
-from typing import IO
+import logging
+from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from report_gen.render.context import Limits, build_context
+from report_gen.render.context import Limits, build_context, clean_text
+
+
+def terminal_text(value: Any, limit: int = 2000) -> str:
+    """Text safe to print on a terminal: one line, no escape sequence (ESC ]0;title BEL, CSI, ...),
+    no bidi override, non-UTF-8 bytes as backslash escapes. Not markup: print it with markup off."""
+    return " ".join(clean_text(value, limit).splitlines())
+
+
+class TerminalSafeFormatter(logging.Formatter):
+    """A logging formatter whose output goes through `terminal_text` (file names in log messages
+    come from the artifact being diagnosed)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_text(super().format(record), 4000)
 
 TOP_FINDINGS = 10
 _STYLES = {"fail": "bold red", "warn": "bold yellow", "unknown": "bold magenta", "pass": "bold green",

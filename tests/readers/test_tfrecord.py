@@ -142,3 +142,185 @@ def test_batches_expose_offsets(tmp_path):
     (batch,) = list(RecordReader(str(path)).batches())
     assert batch.lengths.tolist() == [len(p) for p in PAYLOADS]
     assert batch.starts[0] == 12 and batch.base == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile and changing files (issue 14)
+
+import json  # noqa: E402
+import os  # noqa: E402
+import struct  # noqa: E402
+import threading  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from event_builders import make_scalar_event, make_version_event  # noqa: E402
+from hostile_tools import bounded_time  # noqa: E402
+from memtools import peak_memory  # noqa: E402
+from report_gen.readers.tfrecord import find_header, header_crcs  # noqa: E402
+
+
+def header(length: int) -> bytes:
+    """A header with a VALID length CRC claiming `length` bytes (no data follows it)."""
+    raw = struct.pack("<Q", length)
+    return raw + struct.pack("<I", masked_crc32c(raw))
+
+
+def test_vectorised_header_crc_matches_the_scalar_one():
+    rows = np.random.default_rng(0).integers(0, 256, size=(2000, 8), dtype=np.uint8)
+    rows[:10] = 0
+    assert header_crcs(rows).tolist() == [masked_crc32c(bytes(r)) for r in rows]
+
+
+@pytest.mark.parametrize("fill", ["random", "zeros", "text"])
+def test_find_header_finds_the_first_valid_header(fill):
+    rng = np.random.default_rng(1)
+    junk = {"random": rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes(), "zeros": bytes(100_000),
+            "text": b"loss=0.1\n" * 11_111}[fill]
+    buf = junk[:70_001] + frame(b"payload") + junk[70_001:]
+    assert find_header(buf, 0, len(buf) - 11, len(buf)) == 70_001
+    assert find_header(buf, 70_002, len(buf) - 11, len(buf)) == -1
+    assert find_header(buf, 0, len(buf) - 11, 70_001 + 16 + 6) == -1  # the record would not fit
+
+
+@pytest.mark.parametrize("fill", ["random", "zeros"])
+def test_64_mb_of_junk_is_resynced_fast(tmp_path, fill):
+    path = tmp_path / "events.out.tfevents.1"
+    with open(path, "wb") as f:
+        f.write(frame(b"first"))
+        if fill == "random":
+            f.write(np.random.default_rng(2).integers(0, 256, 64 << 20, dtype=np.uint8).tobytes())
+        else:
+            f.seek(64 << 20, os.SEEK_CUR)  # a hole: a sparse file of zeros
+        f.write(frame(b"last"))
+    with bounded_time(3.0):
+        records, reader = read_all(path)
+    assert records == [b"first", b"last"]
+    (problem,) = reader.problems
+    assert (problem.kind, problem.offset, problem.count) == ("bad-length-crc", len(frame(b"first")), 64 << 20)
+
+
+def test_an_oversized_record_is_skipped_by_seek_and_reported(tmp_path):
+    """A valid header claiming 3 GiB in a sparse 3 GiB file: seeked past, never read or allocated."""
+    path = tmp_path / "events.out.tfevents.1"
+    length = 3 << 30
+    with open(path, "wb") as f:
+        f.write(frame(b"before") + header(length))
+        f.seek(length + 4, os.SEEK_CUR)
+        f.write(frame(b"after"))
+    assert os.stat(path).st_blocks * 512 < 1 << 20  # really sparse: nothing to read there
+    with bounded_time(1.0), peak_memory() as mem:
+        records, reader = read_all(path, chunk_size=1 << 20)
+    assert records == [b"before", b"after"]
+    assert mem["peak"] < 8 << 20
+    (problem,) = reader.problems
+    assert (problem.kind, problem.severity, problem.offset, problem.count) == (
+        "oversized-record", "warning", len(frame(b"before")), length)
+    assert "64 MiB" in problem.message
+
+
+def test_the_record_cap_is_inclusive(tmp_path, monkeypatch):
+    """A record of exactly MAX_RECORD_BYTES is read; one byte more is skipped (a small cap, to test it)."""
+    import report_gen.readers.tfrecord as tfrecord
+
+    monkeypatch.setattr(tfrecord, "MAX_RECORD_BYTES", 1000)
+    path = write_bytes(tmp_path / "f", frame(b"a") + frame(bytes(1000)) + frame(bytes(1001)) + frame(b"z"))
+    records, reader = read_all(path, chunk_size=256)
+    assert [len(r) for r in records] == [1, 1000, 1]
+    assert [(p.kind, p.count) for p in reader.problems] == [("oversized-record", 1001)]
+
+
+def test_a_lying_header_in_mid_file_does_not_hide_what_follows(tmp_path):
+    """A valid header claiming 1 TB, then more records: resynced past (a warning), not a 'truncated' tail."""
+    first, lie = frame(b"one") + frame(b"two"), header(1 << 40)
+    path = write_bytes(tmp_path / "f", first + lie + frame(b"three") + frame(b"four"))
+    records, reader = read_all(path)
+    assert records == [b"one", b"two", b"three", b"four"]
+    (problem,) = reader.problems
+    assert (problem.kind, problem.severity, problem.offset, problem.count) == (
+        "bad-length", "warning", len(first), len(lie))
+    assert "1,099,511,627,776 bytes" in problem.message
+
+
+def test_a_lying_header_with_nothing_after_is_a_truncated_tail(tmp_path):
+    first = frame(b"one")
+    path = write_bytes(tmp_path / "f", first + header(1 << 40) + b"partial payload")
+    records, reader = read_all(path)
+    assert records == [b"one"]
+    assert [(p.kind, p.severity, p.offset) for p in reader.problems] == [("truncated-record", "info", len(first))]
+
+
+def test_nan_after_a_lying_header_is_still_found(tmp_path):
+    """End to end: the NaN that follows a lying 1 TB header is read, so the verdict is not PASS."""
+    from report_gen.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    good = b"".join(frame(make_scalar_event("train/loss", i, 2.0 - i * 0.01)) for i in range(40))
+    tail = frame(make_scalar_event("train/loss", 40, float("nan")))
+    write_bytes(run / "events.out.tfevents.1.host", frame(make_version_event()) + good + header(1 << 40) + tail)
+    out = tmp_path / "out"
+    assert main(["diagnose", str(run), "-o", str(out), "--format", "json", "-q"]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["verdict"] == "fail"
+    assert any("non-finite" in f["message"] for f in report["findings"])
+    assert any(p["kind"] == "bad-length" for p in report["inputs"]["runs"][0]["problems"])
+
+
+def test_a_file_that_grows_while_read_is_read_up_to_its_size_at_open(tmp_path):
+    path = write_bytes(tmp_path / "f", b"".join(frame(b"r%d" % i) for i in range(50)))
+    size_at_open = path.stat().st_size
+    reader = RecordReader(str(path), chunk_size=64)
+    records = []
+    for batch in reader.batches():
+        records.extend(batch.records())
+        with open(path, "ab") as f:  # a log redirected into the file, or a run still writing it
+            f.write(frame(b"late") * 10)
+    assert records == [b"r%d" % i for i in range(50)]
+    assert reader.bytes_total == size_at_open
+    (problem,) = reader.problems
+    assert (problem.kind, problem.severity, problem.offset) == ("file-grew", "info", size_at_open)
+
+
+def test_a_file_that_shrinks_while_read_is_reported(tmp_path):
+    path = write_bytes(tmp_path / "f", b"".join(frame(b"r%d" % i) for i in range(50)))
+    reader = RecordReader(str(path), chunk_size=64)
+    records = []
+    for batch in reader.batches():
+        records.extend(batch.records())
+        os.truncate(path, 100)
+    assert 0 < len(records) < 50
+    assert "file-shrank" in kinds(reader)
+
+
+def _read_in_thread(path) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(read_all(path)), daemon=True)
+    thread.start()
+    thread.join(10)
+    return thread, out
+
+
+def test_a_fifo_named_like_an_event_file_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "events.out.tfevents.1.host"
+    os.mkfifo(path)
+    thread, out = _read_in_thread(path)
+    if thread.is_alive():  # unblock the stuck open before failing
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert not thread.is_alive()
+    (records, reader), = out
+    assert records == []
+    (problem,) = reader.problems
+    assert (problem.kind, problem.severity) == ("unreadable", "error")
+    assert "FIFO" in problem.message and "\n" not in problem.message
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_a_symlink_to_a_device_is_refused_without_reading(tmp_path, device):
+    path = tmp_path / "events.out.tfevents.1.host"
+    path.symlink_to(device)
+    thread, out = _read_in_thread(path)
+    assert not thread.is_alive()
+    (records, reader), = out
+    assert records == [] and kinds(reader) == ["unreadable"]
+    assert "character device" in reader.problems[0].message and device in reader.problems[0].message

@@ -79,4 +79,4 @@ def test_escape_markdown_rules():
     assert escape_markdown("x\ny\r") == "x y "
     assert escape_markdown("@team") == "@\u200bteam"
     assert escape_markdown("<b>&") == "&lt;b&gt;&amp;"
-    assert escape_markdown("`*_[]~#\\") == "\\`\\*\\_\\[\\]\\~\\#\\\\"
+    assert escape_markdown("`*_[]~#\\") == "\\`\\*\\_\\[\\]\\~\\#\u200b\\\\"

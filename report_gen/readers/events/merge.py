@@ -68,7 +68,7 @@ class Restarts:
                 for path, n in self.dropped.items()]
 
 
-def _select(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int | None) -> tuple[np.ndarray, list]:
+def apply_step_policy(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int | None) -> tuple[np.ndarray, list]:
     """Apply the step policy to one series in write order.
 
     Returns the indices to keep (ordered by step, ties in write order, thinned to ``max_per_tag``) and
@@ -119,7 +119,7 @@ def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
     chosen = []
     for code, name in enumerate(names):
         rows = order[bounds[code]:bounds[code + 1]]
-        kept, found = _select(steps[rows], sessions[bounds[code]:bounds[code + 1]], max_per_tag)
+        kept, found = apply_step_policy(steps[rows], sessions[bounds[code]:bounds[code + 1]], max_per_tag)
         for i, dropped in found:
             restarts.add(group[file_index[rows[i]]].path, name, int(steps[rows[i]]), dropped)
         chosen.append(rows[kept])
@@ -142,7 +142,7 @@ def merge_points(sub: str, group: list[FileContent], max_per_tag: int | None, re
             file_index = np.array([i for i, _ in points], dtype=np.int64)
             seqs = np.array([p.seq for _, p in points], dtype=np.int64)
             steps = np.array([p.step for _, p in points], dtype=np.int64)
-            kept, found = _select(steps, _session_ids(group, file_index, seqs), max_per_tag)
+            kept, found = apply_step_policy(steps, _session_ids(group, file_index, seqs), max_per_tag)
             for i, dropped in found:
                 restarts.add(group[points[i][0]].path, tag, int(steps[i]), dropped)
             chosen = [points[k][1] for k in kept.tolist()]
