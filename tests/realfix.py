@@ -32,8 +32,17 @@ def report(lib: str, name: str, *codes: str, sub: str = "", **rule_options: dict
     return diagnose([str(path)], Options(config=cfg, select=list(codes) or None))
 
 
+@lru_cache(maxsize=None)
+def _findings(lib: str, name: str, sub: str, options: str) -> tuple[dict[str, Any], ...]:
+    """Every finding of one case, diagnosed once per test session (rules are independent, so selecting a
+    code afterwards gives exactly what `--select` would)."""
+    return tuple(report(lib, name, sub=sub, **json.loads(options))["findings"])
+
+
 def findings(lib: str, name: str, *codes: str, sub: str = "", **rule_options) -> list[dict[str, Any]]:
-    return report(lib, name, *codes, sub=sub, **rule_options)["findings"]
+    """The findings of `codes` (all when none) on one real case."""
+    found = _findings(lib, name, sub, json.dumps(rule_options, sort_keys=True))
+    return [dict(f) for f in found if not codes or f["code"] in codes]
 
 
 def at_least_warning(found: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -174,6 +174,20 @@ class RunFacts:
         return sibling if sibling is not None and len(sibling) > len(t) else t
 
     @cached_property
+    def reward(self):
+        """The episode reward (or return) series of a reinforcement-learning run (SB3 `rollout/ep_rew_mean`,
+        `eval/mean_reward`, CleanRL `charts/episodic_return`, `episode/Return`), None for any other run. In an
+        RL run the losses are no convergence signal: the value loss grows as the returns do."""
+        import re
+
+        pattern = re.compile(r"(^|[_/ ])(ep_?rew|rewards?|returns?|episodic_return)(_mean)?$", re.IGNORECASE)
+        for tag, series in self.signals.other_scalars.items():
+            last = tag.rsplit("/", 1)[-1]
+            if pattern.search(last) or pattern.search(tag):
+                return series
+        return None
+
+    @cached_property
     def untrained_loss(self) -> float | None:
         """The training loss before learning: the first finite value of the earliest training-loss series."""
         for s in (self.train_loss_steps, self.signals.train_loss):

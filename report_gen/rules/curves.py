@@ -97,6 +97,8 @@ def divergence(run, opts: DivergenceOptions):
         learned (it improved less than `min_span` of its start, e.g. a loss sitting at chance, ln C, with
         batch noise) has no improvement to give back: there only a rise above its starting level counts,
         measured in `min_span` of that level, so a 3% noise dip and recovery is not divergence.
+        Reinforcement-learning runs (they log an episode reward or return) are left out: their losses
+        rise as the returns grow (SB3's PPO value loss), so a loss is no convergence signal there.
     Why it matters:
         A diverging run's final weights are worse than an earlier checkpoint's; reported final metrics
         understate what the model could do, or the run is broken outright.
@@ -110,6 +112,8 @@ def divergence(run, opts: DivergenceOptions):
         Inspect the data around the step where the loss turned, too.
     """
     s = run.signals.train_loss
+    if run.reward is not None:
+        return  # reinforcement learning: the losses are no convergence signal
     finite = np.isfinite(s.values)
     v = s.values[finite]
     if v.size < opts.min_points:
@@ -179,13 +183,14 @@ def plateau(run, opts: PlateauOptions):
         The gradient-by-depth plot in this report shows where gradients stop; ReLU-family activations
         with He initialisation keep them flowing.
 
-        When the run holds the reason, the finding names it (evidence `root_cause`): the whole model
+        Reinforcement-learning runs (an episode reward or return is logged) are not judged on their
+        losses. When the run holds the reason, the finding names it (evidence `root_cause`): the whole model
         frozen (every parameter bit-identical across the checkpoints), a learning rate of exactly 0 after
         warm-up or at every checkpoint ("lr-zero"), one that collapsed early ("lr-collapsed"), one far
         below the usual range of its optimizer ("lr-too-low"), or no gradient at all ("no-gradients").
     """
     s = run.signals
-    t = s.train_loss
+    t = s.train_loss if run.reward is None else None  # an RL run's losses are no convergence signal
     if t is not None and np.isfinite(t.values).sum() < opts.min_points:
         t = run.train_loss_steps  # a few epoch-level points: the per-batch series of the same loss decides
     if t is not None and np.isfinite(t.values).sum() >= opts.min_points:
@@ -201,6 +206,8 @@ def plateau(run, opts: PlateauOptions):
                            "points": summ.n, "threshold": opts.min_improvement, **evidence},
                           plot=CurvePlot(run.name, [Signal.TRAIN_LOSS if t is s.train_loss else Key.OTHER.of(t.tag)]))
         return  # the loss decides; accuracy is only the fallback when no training loss was logged
+    if run.reward is not None:
+        return
     for key in (Signal.TRAIN_ACC, Signal.VAL_ACC):
         a = getattr(s, key.value)
         if a is None or np.isfinite(a.values).sum() < opts.min_points:
@@ -625,7 +632,7 @@ def loss_spike(run, opts: SpikeOptions):
         the run logs one beside an epoch-level loss (Lightning's `_step`). A spike the run recovered from is
         a warning, one it did not recover from an error. When the gradient norm spiked first, the finding
         reports the lead (OLMo 2: gradient-norm spikes precede loss spikes), and when the learning rate
-        jumped just before, it names the root cause ("lr-spike").
+        jumped just before, it names the root cause ("lr-spike"). Reinforcement-learning runs are left out.
     Why it matters:
         A loss spike throws away progress; a run that recovers has wasted steps and may have damaged its
         optimizer state, a run that does not has diverged. Spikes are the first sign of an unstable
@@ -642,7 +649,7 @@ def loss_spike(run, opts: SpikeOptions):
         Large-model recipes add QK-norm, z-loss and a smaller AdamW epsilon (OLMo 2) against spikes.
     """
     t = run.train_loss_steps
-    if t is None:
+    if t is None or run.reward is not None:  # an RL run's losses jump with its policy: no spike signal
         return
     events = spike_events(t, opts)
     if not events:

@@ -110,3 +110,13 @@ def test_validation_loss_never_below_the_chance_loss_is_an_error_without_accurac
     s = _signals(val, hparams={"num_classes": 10})
     [h] = hits(make_run(signals=s), "L105")
     assert h.severity == "error" and h.evidence["root_cause"] == "random-labels"
+
+
+def test_random_labels_from_hf_trainer_and_wandb_are_errors_too():
+    """HF Trainer (trainer_state.json: eval_accuracy 0.46-0.53) and W&B offline (.wandb history) runs of
+    random labels: the same root cause, whatever wrote the log."""
+    import realfix
+
+    for lib, name in (("hf", "bert-random-labels"), ("wandb", "offline_random_labels")):
+        [f] = realfix.findings(lib, name, "L105")
+        assert f["severity"] == "error" and f["evidence"]["root_cause"] == "random-labels", (lib, f["message"])

@@ -16,12 +16,23 @@ def test_lr_exactly_zero_after_warm_up_is_an_error():
     assert ev["learning"] is False
 
 
-def test_lr_zero_in_every_checkpoints_optimizer_state_is_an_error():
-    """HF Trainer, integer-division schedule: no loss logged to TensorBoard, but both checkpoints'
-    optimizer.pt param groups hold lr 0.0."""
+def test_hf_lr_zero_from_its_log_and_its_optimizer_state():
+    """HF Trainer, integer-division schedule: trainer_state.json logs learning_rate 0.0 from step 10, and both
+    checkpoints' optimizer.pt param groups hold lr 0.0."""
     [f] = realfix.findings("hf", "bert-lr-zero", "L107")
-    assert f["severity"] == "error" and f["evidence"]["lr_source"] == "optimizer state"
-    assert f["evidence"]["lr_checkpoints"] == 2
+    assert f["severity"] == "error" and f["evidence"]["root_cause"] == "lr-zero"
+    assert f["evidence"]["lr_first_zero_step"] == 10 and f["evidence"]["lr_zero_share"] > 0.9
+
+
+def _opt(lrs):
+    return {"kind": "adamw", "grad_rms": {}, "mapping": "names-in-file", "lrs": lrs, "group_params": 1, "state_entries": 1}
+
+
+def test_lr_zero_in_the_optimizer_state_of_two_checkpoints_is_an_error_without_a_log():
+    w = {"fc.weight": torch.randn(4, 4)}
+    run = make_run(checkpoints=[mem_checkpoint(w, 60, optimizer=_opt([0.0, 0.0])), mem_checkpoint(w, 120, optimizer=_opt([0.0, 0.0]))])
+    [h] = hits(run, "L107")
+    assert h.severity == "error" and h.evidence["lr_source"] == "optimizer state" and h.evidence["lr_checkpoints"] == 2
 
 
 @pytest.mark.parametrize("lib, name, optimizer", [("lightning", "lr_too_low", "sgd"), ("hf", "bert-lr-1e-6", "adamw")])
@@ -60,6 +71,4 @@ def test_a_small_lr_that_learns_is_a_choice():
 
 def test_one_final_checkpoint_at_lr_zero_is_the_end_of_a_decay():
     w = {"fc.weight": torch.randn(4, 4)}
-    opt = {"kind": "adamw", "grad_rms": {}, "mapping": "names-in-file", "lrs": [0.0, 0.0], "group_params": 1,
-           "state_entries": 1}
-    assert hits(make_run(checkpoints=[mem_checkpoint(w, 100, optimizer=opt)]), "L107") == []
+    assert hits(make_run(checkpoints=[mem_checkpoint(w, 100, optimizer=_opt([0.0, 0.0]))]), "L107") == []

@@ -33,3 +33,9 @@ def test_a_loss_that_underflows_to_zero_after_converging_is_no_hidden_nan():
 def test_healthy_hf_runs_have_finite_grad_norms():
     for name in ("bert-healthy-tensorboard", "gpt2-healthy-tensorboard"):
         assert realfix.findings("hf", name, "L109") == []
+
+
+def test_the_hf_run_read_by_report_gen_shows_the_hidden_nan():
+    found = realfix.findings("hf", "bert-nan-filtered", "L109", "L103")
+    assert {f["subject"] for f in found if f["code"] == "L109"} == {"train/grad_norm", "train/loss"}
+    assert [f for f in found if f["code"] == "L103"] == []  # its manifest: not a plateau
