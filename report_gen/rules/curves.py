@@ -8,7 +8,7 @@ import numpy as np
 from report_gen.facts import curves
 from report_gen.rules.base import Hit, opt, rule
 from report_gen.rules.causes import LrCauseOptions, frozen_model, gradient_cause, lr_cause
-from report_gen.rules.spiking import SpikeOptions, lr_jump, spike_events
+from report_gen.rules.spiking import SpikeOptions, check_method, lr_jump, spike_events
 from report_gen.vocab import CurvePlot, Key, Signal
 
 
@@ -624,11 +624,16 @@ def loss_spike(run, opts: SpikeOptions):
     """
     What it detects:
         Spikes in the training loss as the large-model trainers define them (the `method` option picks
-        one; each is implemented as published, facts/spikes.py cites the sources): llm-foundry's
-        KillLossSpike (default: >= 2x the mean of the previous 100 values on 5 consecutive points),
-        Lightning Fabric's SpikeDetection (a rise >= 2x the mean of the last 10 away from it), OLMo-core's
-        StabilityMonitorCallback (above the mean + 6 standard deviations of the previous 128) or
-        Megatron-LM's spiky-loss check (>= 10x the max of the first 100). The per-batch series is used when
+        one; each is implemented as published, with its defaults): llm-foundry's KillLossSpike (default:
+        >= 2x the mean of the previous 100 values on 5 consecutive points; mosaicml/llm-foundry
+        llmfoundry/callbacks/kill_loss_spike_callback.py, outlier_multiplier=2, window_size=100,
+        patience=4), Lightning Fabric's SpikeDetection (a rise >= 2x the mean of the last 10 away from it;
+        Lightning-AI/pytorch-lightning src/lightning/fabric/utilities/spike.py, window=10, rtol=2.0),
+        OLMo-core's StabilityMonitorCallback (above the mean + 6 standard deviations of the previous 128;
+        allenai/OLMo-core src/olmo_core/train/callbacks/stability_monitor.py, window_size=128,
+        threshold_std=6.0) or Megatron-LM's spiky-loss check (>= 10x the max of the first 100; NVIDIA/
+        Megatron-LM megatron/core/rerun_state_machine.py is_unexpectedly_large, num_samples=100, with
+        pretrain_gpt.py's SPIKY_LOSS_FACTOR = 10). The per-batch series is used when
         the run logs one beside an epoch-level loss (Lightning's `_step`). A spike the run recovered from is
         a warning, one it did not recover from an error. When the gradient norm spiked first, the finding
         reports the lead (OLMo 2: gradient-norm spikes precede loss spikes), and when the learning rate
@@ -648,6 +653,7 @@ def loss_spike(run, opts: SpikeOptions):
 
         Large-model recipes add QK-norm, z-loss and a smaller AdamW epsilon (OLMo 2) against spikes.
     """
+    check_method(opts)
     t = run.train_loss_steps
     if t is None or run.reward is not None:  # an RL run's losses jump with its policy: no spike signal
         return

@@ -8,7 +8,7 @@ import numpy as np
 from report_gen.facts import curves
 from report_gen.facts.run import is_embedding_name, is_weight_name
 from report_gen.rules.base import Hit, opt, rule
-from report_gen.rules.spiking import SpikeOptions, lr_jump, spike_events
+from report_gen.rules.spiking import SpikeOptions, check_method, lr_jump, spike_events
 from report_gen.vocab import CurvePlot, GradDepthPlot, Signal
 
 _SOURCE = {Signal.GRAD_HIST: "logged gradient histograms",
@@ -175,6 +175,7 @@ def grad_norm_spike(run, opts: SpikeOptions):
 
         Large-model recipes track a spike score (OLMo 2) and skip batches around spikes.
     """
+    check_method(opts)
     g = run.signals.grad_norm
     events = spike_events(g, opts)
     if not events:

@@ -57,7 +57,7 @@ def spike_events(series, opts: SpikeOptions) -> list[dict]:
         if not np.isfinite(before) or height < opts.min_rise_share * span:
             continue
         events.append({"onset": onset, "onset_step": int(steps[onset]), "peak_step": int(steps[peak]),
-                       "peak": float(v[peak]), "before": before, "height": height})
+                       "peak": float(v[peak]), "before": before, "height": height, "rise_share": height / span})
     return events
 
 
@@ -76,3 +76,11 @@ def lr_jump(run, onset_step: int, opts: SpikeOptions) -> dict | None:
         at = int(s[(s >= onset_step - opts.lead_window) & (s <= onset_step) & np.isfinite(v)][int(np.argmax(window))])
         return {"lr_before": base, "lr_peak": top, "lr_peak_step": at, "lr_factor": top / base}
     return None
+
+
+def check_method(opts: SpikeOptions) -> None:
+    """A clear error for an unknown `method` (the engine reports it as the rule not evaluated)."""
+    from report_gen.facts.spikes import METHODS
+
+    if opts.method not in METHODS:
+        raise ValueError(f"option method must be one of {', '.join(METHODS)}, got {opts.method!r}")

@@ -284,6 +284,7 @@ def fan_in_width(run, opts: FanInWidthOptions):
         step0 = ps.steps[ps.present[0]]
         several = len(ps.stats) >= 2
         ev = {"fan_in": scales.fan_in, "std_first": first.std, "std_last": last.std, "kaiming_std": scales.kaiming,
+              "ratio": max(r0, r1),
               "pytorch_default_std": scales.pytorch_default, "ratio_first": r0, "ratio_last": r1,
               "first_step": step0, "threshold": opts.max_ratio}
         if r0 > opts.max_ratio:
