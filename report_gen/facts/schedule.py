@@ -30,6 +30,9 @@ DEFAULT_LR: dict[str, float] = {
     "adadelta": 1.0,  # torch.optim.Adadelta
 }
 
+#: optimizer family -> torch.optim's default learning rate (the reference for "far above")
+TORCH_DEFAULT_LR: dict[str, float] = {"sgd": 1e-3, "adam": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2, "adadelta": 1.0}
+
 _FAMILY = (  # optimizer names (class names, HF `optim` values, checkpoint kinds) -> family
     (re.compile(r"adam|lamb|lion|adafactor|nadam|radam|adamax", re.I), "adam"),
     (re.compile(r"^(sgd|nesterov)|sgd", re.I), "sgd"),

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from report_gen.facts.schedule import DEFAULT_LR, optimizer_family
+from report_gen.facts.schedule import DEFAULT_LR, TORCH_DEFAULT_LR, optimizer_family
 from report_gen.rules.base import opt
 
 
@@ -88,21 +88,16 @@ def lr_too_low(run, opts: LrCauseOptions) -> LrCause | None:
     family = optimizer_family(run.optimizer_name)
     if family is None or family not in DEFAULT_LR:
         return None
-    prof = run.lr_profile
-    hp = hparam_lr(run)
-    saved = [lr for _, lrs in run.checkpoint_lrs for lr in lrs]
-    if prof is not None and prof.points:
-        peak, what = prof.peak, f"the logged learning rate ({run.signals.lr.tag}) peaks at"
-    elif hp is not None:
-        peak, what = hp, "the configured learning rate (hyper-parameters) is"
-    elif saved:
-        peak, what = max(saved), "the learning rate in the checkpoints' optimizer state is at most"
-    else:
+    found = peak_lr(run)
+    if found is None:
         return None
+    peak, what = found
     default = DEFAULT_LR[family]
     if not (0 < peak < default / opts.lr_far_below):
         return None
-    source = "logged" if prof is not None and prof.points else "hyper-parameters" if hp is not None else "optimizer state"
+    source = ("logged" if what.startswith("the logged") else "hyper-parameters" if what.startswith("the configured")
+              else "optimizer state")
+    what += " peaks at" if source == "logged" else " is" if source == "hyper-parameters" else " is at most"
     return LrCause("lr-too-low", f"{what} {peak:.3g}, {default / peak:.3g}x below {default:g}, the lowest published "
                                  f"default for {run.optimizer_name} ({family} family)",
                    {"lr_peak": peak, "optimizer": run.optimizer_name, "optimizer_family": family,
@@ -174,3 +169,30 @@ def gradient_cause(run) -> LrCause | None:
                            {"optimizer_params": o["group_params"], "optimizer_state_entries": 0, "checkpoint": c.path})
         break
     return None
+
+
+def peak_lr(run) -> tuple[float, str] | None:
+    """(the run's peak learning rate, where it comes from): logged, else configured, else the optimizer state."""
+    prof = run.lr_profile
+    if prof is not None and prof.points:
+        return prof.peak, f"the logged learning rate ({run.signals.lr.tag})"
+    hp = hparam_lr(run)
+    if hp is not None:
+        return hp, "the configured learning rate"
+    saved = [lr for _, lrs in run.checkpoint_lrs for lr in lrs]
+    return (max(saved), "the optimizer state's learning rate") if saved else None
+
+
+def lr_too_high(run, factor: float) -> LrCause | None:
+    """The peak learning rate more than `factor` times torch.optim's default for the run's optimizer family."""
+    family = optimizer_family(run.optimizer_name)
+    found = peak_lr(run)
+    if family not in TORCH_DEFAULT_LR or found is None:
+        return None
+    peak, what = found
+    default = TORCH_DEFAULT_LR[family]
+    if peak <= factor * default:
+        return None
+    return LrCause("lr-too-high", f"{what} {peak:.3g} is {peak / default:.3g}x torch.optim's default {default:g} for "
+                                  f"{run.optimizer_name}",
+                   {"lr_peak": peak, "optimizer": run.optimizer_name, "usual_lr": default, "lr_factor_above": peak / default})

@@ -7,7 +7,7 @@ import numpy as np
 
 from report_gen.facts import curves
 from report_gen.rules.base import Hit, opt, rule
-from report_gen.rules.causes import LrCauseOptions, frozen_model, gradient_cause, lr_cause
+from report_gen.rules.causes import LrCauseOptions, frozen_model, gradient_cause, lr_cause, lr_too_high
 from report_gen.rules.spiking import SpikeOptions, check_method, lr_jump, spike_events
 from report_gen.vocab import CurvePlot, Key, Signal
 
@@ -77,6 +77,10 @@ class DivergenceOptions:
     spike_factor: float = opt(10.0, "after its best, a peak this many improvement spans above the best")
     min_span: float = opt(0.05, "the improvement span counts as at least this share of the starting loss, so noise on "
                                 "a flat curve is not read as divergence")
+    lr_far_above: float = opt(1000.0, "a divergence names 'lr-too-high' as its root cause when the peak learning rate is "
+                                      "more than this factor above torch.optim's default for the optimizer (SGD and "
+                                      "Adam 1e-3, RMSprop 1e-2: lr > 1 for SGD; PyTorch's word-language-model example "
+                                      "trains SGD at 20 with clipping, so only a diverged run gets this cause)")
 
 
 def _scale(summ: curves.CurveSummary, min_span: float) -> float:
@@ -149,9 +153,14 @@ def divergence(run, opts: DivergenceOptions):
     else:
         msg = (f"{s.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} over the last "
                f"points (last value {_fmt(last)}), giving back {giveback:.0%} of the improvement from {_fmt(summ.start)}")
+    cause = lr_too_high(run, opts.lr_far_above)
+    if cause is not None:
+        msg += f"; root cause: {cause.text}"
     yield Hit(s.tag, msg, {"start": summ.start, "best": summ.best, "best_step": best_step, "end": summ.end,
                            "giveback": giveback, "peak": float(v[peak_i]), "peak_step": int(steps[peak_i]),
-                           "spike": spike, "last": last, "recovered": recovered},
+                           "spike": spike, "last": last, "recovered": recovered,
+                           "root_cause": cause.kind if cause is not None else None,
+                           **(cause.evidence if cause is not None else {})},
               severity=sev, plot=CurvePlot(run.name, [Signal.TRAIN_LOSS], best_step))
 
 
@@ -698,7 +707,11 @@ class HiddenNonfiniteOptions:
     min_points: int = opt(3, "finite logged losses needed before an exact 0.0 can look out of place")
     min_level: float = opt(0.01, "the value logged just before the first 0.0 is at least this share of the first "
                                  "value: a loss that converges smoothly towards 0 and underflows to 0.0 in float32 "
-                                 "(a memorised training set, 1e-9 then 0.0) is no hidden NaN")
+                                 "(a memorised training set, 1e-9 then 0.0) is no hidden NaN...")
+    min_zero_share: float = opt(0.9, "...and from the first 0.0 on at least this share of the logged values are 0.0 "
+                                     "(the filter logs 0.0 at every step once the loss is NaN); a batch that happens to "
+                                     "be fit exactly, or a script that logs 0.0 on the epochs it does not compute the "
+                                     "loss (the corpus' DLGN and SSD runs), leaves positive values in between")
 
 
 @rule("L109", "hidden-nonfinite", "error", needs=(Signal.GRAD_NORM, Signal.TRAIN_LOSS), options=HiddenNonfiniteOptions,
@@ -708,7 +721,7 @@ def hidden_nonfinite(run, opts: HiddenNonfiniteOptions):
     What it detects:
         Non-finite training the loss curve does not show: a logged gradient norm that is NaN or Inf, and a
         training loss of exactly 0.0 where it never was before (it was positive for at least `min_points`
-        logged points, the last of them not already near 0). The Hugging Face Trainer's `logging_nan_inf_filter` (TrainingArguments, default
+        logged points, the last of them not already near 0) and stays 0.0 from there on. The Hugging Face Trainer's `logging_nan_inf_filter` (TrainingArguments, default
         True) drops NaN/Inf losses from the logged average, so a run whose loss became NaN logs 0.0 instead,
         while `grad_norm` is logged unfiltered as NaN.
     Why it matters:
@@ -742,6 +755,9 @@ def hidden_nonfinite(run, opts: HiddenNonfiniteOptions):
     i = int(zero[0])
     before = v[:i][np.isfinite(v[:i])]
     if before.size < opts.min_points or not np.all(before > 0) or before[-1] < opts.min_level * before[0]:
+        return
+    after = v[i:]
+    if np.mean(after == 0.0) < opts.min_zero_share:
         return
     filtered = "; the Hugging Face Trainer logs 0.0 for a NaN/Inf loss with logging_nan_inf_filter=True (its default)"
     yield Hit(t.tag, f"{t.tag} is exactly 0.0 from step {int(t.steps[i])} ({zero.size} of {len(t)} logged values) after "

@@ -39,3 +39,10 @@ def test_the_hf_run_read_by_report_gen_shows_the_hidden_nan():
     found = realfix.findings("hf", "bert-nan-filtered", "L109", "L103")
     assert {f["subject"] for f in found if f["code"] == "L109"} == {"train/grad_norm", "train/loss"}
     assert [f for f in found if f["code"] == "L103"] == []  # its manifest: not a plateau
+
+
+def test_exact_zeros_between_positive_losses_are_no_hidden_nan():
+    # a batch fit exactly now and then (BCE-with-logits underflows), or 0.0 logged on epochs with no loss computed
+    v = decaying(200, 0.7, 0.05)
+    v[120::13] = 0.0
+    assert hits(make_run(signals=Signals(train_loss=series("train/loss", v))), "L109") == []

@@ -51,6 +51,6 @@ def test_faulty_real_runs_are_caught_in_their_category_with_the_root_cause(lib, 
         [(f["code"], f["category"], f["message"][:100]) for f in found]
     causes = {(f.get("evidence") or {}).get("root_cause") for f in found}
     if c["root_cause"] in ("lr-zero", "lr-too-low", "whole-model-frozen", "random-labels", "train-val-mismatch",
-                           "lr-spike", "init-too-wide"):
+                           "lr-spike", "init-too-wide", "lr-too-high"):
         named = causes | ({"whole-model-frozen"} if any(f["code"] == "U104" for f in found) else set())
         assert c["root_cause"] in named, causes
