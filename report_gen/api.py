@@ -33,7 +33,8 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
                   baseline: PathLike | None = None, trust_pickles: bool = False, model: str | None = None,
                   model_kwargs: dict | str | None = None, probe: PathLike | None = None,
                   probe_shape: str | Iterable[int] | None = None, probe_max_checkpoints: int = 6,
-                  storage_options: dict | str | None = None, cache_dir: PathLike | None = None) -> Any:
+                  storage_options: dict | str | None = None, cache_dir: PathLike | None = None,
+                  isolate: bool = False) -> Any:
     """engine.Options from the CLI's option values; InputError (one line) for an inconsistent set.
 
     config: a path to a TOML file, an already loaded `report_gen.config.Config`, or None (nearest
@@ -54,8 +55,10 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
         if probe_shape is not None and not isinstance(probe_shape, str):
             probe_shape = ",".join(str(int(n)) for n in probe_shape)
         spec = ProbeSpec(model, kwargs, os.fspath(probe) if probe else None, probe_shape or None, probe_max_checkpoints)
-    elif probe or probe_shape:
-        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
+    elif probe or probe_shape:  # no model: the probe input is for HF checkpoint folders, which probe themselves
+        if probe_shape is not None and not isinstance(probe_shape, str):
+            probe_shape = ",".join(str(int(n)) for n in probe_shape)
+        spec = ProbeSpec(None, {}, os.fspath(probe) if probe else None, probe_shape or None, probe_max_checkpoints)
     storage = None
     if storage_options or cache_dir is not None:
         from report_gen.storage import StorageSettings, parse_storage_options
@@ -64,7 +67,7 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
         storage = StorageSettings(options=options, cache_dir=None if cache_dir is None else os.fspath(cache_dir))
     return Options(config=cfg, trust_pickles=bool(trust_pickles), probe=spec,
                    baseline=None if baseline is None else os.fspath(baseline),
-                   select=_codes(select), ignore=_codes(ignore), storage=storage)
+                   select=_codes(select), ignore=_codes(ignore), storage=storage, isolate=bool(isolate))
 
 
 def _model_kwargs(value: dict | str | None) -> dict:
