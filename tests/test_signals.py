@@ -123,3 +123,21 @@ def test_loss_scale_and_other_near_misses_are_not_losses():
     assert _metric("amp/loss_scaler") is None
     for tag in ("train/loss", "loss/train", "val_loss", "Logloss", "epoch_loss", "train/box_loss", "box_loss/val", "loss"):
         assert _metric(tag) == "loss", tag
+
+
+def test_lightning_step_and_epoch_series_of_a_loss_are_that_loss(tmp_path):
+    """self.log("train_loss", on_step=True, on_epoch=True) writes train_loss_step and train_loss_epoch
+    (DESIGN §6): the epoch series is the trend, the step series stays available for spikes."""
+    recs = [make_version_event()]
+    for step in range(40):
+        recs.append(make_scalar_event("train_loss_step", step, 1.0 / (step + 1)))
+        if step % 10 == 9:
+            recs += [make_scalar_event("train_loss_epoch", step, 1.0 / (step + 1)),
+                     make_scalar_event("val_loss", step, 1.2 / (step + 1)),
+                     make_scalar_event("val_acc", step, 0.5 + step / 100), make_scalar_event("epoch", step, step // 10)]
+    write_records(tmp_path / "lightning_logs" / "version_0" / "events.out.tfevents.1", recs)
+    s = _signals(tmp_path / "lightning_logs" / "version_0")
+    assert s.train_loss.tag == "train_loss_epoch" and len(s.train_loss) == 4
+    assert "train_loss_step" in s.other_losses and len(s.other_losses["train_loss_step"]) == 40
+    assert s.val_loss.tag == "val_loss" and s.val_acc.tag == "val_acc"
+    assert "epoch" in s.other_scalars  # a counter, not a metric

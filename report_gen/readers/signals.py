@@ -75,8 +75,23 @@ def _phase(tag: str, sub: str) -> str:
     return "val" if toks & VAL_WORDS else "train"
 
 
+_LIGHTNING_SUFFIXES = ("_epoch", "_step")  # self.log(name, on_step=True, on_epoch=True) writes both
+
+
+def lightning_base(tag: str) -> tuple[str, str | None]:
+    """(`train_loss`, `epoch`) for Lightning's `train_loss_epoch`; (tag, None) for any other tag."""
+    low = tag.lower()
+    for suffix in _LIGHTNING_SUFFIXES:
+        if low.endswith(suffix) and len(tag) > len(suffix):
+            return tag[: -len(suffix)], suffix[1:]
+    return tag, None
+
+
 def _metric(tag: str) -> str | Signal | None:
     """"loss" or "acc" (the phase decides which signal), Signal.LR, Signal.GRAD_NORM, or None."""
+    base, suffix = lightning_base(tag)
+    if suffix is not None and _metric(base) in ("loss", "acc"):
+        return _metric(base)  # DESIGN §6: Lightning's _step/_epoch series of a loss are that loss
     toks = _tokens(tag)
     if not toks:
         return None
@@ -115,9 +130,12 @@ _PREFERRED = {
 
 
 def _rank(metric: str, phase: str, tag: str, n: int) -> tuple:
+    """Conventional names first; Lightning's `<name>_epoch` series (one point per epoch: the trend) next to
+    its `<name>`, before `<name>_step` (per batch: kept among the other series, for spikes)."""
     pref = _PREFERRED.get((metric, phase), [])
-    t = tag.lower()
-    return (pref.index(t) if t in pref else len(pref), -n, t)
+    base, suffix = lightning_base(tag)
+    t = base.lower()
+    return (pref.index(t) if t in pref else len(pref), {None: 0, "epoch": 1, "step": 2}[suffix], -n, tag.lower())
 
 
 def build_signals(data: RunLog, conv: TagConventions = TagConventions()) -> Signals:
