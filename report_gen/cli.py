@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
     d.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
     d.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+    d.add_argument("--role", action="append", metavar="ROLE=TAG",
+                   help="read the series TAG as ROLE (train_loss, val_loss, train_acc, val_acc, lr, grad_norm, or "
+                        "ignore); repeatable, replaces [tool.report_gen.roles] for that role")
     d.add_argument("--fail-on", choices=("error", "warning", "never"),
                    help="exit 1 on a finding at or above this level (default: error); with --baseline only "
                         "new findings count")
@@ -193,7 +196,7 @@ def cmd_diagnose(args) -> int:
     from report_gen.config import load_config
     from report_gen.engine import Options, ProbeSpec, exit_code
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config).with_roles(args.role)
     probe = None
     if args.model:
         try:

@@ -99,7 +99,10 @@ def test_ultralytics_and_lightning_style_tags(tmp_path):
         recs += [make_scalar_event("val_loss", e, 0.9), make_scalar_event("epoch", e, e)]
     write_records(tmp_path / "yolo" / "events.out.tfevents.1", recs)
     s = _signals(tmp_path / "yolo")
-    assert s.train_loss.tag == "train/box_loss" and "train/cls_loss" in s.other_losses
+    # no total: the loss is the sum of the components logged at the same steps (the optimizer's objective)
+    assert s.train_loss.tag == "train/box_loss+cls_loss"
+    np.testing.assert_allclose(s.train_loss.values, [2 * (1.0 - e / 10) for e in range(5)])
+    assert {"train/box_loss", "train/cls_loss"} <= set(s.other_losses)
     assert s.val_loss.tag == "val_loss"  # the conventional name wins over the generic ones
     assert {"val/box_loss", "val/cls_loss"} <= set(s.other_losses)
     assert s.lr.tag == "lr/pg0"
