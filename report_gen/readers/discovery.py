@@ -16,6 +16,9 @@ Policy: one experiment folder is one run
   sub-folder keeps it (the trial's own hparams); a folder with several (``add_hparams`` called in a loop
   on one writer, the pattern of torch's documentation) has one trial per sub-folder: each is a run of its
   own, named ``<folder>/<timestamp>``.
+* A folder only a training of its own writes is never a sub folder, even inside a run folder: Lightning's
+  ``version_N/`` and Stable-Baselines3's ``<ALGO>_N/`` (``PPO_3``, ``DQN_Shaped_1``; SB3 also leaves a bare
+  event file in the ``tensorboard_log`` folder when ``tb_log_name`` is empty, beside them).
 * Keras/TF2 writes ``logs/train/`` and ``logs/validation/`` with no event file in ``logs``: sibling run
   folders named like phases (train, validation, val, eval, test...) holding only event files are
   grouped into one run named after their parent, each phase kept as a sub folder (a ``train/`` folder
@@ -74,6 +77,9 @@ HF_CHECKPOINT_DIR = re.compile(r"checkpoint-\d+|last-checkpoint")
 PHASE_NAMES = {"train", "training", "validation", "valid", "val", "eval", "evaluation", "test"}
 _SKIP_DIRS = {".git", "__pycache__", "node_modules", ".ipynb_checkpoints"}
 HPARAMS_TRIAL_DIR = re.compile(r"\d{9,11}(\.\d+)?")  # str(time.time()): add_hparams' trial sub-folder
+# a folder one training of its own always writes: Lightning's version_N, SB3's <ALGO>[_<tb_log_name>]_N
+RUN_OF_ITS_OWN_DIR = re.compile(r"version_\d+|(A2C|PPO|DQN|SAC|TD3|DDPG|HER|ARS|QRDQN|TQC|TRPO|RecurrentPPO|"
+                                r"MaskablePPO|CrossQ)(_[\w.-]+)?_\d+")
 CHECKPOINT_FOLDER_NAMES = {"checkpoints", "checkpoint", "ckpt", "ckpts", "weights", "models", "saved_models",
                            "snapshots"}
 
@@ -132,7 +138,7 @@ def _run_roots(logs: dict[Path, list[Path]], top: Path) -> dict[Path, Path]:
     roots: dict[Path, Path] = {}
     for d in sorted(dirs, key=lambda p: len(p.parts)):
         root = d
-        if not (_is_trial_folder(d) and trials.get(d.parent, 0) > 1):
+        if not (_is_trial_folder(d) and trials.get(d.parent, 0) > 1) and not RUN_OF_ITS_OWN_DIR.fullmatch(d.name):
             for parent in d.parents:
                 if parent in dirs:
                     root = roots.get(parent, parent)

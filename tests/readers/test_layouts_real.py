@@ -230,3 +230,13 @@ def test_a_baseline_of_several_runs_pairs_by_path_below_the_folder_given(tmp_pat
                  "--format", "json", "-q", "--select", "L"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["baseline"]["runs"] == {"runs/lr_0.002": "runs/lr_0.002", "runs/lr_0.005": "runs/lr_0.005"}
+
+
+def test_sb3_and_lightning_numbered_folders_are_runs_even_beside_a_bare_event_file(tmp_path):
+    """SB3's tensorboard_log folder: <ALGO>_N/ per learn() call, and a bare event file when tb_log_name is empty."""
+    (events,) = (case("sb3", "a2c_cartpole_healthy") / "A2C_1").iterdir()
+    logs = tmp_path / "logs"
+    for folder in ("", "A2C_1", "A2C_2", "lightning_logs/version_0"):
+        (logs / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(events, logs / folder / events.name)
+    assert sorted(s.name for s in discover([str(logs)])) == ["A2C_1", "A2C_2", "lightning_logs/version_0", "logs"]
