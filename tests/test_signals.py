@@ -144,3 +144,18 @@ def test_lightning_step_and_epoch_series_of_a_loss_are_that_loss(tmp_path):
     assert "train_loss_step" in s.other_losses and len(s.other_losses["train_loss_step"]) == 40
     assert s.val_loss.tag == "val_loss" and s.val_acc.tag == "val_acc"
     assert "epoch" in s.other_scalars  # a counter, not a metric
+
+
+def test_yolov10_head_terms_are_loss_components_summed_into_the_loss(tmp_path):
+    """YOLOv10's results.csv names its terms per head: box_om/cls_om/dfl_om (one-to-many), *_oo (one-to-one)."""
+    terms = [f"{t}_{h}" for h in ("om", "oo") for t in ("box", "cls", "dfl")]
+    recs = [make_version_event()]
+    for e in range(4):
+        recs += [make_scalar_event(f"{phase}/{t}", e, 1.0 + i + e / 10) for phase in ("train", "val")
+                 for i, t in enumerate(terms)]
+    write_records(tmp_path / "v10" / "events.out.tfevents.1", recs)
+    s = _signals(tmp_path / "v10")
+    assert s.train_loss.tag == "train/" + "+".join(sorted(terms))
+    np.testing.assert_allclose(s.train_loss.values, [sum(1.0 + i + e / 10 for i in range(6)) for e in range(4)])
+    assert s.val_loss.tag.startswith("val/box_om+")
+    assert all(f"train/{t}" in s.other_losses for t in terms)

@@ -142,6 +142,7 @@ def phase_of(sub: str) -> str:
     return "val" if set(_tokens(sub)) & VAL_WORDS else "train"
 
 
+_YOLO10_TERM = re.compile(r"(box|cls|dfl|seg|pose|kobj)_(om|oo)")  # YOLOv10's loss terms per head
 _LIGHTNING_SUFFIXES = ("_epoch", "_step")  # self.log(name, on_step=True, on_epoch=True) writes both
 
 
@@ -165,8 +166,9 @@ def _metric(tag: str) -> str | Signal | None:
     last = toks[-1]
     parts = [p for p in tag.lower().split("/") if p]
     # DESIGN §6: a loss is a tag whose last part ends in "loss" (train/box_loss, Logloss), or the
-    # `loss/<phase>` shape; `train/loss_scale` (AMP's scaler) is not a loss
-    if parts[-1].endswith("loss") or (len(parts) >= 2 and parts[0] == "loss") \
+    # `loss/<phase>` shape, or YOLOv10's per-head terms (`train/box_om`, one-to-many; `train/cls_oo`,
+    # one-to-one); `train/loss_scale` (AMP's scaler) is not a loss
+    if parts[-1].endswith("loss") or (len(parts) >= 2 and parts[0] == "loss") or _YOLO10_TERM.fullmatch(parts[-1]) \
             or (len(parts) >= 2 and parts[-2].endswith("loss") and set(_tokens(parts[-1])) <= VAL_WORDS | TRAIN_WORDS):
         return "loss"
     if last in {"acc", "accuracy", "top1"} or last.endswith("accuracy") or toks[0] in {"acc", "accuracy"} \
@@ -331,6 +333,8 @@ def _ignore_reason(tag: str, rl: bool) -> str:
         return "a counter (epoch, step), not a training signal"
     if last in _TIMING or words & {"fps", "runtime", "eta", "seconds", "second", "flos", "throughput"}:
         return "timing or throughput, not a training signal"
+    if re.fullmatch(r"evaluation_.+_vs_iterations", last):
+        return "Keras's copy of a validation metric against iterations (its epoch_ series is read)"
     if last == "hp_metric":
         return "the hparams plugin's metric (Lightning logs -1 until it is set), not a training curve"
     if rl and (words & {"rew", "reward", "return", "returns"} or low.startswith("rollout/")):
