@@ -32,6 +32,7 @@ from report_gen.readers.run import RunInputs, read_run, split_models
 from report_gen.readers.signals import build_signals
 from report_gen.reportfile import load_report
 from report_gen.selection import ResolvedRule, RuleSet, resolve_rules
+from report_gen.storage import StorageSettings, stage_inputs
 from report_gen.vocab import Signal, missing_reason
 
 log = logging.getLogger("report_gen")
@@ -54,6 +55,7 @@ class Options:
     baseline: str | None = None
     select: list[str] | None = None  # CLI --select/--ignore, applied on top of the config
     ignore: list[str] | None = None
+    storage: StorageSettings | None = None  # how fsspec URLs among the paths are read (storage.py)
 
 
 Progress = Callable[[str, int, int], None]
@@ -159,11 +161,13 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
     rules = resolve_rules(opts.config, opts.select, opts.ignore)
     base = _baseline_report(opts.baseline, opts) if opts.baseline else None
     t0 = time.perf_counter()
-    specs = discover(paths)
+    staged = stage_inputs(paths, opts.storage, progress)  # URLs -> a local view of the cache; local paths as given
+    specs = discover(staged.paths)
     runs = []
     for i, spec in enumerate(specs):
         progress(f"reading {spec.name}", i, len(specs))
         runs.extend(load_runs(spec, opts, progress, rules))
+    staged.attach(runs)  # an object that could not be fetched is a Problem of its run (I101 reports it)
     t_read = time.perf_counter()
     for r in runs:  # facts are lazy; computing the needed ones here keeps the timing honest
         r.precompute(rules.needs)
@@ -176,7 +180,7 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
     t_end = time.perf_counter()
     report["timing"] = {"read_s": round(t_read - t0, 3), "facts_s": round(t_facts - t_read, 3),
                         "rules_s": round(t_rules - t_facts, 3), "details_s": round(t_end - t_rules, 3)}
-    return report
+    return staged.publish(report)  # the report names the URLs, never the cache
 
 
 def _baseline_report(path: str, opts: Options) -> dict[str, Any]:

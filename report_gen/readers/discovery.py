@@ -260,11 +260,18 @@ def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
     home: dict[Path, Path] = {}  # log root -> experiment folder (the run's folder when it adopted checkpoints)
     owned: dict[Path, list[Path]] = {r: [] for r in log_roots}
     orphan: dict[Path, list[Path]] = {}
+    below: dict[Path, list[Path]] = {}  # folder -> the run folders under it (linear in runs, not quadratic)
+    for r in log_roots:
+        for a in r.parents:
+            below.setdefault(a, []).append(r)
+            if a == top:
+                break
     for c in ckpts:
+        # the deepest run folder holding it: walk up from the file
         owner = next((r for r in (c, *c.parents) if r in owned), None)
         if owner is None:
             exp = _experiment_folder(c, top)
-            inside = [r for r in log_roots if exp in r.parents]
+            inside = below.get(exp, [])
             if len(inside) == 1:
                 owner = inside[0]
                 if owner not in home or home[owner] in exp.parents:  # the outermost experiment folder wins
