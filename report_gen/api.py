@@ -33,7 +33,8 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
                   baseline: PathLike | None = None, trust_pickles: bool = False, model: str | None = None,
                   model_kwargs: dict | str | None = None, probe: PathLike | None = None,
                   probe_shape: str | Iterable[int] | None = None, probe_max_checkpoints: int = 6,
-                  storage_options: dict | str | None = None, cache_dir: PathLike | None = None) -> Any:
+                  storage_options: dict | str | None = None, cache_dir: PathLike | None = None,
+                  isolate: bool = False) -> Any:
     """engine.Options from the CLI's option values; InputError (one line) for an inconsistent set.
 
     config: a path to a TOML file, an already loaded `report_gen.config.Config`, or None (nearest
@@ -64,7 +65,7 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
         storage = StorageSettings(options=options, cache_dir=None if cache_dir is None else os.fspath(cache_dir))
     return Options(config=cfg, trust_pickles=bool(trust_pickles), probe=spec,
                    baseline=None if baseline is None else os.fspath(baseline),
-                   select=_codes(select), ignore=_codes(ignore), storage=storage)
+                   select=_codes(select), ignore=_codes(ignore), storage=storage, isolate=bool(isolate))
 
 
 def _model_kwargs(value: dict | str | None) -> dict:

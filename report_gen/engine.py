@@ -56,6 +56,7 @@ class Options:
     select: list[str] | None = None  # CLI --select/--ignore, applied on top of the config
     ignore: list[str] | None = None
     storage: StorageSettings | None = None  # how fsspec URLs among the paths are read (storage.py)
+    isolate: bool = False  # --isolate: checkpoints vetted in a limited worker process (readers/isolation.py)
 
 
 Progress = Callable[[str, int, int], None]
@@ -74,13 +75,14 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
     probe runs only when an enabled rule needs activations. Without it, everything is done. The run is
     taken as discovery gave it; `load_runs` also splits the checkpoints of different models apart.
     """
-    return _facts(spec, read_run(spec, trust_pickles=opts.trust_pickles, progress=progress), opts, rules)
+    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, isolate=opts.isolate)
+    return _facts(spec, read, opts, rules)
 
 
 def load_runs(spec: RunSpec, opts: Options, progress: Progress = _noop,
               rules: RuleSet | None = None) -> list[RunFacts]:
     """`load_run`, one RunFacts per model when the run's checkpoints hold several (`readers.run.split_models`)."""
-    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress)
+    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, isolate=opts.isolate)
     return [_facts(part, inputs, opts, rules) for part, inputs in split_models(spec, read)]
 
 

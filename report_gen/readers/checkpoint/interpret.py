@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from report_gen.core import Problem, ProblemKind
+from report_gen.core import Problem, ProblemKind, clamp_int64
 from report_gen.readers.checkpoint.errors import CheckpointError, clean, one_line
 from report_gen.readers.checkpoint.optimizer import OPTIMIZER_KEYS, find_optimizer_state, safe_optimizer_facts
 from report_gen.readers.checkpoint.tree import Leaf, TorchTree, as_mapping, is_leaf
@@ -221,12 +221,14 @@ def _metadata(root: Any) -> dict[str, Any]:
 
 
 def _int_or_none(value: Any) -> int | None:
+    """An integer step from metadata, bounded to int64 (a step of 10**5000 or 1e308 in a file
+    becomes 2**63 - 1: it still sorts last, and every int64 array and formatter accepts it)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        return clamp_int64(int(value))
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
+        return clamp_int64(int(value))
     if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
         return int(value.strip())  # ASCII digits only: '²'.isdigit() is True, int('²') fails
     return None
@@ -278,6 +280,17 @@ def _no_weights_error(path: str, root: Any) -> CheckpointError:
         return CheckpointError(path, ProblemKind.SCHEDULER_ONLY, "learning-rate scheduler state only, no model weights")
     shown = ", ".join(sorted(keys)[:12])
     return CheckpointError(path, ProblemKind.NO_WEIGHTS, f"no model weights found (top-level keys: {shown})")
+
+
+def _with_neutralised(path: str, error: CheckpointError, problems: list[Problem]) -> CheckpointError:
+    """A file without weights whose pickle tries to run code (a neutralised `os.system` payload
+    and nothing else) is an "unsafe-pickle" warning naming what was neutralised, not an info-level
+    "no-weights": the file's one problem must not hide that it is hostile."""
+    dangerous = [p for p in problems if p.kind == ProblemKind.UNSAFE_PICKLE_NEUTRALISED and p.severity == "warning"]
+    if not dangerous or error.kind == ProblemKind.UNSAFE_PICKLE:
+        return error
+    return CheckpointError(path, ProblemKind.UNSAFE_PICKLE,
+                           f"{error.problem}; {dangerous[0].message}; nothing was executed")
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -333,7 +346,7 @@ def checkpoint_from_tree(path: str, tree: TorchTree) -> CheckpointData:
     root = tree.root
     weights, weights_at = _find_weights(root)
     if not weights:
-        raise _no_weights_error(path, root)
+        raise _with_neutralised(path, _no_weights_error(path, root), tree.problems)
     problems = list(tree.problems)
     weights = _drop_unreadable(path, tree, weights, problems)
     renamed = strip_prefixes(weights)
