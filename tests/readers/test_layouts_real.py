@@ -66,6 +66,29 @@ def test_logs_and_checkpoints_under_one_experiment_folder_are_one_run_named_afte
     assert {sub for _, sub in spec.event_files} == {""}
 
 
+@pytest.mark.parametrize("lib, name, run_name, has_ckpts", [
+    ("torch_tb", "logs_checkpoints_healthy", "logs_checkpoints_healthy", True),  # logs/ + checkpoints/
+    ("torch_tb", "tb_ckpt_model_state_healthy", "tb_ckpt_model_state_healthy", True),  # tb/ + ckpt/
+    ("tensorboardx", "init_too_wide", "init_too_wide", True),  # runs/exp/ + checkpoints/
+    ("lightning", "tb_defaults_healthy", "lightning_logs/version_0", True),  # version_N/ + checkpoints/
+    ("lightning", "csv_resumed_healthy", "lightning_logs/version_0", True),  # CSVLogger version_N/
+    ("hf", "bert-healthy-tensorboard", "bert-healthy-tensorboard", True),  # output_dir: runs/<date>/ + checkpoint-N/
+    ("hf", "bert-healthy-none", "bert-healthy-none", True),  # report_to="none": checkpoint-N/ only
+    ("ultralytics", "yolo-detect-healthy", "runs/detect/train", True),  # runs/detect/train/ + weights/
+])
+def test_each_layout_diagnoses_as_one_correctly_named_run_with_its_signals_listed(lib, name, run_name, has_ckpts):
+    """The report (not only discovery): one run, named as the user laid it out, every series it read listed
+    with its source, points and role, the training loss among them, and the checkpoints counted in it."""
+    rep = report(lib, name)
+    (run,) = rep["inputs"]["runs"]
+    assert run["name"] == run_name
+    assert (run["checkpoints"] > 0) == has_ckpts and run["event_files"] > 0
+    assert run["series"] and all(s["source"] and s["points"] > 0 and s["role"] for s in run["series"])
+    roles = {s["role"] for s in run["series"]}
+    assert "train_loss" in roles and ("val_loss" in roles or "val_acc" in roles)
+    assert rep["summary"]["verdict"] != "unknown"
+
+
 def test_a_single_checkpoint_beside_the_runs_folder_joins_it():
     (spec,) = discover([str(case("torch_tb", "bn_relu_healthy"))])
     assert spec.name == "bn_relu_healthy" and names(spec.checkpoints) == ["model.pt"]
