@@ -189,6 +189,16 @@ def test_roles_from_the_config_and_the_command_line(tmp_path, capsys):
     assert "expected ROLE=TAG" in capsys.readouterr().err
 
 
+def test_a_sweep_takes_roles_from_the_command_line_too(tmp_path):
+    """--role is one of the rule-selection options diagnose and sweep share: each run of the sweep reads it."""
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(case("sb3", "a2c_cartpole_healthy")), "-o", str(out), "--jobs", "1", "-q",
+                 "--select", "L", "--role", "train_loss=train/value_loss"]) == 0
+    (rep,) = [json.loads(p.read_text()) for p in out.rglob("report.json")]
+    roles = {s["tag"]: s["role"] for s in rep["inputs"]["runs"][0]["series"]}
+    assert roles["train/value_loss"] == "train_loss" and roles["train/entropy_loss"] == "rl_loss"
+
+
 def test_a_glob_role_picks_the_longest_matching_series():
     s = signals_of(case("lightning", "csv_resumed_healthy"), roles={"train_loss": ["train_loss_*"]})
     assert s.train_loss.tag == "train_loss_step"  # 192 points beat the 6 of train_loss_epoch
