@@ -55,8 +55,10 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
         if probe_shape is not None and not isinstance(probe_shape, str):
             probe_shape = ",".join(str(int(n)) for n in probe_shape)
         spec = ProbeSpec(model, kwargs, os.fspath(probe) if probe else None, probe_shape or None, probe_max_checkpoints)
-    elif probe or probe_shape:
-        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
+    elif probe or probe_shape:  # no model: the probe input is for HF checkpoint folders, which probe themselves
+        if probe_shape is not None and not isinstance(probe_shape, str):
+            probe_shape = ",".join(str(int(n)) for n in probe_shape)
+        spec = ProbeSpec(None, {}, os.fspath(probe) if probe else None, probe_shape or None, probe_max_checkpoints)
     storage = None
     if storage_options or cache_dir is not None:
         from report_gen.storage import StorageSettings, parse_storage_options

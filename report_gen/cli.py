@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="MODULE:FACTORY (or path/to/file.py:FACTORY) to probe activations post hoc")
     d.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
     g = d.add_mutually_exclusive_group()
-    g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy")
-    g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32")
+    g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy (without --model: "
+                                   "token ids for HF checkpoint folders, which probe themselves)")
+    g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32 (HF folders: N,L "
+                                         "token ids)")
     d.add_argument("--probe-max-checkpoints", type=int, default=6, help="checkpoints probed, evenly spaced (6)")
     _pickle_policy(d)
     d.add_argument("--github-summary", action="store_true", help="append the Markdown to $GITHUB_STEP_SUMMARY")

@@ -40,7 +40,9 @@ log = logging.getLogger("report_gen")
 
 @dataclass
 class ProbeSpec:
-    model: str
+    """--model/--probe. model None: the probe input is for HF checkpoint folders that probe themselves."""
+
+    model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     probe_file: str | None = None
     probe_shape: str | None = None
@@ -89,10 +91,20 @@ def load_runs(spec: RunSpec, opts: Options, progress: Progress = _noop,
 def _facts(spec: RunSpec, read: RunInputs, opts: Options, rules: RuleSet | None) -> RunFacts:
     problems = list(read.problems)
     probe_results, probe_info = [], None
-    if opts.probe is not None and (rules is None or rules.wants(*PROBE_SIGNALS)):
-        from report_gen.probe import probe_run
+    outcome = None
+    if rules is None or rules.wants(*PROBE_SIGNALS):
+        if opts.probe is not None and opts.probe.model:
+            from report_gen.probe import probe_run
 
-        outcome = probe_run(read.checkpoints, **dataclasses.asdict(opts.probe))
+            outcome = probe_run(read.checkpoints, **dataclasses.asdict(opts.probe))
+        else:  # an HF checkpoint folder probes itself (attention), with the user's input if given
+            from report_gen.hfprobe import probe_hf_run
+
+            given = opts.probe or ProbeSpec()
+            outcome = probe_hf_run(read.checkpoints, probe_file=given.probe_file, probe_shape=given.probe_shape,
+                                   max_checkpoints=min(given.max_checkpoints, 3))
+
+    if outcome is not None:
         probe_results, probe_info = outcome.results, outcome.info
         problems.extend(outcome.problems)
     signals = build_signals(read.log, opts.config.tags, opts.config.roles)
@@ -170,6 +182,10 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
         progress(f"reading {spec.name}", i, len(specs))
         runs.extend(load_runs(spec, opts, progress, rules))
     staged.attach(runs)  # an object that could not be fetched is a Problem of its run (I101 reports it)
+    if opts.probe is not None and not opts.probe.model and not any(r.probe_info for r in runs) \
+            and rules.wants(*PROBE_SIGNALS):
+        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY, unless a run is an HF checkpoint folder "
+                         "(config.json + weights), which probes itself; none is here")
     t_read = time.perf_counter()
     for r in runs:  # facts are lazy; computing the needed ones here keeps the timing honest
         r.precompute(rules.needs)

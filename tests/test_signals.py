@@ -5,7 +5,7 @@ from torch.utils.tensorboard import SummaryWriter
 from event_builders import make_hist_event, make_scalar_event, make_version_event, write_records
 from report_gen.readers.discovery import discover
 from report_gen.readers.events import read_events
-from report_gen.readers.signals import Signals, TagConventions, build_signals, param_name
+from report_gen.readers.signals import Signals, TagConventions, build_signals, is_evaluation_series, param_name
 
 
 def _signals(path) -> Signals:
@@ -144,6 +144,14 @@ def test_lightning_step_and_epoch_series_of_a_loss_are_that_loss(tmp_path):
     assert "train_loss_step" in s.other_losses and len(s.other_losses["train_loss_step"]) == 40
     assert s.val_loss.tag == "val_loss" and s.val_acc.tag == "val_acc"
     assert "epoch" in s.other_scalars  # a counter, not a metric
+
+
+def test_a_lightning_epoch_series_is_no_epoch_counter_for_the_evaluation_merge():
+    """A file holding only evaluation series is merged as an evaluation pass; `epoch` (HF) counts as one,
+    Lightning's train_loss_epoch (a training loss) does not."""
+    assert is_evaluation_series("epoch") and is_evaluation_series("train/epoch")
+    assert is_evaluation_series("val_loss_epoch") and is_evaluation_series("loss", "eval")
+    assert not is_evaluation_series("train_loss_epoch") and not is_evaluation_series("train/loss")
 
 
 def test_yolov10_head_terms_are_loss_components_summed_into_the_loss(tmp_path):

@@ -195,3 +195,15 @@ def test_discovery_from_a_listing_finds_the_runs_local_discovery_finds(s3):
     by_name = {i.name: i for i in remote}
     for item in local:
         assert by_name[item.name].path == f"s3://formats/real/{Path(item.path).relative_to(real).as_posix()}"
+
+
+def test_cli_sweep_with_isolate_reads_the_checkpoints_in_limited_children(tmp_path):
+    """A sweep worker may start the --isolate child that vets each checkpoint (a daemonic worker could not)."""
+    root = _small_sweep(tmp_path / "runs", ["x1"])
+    out = tmp_path / "out"
+    assert main(["sweep", str(root), "-o", str(out), "--jobs", "1", "--format", "json", "--isolate",
+                 "--fail-on", "never", "-q"]) == 0
+    (run,) = json.loads((out / "sweep.json").read_text())["runs"]
+    report = json.loads((out / run["report"]).read_text())
+    problems = [f["message"] for f in report["findings"] if f["code"] == "I101"]
+    assert run["checkpoints"] > 0 and not problems, problems

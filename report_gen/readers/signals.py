@@ -49,7 +49,8 @@ import numpy as np
 from report_gen.readers.types import HistogramSeries, ImageRef, RunLog, scalar_key
 from report_gen.vocab import FAMILY_SIGNALS, SCALAR_SIGNALS, WRITTEN, Role, Signal, TagConventions
 
-__all__ = ["Series", "SeriesUse", "Signals", "TagConventions", "build_signals", "param_name", "phase_of"]
+__all__ = ["Series", "SeriesUse", "Signals", "TagConventions", "build_signals", "is_evaluation_series",
+           "param_name", "phase_of"]
 
 VAL_WORDS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev", "holdout"}
 TRAIN_WORDS = {"train", "training"}
@@ -153,6 +154,15 @@ def lightning_base(tag: str) -> tuple[str, str | None]:
         if low.endswith(suffix) and len(tag) > len(suffix):
             return tag[: -len(suffix)], suffix[1:]
     return tag, None
+
+
+def is_evaluation_series(tag: str, sub: str = "") -> bool:
+    """A series an evaluation pass writes: its tag or folder names a validation phase (val, eval, test, ...),
+    or it is an epoch counter (the HF Trainer logs `epoch` with every evaluation's metrics; Lightning's
+    `train_loss_epoch` is a training loss, not a counter)."""
+    toks = _tokens(tag)
+    counter = bool(toks) and toks[-1] == "epoch" and lightning_base(tag)[1] is None
+    return _phase(tag, sub) == "val" or counter
 
 
 def _metric(tag: str) -> str | Signal | None:

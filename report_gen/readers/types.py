@@ -170,8 +170,12 @@ class CheckpointData:
     tensors: parameter name -> TensorInfo for model parameters/buffers (prefixes stripped)
     load(name) -> torch.Tensor (float32 on CPU) for one tensor, loaded on demand, never the whole file
     optimizer: optional dict with keys "kind" ("adam", "sgd", ...), "grad_rms": {param: float},
-               "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None
-    metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...)
+               "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None,
+               "order": where the entry order came from: "file" | "structure" | "architecture" | None
+               (readers/checkpoint/order.py)
+    metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...);
+              "aliases"/"alias_count" when a tensor was saved under several names (only the first is kept),
+              "tensor_order" for HF folders of safetensors ("architecture" when put back in model order)
     problems: Problems found (e.g. unsafe globals replaced by placeholders)
     weights_at: the key path of the weights inside the saved object ("model_state", "nets/generator"; ""
                 for the file itself: a plain state_dict, a safetensors file)

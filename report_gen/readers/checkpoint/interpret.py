@@ -342,18 +342,51 @@ def _drop_unreadable(path: str, tree: TorchTree, weights: dict[str, tuple[Leaf, 
     return {n: v for n, v in weights.items() if n not in bad}
 
 
+def _view_key(leaf: Leaf) -> tuple | None:
+    """What makes two leaves the same tensor: one storage, offset, shape, stride and dtype (None for
+    views that repeat values: an expanded view is not a parameter saved twice)."""
+    if _repeated_elements(leaf):
+        return None
+    if isinstance(leaf, TensorRef):
+        return (leaf.storage.key, leaf.storage.view_offset, leaf.offset, leaf.shape, leaf.stride, leaf.dtype)
+    if isinstance(leaf, torch.Tensor) and leaf.numel() and leaf.device.type != "meta":
+        return (leaf.untyped_storage().data_ptr(), leaf.storage_offset(), tuple(leaf.shape), tuple(leaf.stride()),
+                leaf.dtype)
+    return None
+
+
+def _without_aliases(weights: dict[str, tuple[Leaf, str]]) -> tuple[dict[str, tuple[Leaf, str]], dict[str, str]]:
+    """The first name of each tensor stored under several names (a module registered twice, tied
+    weights saved twice), as named_parameters() lists it, and the other names (alias -> first)."""
+    seen: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for name, (leaf, _) in weights.items():
+        key = _view_key(leaf)
+        if key is None:
+            continue
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return {n: v for n, v in weights.items() if n not in aliases}, aliases
+
+
 def checkpoint_from_tree(path: str, tree: TorchTree) -> CheckpointData:
     root = tree.root
     weights, weights_at = _find_weights(root)
     if not weights:
         raise _with_neutralised(path, _no_weights_error(path, root), tree.problems)
     problems = list(tree.problems)
+    meta = _metadata(root)
+    weights, aliases = _without_aliases(weights)
     weights = _drop_unreadable(path, tree, weights, problems)
-    renamed = strip_prefixes(weights)
+    renamed = strip_prefixes(list(weights) + list(aliases))
+    if aliases:
+        meta["aliases"] = {renamed[a]: renamed[b] for a, b in list(aliases.items())[:50]}
+        meta["alias_count"] = len(aliases)
     leaves = {renamed[n]: leaf for n, (leaf, _) in weights.items()}
     tensors = {renamed[n]: TensorInfo(renamed[n], tuple(leaf.shape), _dtype_name(leaf.dtype), role)
                for n, (leaf, role) in weights.items()}
-    meta = _metadata(root)
     step = step_from_metadata(meta)
     optimizer_sd = find_optimizer_state(root)
     optimizer = None
