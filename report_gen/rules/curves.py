@@ -127,17 +127,18 @@ def divergence(run, opts: DivergenceOptions):
     if sev is None:
         return
     steps = s.steps[finite]
-    best_step = int(steps[summ.best_index])
+    best_step = int(steps[summ.raw_best_index])  # quoted: the best value logged, as the metrics table shows
     if spike >= opts.spike_factor and giveback < opts.giveback_warning:
         after = ("then became NaN/Inf" if ended_nonfinite else f"then recovered to {_fmt(last)}" if recovered
                  else f"and ended at {_fmt(last)}")
         msg = (f"{s.tag} spiked to {_fmt(float(v[peak_i]))} at step {int(steps[peak_i])} after reaching its best "
-               f"{_fmt(summ.best)} (step {best_step}): {spike:.3g}× the whole improvement from {_fmt(summ.start)}, "
+               f"{_fmt(summ.raw_best)} (step {best_step}): {spike:.3g}× the whole improvement from {_fmt(summ.start)}, "
                f"{after}")
     else:
-        msg = (f"{s.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} over the last "
+        msg = (f"{s.tag} rose from its best {_fmt(summ.raw_best)} (step {best_step}) to {_fmt(summ.end)} over the last "
                f"points (last value {_fmt(last)}), giving back {giveback:.0%} of the improvement from {_fmt(summ.start)}")
-    yield Hit(s.tag, msg, {"start": summ.start, "best": summ.best, "best_step": best_step, "end": summ.end,
+    yield Hit(s.tag, msg, {"start": summ.start, "best": summ.raw_best, "best_step": best_step,
+                           "smoothed_best": summ.best, "end": summ.end,
                            "giveback": giveback, "peak": float(v[peak_i]), "peak_step": int(steps[peak_i]),
                            "spike": spike, "last": last, "recovered": recovered},
               severity=sev, plot=CurvePlot(run.name, [Signal.TRAIN_LOSS], best_step))
@@ -178,9 +179,12 @@ def plateau(run, opts: PlateauOptions):
             summ = curves.summarize(v)
             imp = curves.relative_improvement(v)
             if summ is not None and imp is not None and imp < opts.min_improvement:
+                raw_step = int(s.train_loss.steps[np.isfinite(v)][summ.raw_best_index])
                 yield Hit(s.train_loss.tag, f"{s.train_loss.tag} improved only {imp:.1%} over {summ.n} points "
-                                            f"(from {_fmt(summ.start)} to best {_fmt(summ.best)})",
-                          {"relative_improvement": imp, "start": summ.start, "best": summ.best,
+                                            f"(smoothed curve; from {_fmt(summ.start)}, lowest value "
+                                            f"{_fmt(summ.raw_best)} at step {raw_step})",
+                          {"relative_improvement": imp, "start": summ.start, "best": summ.raw_best,
+                           "best_step": raw_step, "smoothed_best": summ.best,
                            "points": summ.n, "threshold": opts.min_improvement},
                           plot=CurvePlot(run.name, [Signal.TRAIN_LOSS]))
         return  # the loss decides; accuracy is only the fallback when no training loss was logged
@@ -192,9 +196,11 @@ def plateau(run, opts: PlateauOptions):
         ceiling = 100.0 if np.nanmax(a.values) > 1.5 else 1.0
         if summ is not None and summ.best - summ.start < opts.min_acc_gain * ceiling \
                 and summ.best < opts.max_acc_level * ceiling:
+            raw_step = int(a.steps[np.isfinite(a.values)][summ.raw_best_index])
             yield Hit(a.tag, f"{a.tag} never rose more than {opts.min_acc_gain * ceiling:g} above its start "
-                             f"({_fmt(summ.start)} → best {_fmt(summ.best)})",
-                      {"start": summ.start, "best": summ.best, "gain": summ.best - summ.start,
+                             f"({_fmt(summ.start)} → best {_fmt(summ.raw_best)} at step {raw_step})",
+                      {"start": summ.start, "best": summ.raw_best, "best_step": raw_step, "smoothed_best": summ.best,
+                       "gain": summ.best - summ.start,
                        "threshold": opts.min_acc_gain},
                       plot=CurvePlot(run.name, [key]))
             return
@@ -340,16 +346,18 @@ def overfitting(run, opts: OverfittingOptions):
                 if before.size and after.size:
                     train_ok = float(np.median(after[-max(1, after.size // 5):])) <= float(np.median(before[-max(1, before.size // 5):]))
             if train_ok:
+                raw_step, raw_after = int(steps[summ.raw_best_index]), len(vals) - 1 - summ.raw_best_index
                 acc_holds = _accuracy_holds(s.val_acc, opts.acc_tolerance)
                 note = (f"; validation accuracy stays within {opts.acc_tolerance:.0%} of its best, so the model "
                         f"grows overconfident rather than wrong") if acc_holds else ""
-                yield Hit(v.tag, f"{v.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} "
-                                 f"over the last {tail_n} evaluations while training loss kept improving{note}",
-                          {"best": summ.best, "best_step": best_step, "end": summ.end, "relative_rise": rise,
-                           "evaluations_after_best": tail_n, "threshold": opts.min_rise,
+                yield Hit(v.tag, f"{v.tag} rose from its best {_fmt(summ.raw_best)} (step {raw_step}) to "
+                                 f"{_fmt(summ.end)} over the last {raw_after} evaluations while training loss kept "
+                                 f"improving{note}",
+                          {"best": summ.raw_best, "best_step": raw_step, "smoothed_best": summ.best, "end": summ.end,
+                           "relative_rise": rise, "evaluations_after_best": raw_after, "threshold": opts.min_rise,
                            "val_accuracy_holds": acc_holds},
                           severity="info" if acc_holds else None,
-                          plot=CurvePlot(run.name, [Signal.TRAIN_LOSS, Signal.VAL_LOSS], best_step))
+                          plot=CurvePlot(run.name, [Signal.TRAIN_LOSS, Signal.VAL_LOSS], raw_step))
                 return
     ta, va = s.train_acc, s.val_acc
     losses_finite = all(x is None or curves.first_nonfinite(x.values) is None for x in (s.train_loss, s.val_loss))
