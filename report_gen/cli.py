@@ -109,6 +109,9 @@ def _rule_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
     p.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
     p.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+    p.add_argument("--role", action="append", metavar="ROLE=TAG",
+                   help="read the series TAG as ROLE (train_loss, val_loss, train_acc, val_acc, lr, grad_norm, or "
+                        "ignore); repeatable, replaces [tool.report_gen.roles] for that role")
 
 
 def _pickle_policy(p: argparse.ArgumentParser) -> None:
@@ -253,7 +256,7 @@ def cmd_diagnose(args) -> int:
     from report_gen.config import load_config
     from report_gen.engine import exit_code
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config).with_roles(args.role)
     opts = build_options(config=cfg, select=args.select, ignore=args.ignore, baseline=args.baseline,
                          trust_pickles=args.trust_pickles, model=args.model, model_kwargs=args.model_kwargs,
                          probe=args.probe, probe_shape=args.probe_shape,
@@ -337,7 +340,7 @@ def cmd_sweep(args) -> int:
     from report_gen.selection import resolve_rules
     from report_gen.storage import StorageSettings
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config).with_roles(args.role)
     opts = build_options(config=cfg, select=args.select, ignore=args.ignore, trust_pickles=args.trust_pickles,
                          isolate=args.isolate, storage_options=args.storage_options, cache_dir=args.cache_dir)
     storage = opts.storage or StorageSettings()

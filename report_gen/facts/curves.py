@@ -47,12 +47,18 @@ def window(n: int, frac: float, minimum: int) -> int:
 
 @dataclass(frozen=True)
 class CurveSummary:
+    """Indexes count the finite values only. `best`/`best_index` are the smoothed curve's (robust to one
+    lucky batch: what rules judge with); `raw_best`/`raw_best_index` are the best value actually logged
+    and where: what a message or evidence quotes, so it agrees with the metrics table and the plot."""
+
     n: int
     start: float  # the untrained level: the worse of the first value and the first window's median
     best: float  # min (or max for higher-is-better) of the smoothed curve
     best_index: int
     end: float  # median of the last window
     span: float  # |start - best|: how much the curve improved at its best
+    raw_best: float = float("nan")  # min (or max) of the logged values
+    raw_best_index: int = 0
 
 
 def summarize(values: np.ndarray, *, higher_is_better: bool = False, frac: float = 0.1,
@@ -68,8 +74,10 @@ def summarize(values: np.ndarray, *, higher_is_better: bool = False, frac: float
     # a task learned within the first window would make its median look "trained": the first
     # value is the untrained level then (min/max: the worse of the two)
     start = float(min(np.median(v[:w]), v[0]) if higher_is_better else max(np.median(v[:w]), v[0]))
+    raw = int(np.argmax(v) if higher_is_better else np.argmin(v))
     return CurveSummary(n=int(v.size), start=start, best=float(s[idx]), best_index=idx,
-                        end=float(np.median(v[-w:])), span=abs(start - float(s[idx])))
+                        end=float(np.median(v[-w:])), span=abs(start - float(s[idx])),
+                        raw_best=float(v[raw]), raw_best_index=raw)
 
 
 def relative_improvement(values: np.ndarray, *, higher_is_better: bool = False, frac: float = 0.1) -> float | None:
@@ -126,14 +134,19 @@ def late(values: np.ndarray, frac: float = 0.5) -> np.ndarray:
 
 
 def downsample(steps: np.ndarray, values: np.ndarray, max_points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Evenly spaced subset (first and last kept) for plotting; keeps non-finite points visible."""
+    """Evenly spaced subset (first and last kept) for plotting; keeps non-finite points visible, and the
+    lowest and highest value (the best a finding quotes is a point of the plot and of report.json)."""
     n = len(steps)
     if n <= max_points:
         return np.asarray(steps), np.asarray(values)
     idx = np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
-    bad = np.flatnonzero(~np.isfinite(np.asarray(values, dtype=np.float64)))
+    v = np.asarray(values, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(v))
     if bad.size:
         idx = np.union1d(idx, bad[:20])
+    if bad.size < n:
+        idx = np.union1d(idx, [int(np.nanargmin(np.where(np.isfinite(v), v, np.nan))),
+                               int(np.nanargmax(np.where(np.isfinite(v), v, np.nan)))])
     return np.asarray(steps)[idx], np.asarray(values)[idx]
 
 

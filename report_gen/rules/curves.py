@@ -143,20 +143,21 @@ def divergence(run, opts: DivergenceOptions):
     if sev is None:
         return
     steps = s.steps[finite]
-    best_step = int(steps[summ.best_index])
+    best_step = int(steps[summ.raw_best_index])  # quoted: the best value logged, as the metrics table shows
     if spike >= opts.spike_factor and giveback < opts.giveback_warning:
         after = ("then became NaN/Inf" if ended_nonfinite else f"then recovered to {_fmt(last)}" if recovered
                  else f"and ended at {_fmt(last)}")
         msg = (f"{s.tag} spiked to {_fmt(float(v[peak_i]))} at step {int(steps[peak_i])} after reaching its best "
-               f"{_fmt(summ.best)} (step {best_step}): {spike:.3g}× the whole improvement from {_fmt(summ.start)}, "
+               f"{_fmt(summ.raw_best)} (step {best_step}): {spike:.3g}× the whole improvement from {_fmt(summ.start)}, "
                f"{after}")
     else:
-        msg = (f"{s.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} over the last "
+        msg = (f"{s.tag} rose from its best {_fmt(summ.raw_best)} (step {best_step}) to {_fmt(summ.end)} over the last "
                f"points (last value {_fmt(last)}), giving back {giveback:.0%} of the improvement from {_fmt(summ.start)}")
     cause = lr_too_high(run, opts.lr_far_above)
     if cause is not None:
         msg += f"; root cause: {cause.text}"
-    yield Hit(s.tag, msg, {"start": summ.start, "best": summ.best, "best_step": best_step, "end": summ.end,
+    yield Hit(s.tag, msg, {"start": summ.start, "best": summ.raw_best, "best_step": best_step,
+                           "smoothed_best": summ.best, "end": summ.end,
                            "giveback": giveback, "peak": float(v[peak_i]), "peak_step": int(steps[peak_i]),
                            "spike": spike, "last": last, "recovered": recovered,
                            "root_cause": cause.kind if cause is not None else None,
@@ -209,9 +210,12 @@ def plateau(run, opts: PlateauOptions):
             imp = curves.relative_improvement(v)
             if summ is not None and imp is not None and imp < opts.min_improvement:
                 cause, evidence = _plateau_cause(run, opts)
+                raw_step = int(t.steps[np.isfinite(v)][summ.raw_best_index])
                 yield Hit(t.tag, f"{t.tag} improved only {imp:.1%} over {summ.n} points "
-                                            f"(from {_fmt(summ.start)} to best {_fmt(summ.best)}){cause}",
-                          {"relative_improvement": imp, "start": summ.start, "best": summ.best,
+                                 f"(smoothed curve; from {_fmt(summ.start)}, lowest value "
+                                 f"{_fmt(summ.raw_best)} at step {raw_step}){cause}",
+                          {"relative_improvement": imp, "start": summ.start, "best": summ.raw_best,
+                           "best_step": raw_step, "smoothed_best": summ.best,
                            "points": summ.n, "threshold": opts.min_improvement, **evidence},
                           plot=CurvePlot(run.name, [Signal.TRAIN_LOSS if t is s.train_loss else Key.OTHER.of(t.tag)]))
         return  # the loss decides; accuracy is only the fallback when no training loss was logged
@@ -226,10 +230,11 @@ def plateau(run, opts: PlateauOptions):
         if summ is not None and summ.best - summ.start < opts.min_acc_gain * ceiling \
                 and summ.best < opts.max_acc_level * ceiling:
             cause, evidence = _plateau_cause(run, opts)
+            raw_step = int(a.steps[np.isfinite(a.values)][summ.raw_best_index])
             yield Hit(a.tag, f"{a.tag} never rose more than {opts.min_acc_gain * ceiling:g} above its start "
-                             f"({_fmt(summ.start)} → best {_fmt(summ.best)}){cause}",
-                      {"start": summ.start, "best": summ.best, "gain": summ.best - summ.start,
-                       "threshold": opts.min_acc_gain, **evidence},
+                             f"({_fmt(summ.start)} → best {_fmt(summ.raw_best)} at step {raw_step}){cause}",
+                      {"start": summ.start, "best": summ.raw_best, "best_step": raw_step, "smoothed_best": summ.best,
+                       "gain": summ.best - summ.start, "threshold": opts.min_acc_gain, **evidence},
                       plot=CurvePlot(run.name, [key]))
             return
 
@@ -452,15 +457,17 @@ def overfitting(run, opts: OverfittingOptions):
                             f"grows overconfident rather than wrong")
                 else:
                     note = ""
-                yield Hit(v.tag, f"{v.tag} rose from its best {_fmt(summ.best)} (step {best_step}) to {_fmt(summ.end)} "
-                                 f"over the last {tail_n} evaluations while training loss kept improving{note}",
-                          {"best": summ.best, "best_step": best_step, "end": summ.end, "relative_rise": rise,
-                           "rise_in_swings": in_swings,
-                           "evaluations_after_best": tail_n, "threshold": opts.min_rise,
+                raw_step, raw_after = int(steps[summ.raw_best_index]), len(vals) - 1 - summ.raw_best_index
+                yield Hit(v.tag, f"{v.tag} rose from its best {_fmt(summ.raw_best)} (step {raw_step}) to "
+                                 f"{_fmt(summ.end)} over the last {raw_after} evaluations while training loss kept "
+                                 f"improving{note}",
+                          {"best": summ.raw_best, "best_step": raw_step, "smoothed_best": summ.best, "end": summ.end,
+                           "relative_rise": rise, "rise_in_swings": in_swings,
+                           "evaluations_after_best": raw_after, "threshold": opts.min_rise,
                            "val_accuracy_holds": acc_holds, "val_at_chance": bool(at_chance or never_below_chance),
                            "root_cause": cause, **chance_ev},
                           severity=sev,
-                          plot=CurvePlot(run.name, [Signal.TRAIN_LOSS, Signal.VAL_LOSS], best_step))
+                          plot=CurvePlot(run.name, [Signal.TRAIN_LOSS, Signal.VAL_LOSS], raw_step))
                 return
     ta, va = s.train_acc, s.val_acc
     losses_finite = all(x is None or curves.first_nonfinite(x.values) is None for x in (s.train_loss, s.val_loss))
