@@ -173,6 +173,8 @@ class CheckpointData:
                "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None,
                "order": where the entry order came from: "file" | "structure" | "architecture" | None
                (readers/checkpoint/order.py)
+               "lrs": the `lr` of every param group (the scheduler's value at save time), "group_params": how many
+               parameters the param groups hold, "state_entries": how many of them have optimizer state (moments)
     metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...);
               "aliases"/"alias_count" when a tensor was saved under several names (only the first is kept),
               "tensor_order" for HF folders of safetensors ("architecture" when put back in model order)

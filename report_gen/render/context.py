@@ -32,6 +32,22 @@ CURVE_GROUPS = (
     ("Gradient norm", lambda name: name == Signal.GRAD_NORM),
 )
 CHANGE_ORDER = ("worse", "better", "same", "")  # baseline metric changes: what got worse is shown first
+#: findings about the input files (DESIGN §5): shown after every finding about the training
+INPUT_CATEGORY = "input-integrity"
+INPUT_LABEL = "Input files"
+LONG_EVIDENCE = 48  # HTML: evidence values longer than this are a note under the table, not a table cell
+#: what a run card says was read, in the words of the person who logged it (signal -> words); derived
+#: signals (loss_any, checkpoint_series, ...) say nothing a user logged and are not listed
+SIGNAL_WORDS = {
+    Signal.TRAIN_LOSS: "training loss", Signal.VAL_LOSS: "validation loss", Signal.TRAIN_ACC: "training accuracy",
+    Signal.VAL_ACC: "validation accuracy", Signal.LR: "learning rate", Signal.GRAD_NORM: "gradient norm",
+    Signal.WEIGHT_HIST: "weight histograms", Signal.GRAD_HIST: "gradient histograms",
+    Signal.ACT_HIST: "activation histograms", Signal.ACT_STATS: "activation statistics",
+    Signal.UPDATE_RATIO: "update ratios", Signal.GRAD_NORM_PARAM: "per-parameter gradient norms",
+    Signal.DYNAMICS: "layer dynamics", Signal.KERNEL_IMAGES: "kernel images", Signal.ACT_IMAGES: "activation maps",
+    Signal.OPTIMIZER_STATE: "optimizer state (in the checkpoints)", Signal.PROBE: "activations measured by the probe",
+    Signal.ATTENTION: "attention (measured by the probe)",
+}
 
 
 @dataclass(frozen=True)
@@ -179,6 +195,8 @@ def _finding_view(finding: dict, index: int, limits: Limits, overlay: dict[str, 
     """One finding for the templates; `overlay` (run -> baseline curve names) adds the baseline to curve plots."""
     text = limits.max_text
     evidence = [(clean_text(k, 80), format_value(v)) for k, v in _dict(finding.get("evidence")).items()]
+    shown = [(k.replace("_", " "), v) for (k, v), raw in zip(evidence, _dict(finding.get("evidence")).values())
+             if raw is not None]
     severity = str(finding.get("severity", "info"))
     return {
         "id": f"finding-{index}",
@@ -193,6 +211,10 @@ def _finding_view(finding: dict, index: int, limits: Limits, overlay: dict[str, 
         "status": clean_text(finding.get("status") or "", 20),
         "reason": clean_text(finding.get("reason") or "", text),
         "evidence": evidence[:40],
+        # HTML: the evidence as a table of short values, long values (lists, notes) as notes under it
+        "evidence_table": [(k, v) for k, v in shown if len(v) <= LONG_EVIDENCE][:40],
+        "evidence_notes": [(k, v) for k, v in shown if len(v) > LONG_EVIDENCE][:10],
+        "input": is_input_notice(finding),
         "plot": _plot_ref(_with_overlay(parse_plot(finding.get("plot")), overlay or {}), limits),
     }
 
@@ -204,16 +226,28 @@ def _with_overlay(plot: Plot | None, overlay: dict[str, set]) -> Plot | None:
     return plot
 
 
+def is_input_notice(finding: Any) -> bool:
+    """A finding about the input files (category input-integrity), not about the training."""
+    return isinstance(finding, dict) and str(finding.get("category", "")) == INPUT_CATEGORY
+
+
 def sort_findings(findings: Iterable[Any]) -> list[dict]:
-    """Most severe first, then by code, run and subject (a stable, readable order)."""
+    """Findings about the training first, then those about the input files; each most severe first, then
+    by code, run and subject (a stable, readable order)."""
     items = [f for f in findings if isinstance(f, dict)]
-    return sorted(items, key=lambda f: (-severity_rank(f.get("severity")), str(f.get("code", "")),
-                                        str(f.get("run", "")), str(f.get("subject", ""))))
+    return sorted(items, key=lambda f: (is_input_notice(f), -severity_rank(f.get("severity")),
+                                        str(f.get("code", "")), str(f.get("run", "")), str(f.get("subject", ""))))
 
 
 def _group_by_severity(views: list[dict]) -> list[dict]:
-    return [{"severity": s, "label": SEVERITY_LABELS[s], "findings": [v for v in views if v["severity"] == s]}
-            for s in SEVERITY_ORDER if any(v["severity"] == s for v in views)]
+    """Training findings by severity, then the input notices in one group of their own."""
+    training = [v for v in views if not v["input"]]
+    groups = [{"severity": s, "label": SEVERITY_LABELS[s], "findings": [v for v in training if v["severity"] == s]}
+              for s in SEVERITY_ORDER if any(v["severity"] == s for v in training)]
+    notices = [v for v in views if v["input"]]
+    if notices:
+        groups.append({"severity": "input", "label": f"{INPUT_LABEL}", "findings": notices})
+    return groups
 
 
 def _capped(rows: list, limits: Limits) -> dict:
@@ -253,6 +287,7 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "parameters": format_value(summary.get("parameters")),
         "parameter_count": format_value(summary.get("parameter_count")),
         "signals": [clean_text(s, 200) for s in _list(summary.get("signals"))][:60],
+        "read": _read_words(_list(summary.get("signals"))),
         "hparams": [(clean_text(k, 100), format_value(v)) for k, v in _dict(summary.get("hparams")).items()][:60],
         "optimizer": _optimizer_text(_dict(summary.get("optimizer"))),
         "probe": _probe_text(_dict(run_input.get("probe"))),
@@ -321,6 +356,16 @@ def _weights_text(paths: Any) -> str:
     """Where the model weights were found inside the checkpoints (the key path of the largest state dict)."""
     shown = [("the file itself" if not p else f"key {p}") for p in map(str, _list(paths))]
     return clean_text(", ".join(shown), 300)
+
+
+def _read_words(signals: list) -> list[str]:
+    """What was read, in user words, in the vocabulary's order; unknown signal names as they are."""
+    names = {str(s) for s in signals}
+    words = [w for sig, w in SIGNAL_WORDS.items() if sig.value in names]
+    derived = {Signal.LOSS_ANY.value, Signal.CHECKPOINT.value, Signal.CHECKPOINT_SERIES.value,
+               Signal.PROBE_SERIES.value, Signal.INPUT_PROBLEMS.value}
+    known = {sig.value for sig in SIGNAL_WORDS} | derived
+    return words + [clean_text(n, 200) for n in sorted(names - known)][:60]
 
 
 def _optimizer_text(opt: dict) -> str:
@@ -544,6 +589,7 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
     context["plot_order"] = _plot_order(context)
     context["sections"] = _sections(context)
     context["role_hint"] = ROLE_HINT
+    context["html_sections"] = html_sections(context["sections"])
     return context
 
 
@@ -557,6 +603,14 @@ def _plot_order(context: dict) -> list[Plot]:
     for ref in refs:
         unique.setdefault(ref["key"], ref["spec"])
     return list(unique.values())
+
+
+def html_sections(sections: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The HTML page's order: the verdict (banner), then the findings, then the baseline comparison, then
+    per-run detail starting with the run cards ("Runs")."""
+    first = [s for s in sections if s[0] == "findings"] + [s for s in sections if s[0] == "baseline"]
+    runs = [("summary", "Runs") for s in sections if s[0] == "summary"]
+    return first + runs + [s for s in sections if s not in first and s[0] != "summary"]
 
 
 def _sections(context: dict) -> list[tuple[str, str]]:

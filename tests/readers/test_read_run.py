@@ -30,8 +30,7 @@ def test_read_checkpoints_grades_each_file_and_orders_the_series(tmp_path):
     # training order: by the step inside the file, a checkpoint without any step last
     assert [(c.path.rsplit("/", 1)[-1], c.step) for c in ckpts] == [("a.pt", 10), ("b.pt", 20), ("evil.pt", None)]
     assert seen == [(i, len(paths)) for i in range(len(paths))]
-    assert _graded(problems) == [
-        ("probe.pt", "no-weights", "info"),
+    assert _graded(problems) == [  # probe.pt is data beside the checkpoints (a probe batch), not a problem
         ("blob.pkl", "not-a-checkpoint", "info"),
         ("lfs.pt", "lfs-pointer", "warning"),
         ("empty.pt", "empty-file", "warning"),
@@ -39,6 +38,22 @@ def test_read_checkpoints_grades_each_file_and_orders_the_series(tmp_path):
         ("gone.pt", "missing", "warning"),
     ]
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_saved_tensor_is_a_problem_only_when_no_checkpoint_was_read(tmp_path):
+    """A probe batch (a bare tensor, or a tuple of them) beside checkpoints is data; alone it explains why
+    nothing was read. A mapping without weights stays a problem either way."""
+    torch.save(torch.zeros(3), tmp_path / "probe.pt")
+    torch.save((torch.zeros(2, 3), torch.ones(2)), tmp_path / "batch.pt")
+    torch.save({"epoch": 3}, tmp_path / "meta.pt")
+    alone = [str(tmp_path / n) for n in ("batch.pt", "meta.pt", "probe.pt")]
+    ckpts, problems = read_checkpoints(alone)
+    assert ckpts == [] and _graded(problems) == [("batch.pt", "no-weights", "info"), ("meta.pt", "no-weights", "info"),
+                                                 ("probe.pt", "no-weights", "info")]
+    assert "probe batch" in problems[2].message and "tuple of 2 tensors" in problems[0].message
+    ckpt = cb.write_plain(tmp_path / "epoch_1.pt", cb.tiny_state())
+    ckpts, problems = read_checkpoints(alone + [str(ckpt)])
+    assert len(ckpts) == 1 and _graded(problems) == [("meta.pt", "no-weights", "info")]
 
 
 def test_read_run_adds_nothing_readable_after_the_files_own_problems(tmp_path):

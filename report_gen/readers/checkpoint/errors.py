@@ -33,6 +33,15 @@ class CheckpointError(InputError):
         self.severity = severity
 
 
+class SavedTensor(CheckpointError):
+    """A "no-weights" file that holds a bare tensor (or a list/tuple of tensors): data saved beside the
+    checkpoints (a probe batch, embeddings), not a damaged checkpoint. `read_checkpoints` reports it
+    only when the run has no usable checkpoint at all (it then explains why none was read)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(path, ProblemKind.NO_WEIGHTS, problem)
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 

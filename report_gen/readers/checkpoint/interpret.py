@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from report_gen.core import Problem, ProblemKind, clamp_int64
-from report_gen.readers.checkpoint.errors import CheckpointError, clean, one_line
+from report_gen.readers.checkpoint.errors import CheckpointError, SavedTensor, clean, one_line
 from report_gen.readers.checkpoint.optimizer import OPTIMIZER_KEYS, find_optimizer_state, safe_optimizer_facts
 from report_gen.readers.checkpoint.tree import Leaf, TorchTree, as_mapping, is_leaf
 from report_gen.readers.safe_unpickle import MAX_FREE_ELEMENTS, Placeholder, TensorRef
@@ -271,8 +271,12 @@ def _no_weights_error(path: str, root: Any) -> CheckpointError:
         return CheckpointError(path, ProblemKind.UNSAFE_PICKLE, f"the pickle holds only {root.global_name}(...) "
                                                                 f"and no tensors; nothing was executed")
     if mapping is None:
-        held = "Tensor" if is_leaf(root) else type(root).__name__  # a lazily read tensor is still a tensor
-        return CheckpointError(path, ProblemKind.NO_WEIGHTS, f"no model weights found (the file holds a {held})")
+        if is_leaf(root) or (isinstance(root, (list, tuple)) and root and all(is_leaf(v) for v in root)):
+            held = "Tensor" if is_leaf(root) else f"{type(root).__name__} of {len(root)} tensors"
+            return SavedTensor(path, f"no model weights found (the file holds a {held}: data such as a probe "
+                                     f"batch, not a checkpoint)")
+        return CheckpointError(path, ProblemKind.NO_WEIGHTS,
+                               f"no model weights found (the file holds a {type(root).__name__})")
     keys = set(map(str, mapping))
     if {"state", "param_groups"} <= keys or (keys & set(OPTIMIZER_KEYS) and not keys & set(_WEIGHT_KEYS)):
         return CheckpointError(path, ProblemKind.OPTIMIZER_ONLY, "optimizer state only, no model weights")

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers.checkpoint.errors import CheckpointError, one_line
+from report_gen.readers.checkpoint.errors import CheckpointError, SavedTensor, one_line
 from report_gen.readers.checkpoint.hf import open_folder, open_index, open_single_file
 from report_gen.readers.checkpoint.tree import LoadPolicy, load_policy
 from report_gen.readers.types import CheckpointData
@@ -51,10 +51,12 @@ def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
     """Open the checkpoints of ONE run: the usable ones in training order, and every problem found.
 
     Never raises for a damaged file. A file that cannot be used is one Problem graded by the default
-    severity of its kind: a tensor or list saved beside the checkpoints (a probe batch, embeddings;
-    "no-weights", "not-a-checkpoint") is info, anything else a warning. Problems are in path order,
-    each file's own problems (unsafe globals replaced, tensors skipped) where the file comes.
-    progress(i, n) is called before the i-th of n files is opened.
+    severity of its kind: a file that is no checkpoint ("no-weights", "not-a-checkpoint") is info,
+    anything else a warning. A bare tensor saved beside the checkpoints (the probe batch, embeddings:
+    `SavedTensor`) is data, not a problem: it is reported only when no checkpoint could be used (it then
+    says why none was read). Problems are in path order, each file's own problems (unsafe globals
+    replaced, tensors skipped) where the file comes. progress(i, n) is called before the i-th of n files
+    is opened.
     isolate: each file is first opened in a worker process with CPU, memory and time limits
     (`readers.isolation`; not with trust_pickles): a crash or hang there is one "unreadable" Problem.
     """
@@ -71,6 +73,7 @@ def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
 def _read_all(paths: Sequence[str], policy: LoadPolicy, progress: Callable[[int, int], None] | None,
               vetting) -> tuple[list[CheckpointData], list[Problem]]:
     ckpts, problems = [], []
+    saved_tensors: list[tuple[int, Problem]] = []
     for i, path in enumerate(paths):
         if progress is not None:
             progress(i, len(paths))
@@ -78,6 +81,9 @@ def _read_all(paths: Sequence[str], policy: LoadPolicy, progress: Callable[[int,
             if vetting is not None:
                 _vet(vetting, path)
             ckpt = _open(path, policy)
+        except SavedTensor as e:
+            saved_tensors.append((len(problems), Problem(file=path, kind=e.kind, message=str(e))))
+            continue
         except CheckpointError as e:
             problems.append(Problem(file=path, kind=e.kind, message=str(e), severity=e.severity))
             continue
@@ -89,6 +95,11 @@ def _read_all(paths: Sequence[str], policy: LoadPolicy, progress: Callable[[int,
         problems.extend(ckpt.problems)
         if ckpt.tensors:
             ckpts.append(ckpt)
+    if not ckpts:  # then the saved tensors say why no checkpoint was read
+        for offset, (at, problem) in enumerate(saved_tensors):
+            problems.insert(at + offset, problem)
+    elif saved_tensors:
+        log.debug("not checkpoints (saved tensors): %s", ", ".join(p.file for _, p in saved_tensors))
     return ckpts, problems
 
 
