@@ -122,7 +122,7 @@ def test_html_order_and_run_cards_in_user_words():
     anchors = [a for a, _ in ctx["html_sections"]]
     assert anchors.index("findings") < anchors.index("summary")
     assert dict(ctx["html_sections"])["summary"] == "Runs"
-    assert ctx["runs"][0]["read"] == ["training loss", "learning rate"]
+    assert ctx["runs"][0]["logged"] == ["training loss", "learning rate"]
 
 
 def test_small_logged_images_get_a_display_width():
