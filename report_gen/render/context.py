@@ -444,7 +444,8 @@ def _image_refs(run: str, images: dict, limits: Limits) -> list[dict]:
         ref = _plot_ref(ImagePlot(run, str(key)), limits)
         title = clean_text(image.get("title") or key, 200)
         step = image.get("step")
-        refs.append({**ref, "title": title if step is None else f"{title} (step {format_value(step)})"})
+        stepped = step is None or f"step {format_value(step)}" in title  # the title may say it already
+        refs.append({**ref, "title": title if stepped else f"{title} (step {format_value(step)})"})
     return refs
 
 

@@ -126,9 +126,11 @@ def test_html_order_and_run_cards_in_user_words():
 
 
 def test_small_logged_images_get_a_display_width():
-    from report_gen.render.html import MIN_IMAGE_SIDE, _display_width
+    from report_gen.render.html import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, _display_width
     from sample_report import tiny_png
 
-    assert _display_width(tiny_png(42, 7)) == 42 * (MIN_IMAGE_SIDE // 7)  # an 8x1x3x3 kernel grid
+    assert _display_width(tiny_png(20, 10)) == 20 * (MIN_IMAGE_SIDE // 10)  # short side scaled up to 96 px
+    assert _display_width(tiny_png(42, 7)) == 42 * (MAX_IMAGE_SIDE // 42)  # an 8x1x3x3 kernel grid: long side
+    assert _display_width(tiny_png(7, 42)) == 7 * (MAX_IMAGE_SIDE // 42)  # stays under 400 px either way
     assert _display_width(tiny_png(200, 120)) is None
     assert _display_width(b"not a png") is None
