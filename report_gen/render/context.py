@@ -287,7 +287,7 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "parameters": format_value(summary.get("parameters")),
         "parameter_count": format_value(summary.get("parameter_count")),
         "signals": [clean_text(s, 200) for s in _list(summary.get("signals"))][:60],
-        "read": _read_words(_list(summary.get("signals"))),
+        "logged": _read_words(_list(summary.get("signals"))),
         "hparams": [(clean_text(k, 100), format_value(v)) for k, v in _dict(summary.get("hparams")).items()][:60],
         "optimizer": _optimizer_text(_dict(summary.get("optimizer"))),
         "probe": _probe_text(_dict(run_input.get("probe"))),
@@ -444,7 +444,8 @@ def _image_refs(run: str, images: dict, limits: Limits) -> list[dict]:
         ref = _plot_ref(ImagePlot(run, str(key)), limits)
         title = clean_text(image.get("title") or key, 200)
         step = image.get("step")
-        refs.append({**ref, "title": title if step is None else f"{title} (step {format_value(step)})"})
+        stepped = step is None or f"step {format_value(step)}" in title  # the title may say it already
+        refs.append({**ref, "title": title if stepped else f"{title} (step {format_value(step)})"})
     return refs
 
 

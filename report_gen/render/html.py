@@ -59,7 +59,7 @@ class _Figures:
 
 
 MIN_IMAGE_SIDE = 96  # CSS px: a logged image smaller than this (a 3x3 kernel grid) is scaled up, pixelated
-MAX_IMAGE_WIDTH = 640
+MAX_IMAGE_SIDE = 400  # ... but its longer side stays under this (a one-column grid is tall)
 
 
 def _display_width(png: bytes) -> int | None:
@@ -70,8 +70,8 @@ def _display_width(png: bytes) -> int | None:
     width, height = struct.unpack(">II", png[16:24])
     if not width or not height or min(width, height) >= MIN_IMAGE_SIDE:
         return None
-    scale = max(1, MIN_IMAGE_SIDE // min(width, height))
-    return min(width * scale, MAX_IMAGE_WIDTH)
+    scale = max(1, min(MIN_IMAGE_SIDE // min(width, height), MAX_IMAGE_SIDE // max(width, height)))
+    return min(width * scale, MAX_IMAGE_SIDE)
 
 
 def render_html(report: dict, *, plots: PlotStore | None = None) -> str:
