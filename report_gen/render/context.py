@@ -18,8 +18,9 @@ from typing import Any, Iterable
 
 from report_gen.core import INT64_MAX, INT64_MIN, display_text, judged_runs, severity_rank, verdict_for
 from report_gen.render.images import encoded
-from report_gen.vocab import (DISTRIBUTION_SOURCES, ActivationSeriesPlot, CurvePlot, DistributionPlot, GradDepthPlot,
-                              ImagePlot, Key, LayerSeriesPlot, Plot, ProbeSeriesPlot, Signal, curve_label, parse_plot)
+from report_gen.vocab import (DISTRIBUTION_SOURCES, USER_ROLES, ActivationSeriesPlot, CurvePlot, DistributionPlot,
+                              GradDepthPlot, ImagePlot, Key, LayerSeriesPlot, Plot, ProbeSeriesPlot, Signal, curve_label,
+                              parse_plot, role_words)
 
 SEVERITY_ORDER = ("error", "warning", "info")
 SEVERITY_LABELS = {"error": "Errors", "warning": "Warnings", "info": "Info"}
@@ -255,6 +256,9 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "hparams": [(clean_text(k, 100), format_value(v)) for k, v in _dict(summary.get("hparams")).items()][:60],
         "optimizer": _optimizer_text(_dict(summary.get("optimizer"))),
         "probe": _probe_text(_dict(run_input.get("probe"))),
+        "read": _capped(_series_rows(run_input.get("series"), ignored=False), limits),
+        "ignored": _capped(_series_rows(run_input.get("ignored"), ignored=True), limits),
+        "weights_at": _weights_text(run_input.get("weights_at")),
         "problems": _capped(problems, limits),
         "counts": counts,
         "verdict": verdict_for(counts, judged=judged),
@@ -266,6 +270,57 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "grad_depth": _plot_ref(GradDepthPlot(name), limits) if _list(details.get("grad_depth")) else None,
         "images": _image_refs(name, _dict(details.get("images")), limits),
     }
+
+
+ROLE_HINT = ("To give an ignored series a role: --role ROLE=TAG (repeatable) or [tool.report_gen.roles] in "
+             f"pyproject.toml, with ROLE one of {', '.join(USER_ROLES)}; a glob such as 'eval/*loss' works too.")
+_POINTS = {"scalar": ("point", "points"), "histogram": ("step", "steps"), "image": ("image", "images"),
+           "text": ("entry", "entries")}
+_GROUPED = 3  # more histograms/images than this with one role and source are shown as one row
+
+
+def _series_rows(entries: Any, ignored: bool) -> list[dict]:
+    """What was read (or ignored), in user words: "train/loss (TensorBoard, 600 points) -> training loss".
+    Scalars one row each; histograms and images one row per role (or reason) and source when numerous."""
+    rows: list[dict] = []
+    families: dict[tuple, list[dict]] = {}
+    for e in map(_dict, _list(entries)):
+        kind = str(e.get("kind", "scalar"))
+        if kind in ("histogram", "image"):
+            families.setdefault((kind, e.get("role", ""), e.get("reason", ""), e.get("source", "")), []).append(e)
+        else:
+            rows.append(_series_row(e, ignored))
+    for (kind, _, _, _), group in families.items():
+        if len(group) <= _GROUPED:
+            rows.extend(_series_row(e, ignored) for e in group)
+            continue
+        first, n = group[0], len(group)
+        points = sorted({int(e["points"]) for e in group if isinstance(e.get("points"), int)})
+        each = _POINTS[kind][1 if points and points[-1] != 1 else 0]
+        span = f"{points[0]}" if len(points) == 1 else f"{points[0]}-{points[-1]}" if points else "?"
+        rows.append({"tag": clean_text(f"{first.get('tag', '')} … {group[-1].get('tag', '')}", 300),
+                     "what": clean_text(f"{n} {kind}s, {first.get('source', '')}, {span} {each} each", 200),
+                     "role": "" if ignored else clean_text(role_words(first.get("role", "")), 200),
+                     "note": clean_text(first.get("reason" if ignored else "note", ""), 400)})
+    return rows
+
+
+def _series_row(e: dict, ignored: bool) -> dict:
+    kind = str(e.get("kind", "scalar"))
+    points = e.get("points")
+    one, many = _POINTS.get(kind, ("point", "points"))
+    count = f"{format_value(points)} {one if points == 1 else many}"
+    label = "" if kind == "scalar" else f"{kind}, "
+    return {"tag": clean_text(e.get("tag", ""), 300),
+            "what": clean_text(f"{label}{e.get('source', '')}, {count}", 200),
+            "role": "" if ignored else clean_text(role_words(e.get("role", "")), 200),
+            "note": clean_text(e.get("reason" if ignored else "note", ""), 400)}
+
+
+def _weights_text(paths: Any) -> str:
+    """Where the model weights were found inside the checkpoints (the key path of the largest state dict)."""
+    shown = [("the file itself" if not p else f"key {p}") for p in map(str, _list(paths))]
+    return clean_text(", ".join(shown), 300)
 
 
 def _optimizer_text(opt: dict) -> str:
@@ -488,6 +543,7 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
         view["id"] = f"suppressed-{i}"
     context["plot_order"] = _plot_order(context)
     context["sections"] = _sections(context)
+    context["role_hint"] = ROLE_HINT
     return context
 
 

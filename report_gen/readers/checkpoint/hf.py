@@ -19,9 +19,11 @@ import torch
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers.checkpoint.errors import CheckpointError, one_line
+from report_gen.readers.checkpoint.hfarch import in_model_order, is_hf_config, meta_model
 from report_gen.readers.checkpoint.interpret import (checkpoint_from_tree, finish, role_by_name,
                                                      step_from_metadata, strip_prefixes)
 from report_gen.readers.checkpoint.optimizer import safe_optimizer_facts
+from report_gen.readers.checkpoint.order import hf_trainer_order
 from report_gen.readers.checkpoint.sniff import sniff
 from report_gen.readers.checkpoint.tree import LoadPolicy, as_mapping, mapped_materialiser, unchanged_guard
 from report_gen.readers.paths import _folder_weights_file
@@ -189,15 +191,27 @@ def open_folder(folder: str, policy: LoadPolicy) -> CheckpointData:
     trainer = _read_json(os.path.join(folder, "trainer_state.json"), inner.problems)
     meta.update({k: trainer[k] for k in ("global_step", "epoch") if k in trainer})
     ordered = inner.format in ("torch-zip", "torch-legacy")
-    optimizer = _folder_optimizer(folder, inner.tensors, policy, inner.problems, ordered)
-    return finish(folder, f"hf-folder/{inner.format}", inner.tensors, inner.load,
+    tensors, model = inner.tensors, None
+    if not ordered and is_hf_config(config):
+        model, why = meta_model(config)
+        order = in_model_order(list(tensors), model) if model is not None else None
+        if order is not None:  # safetensors sort names: the architecture gives the model's order back
+            tensors, ordered = {n: tensors[n] for n in order}, True
+            meta["tensor_order"] = "architecture"
+        else:
+            meta["tensor_order"] = "sorted by name (" + (why or "the names differ from the architecture's") + ")"
+    optimizer = _folder_optimizer(folder, tensors, policy, inner.problems, ordered, config, model)
+    return finish(folder, f"hf-folder/{inner.format}", tensors, inner.load,
                   step_from_metadata(meta), meta, optimizer, inner.problems)
 
 
 def _folder_optimizer(folder: str, tensors: Mapping[str, TensorInfo], policy: LoadPolicy,
-                      problems: list[Problem], ordered: bool) -> dict[str, Any] | None:
-    """Optimizer facts from a Trainer folder's optimizer.pt. ordered: the weights keep the model's
-    parameter order (a single torch file); safetensors and shard indexes are sorted by name."""
+                      problems: list[Problem], ordered: bool, config: Mapping[str, Any],
+                      model: Any = None) -> dict[str, Any] | None:
+    """Optimizer facts from a Trainer folder's optimizer.pt. ordered: `tensors` are in the model's
+    parameter order (a single torch file, or put back in order from the architecture); safetensors and
+    shard indexes are sorted by name, so the Trainer's order is recovered (order.hf_trainer_order;
+    `model`: the architecture on the meta device, when it could be built)."""
     path = os.path.join(folder, "optimizer.pt")
     if not os.path.exists(path):
         return None
@@ -210,5 +224,10 @@ def _folder_optimizer(folder: str, tensors: Mapping[str, TensorInfo], policy: Lo
     state = as_mapping(tree.root)
     if state is None or "state" not in state:
         return None
+    recover = None
+    if is_hf_config(config) and "param_groups" in state:
+        params = [n for n, t in tensors.items() if t.role == "param"]
+        recover = hf_trainer_order(params, {n: tuple(tensors[n].shape) for n in params},
+                                   {n for n, t in tensors.items() if t.role != "param"}, model)
     return safe_optimizer_facts(path, state, tensors, tree.checked_materialiser(path), problems,
-                                ordered=ordered)
+                                ordered=ordered, recover=recover)
