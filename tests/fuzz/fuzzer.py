@@ -248,17 +248,6 @@ def _snapshot(folder: Path) -> dict[str, str]:
     return out
 
 
-def _spin() -> float:
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        x = 0
-        for i in range(1_000_000):
-            x += i & 7
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run_case(index: int, files: dict[str, bytes], work: Path, marker: Path, case_seconds: float,
              formats: str) -> dict:
     """Diagnose one input in process and check the invariants; the record of what happened."""
@@ -282,7 +271,9 @@ def run_case(index: int, files: dict[str, bytes], work: Path, marker: Path, case
     before_in, before_by = _snapshot(run), _snapshot(bystander)
     logging.getLogger().handlers.clear()  # main() installs its handler on the stderr redirected below
     err = io.StringIO()
-    allowed = case_seconds / 0.05 * _SPIN[0]
+    from hostile_tools import IDLE_SECONDS_PER_SPIN  # bounds are idle-equivalent seconds, as in the tests
+
+    allowed = case_seconds / IDLE_SECONDS_PER_SPIN * _SPIN[0]
     start = time.perf_counter()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -320,7 +311,7 @@ def run_case(index: int, files: dict[str, bytes], work: Path, marker: Path, case
             "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
 
 
-_SPIN = [0.05]
+_SPIN = [0.05]  # seconds of hostile_tools.spin() in this worker
 
 
 def _limit_memory(memory_mb: int) -> None:
@@ -341,7 +332,9 @@ def worker(args: argparse.Namespace) -> None:
     import report_gen.cli  # noqa: F401 - imported before the memory limit is measured
     import report_gen.readers.checkpoint  # noqa: F401
 
-    _SPIN[0] = _spin()
+    from hostile_tools import spin
+
+    _SPIN[0] = spin()
     _limit_memory(args.memory_mb)
     current = Path(args.findings) / "current"
     index = args.first
