@@ -12,7 +12,8 @@
 The options are the CLI's (`report-gen diagnose --help`), spelled as keywords: `config` (a TOML file; by
 default `[tool.report_gen]` of the nearest pyproject.toml, as on the command line), `select`, `ignore`,
 `baseline`, `trust_pickles`, `model` + `model_kwargs` + (`probe` | `probe_shape`), `probe_max_checkpoints`,
-`fail_on`, `fail_on_persisting`, `fail_on_unknown`. A Report wraps the very dict the CLI renders (report.json schema, DESIGN §4).
+`fail_on`, `fail_on_persisting`, `fail_on_unknown`, and for fsspec URLs (`s3://...`) `storage_options` and
+`cache_dir`. A Report wraps the very dict the CLI renders (report.json schema, DESIGN §4).
 Nothing heavy is imported before `diagnose` runs.
 """
 from __future__ import annotations
@@ -31,11 +32,14 @@ PathLike = str | os.PathLike
 def build_options(*, config: Any = None, select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
                   baseline: PathLike | None = None, trust_pickles: bool = False, model: str | None = None,
                   model_kwargs: dict | str | None = None, probe: PathLike | None = None,
-                  probe_shape: str | Iterable[int] | None = None, probe_max_checkpoints: int = 6) -> Any:
+                  probe_shape: str | Iterable[int] | None = None, probe_max_checkpoints: int = 6,
+                  storage_options: dict | str | None = None, cache_dir: PathLike | None = None,
+                  isolate: bool = False) -> Any:
     """engine.Options from the CLI's option values; InputError (one line) for an inconsistent set.
 
     config: a path to a TOML file, an already loaded `report_gen.config.Config`, or None (nearest
-    pyproject.toml). model_kwargs: a dict, or JSON text as on the command line.
+    pyproject.toml). model_kwargs: a dict, or JSON text as on the command line. storage_options (a
+    dict, or JSON text) and cache_dir: how fsspec URLs among the paths are read (storage.py).
     """
     from report_gen.config import Config, load_config
     from report_gen.engine import Options, ProbeSpec
@@ -55,9 +59,15 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
         if probe_shape is not None and not isinstance(probe_shape, str):
             probe_shape = ",".join(str(int(n)) for n in probe_shape)
         spec = ProbeSpec(None, {}, os.fspath(probe) if probe else None, probe_shape or None, probe_max_checkpoints)
+    storage = None
+    if storage_options or cache_dir is not None:
+        from report_gen.storage import StorageSettings, parse_storage_options
+
+        options = storage_options if isinstance(storage_options, dict) else parse_storage_options(storage_options)
+        storage = StorageSettings(options=options, cache_dir=None if cache_dir is None else os.fspath(cache_dir))
     return Options(config=cfg, trust_pickles=bool(trust_pickles), probe=spec,
                    baseline=None if baseline is None else os.fspath(baseline),
-                   select=_codes(select), ignore=_codes(ignore))
+                   select=_codes(select), ignore=_codes(ignore), storage=storage, isolate=bool(isolate))
 
 
 def _model_kwargs(value: dict | str | None) -> dict:

@@ -93,7 +93,8 @@ class ProblemKind(str, enum.Enum):
     # several logs of one run (readers/registry.py)
     DUPLICATE_SERIES = "duplicate-series", Severity.INFO  # a later log's copy of a series is left out
     # a whole run (readers/run.py)
-    NOTHING_READABLE = "nothing-readable", Severity.ERROR
+    NOTHING_READABLE = "nothing-readable", Severity.ERROR  # info when the logs were only opened, never written
+    MIXED_MODELS = "mixed-models", Severity.INFO  # one folder's checkpoints hold several models: split into runs
     # checkpoints (readers/checkpoint/): not a checkpoint at all, harmless beside checkpoints
     NOT_A_CHECKPOINT = "not-a-checkpoint", Severity.INFO
     NO_WEIGHTS = "no-weights", Severity.INFO
@@ -119,6 +120,11 @@ class ProblemKind(str, enum.Enum):
     UNREADABLE_OPTIMIZER_STATE = "unreadable-optimizer-state", Severity.WARNING
     # the probe (probe.py)
     STATE_DICT_MISMATCH = "state-dict-mismatch", Severity.WARNING
+    # remote inputs staged by storage.py: the run's diagnosis misses a file that exists (or existed)
+    MISSING_OBJECT = "missing-object", Severity.ERROR  # listed, then gone when fetched
+    PERMISSION_DENIED = "permission-denied", Severity.ERROR
+    TRANSFER_FAILED = "transfer-failed", Severity.ERROR  # after the bounded retries
+    UNSAFE_NAME = "unsafe-name", Severity.WARNING  # a key that cannot be a file inside the cache: not staged
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
     config + --select/--ignore --resolve_rules--> RuleSet            (once; bad options fail here)
     paths --discover--> RunSpecs
-    RunSpec --readers--> logs, checkpoints, graded problems
+    RunSpec --readers--> logs, checkpoints, graded problems --split_models--> one run per model
             --probe.probe_run (only when a selected rule needs it)--> RunFacts (built once, never mutated)
     RunFacts x RuleSet --evaluate--> findings, suppressed, evaluated, not_evaluated
             --assemble--> report dict (DESIGN §4)
@@ -28,10 +28,11 @@ from report_gen.core import (Finding, InputError, Problem, judged_runs, jsonable
                              verdict_for)
 from report_gen.facts.run import RunFacts
 from report_gen.readers.discovery import RunSpec, discover
-from report_gen.readers.run import read_run
+from report_gen.readers.run import RunInputs, read_run, split_models
 from report_gen.readers.signals import build_signals
 from report_gen.reportfile import load_report
 from report_gen.selection import ResolvedRule, RuleSet, resolve_rules
+from report_gen.storage import StorageSettings, stage_inputs
 from report_gen.vocab import Signal, missing_reason
 
 log = logging.getLogger("report_gen")
@@ -56,6 +57,8 @@ class Options:
     baseline: str | None = None
     select: list[str] | None = None  # CLI --select/--ignore, applied on top of the config
     ignore: list[str] | None = None
+    storage: StorageSettings | None = None  # how fsspec URLs among the paths are read (storage.py)
+    isolate: bool = False  # --isolate: checkpoints vetted in a limited worker process (readers/isolation.py)
 
 
 Progress = Callable[[str, int, int], None]
@@ -71,9 +74,21 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
     """Read one run's files into RunFacts; the readers turn file damage into graded Problems.
 
     `rules` (the resolved rule set) decides what is worth computing beyond the files themselves: the
-    probe runs only when an enabled rule needs activations. Without it, everything is done.
+    probe runs only when an enabled rule needs activations. Without it, everything is done. The run is
+    taken as discovery gave it; `load_runs` also splits the checkpoints of different models apart.
     """
-    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress)
+    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, isolate=opts.isolate)
+    return _facts(spec, read, opts, rules)
+
+
+def load_runs(spec: RunSpec, opts: Options, progress: Progress = _noop,
+              rules: RuleSet | None = None) -> list[RunFacts]:
+    """`load_run`, one RunFacts per model when the run's checkpoints hold several (`readers.run.split_models`)."""
+    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, isolate=opts.isolate)
+    return [_facts(part, inputs, opts, rules) for part, inputs in split_models(spec, read)]
+
+
+def _facts(spec: RunSpec, read: RunInputs, opts: Options, rules: RuleSet | None) -> RunFacts:
     problems = list(read.problems)
     probe_results, probe_info = [], None
     outcome = None
@@ -92,7 +107,8 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
     if outcome is not None:
         probe_results, probe_info = outcome.results, outcome.info
         problems.extend(outcome.problems)
-    return RunFacts(name=spec.name, path=spec.path, events=read.log, signals=build_signals(read.log, opts.config.tags),
+    signals = build_signals(read.log, opts.config.tags, opts.config.roles)
+    return RunFacts(name=spec.name, path=spec.path, events=read.log, signals=signals,
                     checkpoints=read.checkpoints, problems=problems, probe=probe_results, probe_info=probe_info)
 
 
@@ -159,11 +175,13 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
     rules = resolve_rules(opts.config, opts.select, opts.ignore)
     base = _baseline_report(opts.baseline, opts) if opts.baseline else None
     t0 = time.perf_counter()
-    specs = discover(paths)
+    staged = stage_inputs(paths, opts.storage, progress)  # URLs -> a local view of the cache; local paths as given
+    specs = discover(staged.paths)
     runs = []
     for i, spec in enumerate(specs):
         progress(f"reading {spec.name}", i, len(specs))
-        runs.append(load_run(spec, opts, progress, rules))
+        runs.extend(load_runs(spec, opts, progress, rules))
+    staged.attach(runs)  # an object that could not be fetched is a Problem of its run (I101 reports it)
     if opts.probe is not None and not opts.probe.model and not any(r.probe_info for r in runs) \
             and rules.wants(*PROBE_SIGNALS):
         raise InputError("--probe/--probe-shape need --model MODULE:FACTORY, unless a run is an HF checkpoint folder "
@@ -180,7 +198,7 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
     t_end = time.perf_counter()
     report["timing"] = {"read_s": round(t_read - t0, 3), "facts_s": round(t_facts - t_read, 3),
                         "rules_s": round(t_rules - t_facts, 3), "details_s": round(t_end - t_rules, 3)}
-    return report
+    return staged.publish(report)  # the report names the URLs, never the cache
 
 
 def _baseline_report(path: str, opts: Options) -> dict[str, Any]:
@@ -208,7 +226,10 @@ def assemble(runs: list[RunFacts], result: Evaluation, rules: RuleSet, opts: Opt
                        "first_step": first, "last_step": last, "problems": [p.to_dict() for p in r.problems],
                        "judged": r.name in judged,
                        "verdict": verdict_for(severity_counts([f for f in findings if f.run == r.name]),
-                                              judged=r.name in judged)})
+                                              judged=r.name in judged),
+                       "series": [u.to_dict() for u in r.signals.read],
+                       "ignored": [u.to_dict() for u in r.signals.ignored],
+                       "weights_at": sorted({c.weights_at for c in r.checkpoints})})
         if r.probe_info:
             inputs[-1]["probe"] = jsonable(r.probe_info)
     used_globs = [d["reason"].split(": ", 1)[1] for d in result.suppressed]

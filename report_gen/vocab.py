@@ -161,6 +161,52 @@ FAMILY_SIGNALS = (Signal.WEIGHT_HIST, Signal.GRAD_HIST, Signal.ACT_HIST, Signal.
                   Signal.GRAD_NORM_PARAM, Signal.DYNAMICS, Signal.KERNEL_IMAGES, Signal.ACT_IMAGES)
 
 
+class Role(_Named):
+    """The role a logged series plays in the report (report.json `inputs.runs[].series[].role`), with the
+    words the run card's "What was read" uses for it. The six scalar signals and the signal families keep
+    their Signal value; the others are losses the curve rules only check for NaN/Inf."""
+
+    words: str
+
+    def __new__(cls, value: str, words: str) -> "Role":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.words = words
+        return member
+
+    TRAIN_LOSS = (Signal.TRAIN_LOSS.value, "training loss")
+    VAL_LOSS = (Signal.VAL_LOSS.value, "validation loss")
+    TRAIN_ACC = (Signal.TRAIN_ACC.value, "training accuracy")
+    VAL_ACC = (Signal.VAL_ACC.value, "validation accuracy")
+    LR = (Signal.LR.value, "learning rate")
+    GRAD_NORM = (Signal.GRAD_NORM.value, "gradient norm")
+    TRAIN_LOSS_STEPS = ("train_loss_steps", "training loss per step (for spikes and NaN)")
+    LOSS_COMPONENT = ("loss_component", "a component of the loss (checked for NaN/Inf)")
+    OTHER_LOSS = ("other_loss", "another loss (checked for NaN/Inf)")
+    RL_LOSS = ("rl_loss", "a reinforcement-learning loss term (checked for NaN/Inf; not expected to fall)")
+    WEIGHT_HIST = (Signal.WEIGHT_HIST.value, "weight histogram")
+    GRAD_HIST = (Signal.GRAD_HIST.value, "gradient histogram")
+    ACT_HIST = (Signal.ACT_HIST.value, "activation histogram")
+    ACT_STATS = (Signal.ACT_STATS.value, "activation statistics")
+    UPDATE_RATIO = (Signal.UPDATE_RATIO.value, "update ratio")
+    GRAD_NORM_PARAM = (Signal.GRAD_NORM_PARAM.value, "gradient norm of one parameter")
+    DYNAMICS = (Signal.DYNAMICS.value, "dynamics series")
+    KERNEL_IMAGES = (Signal.KERNEL_IMAGES.value, "kernel images")
+    ACT_IMAGES = (Signal.ACT_IMAGES.value, "activation maps")
+
+
+#: the roles a user may give a tag (`[tool.report_gen.roles]`, `--role ROLE=TAG`); "ignore" takes a tag out
+USER_ROLES = tuple(sig.value for sig in SCALAR_SIGNALS) + ("ignore",)
+
+
+def role_words(value: Any) -> str:
+    """The words for a role value read back from a report.json (an unknown one is shown as it is)."""
+    try:
+        return Role(str(value)).words
+    except ValueError:
+        return str(value)
+
+
 def missing_reason(needs: Iterable[Signal]) -> tuple[str, str]:
     """(reason, enable) for a rule none of whose `needs` a run has: every missing reason, the first hint."""
     needs = tuple(needs)

@@ -211,6 +211,94 @@ class RunFacts:
                                      s.values, s.steps, bool(np.any(~np.isfinite(s.values))))
         return out
 
+    # ---- curves ---------------------------------------------------------------------------------
+    @cached_property
+    def train_loss_steps(self):
+        """The per-batch training loss: Lightning's `<name>_step` sibling of an epoch-level training loss
+        (DESIGN §6: the step series for spikes), else the training loss itself (None without one)."""
+        from report_gen.readers.signals import lightning_base
+
+        t = self.signals.train_loss
+        if t is None:
+            return None
+        base, suffix = lightning_base(t.tag)
+        sibling = self.signals.other_losses.get(f"{base}_step") if suffix == "epoch" else None
+        return sibling if sibling is not None and len(sibling) > len(t) else t
+
+    @cached_property
+    def reward(self):
+        """The episode reward (or return) series of a reinforcement-learning run (SB3 `rollout/ep_rew_mean`,
+        `eval/mean_reward`, CleanRL `charts/episodic_return`, `episode/Return`), None for any other run. In an
+        RL run the losses are no convergence signal: the value loss grows as the returns do."""
+        import re
+
+        pattern = re.compile(r"(^|[_/ ])(ep_?rew|rewards?|returns?|episodic_return)(_mean)?$", re.IGNORECASE)
+        for tag, series in self.signals.other_scalars.items():
+            last = tag.rsplit("/", 1)[-1]
+            if pattern.search(last) or pattern.search(tag):
+                return series
+        return None
+
+    @cached_property
+    def untrained_loss(self) -> float | None:
+        """The training loss before learning: the first finite value of the earliest training-loss series."""
+        for s in (self.train_loss_steps, self.signals.train_loss):
+            if s is not None:
+                v = s.values[np.isfinite(s.values)]
+                if v.size:
+                    return float(v[0])
+        return None
+
+    @cached_property
+    def chance(self) -> curves.ChanceLevel | None:
+        """The chance level of a classifier: C from the hyper-parameters (`num_classes`, ...), else, when an
+        accuracy is logged (so the run is a classification), from its untrained loss ~ ln C."""
+        c = curves.classes_from_hparams(self.signals.hparams)
+        if c is not None:
+            return curves.ChanceLevel(c, "hparams")
+        s = self.signals
+        has_acc = s.train_acc is not None or s.val_acc is not None
+        if has_acc and self.untrained_loss is not None:
+            c = curves.classes_from_loss(self.untrained_loss)
+            if c is not None:
+                return curves.ChanceLevel(c, "untrained loss")
+        return None
+
+    # ---- learning rate and optimizer ------------------------------------------------------------
+    @cached_property
+    def lr_profile(self):
+        """facts.schedule.LrProfile of the logged learning rate (None when none was logged)."""
+        from report_gen.facts.schedule import lr_profile
+
+        lr = self.signals.lr
+        return lr_profile(lr.steps, lr.values) if lr is not None and len(lr) else None
+
+    @cached_property
+    def checkpoint_lrs(self) -> list[tuple[int | None, list[float]]]:
+        """(step, the param groups' lr) of every checkpoint whose optimizer state records them."""
+        return [(c.step, list(c.optimizer["lrs"])) for c in self.checkpoints
+                if c.optimizer and c.optimizer.get("lrs")]
+
+    @cached_property
+    def optimizer_name(self) -> str | None:
+        """The optimizer, from the checkpoints' optimizer state, else a Lightning `lr-<Optimizer>` tag, else
+        a hyper-parameter (`optim`, `optimizer`)."""
+        from report_gen.facts.schedule import optimizer_from_lr_tag
+
+        for c in reversed(self.checkpoints):
+            kind = (c.optimizer or {}).get("kind")
+            if kind and kind != "unknown":
+                return str(kind)
+        if self.signals.lr is not None:
+            name = optimizer_from_lr_tag(self.signals.lr.tag)
+            if name:
+                return name
+        for key, value in self.signals.hparams.items():
+            last = str(key).replace("/", ".").rsplit(".", 1)[-1].lower()
+            if last in ("optim", "optimizer", "optimizer_name", "optimizer_type", "opt") and isinstance(value, str):
+                return value
+        return None
+
     # ---- steps ----------------------------------------------------------------------------------
     @cached_property
     def step_range(self) -> tuple[int | None, int | None]:

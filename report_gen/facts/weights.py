@@ -66,6 +66,10 @@ class WeightStats:
     stable_rank: float | None = None
     alpha: float | None = None
     values: np.ndarray | None = None  # the values themselves, for small 1-D tensors (norm scales, biases)
+    min: float = math.nan  # signed extremes of the finite values
+    max: float = math.nan
+    at_min_frac: float = math.nan  # share of all values exactly equal to min / to max (ties at a bound)
+    at_max_frac: float = math.nan
 
 
 def _central_moments(x: torch.Tensor, mean: float) -> tuple[float, float, float]:
@@ -229,6 +233,11 @@ def weight_stats(name: str, t: torch.Tensor) -> WeightStats:
         nan_count=nan_count, inf_count=inf_count,
         zero_frac=_count(t, lambda c: c.abs() <= 1e-12) / numel if numel else math.nan,
         abs_quantiles=_abs_quantiles(x), skew=skew, kurtosis=kurt, bimodality=bimodality)
+    if n:
+        lo, hi = float(lo_hi.min), float(lo_hi.max)
+        stats.min, stats.max = lo, hi
+        stats.at_min_frac = _count(x, lambda c: c == lo) / numel
+        stats.at_max_frac = _count(x, lambda c: c == hi) / numel
     if t.ndim >= 2 and numel:
         _add_unit_facts(stats, t.reshape(t.shape[0], -1), sum_sq, finite=not (nan_count or inf_count))
     elif t.ndim == 1 and numel <= _SMALL_1D:

@@ -10,6 +10,7 @@ import numpy as np
 from report_gen.facts import curves
 from report_gen.facts.run import is_embedding_name, is_weight_name
 from report_gen.rules.base import Hit, opt, rule
+from report_gen.rules.spiking import SpikeOptions, check_method, lr_jump, spike_events
 from report_gen.vocab import CurvePlot, GradDepthPlot, Signal
 
 _SOURCE = {Signal.GRAD_HIST: "logged gradient histograms",
@@ -210,3 +211,50 @@ def exploding_gradients(run, opts: ExplodingOptions):
                                  f"(rising on {mono:.0%} of steps)",
                           {"growth_factor": factor, "rising_share": mono, "threshold": opts.growth_factor},
                           severity="warning", plot=CurvePlot(run.name, [Signal.GRAD_NORM]))
+
+
+@rule("G103", "grad-norm-spike", "warning", needs=(Signal.GRAD_NORM,), options=SpikeOptions,
+      category="exploding-gradients")
+def grad_norm_spike(run, opts: SpikeOptions):
+    """
+    What it detects:
+        Spikes in the logged total gradient norm, by the same published detector as loss-spike (the
+        `method` option; llm-foundry's KillLossSpike rule by default: >= 2x the mean of the previous 100
+        values on 5 consecutive points). A gradient-norm spike followed within `lead_window` steps by a loss
+        spike is a warning (OLMo 2, arXiv:2501.00656: gradient-norm spikes precede loss spikes, so this is
+        the earliest sign of the instability); one the loss shrugs off is reported as info. A jump of the
+        learning rate just before is named as the root cause ("lr-spike").
+    Why it matters:
+        A gradient-norm spike is an update far larger than the ones before it; with Adam it also pollutes
+        the second-moment estimate for thousands of steps.
+    Typical causes:
+        A learning-rate jump, a bad batch, an unstable layer (attention logits, a tiny LayerNorm scale),
+        fp16 overflow, missing gradient clipping.
+    What to try:
+        Clip gradients (torch.nn.utils.clip_grad_norm_ with max_norm=1.0 is the transformer default), check
+        the learning rate at the spike, and inspect the batch that produced it.
+
+        Large-model recipes track a spike score (OLMo 2) and skip batches around spikes.
+    """
+    check_method(opts)
+    g = run.signals.grad_norm
+    events = spike_events(g, opts)
+    if not events:
+        return
+    t = run.train_loss_steps
+    loss_events = spike_events(t, opts) if t is not None else []
+    for ev in events[:3]:
+        followed = next((le for le in loss_events if 0 <= le["onset_step"] - ev["onset_step"] <= opts.lead_window), None)
+        jump = lr_jump(run, ev["onset_step"], opts)
+        parts = [f"{g.tag} spiked from {ev['before']:.4g} to {ev['peak']:.4g} at step {ev['peak_step']} (onset step "
+                 f"{ev['onset_step']}, {opts.method} rule)"]
+        parts.append(f"the loss spiked {followed['onset_step'] - ev['onset_step']} steps later" if followed
+                     else "the training loss did not spike with it")
+        if jump is not None:
+            parts.append(f"root cause: the learning rate jumped {jump['lr_factor']:.3g}x (to {jump['lr_peak']:.3g} at "
+                         f"step {jump['lr_peak_step']})")
+        yield Hit(g.tag, "; ".join(parts),
+                  {"method": opts.method, **ev, "loss_spike_step": followed["onset_step"] if followed else None,
+                   "root_cause": "lr-spike" if jump is not None else None, **(jump or {})},
+                  severity=None if followed else "info",
+                  plot=CurvePlot(run.name, [Signal.GRAD_NORM], ev["onset_step"]))

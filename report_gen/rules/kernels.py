@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from report_gen.facts import DUP_CORR, dead_units
+from report_gen.facts import DUP_CORR, binomial_tail, chance_dead_probability, dead_units
 from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import KernelsPlot, Signal
 
@@ -31,6 +31,11 @@ class DeadKernelOptions:
     warning_ratio: float = opt(0.05, "dead share above this: a warning (the tutorial's healthy range is below 5%)")
     error_ratio: float = opt(0.15, "dead share above this: an error")
     min_dead: int = opt(2, "at least this many dead kernels")
+    chance_p: float = opt(1e-3, "...and that many would be this unlikely by chance: the binomial probability of at "
+                                "least that many units under `threshold` when each unit's weights are drawn from the "
+                                "layer's own distribution at its first checkpoint (N(0, std^2)). A GRU's weight_ih_l0 "
+                                "with input size 1 has one weight per unit, and 5.5% of them fall below 0.01 at its "
+                                "U(-1/4, 1/4) init")
 
 
 @rule("K101", "dead-kernels", "error", needs=(Signal.CHECKPOINT,), options=DeadKernelOptions)
@@ -39,7 +44,11 @@ def dead_kernels(run, opts: DeadKernelOptions):
     What it detects:
         Conv kernels (or linear units) whose weights are all ~0: max |w| below `threshold` (the seed
         tutorial's dead-kernel ratio, mean(|W|.amax(dim=[1,2,3]) < 0.01)), and far below the layer's
-        typical kernel so that layers with small weights by design are not flagged.
+        typical kernel so that layers with small weights by design are not flagged. The count must also be
+        more than chance gives for the layer's fan-in: a unit of k weights drawn from the layer's own
+        distribution is under the threshold with probability erf(t / (std sqrt 2))^k, negligible for a
+        3x3 kernel but 5.5% for a "kernel" of one weight, and the finding needs a binomial probability
+        below `chance_p` of that many such units appearing by chance.
     Why it matters:
         A dead kernel produces a constant output channel: capacity is wasted and the units after it
         see nothing. Many dead kernels mean the layer is collapsing.
@@ -62,11 +71,19 @@ def dead_kernels(run, opts: DeadKernelOptions):
         ratio = dead / total
         if dead < opts.min_dead or ratio <= opts.warning_ratio:
             continue
+        ps = run.series.get(name)
+        layer_std = ps.stats[0].std if ps is not None and ps.stats else st.std
+        unit_size = int(np.prod(st.shape[1:]))
+        p_unit = chance_dead_probability(unit_size, layer_std, opts.threshold)
+        p_chance = binomial_tail(dead, total, p_unit)
+        if p_chance >= opts.chance_p:
+            continue  # as many as the layer's own spread puts under the threshold by chance
         sev = "error" if ratio > opts.error_ratio else "warning"
         kind = "kernels" if len(st.shape) == 4 else "units"
         yield Hit(name, f"{dead} of {total} {kind} ({ratio:.0%}) have max |w| < {opts.threshold:g}",
                   {"dead": dead, "total": total, "ratio": ratio, "threshold": opts.threshold,
-                   "layer_median_max_abs": med, "dead_indices": np.flatnonzero(dead_mask)[:32].tolist()},
+                   "layer_median_max_abs": med, "dead_indices": np.flatnonzero(dead_mask)[:32].tolist(),
+                   "unit_size": unit_size, "chance_per_unit": p_unit, "chance_probability": p_chance},
                   severity=sev, plot=_kernel_plot(run, name, st))
 
 

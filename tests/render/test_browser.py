@@ -8,6 +8,7 @@ tests/_artifacts/report.png.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -38,12 +39,21 @@ def _chromium() -> str:
     pytest.skip("chromium not installed (apt-get install -y chromium)")
 
 
+def _high_fd(fd: int) -> int:
+    """The same file as `fd` on a descriptor >= 10 (close-on-exec); `fd` itself is closed."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 class DevTools:
     """A minimal Chrome DevTools Protocol client over --remote-debugging-pipe."""
 
     def __init__(self, executable: str, profile: Path) -> None:
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
+        # the pipe ends are moved above fd 9 first: were one of them already fd 3 or 4, dup2 onto itself
+        # would keep its close-on-exec flag (or the second dup2 would overwrite the first) and kill the pipe
+        to_browser_r, self._to_browser = map(_high_fd, os.pipe())
+        self._from_browser, from_browser_w = map(_high_fd, os.pipe())
 
         def wire_fds() -> None:  # the browser reads commands on fd 3 and writes replies on fd 4
             os.dup2(to_browser_r, 3)

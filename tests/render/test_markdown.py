@@ -59,7 +59,8 @@ def test_thousands_of_findings_stay_under_the_comment_limit_and_cut_least_severe
     report = make_report_dict(n_findings=2000)
     text = render_markdown(report, None)
     assert len(text) < MAX_CHARS
-    table = text[text.index("### Findings"):text.index("<details>")]
+    start = text.index("### Findings")
+    table = text[start:text.index("<details>", start)]
     rows = [line for line in table.splitlines() if line.startswith("| 🔴") or line.startswith("| 🟠")
             or line.startswith("| 🔵")]
     errors = sum(1 for f in report["findings"] if f["severity"] == "error")

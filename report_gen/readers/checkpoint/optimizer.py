@@ -204,8 +204,10 @@ def optimizer_facts(opt_state: Mapping, tensors: Mapping[str, TensorInfo],
     steps = [_scalar((as_mapping(state.get(pid)) or {}).get("step"), materialise) for pid in ids[:1]]
     step = int(steps[0]) if steps and steps[0] is not None and abs(steps[0]) < 2 ** 62 else None
     states = [s for s in (as_mapping(v) for v in state.values()) if s]
-    return {"kind": _optimizer_kind(groups, states), "grad_rms": grad_rms, "mapping": mapping,
-            "note": note, "step": step, "order": how}
+    facts = {"kind": _optimizer_kind(groups, states), "grad_rms": grad_rms, "mapping": mapping,
+             "note": note, "step": step, "order": how}
+    facts.update(_group_facts(groups, ids, states))
+    return facts
 
 
 def _merge_recovered(found: OrderResult, by_shape: list[str | None]) -> tuple[list[str | None], str, str, str]:
@@ -221,3 +223,11 @@ def _merge_recovered(found: OrderResult, by_shape: list[str | None]) -> tuple[li
     note = found.note + (f"; {filled} more by a shape unique in the model" if filled else "")
     mapping = "shapes-verified" if mapped == len(names) else "ambiguous"
     return names, mapping, note, found.how
+
+
+def _group_facts(groups: list[Mapping], ids: list[Any], states: list[Mapping]) -> dict[str, Any]:
+    """The param groups' learning rates (finite numbers only), how many parameters they hold and how many
+    of those have state: what tells "lr 0" and "no parameter ever got a gradient" apart after the fact."""
+    lrs = [float(g["lr"]) for g in groups if isinstance(g.get("lr"), (int, float)) and not isinstance(g.get("lr"), bool)
+           and math.isfinite(float(g["lr"]))]
+    return {"lrs": lrs, "group_params": len(ids), "state_entries": len(states)}

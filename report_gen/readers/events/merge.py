@@ -95,12 +95,9 @@ def apply_step_policy(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int 
     if n > 1:
         prev_max = np.maximum.accumulate(steps)[:-1]
         new_session = (sessions[1:] != sessions[:-1]) & ~np.isin(sessions[1:], list(appended))
-        for i in (np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1).tolist():
-            drop = keep[:i] & (steps[:i] >= steps[i])
-            dropped = int(drop.sum())
-            if dropped:
-                keep[:i] &= ~drop
-                restarts.append((i, dropped))
+        starts = np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1
+        if starts.size:
+            keep, restarts = _apply_restarts(steps, starts)
     kept = np.flatnonzero(keep)
     kept = kept[np.argsort(steps[kept], kind="stable")]
     if max_per_tag is not None and kept.size > max_per_tag:
@@ -108,14 +105,56 @@ def apply_step_policy(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int 
     return kept, restarts
 
 
+def _apply_restarts(steps: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(keep mask, [(restart index, values it dropped)]) for the restarts at `starts` (ascending).
+
+    Value j is dropped by the FIRST restart i > j with steps[i] <= steps[j] (the one that drops it
+    when restarts are applied one after the other in write order). Found for all values at once:
+    a value is dropped at all when its step is >= the smallest restart step after it (a suffix
+    minimum); for those, the first such restart is found by binary lifting over a sparse table of
+    minima of the restart steps (block k holds the minimum of 2**k consecutive restarts). O((n + r)
+    log r) numpy work for n values and r restarts, no Python loop over either, where applying the
+    restarts one by one costs O(n r) (10,000 restarts: benchmarks/README-hostile.md).
+    """
+    n, r = steps.size, starts.size
+    restart_steps = steps[starts]
+    # smallest restart step strictly after each value
+    after = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    suffix_min = np.minimum.accumulate(restart_steps[::-1])[::-1]
+    first_after = np.searchsorted(starts, np.arange(n), side="right")  # first restart index > j
+    has_after = first_after < r
+    after[has_after] = suffix_min[first_after[has_after]]
+    dropped = steps >= after
+    dropper = np.full(n, -1, dtype=np.int64)
+    queries = np.flatnonzero(dropped)
+    if queries.size:
+        levels = max(int(r - 1).bit_length(), 1)
+        padded = np.concatenate([restart_steps, np.full(1 << levels, np.iinfo(np.int64).min)])
+        table = [padded]
+        for k in range(1, levels + 1):
+            prev, width = table[-1], 1 << (k - 1)
+            table.append(np.minimum(prev, np.concatenate([prev[width:], np.full(width, np.iinfo(np.int64).min)])))
+        pos = first_after[queries]
+        wanted = steps[queries]
+        for k in range(levels, -1, -1):  # skip every block of 2**k restarts whose minimum is above the step
+            skip = table[k][pos] > wanted
+            pos = pos + np.where(skip, 1 << k, 0)
+        dropper[queries] = starts[pos]
+    counts = np.bincount(dropper[queries], minlength=n) if queries.size else np.zeros(n, dtype=np.int64)
+    return ~dropped, [(i, int(counts[i])) for i in starts.tolist() if counts[i]]
+
+
 def _session_ids(group: list[FileContent], file_index: np.ndarray, seqs: np.ndarray) -> np.ndarray:
     """Writing-session number of each value: files in merge order, split at session_log START."""
     base = np.cumsum([0] + [len(c.session_starts) + 1 for c in group])
     sessions = base[file_index].astype(np.int64)
-    for i, content in enumerate(group):
-        if content.session_starts:
-            rows = file_index == i
-            sessions[rows] += np.searchsorted(np.asarray(content.session_starts), seqs[rows], side="right")
+    if any(c.session_starts for c in group):  # each file's rows found once (not one mask per file)
+        by_file = np.argsort(file_index, kind="stable")
+        bounds = np.searchsorted(file_index[by_file], np.arange(len(group) + 1))
+        for i, content in enumerate(group):
+            if content.session_starts:
+                rows = by_file[bounds[i]:bounds[i + 1]]
+                sessions[rows] += np.searchsorted(np.asarray(content.session_starts), seqs[rows], side="right")
     return sessions
 
 
