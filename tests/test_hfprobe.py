@@ -19,10 +19,12 @@ from report_gen.readers.checkpoint import open_checkpoint
 from rulekit import hits, make_run
 
 REAL_HF = Path(__file__).resolve().parent / "fixtures" / "real" / "hf"
+SEEDS = REAL_HF.parent / "hf-seeds"  # the calibration's extremes from seeds 1 and 2 (its README)
+MANIFEST = json.loads((REAL_HF / "MANIFEST.json").read_text())["cases"]
 
 
-def _checkpoints(case: str):
-    return [open_checkpoint(str(p)) for p in sorted((REAL_HF / case).glob("checkpoint-*"),
+def _checkpoints(case: str, root: Path = REAL_HF):
+    return [open_checkpoint(str(p)) for p in sorted((root / case).glob("checkpoint-*"),
                                                       key=lambda p: int(p.name.split("-")[1]))]
 
 
@@ -46,6 +48,34 @@ def test_healthy_models_probe_clean(case):
     assert outcome.problems == []  # GPT-2's tied lm_head.weight is not "missing"
     assert len(outcome.results[-1][1].attention) == 2
     assert hits(make_run(probe=outcome.results), "A106") == []
+
+
+def test_the_most_spread_collapse_of_the_calibration_is_caught():
+    """Seed 1's collapsed BERT: three of its four heads sit at normalised entropy 0.057-0.060 on the synthetic batch."""
+    outcome = probe_hf_run(_checkpoints("s1/bert-attention-collapse", SEEDS))
+    entropy = [float(e) for at in outcome.results[-1][1].attention.values() for e in at.entropy]
+    assert max(entropy) > 0.055 and min(entropy) < 0.03
+    found = hits(make_run(probe=outcome.results), "A106")
+    assert len(found) == 2 and all(h.evidence["collapsed_heads"] == [0, 1] for h in found)
+
+
+def test_the_least_spread_healthy_attention_is_not_collapsed():
+    """Seed 2's healthy BERT has a head at normalised entropy 0.14, the lowest healthy one of the calibration."""
+    outcome = probe_hf_run(_checkpoints("s2/bert-healthy-none", SEEDS))
+    entropy = [float(e) for at in outcome.results[-1][1].attention.values() for e in at.entropy]
+    assert 0.1 < min(entropy) < 0.15
+    assert hits(make_run(probe=outcome.results), "A106") == []
+
+
+@pytest.mark.parametrize("case", sorted(c for c, rec in MANIFEST.items() if rec["status"] == "healthy"))
+def test_healthy_hf_folders_get_no_warning_with_the_self_probe(case):
+    """The whole report, with both attention rules running (the folder probes itself): nothing at warning or above."""
+    import report_gen
+
+    report = report_gen.diagnose(REAL_HF / case)
+    assert report.data["inputs"]["runs"][0]["probe"]["model"]  # the self-probe ran, so A106 was judged
+    assert [(f["code"], f["subject"]) for f in report.findings if f["severity"] in ("warning", "error")] == []
+    assert report.data["summary"]["verdict"] == "pass"
 
 
 def test_a_synthetic_token_batch_is_bounded_and_seeded():

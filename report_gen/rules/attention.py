@@ -21,8 +21,8 @@ class AttentionOptions:
     uniform_entropy: float = opt(0.98, "normalised entropy above this: uniform attention (an untrained head: the "
                                        "HF fixtures with lr 0 or a frozen model measure 1.00)")
     collapsed_entropy: float = opt(0.09, "normalised entropy below this: all attention on one position. Calibration "
-                                         "(HF self-probe, 4 x 24 synthetic tokens, seeds 0-2): healthy heads at least "
-                                         "0.14 (0.20 on gpt2-spike), bert-attention-collapse at most 0.060 (0.049 on "
+                                         "(benchmarks/calibrate_attention.py: HF self-probe, 4 x 24 synthetic tokens, seeds 0-2): healthy heads at least "
+                                         "0.14 (0.20 on gpt2-spike), bert-attention-collapse at most 0.060 (seed 1, tests/fixtures/real/hf-seeds; 0.049 on "
                                          "its own eval data, per its manifest); 0.09 is their geometric middle")
     min_seq_len: int = opt(4, "ignore attention over fewer positions")
 
@@ -77,13 +77,14 @@ def degenerate_attention(run, opts: AttentionOptions):
 @dataclass(frozen=True)
 class AttentionWeightOptions:
     max_logit_scale: float = opt(10.0, "a head's query/key logit scale (std of q.k/sqrt(d) across keys for "
-                                       "unit-variance inputs) above this: near one-hot attention. Calibration: "
+                                       "unit-variance inputs) above this: near one-hot attention. Calibration "
+                                       "(benchmarks/calibrate_attention.py): "
                                        "healthy runs at most 0.90 (gpt2-healthy-tensorboard seed 1), 3.4 on "
                                        "gpt2-spike (lr 30x for 16 steps, recovered); bert-attention-collapse 30.6-34.1 "
                                        "over seeds 0-2; 10 is about the geometric mean of 3.4 and 30.6")
     identical_heads: float = opt(0.99, "cosine similarity of two heads' query-key forms above this: they compute "
-                                       "the same attention pattern (info). Calibration: healthy at most 0.968 "
-                                       "(bert-healthy-none seed 2, 2 heads of a model close to rank 1)")
+                                       "the same attention pattern (info). Calibration (benchmarks/calibrate_attention.py): healthy at most "
+                                       "0.968 (bert-healthy-none seed 2, tests/fixtures/real/hf-seeds, 2 heads of a model close to rank 1)")
 
 
 @rule("A107", "degenerate-attention-weights", "warning", needs=(Signal.ATTENTION_WEIGHTS,),

@@ -11,11 +11,12 @@ from report_gen.readers.checkpoint import open_checkpoint
 from rulekit import hits, make_run, mem_checkpoint
 
 REAL_HF = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "hf"
+SEEDS = REAL_HF.parent / "hf-seeds"  # the calibration's extremes from seeds 1 and 2 (its README)
 MANIFEST = json.loads((REAL_HF / "MANIFEST.json").read_text())["cases"]
 
 
-def _last_checkpoint(case: str):
-    return open_checkpoint(str(sorted((REAL_HF / case).glob("checkpoint-*"), key=lambda p: int(p.name[11:]))[-1]))
+def _last_checkpoint(case: str, root: Path = REAL_HF):
+    return open_checkpoint(str(sorted((root / case).glob("checkpoint-*"), key=lambda p: int(p.name[11:]))[-1]))
 
 
 def test_query_key_weights_re_initialised_wide_are_caught_from_the_checkpoint():
@@ -34,6 +35,20 @@ def test_query_key_weights_re_initialised_wide_are_caught_from_the_checkpoint():
 def test_healthy_attention_weights_are_quiet(case):
     run = make_run(checkpoints=[_last_checkpoint(case)])
     assert "attention_weights" in run.available
+    assert hits(run, "A107") == []
+
+
+def test_the_collapse_of_another_seed_is_caught_too():
+    found = hits(make_run(checkpoints=[_last_checkpoint("s1/bert-attention-collapse", SEEDS)]), "A107")
+    assert len(found) == 2 and all(h.severity is None and h.evidence["wide_heads"] == [0, 1] for h in found)  # rule default: warning
+    assert all(30 < s < 35 for h in found for s in h.evidence["logit_scale"])
+
+
+def test_the_most_similar_healthy_heads_are_not_called_identical():
+    """Seed 2's healthy BERT has two heads at cosine 0.968, the highest of the calibration: no info, no warning."""
+    run = make_run(checkpoints=[_last_checkpoint("s2/bert-healthy-none", SEEDS)])
+    layers = run.attention_weights.layers
+    assert max(float(f.head_similarity[0, 1]) for f in layers) > 0.96  # the case is the near miss it is meant to be
     assert hits(run, "A107") == []
 
 
