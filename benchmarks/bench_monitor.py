@@ -78,10 +78,16 @@ def main() -> None:
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.steps} steps x "
           f"{args.reps} reps, batch {args.batch}, 3x32x32, monitor at defaults")
     print("| clock | baseline median ms/step | monitor median ms/step | overhead |\n|---|---|---|---|")
+    for clock, base, mon, overhead in median_overhead(runs["baseline"], runs["monitor"]):
+        print(f"| {clock} | {base:.2f} | {mon:.2f} | {overhead:+.2f}% |")
+
+
+def median_overhead(baseline: list[tuple[float, float]], other: list[tuple[float, float]]):
+    """(clock, baseline ms, other ms, overhead %) for wall and CPU, from per-run (wall, cpu) seconds per step."""
     for column, clock in enumerate(["wall", "cpu"]):
-        base = statistics.median(r[column] for r in runs["baseline"])
-        mon = statistics.median(r[column] for r in runs["monitor"])
-        print(f"| {clock} | {base * 1e3:.2f} | {mon * 1e3:.2f} | {100 * (mon / base - 1):+.2f}% |")
+        base = statistics.median(r[column] for r in baseline)
+        with_it = statistics.median(r[column] for r in other)
+        yield clock, base * 1e3, with_it * 1e3, 100 * (with_it / base - 1)
 
 
 if __name__ == "__main__":

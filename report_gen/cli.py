@@ -41,9 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--out", default="reports/latest", help="output folder (default: reports/latest)")
     d.add_argument("--format", type=_formats, default=list(FORMATS), help="html,md,json (default: all)")
     d.add_argument("--baseline", help="baseline run folder or report.json to compare against")
-    d.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
-    d.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
-    d.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+    _rule_selection(d)
     d.add_argument("--fail-on", choices=("error", "warning", "never"),
                    help="exit 1 on a finding at or above this level (default: error); with --baseline only "
                         "new findings count")
@@ -54,12 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="MODULE:FACTORY (or path/to/file.py:FACTORY) to probe activations post hoc")
     d.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
     g = d.add_mutually_exclusive_group()
-    g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy")
-    g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32")
+    g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy (without --model: "
+                                   "token ids for HF checkpoint folders, which probe themselves)")
+    g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32 (HF folders: N,L "
+                                         "token ids)")
     d.add_argument("--probe-max-checkpoints", type=int, default=6, help="checkpoints probed, evenly spaced (6)")
-    d.add_argument("--trust-pickles", action="store_true",
-                   help="allow unpickling code from checkpoints (only for files you trust)")
+    _pickle_policy(d)
     d.add_argument("--github-summary", action="store_true", help="append the Markdown to $GITHUB_STEP_SUMMARY")
+    _storage_arguments(d)
     _verbosity(d)
 
     r = sub.add_parser("rules", help="list the rules, or `rules explain CODE`")
@@ -76,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="diagnose the bundled sample runs into ./reports/demo")
     dm.add_argument("-o", "--out", default="reports/demo")
     _verbosity(dm)
+
+    sw = sub.add_parser("sweep", help="diagnose many runs in parallel: an index page and one report per run")
+    sw.add_argument("paths", nargs="+", metavar="PATH_OR_URL", help="sweep folders or URLs (s3://, gs://, ...)")
+    sw.add_argument("-o", "--out", required=True, help="output folder: index.html, index.md, sweep.json, runs/")
+    sw.add_argument("--jobs", type=int, help="local: worker processes (default: the cores this process may use); "
+                                             "dask: runs in flight (default: the cluster's threads)")
+    sw.add_argument("--engine", choices=("local", "dask"), default="local")
+    sw.add_argument("--scheduler", help="dask.distributed scheduler address, e.g. tcp://10.0.0.5:8786 "
+                                        "(default: $DASK_SCHEDULER_ADDRESS)")
+    sw.add_argument("--format", type=_formats, default=["html", "json"], help="per-run reports (default: html,json)")
+    _rule_selection(sw)
+    sw.add_argument("--fail-on", choices=("error", "warning", "never"),
+                    help="exit 1 when any run has a finding at or above this level, or could not be diagnosed "
+                         "(default: error)")
+    sw.add_argument("--fail-on-unknown", action="store_true",
+                    help="also exit 1 when a run's verdict is UNKNOWN: nothing about its training could be judged")
+    _pickle_policy(sw)
+    _storage_arguments(sw)
+    _verbosity(sw)
     return p
 
 
@@ -84,6 +103,30 @@ def _shown(value) -> str:
     from report_gen.render.terminal import terminal_text
 
     return terminal_text(value, 4000)
+
+
+def _rule_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
+    p.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
+    p.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+
+
+def _pickle_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-pickles", action="store_true",
+                   help="allow unpickling code from checkpoints (only for files you trust)")
+    p.add_argument("--isolate", action="store_true",
+                   help="open each checkpoint first in a worker process with CPU, memory and time limits, so a "
+                        "parser crash or hang costs one input-integrity finding, not the report (for untrusted "
+                        "artifacts in CI; POSIX)")
+
+
+def _storage_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-options", metavar="JSON",
+                   help="fsspec filesystem options for URLs, e.g. '{\"anon\": true}' or "
+                        "'{\"endpoint_url\": \"http://minio:9000\"}' (fsspec's own config files and "
+                        "FSSPEC_<PROTOCOL>_<OPTION> variables apply too)")
+    p.add_argument("--cache-dir", help="local cache for objects read from URLs (default: $REPORT_GEN_CACHE_DIR "
+                                       "or the user cache folder)")
 
 
 def _verbosity(p: argparse.ArgumentParser) -> None:
@@ -105,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
                         handlers=[handler])
     try:
-        return {"diagnose": cmd_diagnose, "rules": cmd_rules, "render": cmd_render, "demo": cmd_demo}[args.command](args)
+        return {"diagnose": cmd_diagnose, "rules": cmd_rules, "render": cmd_render, "demo": cmd_demo,
+                "sweep": cmd_sweep}[args.command](args)
     except InputError as e:
         print(f"report-gen: error: {terminal_text(e)}", file=sys.stderr)
         return 2
@@ -156,8 +200,23 @@ def run_diagnose(paths, out, formats, opts, *, quiet=False, github_summary=False
         report = diagnose(paths, opts)
     written = render(report, out, formats)
     if github_summary:
-        _github_summary(written, report)
+        _after_render("--github-summary", lambda: _github_summary(written, report))
     return report, written
+
+
+def _after_render(what: str, step) -> None:
+    """A step after the report files are written (terminal summary, job summary) in its own error
+    boundary: its failure is one warning line, never the exit code of a report already written."""
+    try:
+        step()
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the report is written; say what was not shown
+        from report_gen.render.terminal import terminal_text
+
+        logging.getLogger("report_gen").debug("%s failed", what, exc_info=True)
+        logging.getLogger("report_gen").warning("%s failed (%s: %s); the report files are written", what,
+                                                type(e).__name__, terminal_text(e, 200))
 
 
 def _warn_if_output_inside_inputs(out, paths) -> None:
@@ -190,30 +249,21 @@ def _github_summary(written: dict, report: dict) -> None:
 
 
 def cmd_diagnose(args) -> int:
+    from report_gen.api import build_options
     from report_gen.config import load_config
-    from report_gen.engine import Options, ProbeSpec, exit_code
+    from report_gen.engine import exit_code
 
     cfg = load_config(args.config)
-    probe = None
-    if args.model:
-        try:
-            kwargs = json.loads(args.model_kwargs)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--model-kwargs: invalid JSON ({e.msg})") from None
-        if not isinstance(kwargs, dict):
-            raise InputError("--model-kwargs must be a JSON object")
-        if not args.probe and not args.probe_shape:
-            raise InputError("--model needs --probe FILE or --probe-shape N,C,H,W")
-        probe = ProbeSpec(args.model, kwargs, args.probe, args.probe_shape, args.probe_max_checkpoints)
-    elif args.probe or args.probe_shape:
-        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
-    opts = Options(config=cfg, trust_pickles=args.trust_pickles, probe=probe, baseline=args.baseline,
-                   select=args.select, ignore=args.ignore)
+    opts = build_options(config=cfg, select=args.select, ignore=args.ignore, baseline=args.baseline,
+                         trust_pickles=args.trust_pickles, model=args.model, model_kwargs=args.model_kwargs,
+                         probe=args.probe, probe_shape=args.probe_shape,
+                         probe_max_checkpoints=args.probe_max_checkpoints, isolate=args.isolate,
+                         storage_options=args.storage_options, cache_dir=args.cache_dir)
     report, written = run_diagnose(args.paths, args.out, args.format, opts, quiet=args.quiet,
                                    github_summary=args.github_summary)
     from report_gen.render.terminal import print_summary
 
-    print_summary(report, quiet=args.quiet)
+    _after_render("the terminal summary", lambda: print_summary(report, quiet=args.quiet))
     if not args.quiet:
         for fmt, path in written.items():
             print(f"{fmt:>4}: {_shown(path)}")
@@ -274,6 +324,47 @@ def cmd_demo(args) -> int:
     from report_gen.render.terminal import print_summary
 
     report, written = run_diagnose([str(sample_runs_dir())], args.out, list(FORMATS), Options(), quiet=args.quiet)
-    print_summary(report, quiet=args.quiet)
+    _after_render("the terminal summary", lambda: print_summary(report, quiet=args.quiet))
     print(_shown(Path(written.get("html", args.out)).resolve()))
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from report_gen import sweep
+    from report_gen.api import build_options
+    from report_gen.config import load_config
+    from report_gen.render.sweep import SweepProgress, print_sweep_summary
+    from report_gen.selection import resolve_rules
+    from report_gen.storage import StorageSettings
+
+    cfg = load_config(args.config)
+    opts = build_options(config=cfg, select=args.select, ignore=args.ignore, trust_pickles=args.trust_pickles,
+                         isolate=args.isolate, storage_options=args.storage_options, cache_dir=args.cache_dir)
+    storage = opts.storage or StorageSettings()
+    resolve_rules(cfg, args.select, args.ignore)  # a bad selection stops here, before any worker starts
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError("--jobs must be at least 1")
+    if args.engine == "dask":
+        scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        if not scheduler:
+            raise InputError("--engine dask needs --scheduler tcp://HOST:PORT (or DASK_SCHEDULER_ADDRESS)")
+        engine = sweep.DaskEngine(scheduler, window=args.jobs)
+    elif args.scheduler:
+        raise InputError("--scheduler is for --engine dask")
+    else:
+        engine = sweep.LocalPool(args.jobs)
+    try:
+        items = sweep.discover_sweep(args.paths, storage)
+        progress = SweepProgress(len(items), quiet=args.quiet)
+        try:
+            index = sweep.run_sweep(items, args.out, sweep.TaskSettings(opts, tuple(args.format)), engine,
+                                    inputs=args.paths, progress=progress)
+        finally:
+            progress.close()
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
+    print_sweep_summary(index, quiet=args.quiet)
+    if not args.quiet:
+        print(f"index: {_shown(Path(args.out) / 'index.html')}")
+    return sweep.sweep_exit_code(index, args.fail_on or cfg.fail_on, args.fail_on_unknown or cfg.fail_on_unknown)

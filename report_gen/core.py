@@ -119,6 +119,11 @@ class ProblemKind(str, enum.Enum):
     UNREADABLE_OPTIMIZER_STATE = "unreadable-optimizer-state", Severity.WARNING
     # the probe (probe.py)
     STATE_DICT_MISMATCH = "state-dict-mismatch", Severity.WARNING
+    # remote inputs staged by storage.py: the run's diagnosis misses a file that exists (or existed)
+    MISSING_OBJECT = "missing-object", Severity.ERROR  # listed, then gone when fetched
+    PERMISSION_DENIED = "permission-denied", Severity.ERROR
+    TRANSFER_FAILED = "transfer-failed", Severity.ERROR  # after the bounded retries
+    UNSAFE_NAME = "unsafe-name", Severity.WARNING  # a key that cannot be a file inside the cache: not staged
 
 
 @dataclass

@@ -32,6 +32,7 @@ from report_gen.readers.run import read_run
 from report_gen.readers.signals import build_signals
 from report_gen.reportfile import load_report
 from report_gen.selection import ResolvedRule, RuleSet, resolve_rules
+from report_gen.storage import StorageSettings, stage_inputs
 from report_gen.vocab import Signal, missing_reason
 
 log = logging.getLogger("report_gen")
@@ -39,7 +40,9 @@ log = logging.getLogger("report_gen")
 
 @dataclass
 class ProbeSpec:
-    model: str
+    """--model/--probe. model None: the probe input is for HF checkpoint folders that probe themselves."""
+
+    model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     probe_file: str | None = None
     probe_shape: str | None = None
@@ -54,6 +57,8 @@ class Options:
     baseline: str | None = None
     select: list[str] | None = None  # CLI --select/--ignore, applied on top of the config
     ignore: list[str] | None = None
+    storage: StorageSettings | None = None  # how fsspec URLs among the paths are read (storage.py)
+    isolate: bool = False  # --isolate: checkpoints vetted in a limited worker process (readers/isolation.py)
 
 
 Progress = Callable[[str, int, int], None]
@@ -71,13 +76,23 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
     `rules` (the resolved rule set) decides what is worth computing beyond the files themselves: the
     probe runs only when an enabled rule needs activations. Without it, everything is done.
     """
-    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress)
+    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, isolate=opts.isolate)
     problems = list(read.problems)
     probe_results, probe_info = [], None
-    if opts.probe is not None and (rules is None or rules.wants(*PROBE_SIGNALS)):
-        from report_gen.probe import probe_run
+    outcome = None
+    if rules is None or rules.wants(*PROBE_SIGNALS):
+        if opts.probe is not None and opts.probe.model:
+            from report_gen.probe import probe_run
 
-        outcome = probe_run(read.checkpoints, **dataclasses.asdict(opts.probe))
+            outcome = probe_run(read.checkpoints, **dataclasses.asdict(opts.probe))
+        else:  # an HF checkpoint folder probes itself (attention), with the user's input if given
+            from report_gen.hfprobe import probe_hf_run
+
+            given = opts.probe or ProbeSpec()
+            outcome = probe_hf_run(read.checkpoints, probe_file=given.probe_file, probe_shape=given.probe_shape,
+                                   max_checkpoints=min(given.max_checkpoints, 3))
+
+    if outcome is not None:
         probe_results, probe_info = outcome.results, outcome.info
         problems.extend(outcome.problems)
     return RunFacts(name=spec.name, path=spec.path, events=read.log, signals=build_signals(read.log, opts.config.tags),
@@ -147,11 +162,17 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
     rules = resolve_rules(opts.config, opts.select, opts.ignore)
     base = _baseline_report(opts.baseline, opts) if opts.baseline else None
     t0 = time.perf_counter()
-    specs = discover(paths)
+    staged = stage_inputs(paths, opts.storage, progress)  # URLs -> a local view of the cache; local paths as given
+    specs = discover(staged.paths)
     runs = []
     for i, spec in enumerate(specs):
         progress(f"reading {spec.name}", i, len(specs))
         runs.append(load_run(spec, opts, progress, rules))
+    staged.attach(runs)  # an object that could not be fetched is a Problem of its run (I101 reports it)
+    if opts.probe is not None and not opts.probe.model and not any(r.probe_info for r in runs) \
+            and rules.wants(*PROBE_SIGNALS):
+        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY, unless a run is an HF checkpoint folder "
+                         "(config.json + weights), which probes itself; none is here")
     t_read = time.perf_counter()
     for r in runs:  # facts are lazy; computing the needed ones here keeps the timing honest
         r.precompute(rules.needs)
@@ -164,7 +185,7 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
     t_end = time.perf_counter()
     report["timing"] = {"read_s": round(t_read - t0, 3), "facts_s": round(t_facts - t_read, 3),
                         "rules_s": round(t_rules - t_facts, 3), "details_s": round(t_end - t_rules, 3)}
-    return report
+    return staged.publish(report)  # the report names the URLs, never the cache
 
 
 def _baseline_report(path: str, opts: Options) -> dict[str, Any]:

@@ -140,10 +140,10 @@ class _Plan:
 class TrainingMonitor:
     """Logs weights, gradients, update ratios, activations and training scalars for report_gen."""
 
-    def __init__(self, log_dir_or_writer: str | os.PathLike | SummaryWriter, *,
+    def __init__(self, log_dir_or_writer: str | os.PathLike | Any, *,
                  layers: list[str] | None = None, hist_interval: int = 100, scalar_interval: int = 10,
                  activation_sample_prob: float = 1.0, rank: int | None = None, seed: int = 0,
-                 model: nn.Module | None = None, hist_sample: int = 4096) -> None:
+                 model: nn.Module | None = None, hist_sample: int = 4096, log_grad_norm: bool = True) -> None:
         """Create the monitor; only rank 0 opens (or uses) a writer.
 
         log_dir_or_writer: a log directory (the monitor owns and closes its SummaryWriter) or an
@@ -152,7 +152,9 @@ class TrainingMonitor:
         that a due step also logs activations (seeded, identical on every rank). rank: defaults to
         torch.distributed's rank when initialised, else 0. model: attach hooks now so the very
         first step's forward is captured (else done by the first log call). hist_sample: most
-        activation values kept per layer for a histogram.
+        activation values kept per layer for a histogram. log_grad_norm: write `train/grad_norm`
+        (off when the training framework already logs it under that tag, e.g. the HF Trainer).
+        A writer may be any SummaryWriter-like object (torch's, tensorboardX's).
         """
         if hist_interval < 1 or scalar_interval < 1:
             raise ValueError("hist_interval and scalar_interval must be >= 1")
@@ -164,7 +166,8 @@ class TrainingMonitor:
         self.hist_interval = hist_interval
         self.scalar_interval = scalar_interval
         self.activation_sample_prob = activation_sample_prob
-        self._owns_writer = not isinstance(log_dir_or_writer, SummaryWriter)
+        self.log_grad_norm = log_grad_norm
+        self._owns_writer = isinstance(log_dir_or_writer, (str, os.PathLike))
         self._writer: SummaryWriter | None = None
         if rank == 0:
             self._writer = SummaryWriter(os.fspath(log_dir_or_writer)) if self._owns_writer else log_dir_or_writer
@@ -298,7 +301,7 @@ class TrainingMonitor:
         if not (plan.scalars or plan.histograms):
             return
         grads = [(name, p.grad) for name, p in net.named_parameters() if p.grad is not None]
-        if plan.scalars and grads:
+        if plan.scalars and grads and self.log_grad_norm:
             device = self._device()
             norms = torch.stack([torch.linalg.vector_norm(g).to(device) for _, g in grads])
             self._scalar(WRITTEN.grad_norm, float(torch.linalg.vector_norm(norms)), plan.step)

@@ -146,8 +146,13 @@ class Signal(_Named):
              "report-gen diagnose RUN --model pkg.module:factory --probe-shape 8,3,32,32")
     PROBE_SERIES = ("probe_series", "no probe over two or more checkpoints",
                     "report-gen diagnose RUN --model pkg.module:factory --probe batch.pt  (with 2+ checkpoints)")
-    ATTENTION = ("attention", "no attention modules captured by the probe",
-                 "report-gen diagnose RUN --model ... --probe ...  (a model with nn.MultiheadAttention)")
+    ATTENTION = ("attention", "no attention probabilities captured by a probe",
+                 "an HF checkpoint folder (config.json + weights) probes itself with transformers installed "
+                 "(pip install 'report_gen[hf]'); any other model: report-gen diagnose RUN --model pkg.module:factory "
+                 "--probe batch.pt")
+    ATTENTION_WEIGHTS = ("attention_weights", "no query/key projections found in the checkpoints",
+                         "save the model's state_dict in a checkpoint; a config.json beside it (num_attention_heads, "
+                         "hidden_size) gives the heads")
     INPUT_PROBLEMS = ("input_problems", "", "")  # always available: every run has (possibly no) problems
 
 

@@ -17,14 +17,14 @@ PACKAGE = Path(report_gen.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("report_gen.core", "report_gen.numeric", "report_gen.vocab", "report_gen.reportfile",
               "report_gen.safe_open")),
-    ("readers", ("report_gen.readers",)),
-    ("facts", ("report_gen.facts", "report_gen.probe", "report_gen.monitor")),
+    ("readers", ("report_gen.readers", "report_gen.storage")),  # storage: URLs staged so the readers read local files
+    ("facts", ("report_gen.facts", "report_gen.probe", "report_gen.hfprobe", "report_gen.monitor")),
     ("rules", ("report_gen.rules",)),
     ("engine", ("report_gen.config", "report_gen.selection", "report_gen.evidence", "report_gen.baseline",
                 "report_gen.engine")),
     ("render", ("report_gen.render",)),
     ("entry", ("report_gen.cli", "report_gen.__main__", "report_gen.api", "report_gen.sweep",
-               "report_gen.storage", "report_gen.integrations", "report_gen")),
+               "report_gen.integrations", "report_gen")),
 ]
 
 

@@ -32,6 +32,16 @@ def is_embedding_name(name: str) -> bool:
     return "embed" in module or module in {"wte", "wpe", "emb", "tok_emb", "pos_emb", "word_emb"}
 
 
+def keeps_order(ckpt: CheckpointData) -> bool:
+    """Whether the checkpoint's tensors are in the model's registration order (safetensors sort names,
+    unless the architecture put them back in order)."""
+    return "safetensors" not in ckpt.format or ckpt.metadata.get("tensor_order") == "architecture"
+
+
+def _param_shapes(ckpt: CheckpointData) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(t.shape) for n, t in ckpt.tensors.items() if t.role == "param"}
+
+
 @dataclass
 class GradEstimate:
     value: float  # RMS of the gradient, late-training median
@@ -68,12 +78,15 @@ class RunFacts:
             have.add(Signal.CHECKPOINT_SERIES)
         if any(c.optimizer and c.optimizer.get("grad_rms") for c in self.checkpoints):
             have.add(Signal.OPTIMIZER_STATE)
-        if self.probe:
+        probed = [r for _, r in self.probe if r.activations]  # an attention-only probe (HF self-probe) has none
+        if probed:
             have.add(Signal.PROBE)
-            if any(r.attention for _, r in self.probe):
-                have.add(Signal.ATTENTION)
-        if len(self.probe) >= 2:
+        if any(r.attention for _, r in self.probe):
+            have.add(Signal.ATTENTION)
+        if len(probed) >= 2:
             have.add(Signal.PROBE_SERIES)
+        if self.attention_projections:
+            have.add(Signal.ATTENTION_WEIGHTS)
         have.add(Signal.INPUT_PROBLEMS)
         return have
 
@@ -84,11 +97,14 @@ class RunFacts:
             return
         self.series  # noqa: B018
         self.grad_estimates  # noqa: B018
+        if Signal.ATTENTION_WEIGHTS in needs:
+            self.attention_weights  # noqa: B018
 
     @staticmethod
     def needs_checkpoint_facts(needs: Collection[Signal]) -> bool:
         """Whether any of these signals is judged from the checkpoints' tensor data."""
-        return bool(set(needs) & {Signal.CHECKPOINT, Signal.CHECKPOINT_SERIES, Signal.OPTIMIZER_STATE})
+        return bool(set(needs) & {Signal.CHECKPOINT, Signal.CHECKPOINT_SERIES, Signal.OPTIMIZER_STATE,
+                                  Signal.ATTENTION_WEIGHTS})
 
     # ---- checkpoints ----------------------------------------------------------------------------
     @cached_property
@@ -133,6 +149,42 @@ class RunFacts:
             for n in d:
                 seen.setdefault(n, None)
         return list(seen)
+
+    # ---- attention from the weights -------------------------------------------------------------
+    @cached_property
+    def _attention_checkpoint(self) -> CheckpointData | None:
+        """The last checkpoint (the attention facts judge the trained weights)."""
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @cached_property
+    def attention_projections(self) -> list[Any]:
+        """Query/key projections found in the last checkpoint, by shapes alone (facts.attention)."""
+        ckpt = self._attention_checkpoint
+        if ckpt is None:
+            return []
+        from report_gen.facts.attention import find_projections
+
+        found, _ = find_projections(_param_shapes(ckpt), ckpt.metadata, keeps_order(ckpt))
+        return found
+
+    @cached_property
+    def attention_weights(self) -> Any:
+        """facts.attention.AttentionWeights of the last checkpoint (empty without projections)."""
+        from report_gen.facts.attention import AttentionWeights, attention_weights, projection_names
+
+        ckpt = self._attention_checkpoint
+        if ckpt is None or not self.attention_projections:
+            return AttentionWeights()
+        qk = set().union(*(projection_names(p) for p in self.attention_projections))
+        others = [st.rms for n, st in self.last_stats.items()
+                  if len(st.shape) == 2 and n not in qk and not is_embedding_name(n) and np.isfinite(st.rms)]
+        try:
+            return attention_weights(_param_shapes(ckpt), ckpt.metadata, keeps_order(ckpt), ckpt.load,
+                                     float(np.median(others)) if others else None)
+        except Exception as e:  # noqa: BLE001 - a tensor that cannot be read must not lose the report
+            self.problems.append(Problem(file=ckpt.path, kind=ProblemKind.UNREADABLE_TENSOR, severity="warning",
+                                         message=f"attention facts could not be computed: {type(e).__name__}: {e}"))
+            return AttentionWeights()
 
     # ---- gradients ------------------------------------------------------------------------------
     @cached_property

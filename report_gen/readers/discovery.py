@@ -25,11 +25,19 @@ Policy
 * An MLflow file store needs no rule here: its reader's log file is the run's ``meta.yaml``, so
   ``mlruns/<experiment>/<run_id>/`` is the run folder (metrics/params/tags and artifacts below it).
 * A single log file or checkpoint given directly is a run of its own.
+* Folders are walked iteratively (`walk_folders`), never following symlinked folders, at most
+  `MAX_DEPTH` levels below the folder given (deeper folders are skipped with a warning): a
+  hostile tree 1,100 levels deep costs a warning, not the report. Discovery never opens a file
+  that is not regular (the names it sniffs go through `report_gen.safe_open`); a log or checkpoint
+  that is not a regular file is kept as its run's file and reported when read
+  ("not-a-regular-file", by `registry.read_logs` and the checkpoint reader), never opened.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +45,7 @@ from report_gen.core import InputError
 from report_gen.readers.events import is_event_file_name
 from report_gen.readers.paths import is_checkpoint_path
 from report_gen.readers.registry import is_log_file, reader_for
+from report_gen.safe_open import regular_file_problem
 
 # a folder is ONE checkpoint (HF model folder, sharded weights) only when it says so by these names;
 # a folder of several step-N.safetensors files is a series of checkpoints
@@ -45,6 +54,12 @@ _MODEL_FOLDER_MARKERS = ("config.json", "model.safetensors", "model.safetensors.
 HF_CHECKPOINT_DIR = re.compile(r"checkpoint-\d+|last-checkpoint")
 PHASE_NAMES = {"train", "training", "validation", "valid", "val", "eval", "evaluation", "test"}
 _SKIP_DIRS = {".git", "__pycache__", "node_modules", ".ipynb_checkpoints"}
+#: folder levels walked below a folder given on the command line. Real layouts are < 12 deep
+#: (runs/<exp>/version_0/checkpoints/, an HF cache's models--x/snapshots/<rev>/); the cap only
+#: bounds a hostile tree (each level is a scandir and a Path; os.walk recursed, and died at ~1,000)
+MAX_DEPTH = 256
+
+log = logging.getLogger("report_gen")
 
 
 @dataclass
@@ -56,11 +71,44 @@ class RunSpec:
     member: str | None = None  # the run inside a multi-run log file (an MLflow SQLite store), else None
 
 
+def walk_folders(root: str | Path, max_depth: int = MAX_DEPTH) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(root, followlinks=False)` without recursion, and no deeper than `max_depth` levels:
+    the same (dirpath, dirnames, filenames) top-down, in the same order; dirnames may be pruned in
+    place. Unreadable folders are skipped (as os.walk does); folders past the cap are skipped with
+    one warning."""
+    stack = [(os.fspath(root), 0)]
+    warned = False
+    while stack:
+        top, depth = stack.pop()
+        dirnames, filenames, real_dirs = [], [], set()
+        try:
+            with os.scandir(top) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (dirnames if is_dir else filenames).append(entry.name)
+                    if is_dir and not entry.is_symlink():
+                        real_dirs.add(entry.name)
+        except OSError:
+            continue
+        yield top, dirnames, filenames
+        below = [n for n in dirnames if n in real_dirs]
+        if below and depth >= max_depth:
+            if not warned:
+                log.warning("%s: folders more than %d levels deep were not searched (first: %s)",
+                            os.fspath(root), max_depth, os.path.join(top, below[0]))
+                warned = True
+            continue
+        stack.extend((os.path.join(top, n), depth + 1) for n in reversed(below))
+
+
 def _walk(root: Path) -> tuple[dict[Path, list[Path]], list[Path]]:
     """Folders holding log files (-> their files), and checkpoint paths, below root."""
     logs: dict[Path, list[Path]] = {}
     ckpts: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in walk_folders(root):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if n not in _SKIP_DIRS)
         # an HF model folder / sharded checkpoint folder is ONE checkpoint; its log files and its
@@ -124,6 +172,8 @@ def discover(paths: list[str]) -> list[RunSpec]:
             raise InputError(f"{raw}: no such file or directory")
     for raw in _without_nested(paths):
         p = Path(raw)
+        if not p.is_dir() and not p.is_file():  # a FIFO, device or socket given directly
+            raise InputError(f"{raw}: {regular_file_problem(raw)}; not read")
         if p.is_file():
             reader = reader_for(str(p))
             if reader is not None and reader.members is not None:
@@ -197,8 +247,8 @@ def _discover_dir(top: Path, taken: set[str]) -> list[RunSpec]:
         by_root[root].event_files.extend((str(f), sub) for f in files)
     orphan: dict[Path, list[Path]] = {}
     for c in ckpts:
-        owner = next((by_root[r] for r in sorted(by_root, key=lambda r: -len(r.parts))
-                      if r == c or r in c.parents), None)
+        # the deepest run folder holding it: walk up from the file (linear in runs, not quadratic)
+        owner = next((by_root[r] for r in (c, *c.parents) if r in by_root), None)
         if owner is None:
             orphan.setdefault(c.parent if c.is_file() else c.parent, []).append(c)
         else:

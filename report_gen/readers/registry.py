@@ -16,6 +16,13 @@ is one module plus its registration:
      `sub/` key prefix, as `events.read_events` does); damage becomes graded `Problem`s in
      `RunLog.problems` (kinds from `core.ProblemKind`; add new kinds there), never an exception.
    Import heavy or optional dependencies inside `read`: discovery imports every registered module.
+   Open files ONLY through `report_gen.safe_open` (`open_regular`, `read_regular` with a size
+   bound; a library that opens by path gets the path after `regular_file_problem` said None): a run
+   folder from an untrusted artifact may hold a FIFO or a link to /dev/zero under your file name,
+   and a plain open() of it hangs the job. The registry already refuses to sniff or hand over a file
+   that is not regular (it becomes a "not-a-regular-file" Problem of its run), and
+   tests/readers/test_log_readers.py checks every registered reader against a FIFO and /dev/zero
+   under a name it recognises: add your format's file name to `NAMES_PER_READER` there.
 2. One `LogReader(...)` entry in `LOG_READERS` below (order = priority: the first reader that
    recognises a file reads it, and the first log holding a series keeps it, see `merge_logs`).
 3. Tests in `tests/readers/test_<format>.py`, on fixtures written by the library that writes the
@@ -41,6 +48,7 @@ import pandas as pd
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers import csvlogs, events, hf_trainer, mlflow_store, wandb_run
 from report_gen.readers.types import RunLog, series_in_order
+from report_gen.safe_open import is_regular_file, regular_file_problem
 
 log = logging.getLogger("report_gen")
 
@@ -64,8 +72,10 @@ class LogReader:
     members: Callable[[str], list[tuple[str, str]]] | None = None
 
     def recognises(self, path: str) -> bool:
-        """The file name says so, and the first bytes agree where the reader sniffs."""
-        return self.name_matches(os.path.basename(path)) and (self.sniff is None or self.sniff(path))
+        """The file name says so, and the first bytes agree where the reader sniffs (only a regular
+        file is ever sniffed: a FIFO under a generic name is no log at all)."""
+        return self.name_matches(os.path.basename(path)) and (self.sniff is None or
+                                                              (is_regular_file(path) and self.sniff(path)))
 
 
 LOG_READERS: tuple[LogReader, ...] = (
@@ -99,11 +109,19 @@ def read_logs(files: Sequence[LogFile], *, where: str, member: str | None = None
     member: the run inside a multi-run file (`LogReader.members`), handed to the readers that have members.
 
     Never raises for damage: a reader that fails on its files as a whole is one "unreadable"
-    Problem (error) naming `where` (the run folder), and the other readers' logs are still read.
+    Problem (error) naming `where` (the run folder), and the other readers' logs are still read. A
+    file that is not a regular file (a FIFO, a device, a socket, a link to one) is handed to no
+    reader: it is one "not-a-regular-file" Problem, never opened.
     Raises ValueError for a file no reader recognises (discovery only hands over log files).
     """
     groups: dict[str, list[LogFile]] = {}
+    refused = []
     for path, sub in files:
+        problem = regular_file_problem(path)
+        if problem is not None and os.path.exists(path):  # (a missing file is the reader's to report)
+            refused.append(Problem(file=path, kind=ProblemKind.NOT_A_REGULAR_FILE,
+                                   message=f"{path}: named like a log but {problem}; not read"))
+            continue
         reader = reader_for(path)
         if reader is None:
             raise ValueError(f"{path}: no log reader recognises this file")
@@ -112,7 +130,9 @@ def read_logs(files: Sequence[LogFile], *, where: str, member: str | None = None
     for reader in LOG_READERS:
         if reader.name in groups:
             logs.append(_read_one(reader, groups[reader.name], where, member))
-    return merge_logs(logs)
+    merged = merge_logs(logs)
+    merged.problems[:0] = refused
+    return merged
 
 
 def _read_one(reader: LogReader, files: list[LogFile], where: str, member: str | None) -> RunLog:

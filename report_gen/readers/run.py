@@ -30,10 +30,11 @@ class RunInputs:
 
 
 def read_run(spec: RunSpec, *, trust_pickles: bool = False,
-             progress: Callable[[str, int, int], None] | None = None) -> RunInputs:
+             progress: Callable[[str, int, int], None] | None = None, isolate: bool = False) -> RunInputs:
     """Read the logs and checkpoints of one run. Never raises for damaged files.
 
     progress(message, i, n) is called before the i-th of the run's n checkpoints is opened.
+    isolate: checkpoints are vetted in a limited worker process first (`readers.isolation`).
     """
     log = read_logs(spec.event_files, where=spec.path, member=spec.member)
     problems = list(log.problems)
@@ -45,7 +46,8 @@ def read_run(spec: RunSpec, *, trust_pickles: bool = False,
             if progress is not None:
                 progress(f"{spec.name}: checkpoint {i + 1}/{n}", i, n)
 
-        ckpts, found = read_checkpoints(spec.checkpoints, trust_pickles=trust_pickles, progress=opening)
+        ckpts, found = read_checkpoints(spec.checkpoints, trust_pickles=trust_pickles, progress=opening,
+                                        isolate=isolate)
         problems.extend(found)
     if not ckpts and log.scalars.empty and not log.histograms and (spec.event_files or spec.checkpoints):
         problems.append(Problem(file=spec.path, kind=ProblemKind.NOTHING_READABLE,

@@ -14,7 +14,7 @@ import numpy as np
 from report_gen.readers.types import HistogramSeries, ImageRef, RunLog
 from report_gen.vocab import FAMILY_SIGNALS, SCALAR_SIGNALS, WRITTEN, Signal, TagConventions
 
-__all__ = ["Series", "Signals", "TagConventions", "build_signals", "param_name"]
+__all__ = ["Series", "Signals", "TagConventions", "build_signals", "is_evaluation_series", "param_name"]
 
 VAL_WORDS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev", "holdout"}
 TRAIN_WORDS = {"train", "training"}
@@ -73,6 +73,13 @@ def _tokens(text: str) -> list[str]:
 def _phase(tag: str, sub: str) -> str:
     toks = set(_tokens(tag)) | set(_tokens(sub))
     return "val" if toks & VAL_WORDS else "train"
+
+
+def is_evaluation_series(tag: str, sub: str = "") -> bool:
+    """A series an evaluation pass writes: its tag or folder names a validation phase (val, eval, test, ...),
+    or it is an epoch counter (the HF Trainer logs `epoch` with every evaluation's metrics)."""
+    toks = _tokens(tag)
+    return _phase(tag, sub) == "val" or (bool(toks) and toks[-1] == "epoch")
 
 
 _LIGHTNING_SUFFIXES = ("_epoch", "_step")  # self.log(name, on_step=True, on_epoch=True) writes both

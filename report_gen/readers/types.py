@@ -141,9 +141,13 @@ class CheckpointData:
     load(name) -> torch.Tensor (float32 on CPU) for one tensor, loaded on demand, never the whole file
     optimizer: optional dict with keys "kind" ("adam", "sgd", ...), "grad_rms": {param: float},
                "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None,
+               "order": where the entry order came from: "file" | "structure" | "architecture" | None
+               (readers/checkpoint/order.py)
                "lrs": the `lr` of every param group (the scheduler's value at save time), "group_params": how many
                parameters the param groups hold, "state_entries": how many of them have optimizer state (moments)
-    metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...)
+    metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...);
+              "aliases"/"alias_count" when a tensor was saved under several names (only the first is kept),
+              "tensor_order" for HF folders of safetensors ("architecture" when put back in model order)
     problems: Problems found (e.g. unsafe globals replaced by placeholders)
     """
 

@@ -1,4 +1,4 @@
-"""A: activations (logged activation stats/histograms, or a post-hoc probe) and attention."""
+"""A: activations (logged activation stats/histograms, or a post-hoc probe); attention is in attention.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -299,48 +299,3 @@ def unstable_activations(run, opts: UnstableOptions):
                              f"late in training",
                       {"coefficient_of_variation": cv, "points": int(v.size), "threshold": opts.max_cv},
                       plot=ActivationSeriesPlot(run.name, layer))
-
-
-@dataclass(frozen=True)
-class AttentionOptions:
-    uniform_entropy: float = opt(0.98, "normalised entropy above this: uniform attention")
-    collapsed_entropy: float = opt(0.05, "normalised entropy below this: all attention on one position")
-    min_seq_len: int = opt(4, "ignore attention over fewer positions")
-
-
-@rule("A106", "degenerate-attention", "warning", needs=(Signal.ATTENTION,), options=AttentionOptions)
-def degenerate_attention(run, opts: AttentionOptions):
-    """
-    What it detects:
-        Attention heads whose attention is uniform (normalised entropy near 1: the head attends to
-        everything equally) or collapsed onto one position (entropy near 0), on the probe batch.
-    Why it matters:
-        A uniform head computes an average and carries no positional selection; a collapsed head may
-        be stuck on a padding or BOS token.
-    Typical causes:
-        Untrained or dead heads, masking bugs, missing positional encoding, too high a learning rate.
-    What to try:
-        Check the attention mask and positional information; uniform heads can often be pruned;
-        collapsed heads may indicate a too-high learning rate or a padding/mask bug.
-
-        Inspect the heatmaps in this report and check the positional encodings.
-    """
-    probe = _last_probe(run)
-    if probe is None:
-        return
-    for layer, at in probe.attention.items():
-        if at.seq_len < opts.min_seq_len:
-            continue
-        ent = np.asarray(at.entropy, dtype=float)
-        uniform = np.flatnonzero(ent > opts.uniform_entropy).tolist()
-        collapsed = np.flatnonzero(ent < opts.collapsed_entropy).tolist()
-        if uniform or collapsed:
-            parts = []
-            if uniform:
-                parts.append(f"{len(uniform)} uniform (heads {uniform[:8]})")
-            if collapsed:
-                parts.append(f"{len(collapsed)} collapsed (heads {collapsed[:8]})")
-            yield Hit(layer, f"{' and '.join(parts)} of {at.heads} attention heads",
-                      {"uniform_heads": uniform, "collapsed_heads": collapsed, "heads": at.heads,
-                       "entropy": ent.round(3).tolist()},
-                      plot=_maps_plot(run, Key.ATTENTION, layer, at.maps))

@@ -185,6 +185,16 @@ def redundant_filters(run, opts: RedundantOptions):
         level is higher. Counting the largest family rather than every kernel with a twin keeps
         healthy layers quiet: Adam often leaves a few pairs of twin filters in a layer that is simply
         wider than the task needs (calibration: up to 0.19 on healthy runs).
+
+        Only kernels with a receptive field are judged (convolution weights, 3-d and more:
+        [out, in, k...], one filter per row). A 2-d matrix's rows are filters only for an nn.Linear:
+        they are tokens in an embedding table, input features in Hugging Face's Conv1D ([in, out]),
+        and coordinates of a rotation-invariant head space in attention projections, and the
+        checkpoint does not say which. On the real HF Trainer fixtures (tests/fixtures/real/hf) every
+        healthy BERT had 2-d "families" of 0.3-0.97: embeddings sharing one offset row, and
+        projections close to rank 1 (stable rank 1.1-1.2, rows +-one direction: Adam's sign-like
+        update of a rank-1 gradient). Redundant units of linear layers are judged on their
+        activations (A104) when a probe runs.
     Why it matters:
         Duplicate filters waste capacity and compute; many duplicates suggest the layer collapsed.
     Typical causes:
@@ -196,7 +206,7 @@ def redundant_filters(run, opts: RedundantOptions):
         The kernel grid in this report shows the duplicates; prune them.
     """
     for name, st in _unit_layers(run, opts.min_kernels):
-        if st.dup_family_share is None or int(np.prod(st.shape[1:])) < opts.min_kernel_size:
+        if len(st.shape) < 3 or st.dup_family_share is None or int(np.prod(st.shape[1:])) < opts.min_kernel_size:
             continue
         mc = np.asarray(st.unit_max_corr, dtype=float)
         mc = mc[np.isfinite(mc)]

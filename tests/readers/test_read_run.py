@@ -48,7 +48,7 @@ def test_read_run_adds_nothing_readable_after_the_files_own_problems(tmp_path):
     got = read_run(spec)
     assert got.log.scalars.empty and got.checkpoints == []
     assert _graded(got.problems) == [("events.out.tfevents.1", "truncated-record", "info"),
-                                     ("bad.pt", "not-a-checkpoint", "info"),
+                                     ("bad.pt", "not-a-checkpoint", "warning"),  # bytes of no format, named .pt
                                      (tmp_path.name, "nothing-readable", "error")]
     assert got.problems[:1] == got.log.problems
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from report_gen.core import Problem, ProblemKind
+from report_gen.core import Problem, ProblemKind, clamp_int64
 from report_gen.readers.checkpoint.errors import CheckpointError, clean, one_line
 from report_gen.readers.checkpoint.optimizer import OPTIMIZER_KEYS, find_optimizer_state, safe_optimizer_facts
 from report_gen.readers.checkpoint.tree import Leaf, TorchTree, as_mapping, is_leaf
@@ -169,12 +169,14 @@ def _metadata(root: Any) -> dict[str, Any]:
 
 
 def _int_or_none(value: Any) -> int | None:
+    """An integer step from metadata, bounded to int64 (a step of 10**5000 or 1e308 in a file
+    becomes 2**63 - 1: it still sorts last, and every int64 array and formatter accepts it)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        return clamp_int64(int(value))
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
+        return clamp_int64(int(value))
     if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
         return int(value.strip())  # ASCII digits only: '²'.isdigit() is True, int('²') fails
     return None
@@ -227,6 +229,17 @@ def _no_weights_error(path: str, root: Any) -> CheckpointError:
     return CheckpointError(path, ProblemKind.NO_WEIGHTS, f"no model weights found (top-level keys: {shown})")
 
 
+def _with_neutralised(path: str, error: CheckpointError, problems: list[Problem]) -> CheckpointError:
+    """A file without weights whose pickle tries to run code (a neutralised `os.system` payload
+    and nothing else) is an "unsafe-pickle" warning naming what was neutralised, not an info-level
+    "no-weights": the file's one problem must not hide that it is hostile."""
+    dangerous = [p for p in problems if p.kind == ProblemKind.UNSAFE_PICKLE_NEUTRALISED and p.severity == "warning"]
+    if not dangerous or error.kind == ProblemKind.UNSAFE_PICKLE:
+        return error
+    return CheckpointError(path, ProblemKind.UNSAFE_PICKLE,
+                           f"{error.problem}; {dangerous[0].message}; nothing was executed")
+
+
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -276,18 +289,51 @@ def _drop_unreadable(path: str, tree: TorchTree, weights: dict[str, tuple[Leaf, 
     return {n: v for n, v in weights.items() if n not in bad}
 
 
+def _view_key(leaf: Leaf) -> tuple | None:
+    """What makes two leaves the same tensor: one storage, offset, shape, stride and dtype (None for
+    views that repeat values: an expanded view is not a parameter saved twice)."""
+    if _repeated_elements(leaf):
+        return None
+    if isinstance(leaf, TensorRef):
+        return (leaf.storage.key, leaf.storage.view_offset, leaf.offset, leaf.shape, leaf.stride, leaf.dtype)
+    if isinstance(leaf, torch.Tensor) and leaf.numel() and leaf.device.type != "meta":
+        return (leaf.untyped_storage().data_ptr(), leaf.storage_offset(), tuple(leaf.shape), tuple(leaf.stride()),
+                leaf.dtype)
+    return None
+
+
+def _without_aliases(weights: dict[str, tuple[Leaf, str]]) -> tuple[dict[str, tuple[Leaf, str]], dict[str, str]]:
+    """The first name of each tensor stored under several names (a module registered twice, tied
+    weights saved twice), as named_parameters() lists it, and the other names (alias -> first)."""
+    seen: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for name, (leaf, _) in weights.items():
+        key = _view_key(leaf)
+        if key is None:
+            continue
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return {n: v for n, v in weights.items() if n not in aliases}, aliases
+
+
 def checkpoint_from_tree(path: str, tree: TorchTree) -> CheckpointData:
     root = tree.root
     weights = _find_weights(root)
     if not weights:
-        raise _no_weights_error(path, root)
+        raise _with_neutralised(path, _no_weights_error(path, root), tree.problems)
     problems = list(tree.problems)
+    meta = _metadata(root)
+    weights, aliases = _without_aliases(weights)
     weights = _drop_unreadable(path, tree, weights, problems)
-    renamed = strip_prefixes(weights)
+    renamed = strip_prefixes(list(weights) + list(aliases))
+    if aliases:
+        meta["aliases"] = {renamed[a]: renamed[b] for a, b in list(aliases.items())[:50]}
+        meta["alias_count"] = len(aliases)
     leaves = {renamed[n]: leaf for n, (leaf, _) in weights.items()}
     tensors = {renamed[n]: TensorInfo(renamed[n], tuple(leaf.shape), _dtype_name(leaf.dtype), role)
                for n, (leaf, role) in weights.items()}
-    meta = _metadata(root)
     step = step_from_metadata(meta)
     optimizer_sd = find_optimizer_state(root)
     optimizer = None

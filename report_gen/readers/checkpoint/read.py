@@ -46,7 +46,7 @@ def _open(path: str, policy: LoadPolicy) -> CheckpointData:
 
 
 def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
-                     progress: Callable[[int, int], None] | None = None
+                     progress: Callable[[int, int], None] | None = None, isolate: bool = False,
                      ) -> tuple[list[CheckpointData], list[Problem]]:
     """Open the checkpoints of ONE run: the usable ones in training order, and every problem found.
 
@@ -55,16 +55,31 @@ def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
     "no-weights", "not-a-checkpoint") is info, anything else a warning. Problems are in path order,
     each file's own problems (unsafe globals replaced, tensors skipped) where the file comes.
     progress(i, n) is called before the i-th of n files is opened.
+    isolate: each file is first opened in a worker process with CPU, memory and time limits
+    (`readers.isolation`; not with trust_pickles): a crash or hang there is one "unreadable" Problem.
     """
     policy = load_policy(trust_pickles)
+    vetting = _isolation() if isolate and not trust_pickles else None
+    try:
+        ckpts, problems = _read_all(paths, policy, progress, vetting)
+    finally:
+        if vetting is not None:
+            vetting.close()
+    return order_series(ckpts), problems
+
+
+def _read_all(paths: Sequence[str], policy: LoadPolicy, progress: Callable[[int, int], None] | None,
+              vetting) -> tuple[list[CheckpointData], list[Problem]]:
     ckpts, problems = [], []
     for i, path in enumerate(paths):
         if progress is not None:
             progress(i, len(paths))
         try:
+            if vetting is not None:
+                _vet(vetting, path)
             ckpt = _open(path, policy)
         except CheckpointError as e:
-            problems.append(Problem(file=path, kind=e.kind, message=str(e)))
+            problems.append(Problem(file=path, kind=e.kind, message=str(e), severity=e.severity))
             continue
         except Exception as e:  # noqa: BLE001 - one odd file must not lose the rest of the report
             log.debug("opening %s failed", path, exc_info=True)
@@ -74,7 +89,33 @@ def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
         problems.extend(ckpt.problems)
         if ckpt.tensors:
             ckpts.append(ckpt)
-    return order_series(ckpts), problems
+    return ckpts, problems
+
+
+def _isolation():
+    from report_gen.readers.isolation import Isolation
+
+    return Isolation()
+
+
+def _identity(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _vet(vetting, path: str) -> None:
+    """Open `path` in an isolated worker first; CheckpointError with the worker's outcome when it
+    could not be opened there (then the parent never parses it), or when the file changed since."""
+    before = _identity(path)
+    verdict = vetting.vet(path)
+    if not verdict.ok:
+        raise CheckpointError(path, ProblemKind(verdict.kind), verdict.problem, verdict.severity)
+    if _identity(path) != before:
+        raise CheckpointError(path, ProblemKind.UNREADABLE, "the file changed while it was read in an isolated "
+                                                            "worker; not read")
 
 
 def order_series(ckpts: list[CheckpointData]) -> list[CheckpointData]:
