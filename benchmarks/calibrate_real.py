@@ -24,9 +24,9 @@ OUT = HERE / "_data" / "calibration_real"
 GENERATORS = {"tensorboardx": "make_tbx.py", "torch_tb": "make_torch_tb.py", "lightning": "make_lightning.py",
               "mlflow": "make_mlflow.py", "wandb": "make_wandb.py", "hf": "make_hf.py", "sb3": "make_sb3.py",
               "ultralytics": "make_ultralytics.py", "keras": "make_keras.py"}
-# judged by other work than these rules (as in tests/rules/test_real_healthy_fixtures.py): K103 on transformer
-# weights and A106 (attention, issue 13's attention work); I101 is the readers' verdict on the files
-NOT_JUDGED = {"K103", "A106", "I101"}
+# as in tests/rules/test_real_healthy_fixtures.py: K103 on transformer weights is judged by issue 13's
+# attention work; I101 is the readers' verdict on the files
+NOT_JUDGED = {"K103", "I101"}
 ROOT_CAUSES = {"lr-zero", "lr-too-low", "whole-model-frozen", "random-labels", "train-val-mismatch", "lr-spike",
                "init-too-wide", "lr-too-high"}
 

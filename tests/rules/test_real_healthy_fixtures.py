@@ -7,9 +7,9 @@ import pytest
 import realfix
 
 LIBS = ("hf", "keras", "lightning", "mlflow", "sb3", "tensorboardx", "torch_tb", "ultralytics", "wandb")
-# judged elsewhere: K103 on transformer weights (the attention work of issue 13), A106 (attention);
-# I101 is the readers' verdict on the files, not a diagnosis of the training
-NOT_HERE = {"K103", "A106", "I101"}
+# judged elsewhere: K103 on transformer weights (the attention work of issue 13); I101 is the readers'
+# verdict on the files, not a diagnosis of the training
+NOT_HERE = {"K103", "I101"}
 def _cases(*status):
     return [(lib, name) for lib in LIBS for name, c in realfix.manifest(lib).items()
             if c["status"] in status and (realfix.REAL / lib / c["path"]).is_dir()]
@@ -37,8 +37,7 @@ def test_lookalikes_never_get_an_error_or_the_category_they_resemble(lib, name):
 
 
 # faults another part of issue 13 or issue 12 covers (strict: when they are caught, the marker must go)
-ELSEWHERE = {("hf", "bert-attention-collapse"): "attention from the checkpoint (the attention work of issue 13)",
-             ("keras", "wide_init"): "Keras kernel histograms are not mapped to weight histograms yet (issue 12)"}
+ELSEWHERE = {("keras", "wide_init"): "Keras kernel histograms are not mapped to weight histograms yet (issue 12)"}
 FAULTY = [pytest.param(lib, name, id=f"{lib}/{name}", marks=[pytest.mark.xfail(strict=True, reason=ELSEWHERE[(lib, name)])]
                        if (lib, name) in ELSEWHERE else []) for lib, name in _cases("faulty")]
 
