@@ -15,6 +15,7 @@ once on the logs and checkpoints alone and once with the post-hoc probe (the mod
     python benchmarks/calibrate.py --only mlp_trained_long cnn_sgd_cosine
     python benchmarks/calibrate.py --skip-training    # re-diagnose the runs already written
     python benchmarks/calibrate.py --seeds 3 --proposals --out benchmarks/_data/calibration_seeds
+    python benchmarks/calibrate.py --real --seeds 3   # the real libraries' runs (benchmarks/calibrate_real.py)
 
 ``--seeds N`` adds N-1 replicates per variant (other data and init seeds, named ``<name>@s<r>``);
 ``--proposals`` also checks the rule changes proposed in README-calibration.md. A third diagnosis per
@@ -852,7 +853,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="after diagnosing, check the rule changes proposed in README-calibration.md")
     parser.add_argument("--seeds", type=int, default=1,
                         help="runs per variant: the variant itself plus N-1 replicates with other data/init seeds")
+    parser.add_argument("--real", action="store_true",
+                        help="calibrate on the real libraries' runs instead (tests/fixtures/real generators; "
+                             "see benchmarks/calibrate_real.py)")
+    parser.add_argument("--libs", nargs="+", help="with --real: only these libraries")
+    parser.add_argument("--faulty-seeds", type=int, default=1, help="with --real: seeds per faulty case")
     args = parser.parse_args(argv)
+    if args.real:
+        sys.path.insert(0, str(HERE))
+        import calibrate_real
+
+        out = calibrate_real.OUT if args.out == OUT else args.out
+        return calibrate_real.main(out, args.seeds, args.libs, args.skip_training, args.faulty_seeds)
     names = []
     for name in args.only or list(VARIANTS):
         names.append(name)

@@ -98,6 +98,20 @@ def sign_change_rate(values: np.ndarray) -> float:
     return float(np.mean(np.sign(d[1:]) != np.sign(d[:-1])))
 
 
+def turning_point_z(values: np.ndarray) -> float:
+    """The turning-point test of randomness (Kendall & Stuart; Brockwell & Davis, Introduction to Time Series
+    and Forecasting, sec. 1.6): an i.i.d. series of n points has T ~ N(2(n-2)/3, (16n-29)/90) turning points
+    (direction changes). Returns (T - mean) / sd: near 0 for batch-to-batch noise, large and positive for a
+    curve that bounces back and forth more often than noise does."""
+    d = np.diff(np.asarray(values, dtype=np.float64))
+    d = d[np.isfinite(d) & (d != 0)]
+    n = d.size + 1
+    if n < 3:
+        return 0.0
+    turns = float(np.sum(np.sign(d[1:]) != np.sign(d[:-1])))
+    return (turns - 2.0 * (n - 2) / 3.0) / float(np.sqrt((16.0 * n - 29.0) / 90.0))
+
+
 def swing_amplitude(values: np.ndarray) -> float:
     """Median absolute step-to-step change of a series."""
     d = np.abs(np.diff(np.asarray(values, dtype=np.float64)))

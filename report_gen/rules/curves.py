@@ -267,6 +267,9 @@ class OscillationOptions:
     min_relative_swing: float = opt(0.2, "median step-to-step |Δloss| over the whole run's improvement span "
                                          "(AUTOTRAINER's eta)")
     min_level: float = opt(0.1, "the span counts as at least this share of the final loss level")
+    noise_z: float = opt(1.645, "with no validation curve to compare, a training loss whose direction changes are no "
+                                "more frequent than independent batch noise gives (turning-point test, Brockwell & "
+                                "Davis sec. 1.6: z below this one-sided 5% quantile) is reported as info")
 
 
 @rule("L104", "oscillation", "warning", needs=(Signal.TRAIN_LOSS, Signal.VAL_LOSS), options=OscillationOptions)
@@ -276,7 +279,8 @@ def oscillation(run, opts: OscillationOptions):
         In the last `window` points the loss swings up and down step to step (direction changes on most
         steps) with swings that are large compared with everything the run learned. When a validation
         loss is logged and stays smooth, a zigzagging training loss is reported as info only
-        (per-batch losses of small or noisy batches always zigzag).
+        (per-batch losses of small or noisy batches always zigzag); with no validation loss, so is a
+        training loss that changes direction no more often than independent noise does (2/3 of the steps).
     Why it matters:
         The optimizer is bouncing around instead of settling; final metrics depend on where the run
         happened to stop.
@@ -323,13 +327,18 @@ def oscillation(run, opts: OscillationOptions):
         summ, tail, rate, swing, rel = measure(v)
         if rate >= opts.min_sign_change_rate and rel >= opts.min_relative_swing:
             smooth_val = key == Signal.TRAIN_LOSS and val_oscillates is False
-            note = "; the validation loss is smooth, so this is likely batch-to-batch noise" if smooth_val else ""
+            z = curves.turning_point_z(tail)
+            like_noise = key == Signal.TRAIN_LOSS and val_oscillates is None and z < opts.noise_z
+            note = ("; the validation loss is smooth, so this is likely batch-to-batch noise" if smooth_val else
+                    f"; it changes direction as often as independent batch noise does (turning-point z {z:.1f}), "
+                    "and no validation loss is logged to tell them apart" if like_noise else "")
             yield Hit(s.tag, f"{s.tag} swings step to step in its last {tail.size} points: direction changes "
                              f"{rate:.0%} of the time, median swing {_fmt(swing)} = {rel:.0%} of the run's improvement"
                              f"{note}",
                       {"sign_change_rate": rate, "median_swing": swing, "relative_swing": rel,
-                       "improvement_span": summ.span, "window": int(tail.size), "validation_smooth": smooth_val},
-                      severity="info" if smooth_val else None,
+                       "improvement_span": summ.span, "window": int(tail.size), "validation_smooth": smooth_val,
+                       "turning_point_z": z, "like_noise": like_noise},
+                      severity="info" if smooth_val or like_noise else None,
                       plot=CurvePlot(run.name, [key, Signal.VAL_LOSS] if smooth_val else [key]))
 
 

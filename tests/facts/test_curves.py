@@ -71,3 +71,14 @@ def test_above_chance_is_cohens_kappa_of_the_90th_percentile():
     assert abs(curves.above_chance(acc, 0.5) - (np.quantile(acc, 0.9) - 0.5) / 0.5) < 1e-12
     assert curves.above_chance(acc * 100, 0.5) == curves.above_chance(acc, 0.5)  # percent
     assert curves.above_chance(np.full(5, 0.95), 0.1) > 0.9
+
+
+def test_turning_points_of_noise_and_of_a_bounce():
+    import numpy as np
+
+    from report_gen.facts.curves import turning_point_z
+
+    zs = [turning_point_z(np.random.default_rng(s).standard_normal(200)) for s in range(200)]
+    assert abs(float(np.mean(zs))) < 0.2 and 0.8 < float(np.std(zs)) < 1.2  # N(0, 1) under independence
+    assert turning_point_z(np.tile([1.0, 0.0], 100)) > 10
+    assert turning_point_z(np.linspace(1, 0, 200)) < -10
