@@ -11,6 +11,9 @@ only, so the numbers measure the sweep machinery and the diagnosis, not HTML plo
 * start: until the first run's result (the pool's one-time import of torch and report_gen)
 * runs/s: all runs / wall;  steady runs/s: runs after the first / time after the first result
 * CPU ms/run: the workers' CPU time per run (what a run costs, however busy the machine is)
+* in flight: after the first result, the runs' summed task time / the time they took, i.e. how many runs
+  the engine kept going at once (jobs=2 should give ~2; whether they go twice as fast needs two free cores)
+* load: the 1-minute load average when the configuration ended (the machine is shared)
 * driver MB, worker MB: peak resident memory of the driving process and of the largest worker (a
   worker's includes the pages it shares with the fork server: torch and report_gen, ~300 MB)
 
@@ -61,6 +64,9 @@ def one(args) -> None:
         "driver_mb": _peak_rss_mb(),
         "worker_mb": index["timing"].get("worker_peak_rss_mb"),
         "cpu_ms_per_run": 1000 * index["timing"].get("task_cpu_s_total", 0) / max(len(items), 1),
+        "in_flight": (index["timing"]["task_s_total"] * (len(items) - 1) / len(items) / (stamps[-1] - stamps[0])
+                      if len(stamps) > 1 and stamps[-1] > stamps[0] else None),
+        "load": os.getloadavg()[0],
     }))
 
 
@@ -120,18 +126,20 @@ def main() -> None:
                 r = rows[-1]
                 print(f"{n:>5} runs  {kind:<4} jobs={j}  wall {r['wall_s']:7.1f} s  start {r['start_s']:5.1f} s  "
                       f"{r['runs_per_s']:5.2f} runs/s  steady {r['steady_runs_per_s'] or 0:5.2f} runs/s  "
-                      f"cpu {r.get('cpu_ms_per_run', 0):4.0f} ms/run  "
+                      f"cpu {r.get('cpu_ms_per_run', 0):4.0f} ms/run  in flight {r['in_flight'] or 0:4.2f}  "
+                      f"load {r['load']:4.1f}  "
                       f"driver {r['driver_mb']:4.0f} MB  worker {r['worker_mb'] or 0:4.0f} MB", flush=True)
     if s3 is not None:
         s3.stop()
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     print()
-    print("| runs | storage | jobs | wall s | start s | runs/s | steady runs/s | CPU ms/run | driver MB | worker MB |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| runs | storage | jobs | wall s | start s | runs/s | steady runs/s | CPU ms/run | in flight | driver MB "
+          "| worker MB | load |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['n']} | {r['storage']} | {r['jobs']} | {r['wall_s']:.1f} | {r['start_s']:.1f} | "
               f"{r['runs_per_s']:.2f} | {r['steady_runs_per_s'] or 0:.2f} | {r.get('cpu_ms_per_run', 0):.0f} | "
-              f"{r['driver_mb']:.0f} | {r['worker_mb'] or 0:.0f} |")
+              f"{r['in_flight'] or 0:.2f} | {r['driver_mb']:.0f} | {r['worker_mb'] or 0:.0f} | {r['load']:.1f} |")
     (DATA / "bench_sweep.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -15,6 +15,7 @@ once on the logs and checkpoints alone and once with the post-hoc probe (the mod
     python benchmarks/calibrate.py --only mlp_trained_long cnn_sgd_cosine
     python benchmarks/calibrate.py --skip-training    # re-diagnose the runs already written
     python benchmarks/calibrate.py --seeds 3 --proposals --out benchmarks/_data/calibration_seeds
+    python benchmarks/calibrate.py --real --seeds 3   # the real libraries' runs (benchmarks/calibrate_real.py)
 
 ``--seeds N`` adds N-1 replicates per variant (other data and init seeds, named ``<name>@s<r>``);
 ``--proposals`` also checks the rule changes proposed in README-calibration.md. A third diagnosis per
@@ -478,18 +479,22 @@ MARGIN_PROBES: dict[str, tuple[dict[str, Any], str, str, tuple[float, ...]]] = {
     "L102": ({"giveback_warning": -1e9}, "giveback", "max", (0.5, 1.0)),
     "L103": ({"min_improvement": 1e9}, "relative_improvement", "min", (0.05,)),
     "L104": ({"min_sign_change_rate": 0.0, "min_relative_swing": 0.0}, "relative_swing", "max", (0.2,)),
-    "L105": ({"min_rise": -1e9, "min_tail_points": 0, "min_tail_share": 0.0}, "relative_rise", "max", (0.25,)),
+    "L105": ({"min_rise": -1e9, "min_tail_points": 0, "min_tail_share": 0.0, "min_rise_noise": -1e9}, "relative_rise",
+             "max", (0.25,)),
+    "L106": ({"min_train_gain": -1e9, "max_val_gain": 1e9, "max_val_rise": 1e9, "min_gap": 0.0}, "val_gain", "min", (0.1,)),
+    "L108": ({"min_rise_share": 0.0}, "rise_share", "max", (0.1,)),
     "G101": ({"ratio_warning": 1e9}, "ratio", "min", (1e-2, 1e-3)),
     "G102": ({"growth_factor": 0.0, "min_monotonic": 0.0}, "growth_factor", "max", (100.0,)),
     "U102": ({"low": 1e9}, "median_update_ratio", "range", (1e-5, 1e-1)),
     "U103": ({"max_spread": 0.0}, "spread", "max", (1e3,)),
-    "K101": ({"warning_ratio": -1.0, "min_dead": 0}, "ratio", "max", (0.05, 0.15)),
+    "K101": ({"warning_ratio": -1.0, "min_dead": 0, "chance_p": 2.0}, "ratio", "max", (0.05, 0.15)),
     "K102": ({"min_relative_diversity": 1e9}, "relative_diversity", "min", (0.01,)),
     "K103": ({"ratio": 0.0}, "family_share", "max", (0.3,)),
     "K104": ({"ratio": 0.0}, "share", "max", (0.1,)),
     "W102": ({"shrink_ratio": 1e9}, "ratio", "min", (0.1,)),
     "W103": ({"growth_ratio": 0.0}, "ratio", "max", (10.0,)),
     "W104": ({"min_coefficient": 0.0}, "bimodality", "max", (0.75,)),
+    "W105": ({"max_ratio": 0.0}, "ratio", "max", (8.0,)),
     "A101": ({"warning_share": -1.0}, "dead_share", "max", (0.5, 0.9)),
     "A103": ({"growth_factor": 0.0, "min_rising": 0.0, "min_late_growth": 0.0}, "growth_factor", "max", (10.0,)),
     "A104": ({"high_pair_share": -1.0}, "high_pair_share", "max", (0.5,)),
@@ -848,7 +853,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="after diagnosing, check the rule changes proposed in README-calibration.md")
     parser.add_argument("--seeds", type=int, default=1,
                         help="runs per variant: the variant itself plus N-1 replicates with other data/init seeds")
+    parser.add_argument("--real", action="store_true",
+                        help="calibrate on the real libraries' runs instead (tests/fixtures/real generators; "
+                             "see benchmarks/calibrate_real.py)")
+    parser.add_argument("--libs", nargs="+", help="with --real: only these libraries")
+    parser.add_argument("--faulty-seeds", type=int, default=1, help="with --real: seeds per faulty case")
     args = parser.parse_args(argv)
+    if args.real:
+        sys.path.insert(0, str(HERE))
+        import calibrate_real
+
+        out = calibrate_real.OUT if args.out == OUT else args.out
+        return calibrate_real.main(out, args.seeds, args.libs, args.skip_training, args.faulty_seeds)
     names = []
     for name in args.only or list(VARIANTS):
         names.append(name)

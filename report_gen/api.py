@@ -13,7 +13,8 @@ The options are the CLI's (`report-gen diagnose --help`), spelled as keywords: `
 default `[tool.report_gen]` of the nearest pyproject.toml, as on the command line), `select`, `ignore`,
 `baseline`, `trust_pickles`, `model` + `model_kwargs` + (`probe` | `probe_shape`), `probe_max_checkpoints`,
 `fail_on`, `fail_on_persisting`, `fail_on_unknown`, and for fsspec URLs (`s3://...`) `storage_options` and
-`cache_dir`, and `jobs` (worker processes, as `--jobs`). A Report wraps the very dict the CLI renders (report.json schema, DESIGN §4).
+`cache_dir`, `isolate` (checkpoints vetted in a limited worker process, as `--isolate`) and `jobs` (worker
+processes, as `--jobs`). A Report wraps the very dict the CLI renders (report.json schema, DESIGN §4).
 Nothing heavy is imported before `diagnose` runs.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
                   model_kwargs: dict | str | None = None, probe: PathLike | None = None,
                   probe_shape: str | Iterable[int] | None = None, probe_max_checkpoints: int = 6,
                   storage_options: dict | str | None = None, cache_dir: PathLike | None = None,
-                  jobs: int | None = None) -> Any:
+                  isolate: bool = False, jobs: int | None = None) -> Any:
     """engine.Options from the CLI's option values; InputError (one line) for an inconsistent set.
 
     config: a path to a TOML file, an already loaded `report_gen.config.Config`, or None (nearest
@@ -56,8 +57,10 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
         if probe_shape is not None and not isinstance(probe_shape, str):
             probe_shape = ",".join(str(int(n)) for n in probe_shape)
         spec = ProbeSpec(model, kwargs, os.fspath(probe) if probe else None, probe_shape or None, probe_max_checkpoints)
-    elif probe or probe_shape:
-        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY")
+    elif probe or probe_shape:  # no model: the probe input is for HF checkpoint folders, which probe themselves
+        if probe_shape is not None and not isinstance(probe_shape, str):
+            probe_shape = ",".join(str(int(n)) for n in probe_shape)
+        spec = ProbeSpec(None, {}, os.fspath(probe) if probe else None, probe_shape or None, probe_max_checkpoints)
     storage = None
     if storage_options or cache_dir is not None:
         from report_gen.storage import StorageSettings, parse_storage_options
@@ -68,7 +71,7 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
         raise InputError(f"jobs must be a whole number of at least 1, got {jobs!r}")
     return Options(config=cfg, trust_pickles=bool(trust_pickles), probe=spec, jobs=jobs,
                    baseline=None if baseline is None else os.fspath(baseline),
-                   select=_codes(select), ignore=_codes(ignore), storage=storage)
+                   select=_codes(select), ignore=_codes(ignore), storage=storage, isolate=bool(isolate))
 
 
 def _model_kwargs(value: dict | str | None) -> dict:

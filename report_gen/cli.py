@@ -62,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="MODULE:FACTORY (or path/to/file.py:FACTORY) to probe activations post hoc")
     d.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for the factory")
     g = d.add_mutually_exclusive_group()
-    g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy")
-    g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32")
+    g.add_argument("--probe", help="probe input: a saved tensor (.pt), a dict of tensors, or .npy (without --model: "
+                                   "token ids for HF checkpoint folders, which probe themselves)")
+    g.add_argument("--probe-shape", help="synthetic seeded probe input of this shape, e.g. 8,3,32,32 (HF folders: N,L "
+                                         "token ids)")
     d.add_argument("--probe-max-checkpoints", type=int, default=6, help="checkpoints probed, evenly spaced (6)")
-    _trust_pickles(d)
+    _pickle_policy(d)
     d.add_argument("--github-summary", action="store_true", help="append the Markdown to $GITHUB_STEP_SUMMARY")
     d.add_argument("-j", "--jobs", type=_jobs, default=None,
                    help="worker processes for independent runs and files (default: the cores available to this "
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: error)")
     sw.add_argument("--fail-on-unknown", action="store_true",
                     help="also exit 1 when a run's verdict is UNKNOWN: nothing about its training could be judged")
-    _trust_pickles(sw)
+    _pickle_policy(sw)
     _storage_arguments(sw)
     _verbosity(sw)
     return p
@@ -121,11 +123,18 @@ def _rule_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (default: [tool.report_gen] in the nearest pyproject.toml)")
     p.add_argument("--select", type=_codes, help="only these rule codes/prefixes/names (comma-separated)")
     p.add_argument("--ignore", type=_codes, help="skip these rule codes/prefixes/names (comma-separated)")
+    p.add_argument("--role", action="append", metavar="ROLE=TAG",
+                   help="read the series TAG as ROLE (train_loss, val_loss, train_acc, val_acc, lr, grad_norm, or "
+                        "ignore); repeatable, replaces [tool.report_gen.roles] for that role")
 
 
-def _trust_pickles(p: argparse.ArgumentParser) -> None:
+def _pickle_policy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickles", action="store_true",
                    help="allow unpickling code from checkpoints (only for files you trust)")
+    p.add_argument("--isolate", action="store_true",
+                   help="open each checkpoint first in a worker process with CPU, memory and time limits, so a "
+                        "parser crash or hang costs one input-integrity finding, not the report (for untrusted "
+                        "artifacts in CI; POSIX)")
 
 
 def _storage_arguments(p: argparse.ArgumentParser) -> None:
@@ -208,8 +217,23 @@ def run_diagnose(paths, out, formats, opts, *, quiet=False, github_summary=False
         report = diagnose(paths, opts)
     written = render(report, out, formats)
     if github_summary:
-        _github_summary(written, report)
+        _after_render("--github-summary", lambda: _github_summary(written, report))
     return report, written
+
+
+def _after_render(what: str, step) -> None:
+    """A step after the report files are written (terminal summary, job summary) in its own error
+    boundary: its failure is one warning line, never the exit code of a report already written."""
+    try:
+        step()
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the report is written; say what was not shown
+        from report_gen.render.terminal import terminal_text
+
+        logging.getLogger("report_gen").debug("%s failed", what, exc_info=True)
+        logging.getLogger("report_gen").warning("%s failed (%s: %s); the report files are written", what,
+                                                type(e).__name__, terminal_text(e, 200))
 
 
 def _warn_if_output_inside_inputs(out, paths) -> None:
@@ -249,17 +273,17 @@ def cmd_diagnose(args) -> int:
 
     runtime.configure(args.jobs)  # before anything starts a thread pool
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config).with_roles(args.role)
     opts = build_options(config=cfg, select=args.select, ignore=args.ignore, baseline=args.baseline,
                          trust_pickles=args.trust_pickles, model=args.model, model_kwargs=args.model_kwargs,
                          probe=args.probe, probe_shape=args.probe_shape,
-                         probe_max_checkpoints=args.probe_max_checkpoints,
+                         probe_max_checkpoints=args.probe_max_checkpoints, isolate=args.isolate,
                          storage_options=args.storage_options, cache_dir=args.cache_dir, jobs=args.jobs)
     report, written = run_diagnose(args.paths, args.out, args.format, opts, quiet=args.quiet,
                                    github_summary=args.github_summary)
     from report_gen.render.terminal import print_summary
 
-    print_summary(report, quiet=args.quiet)
+    _after_render("the terminal summary", lambda: print_summary(report, quiet=args.quiet))
     if not args.quiet:
         for fmt, path in written.items():
             print(f"{fmt:>4}: {_shown(path)}")
@@ -320,7 +344,7 @@ def cmd_demo(args) -> int:
     from report_gen.render.terminal import print_summary
 
     report, written = run_diagnose([str(sample_runs_dir())], args.out, list(FORMATS), Options(), quiet=args.quiet)
-    print_summary(report, quiet=args.quiet)
+    _after_render("the terminal summary", lambda: print_summary(report, quiet=args.quiet))
     print(_shown(Path(written.get("html", args.out)).resolve()))
     return 0
 
@@ -333,9 +357,9 @@ def cmd_sweep(args) -> int:
     from report_gen.selection import resolve_rules
     from report_gen.storage import StorageSettings
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config).with_roles(args.role)
     opts = build_options(config=cfg, select=args.select, ignore=args.ignore, trust_pickles=args.trust_pickles,
-                         storage_options=args.storage_options, cache_dir=args.cache_dir)
+                         isolate=args.isolate, storage_options=args.storage_options, cache_dir=args.cache_dir)
     storage = opts.storage or StorageSettings()
     resolve_rules(cfg, args.select, args.ignore)  # a bad selection stops here, before any worker starts
     if args.jobs is not None and args.jobs < 1:

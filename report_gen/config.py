@@ -14,8 +14,13 @@ K101 = "warning"
 threshold = 0.005
 [tool.report_gen.tags]                # extra tag prefixes per signal family
 grad_hist = ["my_grads/"]
+[tool.report_gen.roles]               # a tag (or glob, or list of them) per role; `ignore` leaves tags out
+train_loss = "my/total"
+val_loss = ["validation/epoch_loss", "eval/*loss"]
+ignore = ["train/entropy_loss"]
 ```
-Unknown keys are rejected with a one-line message.
+Unknown keys and unknown roles are rejected with a one-line message. `--role ROLE=TAG` (repeatable) adds
+to, and for the same role replaces, the configured roles.
 """
 from __future__ import annotations
 
@@ -28,13 +33,15 @@ from typing import Any
 
 from report_gen.core import InputError, Severity
 from report_gen.readers.signals import TagConventions
+from report_gen.vocab import USER_ROLES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-KNOWN_KEYS = {"select", "ignore", "fail-on", "fail-on-unknown", "severity", "per-subject-ignores", "rules", "tags"}
+KNOWN_KEYS = {"select", "ignore", "fail-on", "fail-on-unknown", "severity", "per-subject-ignores", "rules", "tags",
+              "roles"}
 FAIL_ON = ("error", "warning", "never")
 
 
@@ -48,7 +55,20 @@ class Config:
     per_subject_ignores: dict[str, list[str]] = field(default_factory=dict)
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     tags: TagConventions = field(default_factory=TagConventions)
+    roles: dict[str, list[str]] = field(default_factory=dict)  # role -> tag patterns (readers.signals)
     source: str | None = None
+
+    def with_roles(self, pairs: list[str] | None) -> "Config":
+        """This config with `--role ROLE=TAG` pairs on top (a role given there replaces the configured one)."""
+        if not pairs:
+            return self
+        given: dict[str, list[str]] = {}
+        for pair in pairs:
+            role, sep, tag = pair.partition("=")
+            if not sep or not tag.strip():
+                raise InputError(f"--role {pair}: expected ROLE=TAG, e.g. --role train_loss=my/total")
+            given.setdefault(check_role(role.strip(), "--role"), []).append(tag.strip())
+        return dataclasses.replace(self, roles={**self.roles, **given})
 
     # ---- selection ------------------------------------------------------------------------------
     def is_enabled(self, rule) -> bool:
@@ -104,6 +124,26 @@ def match_length(selector: str, rule) -> int:
     return -1
 
 
+def check_role(role: str, where: str) -> str:
+    if role not in USER_ROLES:
+        raise InputError(f"{where}: unknown role {role!r} (known: {', '.join(USER_ROLES)})")
+    return role
+
+
+def _roles(table: Any, src: str) -> dict[str, list[str]]:
+    if not isinstance(table, dict):
+        raise InputError(f"{src}: [tool.report_gen.roles] must be a table of role = tag")
+    out = {}
+    for role, tags in table.items():
+        check_role(str(role), f"{src}: [tool.report_gen.roles]")
+        if isinstance(tags, str):
+            tags = [tags]
+        if not isinstance(tags, list) or not tags or not all(isinstance(t, str) and t for t in tags):
+            raise InputError(f"{src}: [tool.report_gen.roles] {role} must be a tag or a list of tags")
+        out[str(role)] = list(tags)
+    return out
+
+
 def _strlist(value: Any, key: str, src: str) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -142,6 +182,7 @@ def from_table(table: dict[str, Any], src: str) -> Config:
     if not isinstance(rules, dict) or not all(isinstance(v, dict) for v in rules.values()):
         raise InputError(f"{src}: [tool.report_gen.rules.CODE] tables must hold option = value pairs")
     cfg.rule_options = {str(k): dict(v) for k, v in rules.items()}
+    cfg.roles = _roles(table.get("roles", {}), src)
     tags = table.get("tags", {})
     if tags:
         fields = {f.name: f for f in dataclasses.fields(TagConventions)}

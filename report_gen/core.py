@@ -93,7 +93,8 @@ class ProblemKind(str, enum.Enum):
     # several logs of one run (readers/registry.py)
     DUPLICATE_SERIES = "duplicate-series", Severity.INFO  # a later log's copy of a series is left out
     # a whole run (readers/run.py)
-    NOTHING_READABLE = "nothing-readable", Severity.ERROR
+    NOTHING_READABLE = "nothing-readable", Severity.ERROR  # info when the logs were only opened, never written
+    MIXED_MODELS = "mixed-models", Severity.INFO  # one folder's checkpoints hold several models: split into runs
     # checkpoints (readers/checkpoint/): not a checkpoint at all, harmless beside checkpoints
     NOT_A_CHECKPOINT = "not-a-checkpoint", Severity.INFO
     NO_WEIGHTS = "no-weights", Severity.INFO

@@ -3,7 +3,7 @@
     config + --select/--ignore --resolve_rules--> RuleSet            (once; bad options fail here)
     paths --discover--> RunSpecs
     for each RunSpec (diagnose_run; in a process pool when several runs make it pay, see parallel.py):
-        --readers--> logs, checkpoints, graded problems
+        --readers--> logs, checkpoints, graded problems --split_models--> one run per model
         --probe.probe_run (only when a selected rule needs it)--> RunFacts (built once, never mutated)
         RunFacts x RuleSet --evaluate_run--> findings, suppressed, rule status --evidence--> details
     RunReports (in run order) --merge_evaluations--> findings, suppressed, evaluated, not_evaluated
@@ -31,7 +31,7 @@ from report_gen.core import (Finding, InputError, Problem, ProblemKind, judged_r
                              severity_rank, verdict_for)
 from report_gen.facts.run import RunFacts
 from report_gen.readers.discovery import RunSpec, discover
-from report_gen.readers.run import read_run
+from report_gen.readers.run import RunInputs, read_run, split_models
 from report_gen.readers.signals import build_signals
 from report_gen.readers.types import RunLog
 from report_gen.reportfile import load_report
@@ -44,7 +44,9 @@ log = logging.getLogger("report_gen")
 
 @dataclass
 class ProbeSpec:
-    model: str
+    """--model/--probe. model None: the probe input is for HF checkpoint folders that probe themselves."""
+
+    model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     probe_file: str | None = None
     probe_shape: str | None = None
@@ -61,6 +63,7 @@ class Options:
     ignore: list[str] | None = None
     jobs: int | None = None  # worker processes (None: runtime.configure's plan, one per available core)
     storage: StorageSettings | None = None  # how fsspec URLs among the paths are read (storage.py)
+    isolate: bool = False  # --isolate: checkpoints vetted in a limited worker process (readers/isolation.py)
 
 
 Progress = Callable[[str, int, int], None]
@@ -76,19 +79,47 @@ def load_run(spec: RunSpec, opts: Options, progress: Progress = _noop,
     """Read one run's files into RunFacts; the readers turn file damage into graded Problems.
 
     `rules` (the resolved rule set) decides what is worth computing beyond the files themselves: the
-    probe runs only when an enabled rule needs activations. Without it, everything is done.
+    probe runs only when an enabled rule needs activations. Without it, everything is done. The run is
+    taken as discovery gave it; `load_runs` also splits the checkpoints of different models apart.
     """
+    read = _read(spec, opts, progress, rules)
+    return _facts(spec, read, opts, rules)
+
+
+def load_runs(spec: RunSpec, opts: Options, progress: Progress = _noop,
+              rules: RuleSet | None = None) -> list[RunFacts]:
+    """`load_run`, one RunFacts per model when the run's checkpoints hold several (`readers.run.split_models`)."""
+    read = _read(spec, opts, progress, rules)
+    return [_facts(part, inputs, opts, rules) for part, inputs in split_models(spec, read)]
+
+
+def _read(spec: RunSpec, opts: Options, progress: Progress, rules: RuleSet | None) -> RunInputs:
     tensors = rules is None or RunFacts.needs_checkpoint_facts(rules.needs)
-    read = read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, tensors=tensors)
+    return read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, tensors=tensors,
+                    isolate=opts.isolate)
+
+
+def _facts(spec: RunSpec, read: RunInputs, opts: Options, rules: RuleSet | None) -> RunFacts:
     problems = list(read.problems)
     probe_results, probe_info = [], None
-    if opts.probe is not None and (rules is None or rules.wants(*PROBE_SIGNALS)):
-        from report_gen.probe import probe_run
+    outcome = None
+    if rules is None or rules.wants(*PROBE_SIGNALS):
+        if opts.probe is not None and opts.probe.model:
+            from report_gen.probe import probe_run
 
-        outcome = probe_run(read.checkpoints, **dataclasses.asdict(opts.probe))
+            outcome = probe_run(read.checkpoints, **dataclasses.asdict(opts.probe))
+        else:  # an HF checkpoint folder probes itself (attention), with the user's input if given
+            from report_gen.hfprobe import probe_hf_run
+
+            given = opts.probe or ProbeSpec()
+            outcome = probe_hf_run(read.checkpoints, probe_file=given.probe_file, probe_shape=given.probe_shape,
+                                   max_checkpoints=min(given.max_checkpoints, 3))
+
+    if outcome is not None:
         probe_results, probe_info = outcome.results, outcome.info
         problems.extend(outcome.problems)
-    return RunFacts(name=spec.name, path=spec.path, events=read.log, signals=build_signals(read.log, opts.config.tags),
+    signals = build_signals(read.log, opts.config.tags, opts.config.roles)
+    return RunFacts(name=spec.name, path=spec.path, events=read.log, signals=signals,
                     checkpoints=read.checkpoints, problems=problems, probe=probe_results, probe_info=probe_info,
                     needs=rules.needs if rules is not None else None,
                     eager_facts=rules.facts if rules is not None else frozenset(), trust_pickles=opts.trust_pickles)
@@ -191,30 +222,48 @@ class RunReport:
     timing: dict[str, float]
 
 
-def diagnose_run(spec: RunSpec, opts: Options, rules: RuleSet, progress: Progress = _noop,
-                 problems: Sequence[Problem] = ()) -> RunReport:
-    """Read, compute facts, evaluate and extract the evidence of ONE run; `problems` are the run's
-    problems met before reading it (staging a remote input)."""
-    from report_gen.evidence import build_details
-
-    t0 = time.perf_counter()
-    run = load_run(spec, opts, progress, rules)
-    run.problems.extend(problems)
-    t1 = time.perf_counter()
-    run.precompute(rules.needs)  # facts are lazy; computing the needed ones here keeps the timing honest
-    t2 = time.perf_counter()
-    evaluation = evaluate_run(run, rules)
-    t3 = time.perf_counter()
-    details = build_details(run, evaluation.findings, rules.options)
+def run_inputs(run: RunFacts) -> dict[str, Any]:
+    """One run's entry of report["inputs"]["runs"], without its verdict (`assemble_reports` adds it)."""
     first, last = run.step_range
     inputs = {"name": run.name, "path": run.path, "event_files": len(run.events.files),
               "checkpoints": len(run.checkpoints), "first_step": first, "last_step": last,
-              "problems": [p.to_dict() for p in run.problems]}
+              "problems": [p.to_dict() for p in run.problems],
+              "series": [u.to_dict() for u in run.signals.read],
+              "ignored": [u.to_dict() for u in run.signals.ignored],
+              "weights_at": sorted({c.weights_at for c in run.checkpoints})}
     if run.probe_info:
         inputs["probe"] = jsonable(run.probe_info)
-    t4 = time.perf_counter()
-    return RunReport(run.name, inputs, evaluation, details,
-                     {"read_s": t1 - t0, "facts_s": t2 - t1, "rules_s": t3 - t2, "details_s": t4 - t3})
+    return inputs
+
+
+#: keys of an inputs entry that come after "judged" and "verdict" (the report's key order, DESIGN §4)
+_AFTER_VERDICT = ("series", "ignored", "weights_at", "probe")
+
+
+def diagnose_run(spec: RunSpec, opts: Options, rules: RuleSet, progress: Progress = _noop,
+                 problems: Sequence[Problem] = ()) -> list[RunReport]:
+    """Read, compute facts, evaluate and extract the evidence of ONE discovered run: one RunReport per
+    model its checkpoints hold (`load_runs`), the run with the logs first. `problems` are the run's
+    problems met before reading it (staging a remote input); they go to that first report."""
+    from report_gen.evidence import build_details
+
+    t0 = time.perf_counter()
+    runs = load_runs(spec, opts, progress, rules)
+    runs[0].problems.extend(problems)
+    reports = []
+    for i, run in enumerate(runs):
+        t1 = time.perf_counter()
+        run.precompute(rules.needs)  # facts are lazy; computing the needed ones here keeps the timing honest
+        t2 = time.perf_counter()
+        evaluation = evaluate_run(run, rules)
+        t3 = time.perf_counter()
+        details = build_details(run, evaluation.findings, rules.options)
+        inputs = run_inputs(run)
+        t4 = time.perf_counter()
+        reports.append(RunReport(run.name, inputs, evaluation, details,
+                                 {"read_s": t1 - t0 if i == 0 else 0.0, "facts_s": t2 - t1, "rules_s": t3 - t2,
+                                  "details_s": t4 - t3}))
+    return reports
 
 
 def _crashed_run(spec: RunSpec, rules: RuleSet, message: str, problems: Sequence[Problem] = ()) -> RunReport:
@@ -225,13 +274,11 @@ def _crashed_run(spec: RunSpec, rules: RuleSet, message: str, problems: Sequence
     run = RunFacts(name=spec.name, path=spec.path, events=RunLog.empty(), signals=build_signals(RunLog.empty()),
                    problems=[*problems, problem], needs=rules.needs)
     evaluation = evaluate_run(run, rules)  # only the input-integrity rule has something to look at
-    inputs = {"name": spec.name, "path": spec.path, "event_files": len(spec.event_files),
-              "checkpoints": len(spec.checkpoints), "first_step": None, "last_step": None,
-              "problems": [p.to_dict() for p in run.problems]}
+    inputs = {**run_inputs(run), "event_files": len(spec.event_files), "checkpoints": len(spec.checkpoints)}
     return RunReport(spec.name, inputs, evaluation, {}, {})
 
 
-def _diagnose_in_worker(task: tuple[RunSpec, Options, RuleSet, list[Problem]]) -> RunReport:
+def _diagnose_in_worker(task: tuple[RunSpec, Options, RuleSet, list[Problem]]) -> list[RunReport]:
     spec, opts, rules, problems = task
     return diagnose_run(spec, opts, rules, problems=problems)
 
@@ -261,12 +308,12 @@ def diagnose_runs(specs: list[RunSpec], opts: Options, rules: RuleSet, progress:
         threads = max(1, plan.cores // min(plan.jobs, len(specs)))
         outcomes = parallel.run_tasks(_diagnose_in_worker, [(s, opts, rules, p) for s, p in zip(specs, before)],
                                       plan.jobs, threads)
-        return [o if not isinstance(o, parallel.Crashed) else _crashed_run(s, rules, o.message, p)
-                for s, o, p in zip(specs, outcomes, before)]
+        return [r for s, o, p in zip(specs, outcomes, before)
+                for r in (o if not isinstance(o, parallel.Crashed) else [_crashed_run(s, rules, o.message, p)])]
     reports = []
     for i, spec in enumerate(specs):
         progress(f"reading {spec.name}", i, len(specs))
-        reports.append(diagnose_run(spec, opts, rules, progress, before[i]))
+        reports.extend(diagnose_run(spec, opts, rules, progress, before[i]))
     return reports
 
 
@@ -279,6 +326,10 @@ def diagnose(paths: list[str], opts: Options, progress: Progress = _noop) -> dic
     specs = discover(staged.paths)
     # an object that could not be fetched is a Problem of its run (I101 reports it)
     reports = diagnose_runs(specs, opts, rules, progress, staged.problems_of([s.path for s in specs]))
+    if opts.probe is not None and not opts.probe.model and not any("probe" in r.inputs for r in reports) \
+            and rules.wants(*PROBE_SIGNALS):
+        raise InputError("--probe/--probe-shape need --model MODULE:FACTORY, unless a run is an HF checkpoint folder "
+                         "(config.json + weights), which probes itself; none is here")
     t1 = time.perf_counter()
     result = merge_evaluations([r.evaluation for r in reports], rules)
     report = assemble_reports(reports, result, rules, opts)
@@ -307,15 +358,8 @@ def assemble(runs: list[RunFacts], result: Evaluation, rules: RuleSet, opts: Opt
     """The report of runs already evaluated together (`evaluate`); `diagnose` goes run by run."""
     from report_gen.evidence import build_details
 
-    reports = []
-    for r in runs:
-        first, last = r.step_range
-        inputs = {"name": r.name, "path": r.path, "event_files": len(r.events.files), "checkpoints": len(r.checkpoints),
-                  "first_step": first, "last_step": last, "problems": [p.to_dict() for p in r.problems]}
-        if r.probe_info:
-            inputs["probe"] = jsonable(r.probe_info)
-        reports.append(RunReport(r.name, inputs, RunEvaluation(r.name, [], [], []),
-                                 build_details(r, result.findings, rules.options), {}))
+    reports = [RunReport(r.name, run_inputs(r), RunEvaluation(r.name, [], [], []),
+                         build_details(r, result.findings, rules.options), {}) for r in runs]
     return assemble_reports(reports, result, rules, opts)
 
 
@@ -326,12 +370,10 @@ def assemble_reports(reports: list[RunReport], result: Evaluation, rules: RuleSe
     judged = judged_runs(result.evaluated)
     inputs = []
     for r in reports:
-        entry = dict(r.inputs)
-        probe = entry.pop("probe", None)
+        entry = {k: v for k, v in r.inputs.items() if k not in _AFTER_VERDICT}
         entry["judged"] = r.name in judged
         entry["verdict"] = verdict_for(severity_counts([f for f in findings if f.run == r.name]), judged=r.name in judged)
-        if probe is not None:
-            entry["probe"] = probe
+        entry.update({k: r.inputs[k] for k in _AFTER_VERDICT if k in r.inputs})
         inputs.append(entry)
     used_globs = [d["reason"].split(": ", 1)[1] for d in result.suppressed]
     return {

@@ -9,6 +9,8 @@
   tasks the broken pool did not finish are retried one by one in fresh single-worker pools, and a task
   that kills its worker again becomes a `Crashed` outcome, which the caller turns into a Problem of that
   file or run. An exception raised by the task itself is returned the same way (tasks should not raise).
+- A worker may start processes of its own (they are not daemonic): `--isolate` vets checkpoints in a
+  limited child; a forkserver the parent had started is forgotten in the worker (`_forget_parents_forkserver`).
 - A pool only pays when the work is large enough: `worth_a_pool(total_bytes, n)` is the measured rule
   (benchmarks/bench_parallel.py: forking and collecting costs ~0.1-0.3 s on a busy 2-core machine).
 """
@@ -48,9 +50,34 @@ def worth_a_pool(total_bytes: int, pieces: int, jobs: int) -> bool:
             and total_bytes >= MIN_POOL_BYTES and total_bytes / pieces >= MIN_PIECE_BYTES)
 
 
+def _forget_parents_forkserver() -> None:
+    """A forked worker cannot use a forkserver its parent started (--isolate's, `readers.isolation`): that
+    server is not the worker's child (multiprocessing's waitpid on it fails), so every checkpoint vetted
+    in the worker would fail. Forget it (and close the worker's copy of the descriptor that keeps it
+    alive): the worker starts its own forkserver when it needs one."""
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+    except (ImportError, AttributeError):  # pragma: no cover - no forkserver on this platform
+        return
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if getattr(server, "_forkserver_pid", None) is None:
+        return
+    for attr in ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_authkey", "_forkserver_pid"):
+        if hasattr(server, attr):
+            setattr(server, attr, None)
+    if alive is not None:
+        try:
+            os.close(alive)
+        except OSError:
+            pass
+
+
 def _init(threads: int) -> None:
     global _IN_WORKER
     _IN_WORKER = True
+    _forget_parents_forkserver()
     from report_gen import runtime
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

@@ -15,15 +15,18 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import re
 import sys
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from report_gen.core import InputError, Problem, ProblemKind
@@ -253,6 +256,9 @@ class _Recorder:
         self.max_maps = max_maps
         self.result = ProbeResult()
         self._calls: Counter[str] = Counter()
+        self._attention_calls: Counter[str] = Counter()
+        self._seen: dict[int, weakref.ref] = {}  # attention tensors already recorded
+        self.stack: list[str] = []  # modules whose forward is running (innermost last)
 
     def hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def record(module: nn.Module, _args: Any, output: Any) -> None:
@@ -269,11 +275,113 @@ class _Recorder:
         if isinstance(weights, torch.Tensor):
             # average_attn_weights=False is forced: a 3-d result comes from an unbatched query
             batched = weights.unsqueeze(0) if weights.ndim == 3 else weights
-            self.result.attention[key] = attention_stats(key, batched)
+            self.record_probabilities(key, batched, counted=False)
+
+    def record_probabilities(self, name: str, probs: torch.Tensor, *, counted: bool = True) -> None:
+        """Attention probabilities (N, heads, L, S) captured in `name`; the same tensor seen again by an
+        enclosing module (HF attention blocks pass the weights up) is recorded once, innermost."""
+        seen = self._seen.get(id(probs))
+        if seen is not None and seen() is probs:  # the very tensor, still alive (ids of dead ones are reused)
+            return
+        self._seen[id(probs)] = weakref.ref(probs)
+        key = name
+        if counted:
+            self._attention_calls[name] += 1
+            calls = self._attention_calls[name]
+            key = name if calls == 1 else f"{name}#{calls}"
+        self.result.attention[key] = attention_stats(key, probs)
+
+    def enter(self, name: str) -> Callable[..., None]:
+        def push(_module: nn.Module, _args: Any) -> None:
+            self.stack.append(name)
+        return push
+
+    def leave(self, name: str) -> Callable[..., None]:
+        def pop(_module: nn.Module, _args: Any, output: Any) -> None:
+            if self.stack and self.stack[-1] == name:
+                self.stack.pop()
+            for item in output[1:] if isinstance(output, tuple) else ():
+                if _looks_like_attention(item):
+                    self.record_probabilities(name, item)
+        return pop
 
     def _record_activation(self, key: str, module_type: str, output: torch.Tensor | None) -> None:
         if output is not None and output.ndim >= 2 and output.numel() and output.is_floating_point():
             self.result.activations[key] = activation_stats(key, module_type, output, max_maps=self.max_maps)
+
+
+def _looks_like_attention(value: Any) -> bool:
+    """A (N, heads, L, S) float tensor of probabilities: non-negative, rows summing to 1 (HF eager
+    attention modules return them beside their output)."""
+    if not isinstance(value, torch.Tensor) or value.ndim != 4 or not value.is_floating_point() or not value.numel():
+        return False
+    rows = value.detach().reshape(-1, value.shape[-1])[:: max(1, value.numel() // value.shape[-1] // 64)]
+    rows = rows.float()
+    return bool((rows >= 0).all()) and bool(torch.allclose(rows.sum(-1), torch.ones(len(rows)), atol=1e-3))
+
+
+_MAX_ATTENTION_ELEMENTS = 1 << 24  # probabilities computed for at most this many (N, heads, row, key) cells
+_MAX_ATTENTION_ROWS = 256
+
+
+def _sdpa_probabilities(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """softmax(q k^T * scale + mask) of one F.scaled_dot_product_attention call, as torch defines it
+    (boolean mask: True takes part; is_causal: lower-triangular; enable_gqa: key heads repeated), on at
+    most 256 evenly spaced query rows and 2**24 cells."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    bound = dict(zip(names, args))
+    bound.update({k: v for k, v in kwargs.items() if k in names})
+    q, k = bound.get("query"), bound.get("key")
+    if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or q.ndim < 3 or k.ndim != q.ndim:
+        return None
+    q, k = q.detach().float(), k.detach().float()
+    if q.ndim == 3:
+        q, k = q.unsqueeze(1), k.unsqueeze(1)
+    q, k = q.reshape(-1, *q.shape[-3:]), k.reshape(-1, *k.shape[-3:])  # (N, H, L, E)
+    if bound.get("enable_gqa") and k.shape[1] != q.shape[1] and q.shape[1] % k.shape[1] == 0:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    length, keys = q.shape[-2], k.shape[-2]
+    rows = torch.from_numpy(even_indices(length, _MAX_ATTENTION_ROWS))
+    batch = max(1, min(q.shape[0], _MAX_ATTENTION_ELEMENTS // max(q.shape[1] * len(rows) * keys, 1)))
+    q, k = q[:batch, :, rows], k[:batch]
+    scale = bound.get("scale") or 1.0 / math.sqrt(q.shape[-1])
+    logits = (q @ k.transpose(-2, -1)) * scale
+    mask = bound.get("attn_mask")
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach()
+        mask = mask.reshape(-1, *mask.shape[-3:]) if mask.ndim >= 3 else mask
+        mask = mask[..., rows, :] if mask.shape[-2] == length else mask
+        if mask.ndim == 4 and mask.shape[0] > batch:
+            mask = mask[:batch]
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
+    if bound.get("is_causal"):
+        causal = torch.ones(length, keys, dtype=torch.bool).tril()[rows]
+        logits = logits.masked_fill(~causal, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+@contextlib.contextmanager
+def _sdpa_captured(recorder: _Recorder) -> Iterator[None]:
+    """F.scaled_dot_product_attention records its probabilities in the innermost running module while
+    the probe runs; the original is always restored. Code that bound the function to another name
+    before the probe (`from torch.nn.functional import scaled_dot_product_attention`) is not seen."""
+    original = F.scaled_dot_product_attention
+
+    def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Any:
+        try:
+            probs = _sdpa_probabilities(args, kwargs)
+            if probs is not None:
+                recorder.record_probabilities(recorder.stack[-1] if recorder.stack else "scaled_dot_product_attention",
+                                              probs)
+        except Exception:  # noqa: BLE001 - capturing must never change what the model computes
+            pass
+        return original(*args, **kwargs)
+
+    F.scaled_dot_product_attention = scaled_dot_product_attention
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
 
 
 def _force_attention_weights(mha: nn.MultiheadAttention) -> None:
@@ -292,9 +400,15 @@ def _force_attention_weights(mha: nn.MultiheadAttention) -> None:
 
 @contextlib.contextmanager
 def _hooked(model: nn.Module, modules: dict[str, nn.Module], recorder: _Recorder) -> Iterator[None]:
-    """Hooks, attention patches, eval mode and no MHA fast path; all undone on exit, even on error."""
+    """Hooks, attention patches, eval mode and no MHA fast path; all undone on exit, even on error.
+
+    Attention is captured whatever computes it: nn.MultiheadAttention (weights forced), any module
+    returning probabilities beside its output (HF eager attention), and F.scaled_dot_product_attention
+    (patched for the forward pass, named after the module that calls it).
+    """
     handles = []
-    patched = [m for m in modules.values() if isinstance(m, nn.MultiheadAttention)]
+    every = [(name, m) for name, m in model.named_modules()]
+    patched = [m for _, m in every if isinstance(m, nn.MultiheadAttention)]
     was_training = model.training
     mha_backend = getattr(torch.backends, "mha", None)
     fastpath = mha_backend.get_fastpath_enabled() if mha_backend else None
@@ -304,8 +418,12 @@ def _hooked(model: nn.Module, modules: dict[str, nn.Module], recorder: _Recorder
         for m in patched:
             _force_attention_weights(m)
         handles = [m.register_forward_hook(recorder.hook(name)) for name, m in modules.items()]
+        for name, m in every:
+            handles.append(m.register_forward_pre_hook(recorder.enter(name or type(model).__name__)))
+            handles.append(m.register_forward_hook(recorder.leave(name or type(model).__name__)))
         model.eval()
-        yield
+        with _sdpa_captured(recorder):
+            yield
     finally:
         for handle in handles:
             handle.remove()

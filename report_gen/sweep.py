@@ -406,7 +406,9 @@ def _worker_main(conn) -> None:
 class _Worker:
     def __init__(self, ctx) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="report-gen-worker")
+        # not daemonic: a worker may start processes of its own (--isolate vets checkpoints in a limited child);
+        # it ends with the pool (_stop_all) or when its pipe closes, so it never outlives the driver
+        self.process = ctx.Process(target=_worker_main, args=(child,), daemon=False, name="report-gen-worker")
         self.process.start()
         child.close()
         self.item: RunItem | None = None

@@ -146,14 +146,65 @@ class Signal(_Named):
              "report-gen diagnose RUN --model pkg.module:factory --probe-shape 8,3,32,32")
     PROBE_SERIES = ("probe_series", "no probe over two or more checkpoints",
                     "report-gen diagnose RUN --model pkg.module:factory --probe batch.pt  (with 2+ checkpoints)")
-    ATTENTION = ("attention", "no attention modules captured by the probe",
-                 "report-gen diagnose RUN --model ... --probe ...  (a model with nn.MultiheadAttention)")
+    ATTENTION = ("attention", "no attention probabilities captured by a probe",
+                 "an HF checkpoint folder (config.json + weights) probes itself with transformers installed "
+                 "(pip install 'report_gen[hf]'); any other model: report-gen diagnose RUN --model pkg.module:factory "
+                 "--probe batch.pt")
+    ATTENTION_WEIGHTS = ("attention_weights", "no query/key projections found in the checkpoints",
+                         "save the model's state_dict in a checkpoint; a config.json beside it (num_attention_heads, "
+                         "hidden_size) gives the heads")
     INPUT_PROBLEMS = ("input_problems", "", "")  # always available: every run has (possibly no) problems
 
 
 SCALAR_SIGNALS = (Signal.TRAIN_LOSS, Signal.VAL_LOSS, Signal.TRAIN_ACC, Signal.VAL_ACC, Signal.LR, Signal.GRAD_NORM)
 FAMILY_SIGNALS = (Signal.WEIGHT_HIST, Signal.GRAD_HIST, Signal.ACT_HIST, Signal.ACT_STATS, Signal.UPDATE_RATIO,
                   Signal.GRAD_NORM_PARAM, Signal.DYNAMICS, Signal.KERNEL_IMAGES, Signal.ACT_IMAGES)
+
+
+class Role(_Named):
+    """The role a logged series plays in the report (report.json `inputs.runs[].series[].role`), with the
+    words the run card's "What was read" uses for it. The six scalar signals and the signal families keep
+    their Signal value; the others are losses the curve rules only check for NaN/Inf."""
+
+    words: str
+
+    def __new__(cls, value: str, words: str) -> "Role":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.words = words
+        return member
+
+    TRAIN_LOSS = (Signal.TRAIN_LOSS.value, "training loss")
+    VAL_LOSS = (Signal.VAL_LOSS.value, "validation loss")
+    TRAIN_ACC = (Signal.TRAIN_ACC.value, "training accuracy")
+    VAL_ACC = (Signal.VAL_ACC.value, "validation accuracy")
+    LR = (Signal.LR.value, "learning rate")
+    GRAD_NORM = (Signal.GRAD_NORM.value, "gradient norm")
+    TRAIN_LOSS_STEPS = ("train_loss_steps", "training loss per step (for spikes and NaN)")
+    LOSS_COMPONENT = ("loss_component", "a component of the loss (checked for NaN/Inf)")
+    OTHER_LOSS = ("other_loss", "another loss (checked for NaN/Inf)")
+    RL_LOSS = ("rl_loss", "a reinforcement-learning loss term (checked for NaN/Inf; not expected to fall)")
+    WEIGHT_HIST = (Signal.WEIGHT_HIST.value, "weight histogram")
+    GRAD_HIST = (Signal.GRAD_HIST.value, "gradient histogram")
+    ACT_HIST = (Signal.ACT_HIST.value, "activation histogram")
+    ACT_STATS = (Signal.ACT_STATS.value, "activation statistics")
+    UPDATE_RATIO = (Signal.UPDATE_RATIO.value, "update ratio")
+    GRAD_NORM_PARAM = (Signal.GRAD_NORM_PARAM.value, "gradient norm of one parameter")
+    DYNAMICS = (Signal.DYNAMICS.value, "dynamics series")
+    KERNEL_IMAGES = (Signal.KERNEL_IMAGES.value, "kernel images")
+    ACT_IMAGES = (Signal.ACT_IMAGES.value, "activation maps")
+
+
+#: the roles a user may give a tag (`[tool.report_gen.roles]`, `--role ROLE=TAG`); "ignore" takes a tag out
+USER_ROLES = tuple(sig.value for sig in SCALAR_SIGNALS) + ("ignore",)
+
+
+def role_words(value: Any) -> str:
+    """The words for a role value read back from a report.json (an unknown one is shown as it is)."""
+    try:
+        return Role(str(value)).words
+    except ValueError:
+        return str(value)
 
 
 def missing_reason(needs: Iterable[Signal]) -> tuple[str, str]:

@@ -43,3 +43,29 @@ def run_python(code: str, timeout: float = 60.0, cwd: str | None = None) -> subp
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=cwd)
+
+
+# -- openers run inside an isolated worker (readers/isolation.py); module-level so the worker can
+#    import them by name. Each misbehaves only on a file whose name says so, else opens normally.
+
+def misbehaving_open(path: str):
+    """open_checkpoint, except: *crash* -> SIGSEGV, *hang* -> sleeps forever, *spin* -> burns CPU,
+    *hog* -> allocates until the memory limit stops it."""
+    import signal
+    import time
+
+    from report_gen.readers.checkpoint import open_checkpoint
+
+    name = os.path.basename(path)
+    if "crash" in name:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if "hang" in name:
+        time.sleep(3600)
+    if "spin" in name:
+        while True:
+            pass
+    if "hog" in name:
+        chunks = []
+        while True:
+            chunks.append(bytearray(64 << 20))
+    return open_checkpoint(path)

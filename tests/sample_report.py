@@ -105,6 +105,20 @@ def _finding(i: int, run: str, params: list[str], hostile: bool) -> dict[str, An
             "suggestion": f"Check the initialisation and the learning rate.{text}", "plot": plot}
 
 
+def _series_read(tag: str, params: list[str]) -> list[dict[str, Any]]:
+    """inputs.runs[].series as the engine writes it: scalars one by one, one histogram per parameter."""
+    return ([{"tag": "train/loss", "kind": "scalar", "source": "TensorBoard", "points": 600, "role": "train_loss"},
+             {"tag": tag, "kind": "scalar", "source": "TensorBoard", "points": 60, "role": "other_loss",
+              "note": f"mapped by the configuration ({tag})"}]
+            + [{"tag": f"weight_hist/{p}", "kind": "histogram", "source": "TensorBoard", "points": 30,
+                "role": "weight_hist"} for p in params])
+
+
+def _series_ignored(tag: str, hostile: bool) -> list[dict[str, Any]]:
+    return [{"tag": f"{tag}/ignored", "kind": "scalar", "source": "TensorBoard", "points": 3,
+             "reason": "no rule reads it" + (HOSTILE if hostile else "")}]
+
+
 def make_report_dict(n_findings: int = 6, hostile: bool = False, baseline: bool = False) -> dict[str, Any]:
     """A report dict like the engine produces; `baseline=True` adds a baseline comparison."""
     names = [f"healthy_cnn{HOSTILE}" if hostile else "healthy_cnn", "sick_cnn"]
@@ -125,7 +139,10 @@ def make_report_dict(n_findings: int = 6, hostile: bool = False, baseline: bool 
         "generator": {"name": "report_gen", "version": "0.1.0"},
         "created": "2026-11-26T16:00:00Z",
         "inputs": {"runs": [{"name": n, "path": f"/runs/{n}", "event_files": 3, "checkpoints": 5, "first_step": 0,
-                             "last_step": 590, "problems": [problem] if i == 0 else []} for i, n in enumerate(names)],
+                             "last_step": 590, "problems": [problem] if i == 0 else [],
+                             "series": _series_read(tag, params), "ignored": _series_ignored(tag, hostile),
+                             "weights_at": ["model_state" + (HOSTILE if hostile else "")]}
+                            for i, n in enumerate(names)],
                    "trust_pickles": False, "probe": None},
         "summary": {"verdict": verdict, "counts": counts},
         "findings": findings,

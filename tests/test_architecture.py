@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("report_gen.core", "report_gen.numeric", "report_gen.vocab", "report_gen.reportfile",
               "report_gen.runtime", "report_gen.parallel", "report_gen.safe_open")),
     ("readers", ("report_gen.readers", "report_gen.storage")),  # storage: URLs staged so the readers read local files
-    ("facts", ("report_gen.facts", "report_gen.probe", "report_gen.monitor")),
+    ("facts", ("report_gen.facts", "report_gen.probe", "report_gen.hfprobe", "report_gen.monitor")),
     ("rules", ("report_gen.rules",)),
     ("engine", ("report_gen.config", "report_gen.selection", "report_gen.evidence", "report_gen.baseline",
                 "report_gen.engine")),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import ckpt_builders as cb
+import hostile_tools
 from report_gen import engine, parallel
 from report_gen.engine import Options, diagnose
 
@@ -60,14 +62,14 @@ def test_pool_gives_the_same_report_as_one_process(always_pool):
 
 
 def test_a_crashing_worker_becomes_a_problem_of_its_run(always_pool, monkeypatch):
-    real = engine.load_run
+    real = engine.load_runs
 
     def dies_on_diverging(spec, *args, **kwargs):
         if spec.name == "diverging":
             os._exit(9)
         return real(spec, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "load_run", dies_on_diverging)  # inherited by the forked workers
+    monkeypatch.setattr(engine, "load_runs", dies_on_diverging)  # inherited by the forked workers
     report = diagnose([str(SAMPLES / r) for r in RUNS], Options(jobs=2))
     runs = {r["name"]: r for r in report["inputs"]["runs"]}
     assert [p["kind"] for p in runs["diverging"]["problems"]] == ["worker-crashed"]
@@ -76,3 +78,34 @@ def test_a_crashing_worker_becomes_a_problem_of_its_run(always_pool, monkeypatch
     assert all(not runs[n]["problems"] or runs[n]["problems"][0]["kind"] != "worker-crashed"
                for n in RUNS if n != "diverging")
     assert any(f["run"] == "frozen_layer" and f["code"] == "U101" for f in report["findings"])
+
+
+def test_isolate_works_inside_pool_workers(always_pool, monkeypatch, tmp_path):
+    """--isolate with --jobs 2: each pool worker starts its own limited child to vet the checkpoints (a
+    daemonic worker could not have children, and the forkserver of the parent is not the worker's to use);
+    a parser crash there is one problem of its run."""
+    from report_gen.readers.checkpoint import read as read_module
+    from report_gen.readers.isolation import Isolation
+
+    monkeypatch.setattr(read_module, "_isolation", lambda: Isolation(opener=hostile_tools.misbehaving_open))
+    pools = []
+    real_run_tasks = parallel.run_tasks
+    monkeypatch.setattr(parallel, "run_tasks", lambda *a, **k: (pools.append(a[2]), real_run_tasks(*a, **k))[1])
+    state = cb.tiny_state()
+    runs = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        run.mkdir()
+        cb.write_nested(run / "step_10.pt", state, "model", global_step=10)
+        cb.write_nested(run / ("crash_20.pt" if name == "a" else "step_20.pt"), state, "model", global_step=20)
+        cb.write_nested(run / "step_30.pt", state, "model", global_step=30)
+        runs.append(str(run))
+    alone = diagnose(runs[1:], Options(jobs=1, isolate=True))  # vetted here: this process starts a forkserver
+    assert pools == [] and alone["inputs"]["runs"][0]["checkpoints"] == 3
+    report = diagnose(runs, Options(jobs=2, isolate=True))  # forked workers must start forkservers of their own
+    assert pools == [2]  # the runs were diagnosed in a pool of two workers
+    a, b = report["inputs"]["runs"]
+    assert (a["name"], a["checkpoints"], b["name"], b["checkpoints"]) == ("a", 2, "b", 3)
+    assert [(p["file"].rsplit("/", 1)[-1], p["kind"]) for p in a["problems"]] == [("crash_20.pt", "unreadable")]
+    assert "SIGSEGV" in a["problems"][0]["message"]
+    assert b["problems"] == []

@@ -116,6 +116,37 @@ def test_a_plot_that_raises_is_dropped_not_the_report(tmp_path, monkeypatch):
     assert "<html" in written["html"].read_text(encoding="utf-8").lower()
 
 
+def test_a_plot_store_that_cannot_be_made_costs_html_and_md_not_json(tmp_path, monkeypatch):
+    import report_gen.render as render_module
+
+    def broken(self, report, *args, **kwargs):
+        raise RuntimeError("odd report")
+
+    monkeypatch.setattr(render_module.PlotStore, "__init__", broken)
+    with pytest.raises(InputError) as info:
+        render(make_report_dict(n_findings=3), tmp_path / "out")
+    assert "could not render html" in str(info.value) and "(and 1 more)" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["schema_version"] == 1
+
+
+def test_a_terminal_summary_that_fails_keeps_the_exit_code_and_the_files(tmp_path, monkeypatch, caplog):
+    import report_gen.render.terminal as terminal
+
+    def broken(report, quiet=False):
+        raise RuntimeError("console gone")
+
+    monkeypatch.setattr(terminal, "print_summary", broken)
+    run = tmp_path / "run"
+    write_records(run / "events.out.tfevents.1", [make_version_event()] +
+                  [make_scalar_event("train/loss", i, float("nan") if i == 5 else 1.0) for i in range(10)])
+    with caplog.at_level(logging.WARNING, logger="report_gen"):
+        code = main(["diagnose", str(run), "-o", str(tmp_path / "out")])
+    assert code == 1  # the NaN loss is an error finding, exit code as without the failure
+    assert any("the terminal summary failed" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "out" / "report.html").exists()
+
+
 def test_cli_warns_when_the_output_folder_is_inside_an_input(tmp_path, caplog):
     run = tmp_path / "run"
     write_records(run / "events.out.tfevents.1.host",

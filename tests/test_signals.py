@@ -5,7 +5,7 @@ from torch.utils.tensorboard import SummaryWriter
 from event_builders import make_hist_event, make_scalar_event, make_version_event, write_records
 from report_gen.readers.discovery import discover
 from report_gen.readers.events import read_events
-from report_gen.readers.signals import Signals, TagConventions, build_signals, param_name
+from report_gen.readers.signals import Signals, TagConventions, build_signals, is_evaluation_series, param_name
 
 
 def _signals(path) -> Signals:
@@ -99,7 +99,10 @@ def test_ultralytics_and_lightning_style_tags(tmp_path):
         recs += [make_scalar_event("val_loss", e, 0.9), make_scalar_event("epoch", e, e)]
     write_records(tmp_path / "yolo" / "events.out.tfevents.1", recs)
     s = _signals(tmp_path / "yolo")
-    assert s.train_loss.tag == "train/box_loss" and "train/cls_loss" in s.other_losses
+    # no total: the loss is the sum of the components logged at the same steps (the optimizer's objective)
+    assert s.train_loss.tag == "train/box_loss+cls_loss"
+    np.testing.assert_allclose(s.train_loss.values, [2 * (1.0 - e / 10) for e in range(5)])
+    assert {"train/box_loss", "train/cls_loss"} <= set(s.other_losses)
     assert s.val_loss.tag == "val_loss"  # the conventional name wins over the generic ones
     assert {"val/box_loss", "val/cls_loss"} <= set(s.other_losses)
     assert s.lr.tag == "lr/pg0"
@@ -123,3 +126,44 @@ def test_loss_scale_and_other_near_misses_are_not_losses():
     assert _metric("amp/loss_scaler") is None
     for tag in ("train/loss", "loss/train", "val_loss", "Logloss", "epoch_loss", "train/box_loss", "box_loss/val", "loss"):
         assert _metric(tag) == "loss", tag
+
+
+def test_lightning_step_and_epoch_series_of_a_loss_are_that_loss(tmp_path):
+    """self.log("train_loss", on_step=True, on_epoch=True) writes train_loss_step and train_loss_epoch
+    (DESIGN §6): the epoch series is the trend, the step series stays available for spikes."""
+    recs = [make_version_event()]
+    for step in range(40):
+        recs.append(make_scalar_event("train_loss_step", step, 1.0 / (step + 1)))
+        if step % 10 == 9:
+            recs += [make_scalar_event("train_loss_epoch", step, 1.0 / (step + 1)),
+                     make_scalar_event("val_loss", step, 1.2 / (step + 1)),
+                     make_scalar_event("val_acc", step, 0.5 + step / 100), make_scalar_event("epoch", step, step // 10)]
+    write_records(tmp_path / "lightning_logs" / "version_0" / "events.out.tfevents.1", recs)
+    s = _signals(tmp_path / "lightning_logs" / "version_0")
+    assert s.train_loss.tag == "train_loss_epoch" and len(s.train_loss) == 4
+    assert "train_loss_step" in s.other_losses and len(s.other_losses["train_loss_step"]) == 40
+    assert s.val_loss.tag == "val_loss" and s.val_acc.tag == "val_acc"
+    assert "epoch" in s.other_scalars  # a counter, not a metric
+
+
+def test_a_lightning_epoch_series_is_no_epoch_counter_for_the_evaluation_merge():
+    """A file holding only evaluation series is merged as an evaluation pass; `epoch` (HF) counts as one,
+    Lightning's train_loss_epoch (a training loss) does not."""
+    assert is_evaluation_series("epoch") and is_evaluation_series("train/epoch")
+    assert is_evaluation_series("val_loss_epoch") and is_evaluation_series("loss", "eval")
+    assert not is_evaluation_series("train_loss_epoch") and not is_evaluation_series("train/loss")
+
+
+def test_yolov10_head_terms_are_loss_components_summed_into_the_loss(tmp_path):
+    """YOLOv10's results.csv names its terms per head: box_om/cls_om/dfl_om (one-to-many), *_oo (one-to-one)."""
+    terms = [f"{t}_{h}" for h in ("om", "oo") for t in ("box", "cls", "dfl")]
+    recs = [make_version_event()]
+    for e in range(4):
+        recs += [make_scalar_event(f"{phase}/{t}", e, 1.0 + i + e / 10) for phase in ("train", "val")
+                 for i, t in enumerate(terms)]
+    write_records(tmp_path / "v10" / "events.out.tfevents.1", recs)
+    s = _signals(tmp_path / "v10")
+    assert s.train_loss.tag == "train/" + "+".join(sorted(terms))
+    np.testing.assert_allclose(s.train_loss.values, [sum(1.0 + i + e / 10 for i in range(6)) for e in range(4)])
+    assert s.val_loss.tag.startswith("val/box_om+")
+    assert all(f"train/{t}" in s.other_losses for t in terms)

@@ -164,6 +164,27 @@ def test_cli_sweep_of_a_local_folder(tmp_path, capsys):
     shutil.rmtree(out)
 
 
+def test_cli_sweep_of_an_s3_prefix_on_a_dask_cluster(s3, dask_address, tmp_path, capsys):
+    """The README's s3:// and Dask commands, as a user types them (through the scheduler's address)."""
+    s3.bucket("cli")
+    root = _small_sweep(tmp_path / "runs", ["r1", "r2"])
+    write_run(root / "r3", 3, fault="nan", lr=0.3)
+    s3.upload(root, "cli/sweep-42")
+    out = tmp_path / "out"
+    args = ["sweep", "s3://cli/sweep-42/", "-o", str(out), "--storage-options", json.dumps(s3.options),
+            "--cache-dir", str(tmp_path / "cache"), "--format", "json"]
+    assert main(args + ["--engine", "dask", "--scheduler", dask_address]) == 1  # r3 has an error
+    assert "nonfinite-loss in 1 of 3 runs" in capsys.readouterr().out
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["timing"]["engine"] == "dask" and index["inputs"] == ["s3://cli/sweep-42/"]
+    assert {r["name"]: r["verdict"] for r in index["runs"]} == {"r1": "pass", "r2": "pass", "r3": "fail"}
+    assert all(r["path"] == f"s3://cli/sweep-42/{r['name']}" for r in index["runs"])
+    assert s3.endpoint not in (out / "sweep.json").read_text()  # storage options never reach the outputs
+    assert main(args + ["-o", str(tmp_path / "local"), "--jobs", "1", "-q"]) == 1  # the same, local pool
+    local = json.loads((tmp_path / "local" / "sweep.json").read_text())
+    assert _strip(local) == _strip(index)
+
+
 def test_cli_sweep_usage_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("report_gen.sweep.SCHEDULER_TIMEOUT", "1s")
     root = _small_sweep(tmp_path / "runs", ["x1"])
@@ -195,3 +216,15 @@ def test_discovery_from_a_listing_finds_the_runs_local_discovery_finds(s3):
     by_name = {i.name: i for i in remote}
     for item in local:
         assert by_name[item.name].path == f"s3://formats/real/{Path(item.path).relative_to(real).as_posix()}"
+
+
+def test_cli_sweep_with_isolate_reads_the_checkpoints_in_limited_children(tmp_path):
+    """A sweep worker may start the --isolate child that vets each checkpoint (a daemonic worker could not)."""
+    root = _small_sweep(tmp_path / "runs", ["x1"])
+    out = tmp_path / "out"
+    assert main(["sweep", str(root), "-o", str(out), "--jobs", "1", "--format", "json", "--isolate",
+                 "--fail-on", "never", "-q"]) == 0
+    (run,) = json.loads((out / "sweep.json").read_text())["runs"]
+    report = json.loads((out / run["report"]).read_text())
+    problems = [f["message"] for f in report["findings"] if f["code"] == "I101"]
+    assert run["checkpoints"] > 0 and not problems, problems

@@ -126,3 +126,43 @@ def count_modes(h: HistogramSeries, i: int, *, min_separation_buckets: int = 2, 
     cuts = [0] + [int(np.argmin(dens[a:b + 1]) + a) for a, b in zip(kept, kept[1:])] + [len(dens)]
     masses = [dens[a:b].sum() for a, b in zip(cuts, cuts[1:])]
     return sum(1 for m in masses if m >= min_mass * dens.sum())
+
+
+#: saturation limits of the bounded activation kinds: (lo, hi) intervals whose mass counts as saturated
+SATURATION_LIMITS = {"tanh-like": ((-np.inf, -0.99), (0.99, np.inf)), "sigmoid-like": ((-np.inf, 0.01), (0.99, np.inf))}
+_BOUND_TOL = 1e-6  # float32 rounding at the limits of tanh/sigmoid
+
+
+def value_kind(h: HistogramSeries, i: int) -> str | None:
+    """The activation kind step i's values show, whatever the layer is called:
+
+    * "tanh-like": every value in [-1, 1], both signs, reaching beyond ±0.5 on each side;
+    * "sigmoid-like": every value in [0, 1], some mass piled above 0.99 (a ReLU does not pile at its max);
+    * "relu-like": no negative value and values above 1 (unbounded above, floored at 0);
+    * None: anything else (unbounded both ways, or too little to tell).
+    """
+    lo, hi = float(h.min[i]), float(h.max[i])
+    if not (np.isfinite(lo) and np.isfinite(hi)) or h.num[i] <= 0 or hi <= lo:
+        return None
+    if lo >= -1 - _BOUND_TOL and hi <= 1 + _BOUND_TOL and lo < -0.5 and hi > 0.5:
+        return "tanh-like"
+    if lo >= -_BOUND_TOL and hi <= 1 + _BOUND_TOL and hi > 0.5:
+        upper = mass_within(h, i, 0.99, np.inf, whole_buckets=True)
+        return "sigmoid-like" if np.isfinite(upper) and upper >= 0.01 else None
+    if lo >= -_BOUND_TOL and hi > 1:
+        return "relu-like"
+    return None
+
+
+def saturated_share(h: HistogramSeries, i: int, kind: str) -> float:
+    """Mass of step i at the limits of a bounded kind (SATURATION_LIMITS); buckets that reach a limit count
+    whole (TensorBoard's buckets are wide, and a saturated layer's mass piles at the bucket's far end)."""
+    return float(sum(mass_within(h, i, a, b, whole_buckets=True) for a, b in SATURATION_LIMITS[kind]))
+
+
+def zero_share(h: HistogramSeries, i: int, tol: float = 1e-6) -> float:
+    """Share of step i's values within `tol` of 0: exact when every value is 0 (min = max = 0), else the
+    bucket overlap (only resolved by fine buckets: TensorBoard's default edges start at ±1e-12)."""
+    if float(h.min[i]) == 0.0 and float(h.max[i]) == 0.0 and h.num[i] > 0:
+        return 1.0
+    return mass_within(h, i, -tol, tol)

@@ -32,6 +32,16 @@ def is_embedding_name(name: str) -> bool:
     return "embed" in module or module in {"wte", "wpe", "emb", "tok_emb", "pos_emb", "word_emb"}
 
 
+def keeps_order(ckpt: CheckpointData) -> bool:
+    """Whether the checkpoint's tensors are in the model's registration order (safetensors sort names,
+    unless the architecture put them back in order)."""
+    return "safetensors" not in ckpt.format or ckpt.metadata.get("tensor_order") == "architecture"
+
+
+def _param_shapes(ckpt: CheckpointData) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(t.shape) for n, t in ckpt.tensors.items() if t.role == "param"}
+
+
 @dataclass
 class GradEstimate:
     value: float  # RMS of the gradient, late-training median
@@ -78,12 +88,15 @@ class RunFacts:
             have.add(Signal.CHECKPOINT_SERIES)
         if self.tensor_facts and any(c.optimizer and c.optimizer.get("grad_rms") for c in self.checkpoints):
             have.add(Signal.OPTIMIZER_STATE)
-        if self.probe:
+        probed = [r for _, r in self.probe if r.activations]  # an attention-only probe (HF self-probe) has none
+        if probed:
             have.add(Signal.PROBE)
-            if any(r.attention for _, r in self.probe):
-                have.add(Signal.ATTENTION)
-        if len(self.probe) >= 2:
+        if any(r.attention for _, r in self.probe):
+            have.add(Signal.ATTENTION)
+        if len(probed) >= 2:
             have.add(Signal.PROBE_SERIES)
+        if self.attention_projections:
+            have.add(Signal.ATTENTION_WEIGHTS)
         have.add(Signal.INPUT_PROBLEMS)
         return have
 
@@ -94,11 +107,14 @@ class RunFacts:
             return
         self.series  # noqa: B018
         self.grad_estimates  # noqa: B018
+        if Signal.ATTENTION_WEIGHTS in needs:
+            self.attention_weights  # noqa: B018
 
     @staticmethod
     def needs_checkpoint_facts(needs: Collection[Signal]) -> bool:
         """Whether any of these signals is judged from the checkpoints' tensor data."""
-        return bool(set(needs) & {Signal.CHECKPOINT, Signal.CHECKPOINT_SERIES, Signal.OPTIMIZER_STATE})
+        return bool(set(needs) & {Signal.CHECKPOINT, Signal.CHECKPOINT_SERIES, Signal.OPTIMIZER_STATE,
+                                  Signal.ATTENTION_WEIGHTS})
 
     # ---- checkpoints ----------------------------------------------------------------------------
     @cached_property
@@ -146,6 +162,42 @@ class RunFacts:
                 seen.setdefault(n, None)
         return list(seen)
 
+    # ---- attention from the weights -------------------------------------------------------------
+    @cached_property
+    def _attention_checkpoint(self) -> CheckpointData | None:
+        """The last checkpoint (the attention facts judge the trained weights)."""
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @cached_property
+    def attention_projections(self) -> list[Any]:
+        """Query/key projections found in the last checkpoint, by shapes alone (facts.attention)."""
+        ckpt = self._attention_checkpoint
+        if ckpt is None:
+            return []
+        from report_gen.facts.attention import find_projections
+
+        found, _ = find_projections(_param_shapes(ckpt), ckpt.metadata, keeps_order(ckpt))
+        return found
+
+    @cached_property
+    def attention_weights(self) -> Any:
+        """facts.attention.AttentionWeights of the last checkpoint (empty without projections)."""
+        from report_gen.facts.attention import AttentionWeights, attention_weights, projection_names
+
+        ckpt = self._attention_checkpoint
+        if ckpt is None or not self.attention_projections:
+            return AttentionWeights()
+        qk = set().union(*(projection_names(p) for p in self.attention_projections))
+        others = [st.rms for n, st in self.last_stats.items()
+                  if len(st.shape) == 2 and n not in qk and not is_embedding_name(n) and np.isfinite(st.rms)]
+        try:
+            return attention_weights(_param_shapes(ckpt), ckpt.metadata, keeps_order(ckpt), ckpt.load,
+                                     float(np.median(others)) if others else None)
+        except Exception as e:  # noqa: BLE001 - a tensor that cannot be read must not lose the report
+            self.problems.append(Problem(file=ckpt.path, kind=ProblemKind.UNREADABLE_TENSOR, severity="warning",
+                                         message=f"attention facts could not be computed: {type(e).__name__}: {e}"))
+            return AttentionWeights()
+
     # ---- gradients ------------------------------------------------------------------------------
     @cached_property
     def grad_estimates(self) -> dict[str, GradEstimate]:
@@ -170,6 +222,94 @@ class RunFacts:
             out[name] = GradEstimate(float(np.median(late)) if late.size else float("nan"), Signal.GRAD_NORM_PARAM,
                                      s.values, s.steps, bool(np.any(~np.isfinite(s.values))))
         return out
+
+    # ---- curves ---------------------------------------------------------------------------------
+    @cached_property
+    def train_loss_steps(self):
+        """The per-batch training loss: Lightning's `<name>_step` sibling of an epoch-level training loss
+        (DESIGN §6: the step series for spikes), else the training loss itself (None without one)."""
+        from report_gen.readers.signals import lightning_base
+
+        t = self.signals.train_loss
+        if t is None:
+            return None
+        base, suffix = lightning_base(t.tag)
+        sibling = self.signals.other_losses.get(f"{base}_step") if suffix == "epoch" else None
+        return sibling if sibling is not None and len(sibling) > len(t) else t
+
+    @cached_property
+    def reward(self):
+        """The episode reward (or return) series of a reinforcement-learning run (SB3 `rollout/ep_rew_mean`,
+        `eval/mean_reward`, CleanRL `charts/episodic_return`, `episode/Return`), None for any other run. In an
+        RL run the losses are no convergence signal: the value loss grows as the returns do."""
+        import re
+
+        pattern = re.compile(r"(^|[_/ ])(ep_?rew|rewards?|returns?|episodic_return)(_mean)?$", re.IGNORECASE)
+        for tag, series in self.signals.other_scalars.items():
+            last = tag.rsplit("/", 1)[-1]
+            if pattern.search(last) or pattern.search(tag):
+                return series
+        return None
+
+    @cached_property
+    def untrained_loss(self) -> float | None:
+        """The training loss before learning: the first finite value of the earliest training-loss series."""
+        for s in (self.train_loss_steps, self.signals.train_loss):
+            if s is not None:
+                v = s.values[np.isfinite(s.values)]
+                if v.size:
+                    return float(v[0])
+        return None
+
+    @cached_property
+    def chance(self) -> curves.ChanceLevel | None:
+        """The chance level of a classifier: C from the hyper-parameters (`num_classes`, ...), else, when an
+        accuracy is logged (so the run is a classification), from its untrained loss ~ ln C."""
+        c = curves.classes_from_hparams(self.signals.hparams)
+        if c is not None:
+            return curves.ChanceLevel(c, "hparams")
+        s = self.signals
+        has_acc = s.train_acc is not None or s.val_acc is not None
+        if has_acc and self.untrained_loss is not None:
+            c = curves.classes_from_loss(self.untrained_loss)
+            if c is not None:
+                return curves.ChanceLevel(c, "untrained loss")
+        return None
+
+    # ---- learning rate and optimizer ------------------------------------------------------------
+    @cached_property
+    def lr_profile(self):
+        """facts.schedule.LrProfile of the logged learning rate (None when none was logged)."""
+        from report_gen.facts.schedule import lr_profile
+
+        lr = self.signals.lr
+        return lr_profile(lr.steps, lr.values) if lr is not None and len(lr) else None
+
+    @cached_property
+    def checkpoint_lrs(self) -> list[tuple[int | None, list[float]]]:
+        """(step, the param groups' lr) of every checkpoint whose optimizer state records them."""
+        return [(c.step, list(c.optimizer["lrs"])) for c in self.checkpoints
+                if c.optimizer and c.optimizer.get("lrs")]
+
+    @cached_property
+    def optimizer_name(self) -> str | None:
+        """The optimizer, from the checkpoints' optimizer state, else a Lightning `lr-<Optimizer>` tag, else
+        a hyper-parameter (`optim`, `optimizer`)."""
+        from report_gen.facts.schedule import optimizer_from_lr_tag
+
+        for c in reversed(self.checkpoints):
+            kind = (c.optimizer or {}).get("kind")
+            if kind and kind != "unknown":
+                return str(kind)
+        if self.signals.lr is not None:
+            name = optimizer_from_lr_tag(self.signals.lr.tag)
+            if name:
+                return name
+        for key, value in self.signals.hparams.items():
+            last = str(key).replace("/", ".").rsplit(".", 1)[-1].lower()
+            if last in ("optim", "optimizer", "optimizer_name", "optimizer_type", "opt") and isinstance(value, str):
+                return value
+        return None
 
     # ---- steps ----------------------------------------------------------------------------------
     @cached_property

@@ -104,6 +104,10 @@ class WeightStats:
     unit_mean: np.ndarray | None = None
     kernel_diversity: float | None = None
     values: np.ndarray | None = None  # the values themselves, for small 1-D tensors (norm scales, biases)
+    min: float = math.nan  # signed extremes of the finite values
+    max: float = math.nan
+    at_min_frac: float = math.nan  # share of all values exactly equal to min / to max (ties at a bound)
+    at_max_frac: float = math.nan
     source: TensorSource | None = field(default=None, repr=False, compare=False)  # reloads the tensor
     _computed: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -344,6 +348,11 @@ def _exact_stats(name: str, t: torch.Tensor, dtype: str) -> WeightStats:
         nan_count=nan_count, inf_count=inf_count,
         zero_frac=_count(t, lambda c: c.abs() <= 1e-12) / numel if numel else math.nan,
         skew=skew, kurtosis=kurt, bimodality=bimodality)
+    if n:
+        lo, hi = float(lo_hi.min), float(lo_hi.max)
+        stats.min, stats.max = lo, hi
+        stats.at_min_frac = _count(x, lambda c: c == lo) / numel
+        stats.at_max_frac = _count(x, lambda c: c == hi) / numel
     if t.ndim >= 2 and numel:
         w = t.reshape(t.shape[0], -1)
         stats.unit_absmax, stats.unit_mean = _row_absmax_mean(w)
@@ -361,8 +370,9 @@ def _fast_stats(name: str, t: torch.Tensor, dtype: str) -> WeightStats | None:
     """The one-pass float32 block statistics of a large finite tensor; None sends it to the exact pass.
 
     Per block: d = x - shift, s2 += sum(d²), s3 += d²·d, s4 += d²·d², tiny += #(|x| <= 1e-12) (counted only in
-    blocks whose min |x| is that small), and per
-    row max |x| and sum x (whole rows per block when rows are short).
+    blocks whose min |x| is that small), the signed min and max with the number of values equal to each
+    (counted only in blocks reaching the running extreme), and per row max |x| and sum x (whole rows per
+    block when rows are short).
     """
     numel = t.numel()
     flat = t.reshape(-1)
@@ -377,6 +387,7 @@ def _fast_stats(name: str, t: torch.Tensor, dtype: str) -> WeightStats | None:
     buf, sq, small = torch.empty(size), torch.empty(size), torch.empty(size, dtype=torch.bool)
     s1 = s2 = s3 = s4 = 0.0
     tiny = 0
+    lo, hi, at_lo, at_hi = math.inf, -math.inf, 0, 0  # signed extremes and how many values sit on them
     row_max = torch.empty(rows)
     row_sum = torch.zeros(rows, dtype=torch.float64)
     matrix = flat.view(rows, width)
@@ -385,6 +396,13 @@ def _fast_stats(name: str, t: torch.Tensor, dtype: str) -> WeightStats | None:
         c = block.reshape(-1)
         k = c.numel()
         row_sum[r0:r1] += block.sum(dim=1).to(torch.float64)
+        b_lo, b_hi = (float(v) for v in torch.aminmax(c))
+        if b_lo <= lo:  # ties counted only in blocks reaching the running extreme
+            at_lo = (0 if b_lo < lo else at_lo) + int(torch.count_nonzero(torch.eq(c, b_lo, out=small[:k])))
+            lo = b_lo
+        if b_hi >= hi:
+            at_hi = (0 if b_hi > hi else at_hi) + int(torch.count_nonzero(torch.eq(c, b_hi, out=small[:k])))
+            hi = b_hi
         d = torch.sub(c, shift, out=buf[:k])
         dd = torch.mul(d, d, out=sq[:k])
         s1 += float(d.sum())
@@ -413,7 +431,8 @@ def _fast_stats(name: str, t: torch.Tensor, dtype: str) -> WeightStats | None:
     stats = WeightStats(
         name=name, shape=tuple(t.shape), dtype=dtype, numel=numel, mean=mean, std=math.sqrt(m2),
         absmax=float(row_max.max()), l2=math.sqrt(sum_sq), rms=math.sqrt(sum_sq / n),
-        nan_count=0, inf_count=0, zero_frac=tiny / numel, skew=skew, kurtosis=kurt, bimodality=bimodality)
+        nan_count=0, inf_count=0, zero_frac=tiny / numel, skew=skew, kurtosis=kurt, bimodality=bimodality,
+        min=lo, max=hi, at_min_frac=at_lo / numel, at_max_frac=at_hi / numel)
     if t.ndim >= 2:
         stats.unit_absmax = row_max.to(torch.float64).numpy()
         stats.unit_mean = (row_sum / width).numpy()

@@ -43,6 +43,7 @@ from report_gen.readers.events.merge import Restarts
 from report_gen.readers.textlogs import (SeriesBuilder, flatten_hparams, load_yaml, read_text, run_log, run_root,
                                          to_float)
 from report_gen.readers.types import RunLog
+from report_gen.safe_open import open_regular
 
 _SNIFF_BYTES = 4096
 _ULTRALYTICS_GROUPS = ("train/", "val/", "metrics/", "lr/")
@@ -50,7 +51,7 @@ _ULTRALYTICS_GROUPS = ("train/", "val/", "metrics/", "lr/")
 
 def _header(path: str) -> list[str] | None:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never a FIFO or device (report_gen.safe_open)
             head = f.read(_SNIFF_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return None

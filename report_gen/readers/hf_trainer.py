@@ -42,7 +42,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers.textlogs import SeriesBuilder, flatten_hparams, plain_value, read_text, run_log, run_root
+from report_gen.readers.textlogs import (SeriesBuilder, flatten_hparams, plain_value, read_text, run_log, run_root,
+                                         to_float)
+from report_gen.safe_open import open_regular
 
 FILE_NAME = "trainer_state.json"
 _STATE_FACTS = ("global_step", "max_steps", "num_train_epochs", "train_batch_size", "logging_steps", "eval_steps",
@@ -106,7 +108,7 @@ def _salvage_history(text: str) -> list[dict]:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return to_float(value)  # (float() of a 5,000-digit JSON int raises)
 
 
 def read_trainer_states(files: Sequence[tuple[str, str]]) -> Any:
@@ -187,7 +189,7 @@ def _read_training_args(path: str, root: str, problems: list[Problem]) -> dict[s
             return {}
         from report_gen.readers.safe_unpickle import Placeholder, restricted_load
 
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never a FIFO or device (report_gen.safe_open)
             raw = f.read(_MAX_ARGS_BYTES + 1)
         if raw.startswith(b"PK"):
             with zipfile.ZipFile(io.BytesIO(raw)) as z:

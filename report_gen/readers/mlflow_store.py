@@ -43,6 +43,7 @@ from report_gen.core import Problem, ProblemKind
 from report_gen.readers.textlogs import (SeriesBuilder, inside, load_yaml, plain_value, read_text, run_log, run_root,
                                          to_float)
 from report_gen.readers.types import RunLog
+from report_gen.safe_open import open_regular, regular_file_problem
 
 MAX_KEYS = 10000
 MAX_VALUE_BYTES = 64 * 1024
@@ -62,7 +63,7 @@ def is_meta_yaml_name(name: str) -> bool:
 def sniff_run_meta(path: str) -> bool:
     """A run's meta.yaml: it names a run id (an experiment's names only an experiment_id)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never a FIFO or device (report_gen.safe_open)
             head = f.read(4096).decode("utf-8", errors="replace")
     except OSError:
         return False
@@ -120,7 +121,9 @@ def _metric_file(key: str, path: str, root: str, series: SeriesBuilder, problems
             bad += 1
             first_bad = first_bad or number
             continue
-        series.add(key, int(step), value, wall_time=stamp / 1000.0, file=path)
+        digits = step.lstrip("-")  # int() of more than 4,300 digits raises: bounded first
+        series.add(key, int(step) if len(digits) <= 19 else (-(2**63) if step.startswith("-") else 2**63 - 1),
+                   value, wall_time=stamp / 1000.0, file=path)
     if bad:
         problems.append(Problem(path, ProblemKind.BAD_ROW, f"{path}: {bad} line(s) are not 'timestamp value step' "
                                 f"(first at line {first_bad}); skipped", count=bad, offset=first_bad))
@@ -184,13 +187,16 @@ def is_sqlite_name(name: str) -> bool:
 
 def sniff_sqlite(path: str) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never a FIFO or device (report_gen.safe_open)
             return f.read(16) == _SQLITE_MAGIC
     except OSError:
         return False
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    problem = regular_file_problem(path)  # sqlite opens by name: a FIFO would block it forever
+    if problem is not None:
+        raise sqlite3.OperationalError(f"not read: {problem}")
     uri = f"file:{quote(os.path.abspath(path))}?mode=ro&immutable=1"
     con = sqlite3.connect(uri, uri=True, timeout=0.5, check_same_thread=False)
     con.execute("PRAGMA query_only = 1")

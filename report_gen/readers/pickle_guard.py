@@ -118,10 +118,13 @@ def bounded_repr(value: Any, limit: int = 80) -> str:
 
 class PickleRefused(pickle.UnpicklingError):
     """A pickle the pre-scan will not hand to any unpickler; `reason` is one line, `offset` the byte
-    where the scan stopped (relative to the start of the pickle), `what` names the stream."""
+    where the scan stopped (relative to the start of the pickle), `what` names the stream.
+    `malformed`: the bytes are no valid pickle at all (unknown opcode, stack underflow, data ending
+    early): damage or another format, not a bomb; False for everything a limit refused."""
 
-    def __init__(self, reason: str, offset: int | None = None, what: str = "pickle") -> None:
-        self.reason, self.offset, self.what = reason, offset, what
+    def __init__(self, reason: str, offset: int | None = None, what: str = "pickle", *,
+                 malformed: bool = False) -> None:
+        self.reason, self.offset, self.what, self.malformed = reason, offset, what, malformed
         where = f" at byte {offset:,}" if offset is not None else ""
         super().__init__(f"{what}: refused before unpickling: {reason}{where}")
 
@@ -206,8 +209,8 @@ class _Scanner:
         self.at = 0  # offset of the last opcode handled outside the fast paths (for messages)
 
     # -- input ------------------------------------------------------------------------------
-    def refuse(self, reason: str, offset: int | None) -> PickleRefused:
-        return PickleRefused(reason, offset, self.what)
+    def refuse(self, reason: str, offset: int | None, malformed: bool = False) -> PickleRefused:
+        return PickleRefused(reason, offset, self.what, malformed=malformed)
 
     def _chunk(self) -> bytes:
         if self.eof:
@@ -226,7 +229,7 @@ class _Scanner:
     def _ended(self, offset: int, where: str) -> PickleRefused:
         if self.over:
             return self.refuse(f"larger than {self.max_bytes:,} bytes", self.max_bytes)
-        return self.refuse(f"data ends inside {where} (truncated pickle)", offset)
+        return self.refuse(f"data ends inside {where} (truncated pickle)", offset, malformed=True)
 
     def refill(self, buf: bytes, pos: int) -> bytes:
         """buf[pos:] plus the next chunk (the caller's position becomes 0)."""
@@ -380,10 +383,10 @@ class _Scanner:
 
     def malformed(self, exc: Exception, at: int) -> PickleRefused:
         if isinstance(exc, KeyError):
-            return self.refuse("a memo index that was never stored", at)
+            return self.refuse("a memo index that was never stored", at, malformed=True)
         if isinstance(exc, struct.error) or self.eof and at >= self.total - 1:
             return self._ended(at, "an opcode")
-        return self.refuse("malformed opcodes (stack underflow or bad argument)", at)
+        return self.refuse("malformed opcodes (stack underflow or bad argument)", at, malformed=True)
 
     def handlers(self, stack: list, marks: list[int], memo: dict) -> list:
         """Handlers for the opcodes without an argument, indexed by opcode byte. One stack and a
@@ -612,7 +615,7 @@ class _Scanner:
                     (n,) = unpack_from(formats[op], buf, pos)
                     pos += width
                     if n < 0:
-                        raise self.refuse("negative length", self.base + pos - width - 1)
+                        raise self.refuse("negative length", self.base + pos - width - 1, malformed=True)
                     if pos + n <= end:
                         pos += n
                     else:
@@ -667,7 +670,7 @@ class _Scanner:
                 stack.append((_OPAQUE, 1, None) if cls == _PERSID else _ATOM_NODE)
         elif cls == _PROTO:
             if buf[pos] > 5:
-                raise self.refuse(f"unsupported pickle protocol {buf[pos]}", at)
+                raise self.refuse(f"unsupported pickle protocol {buf[pos]}", at, malformed=True)
             pos += 1
         elif cls == _FRAME:
             pos += 8
@@ -676,7 +679,7 @@ class _Scanner:
                 raise IndexError
             return -pos, buf
         else:
-            raise self.refuse(f"unknown opcode 0x{op:02x}", at)
+            raise self.refuse(f"unknown opcode 0x{op:02x}", at, malformed=True)
         return pos, buf
 
 

@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from report_gen.core import Problem, ProblemKind
+from report_gen.core import Problem, ProblemKind, clamp_int64
 from report_gen.readers.events.merge import Restarts, apply_step_policy
 from report_gen.readers.types import RunLog, series_in_order
+from report_gen.safe_open import open_regular
 
 MAX_LOG_BYTES = 64 * 1024 * 1024  # one trainer_state.json / metrics.csv / results.csv / MLflow metric file
 MAX_YAML_BYTES = 4 * 1024 * 1024  # hparams.yaml, args.yaml, meta.yaml, config.yaml
@@ -73,7 +74,7 @@ def read_text(path: str, problems: list[Problem], *, root: str | None = None, ca
                                 f"{path}: this {what} points outside the run folder ({os.path.realpath(path)}); not read"))
         return None
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never a FIFO or device (report_gen.safe_open)
             size = os.fstat(f.fileno()).st_size
             if size > cap:
                 problems.append(Problem(path, ProblemKind.TOO_LARGE,
@@ -197,8 +198,10 @@ def to_float(text: Any) -> float | None:
     """A logged value as a float: numbers, and the texts nan / inf / -inf / NaN / Infinity; else None."""
     if isinstance(text, bool):
         return float(text)
-    if isinstance(text, (int, float)):
-        return float(text)
+    if isinstance(text, int):  # float() of a 5,000-digit int raises OverflowError
+        return float(text) if -(2**1023) < text < 2**1023 else (math.inf if text > 0 else -math.inf)
+    if isinstance(text, float):
+        return text
     if not isinstance(text, str):
         return None
     t = text.strip()
@@ -229,7 +232,7 @@ class SeriesBuilder:
     def add(self, tag: str, step: int, value: float, wall_time: float = math.nan, session: int = 0,
             file: str = "") -> None:
         cols = self.values.setdefault(tag, ([], [], [], [], []))
-        cols[0].append(int(step))
+        cols[0].append(clamp_int64(int(step)))  # a step of 10**5000 or 1e308 in a file: bounded, not a crash
         cols[1].append(float(value))
         cols[2].append(float(wall_time))
         cols[3].append(int(session))

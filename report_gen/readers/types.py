@@ -73,6 +73,26 @@ class ImageRef:
         return self.encoded
 
 
+def scalar_key(run: str, tag: str) -> str:
+    """How a scalar series is named outside its RunLog: `<sub>/<tag>`, or the tag for the run folder itself."""
+    return f"{run}/{tag}" if run else tag
+
+
+@dataclass(frozen=True)
+class DroppedSeries:
+    """A series a reader read but the run log left out, and why (the report lists it as ignored).
+
+    kind: "scalar" | "histogram" | "image" | "text"; key: `scalar_key` of a scalar, else the family key;
+    source: the reader's label; points: how many values it held.
+    """
+
+    kind: str
+    key: str
+    source: str
+    points: int
+    reason: str
+
+
 @dataclass
 class RunLog:
     """Everything read from the logs of one run, whatever wrote them (TensorBoard event files are one
@@ -91,6 +111,10 @@ class RunLog:
     hparams: flat dict of hyper-parameters found in hparams plugin data (may be empty)
     problems: damage found while reading (truncation, CRC errors, junk, restarts...)
     files: the log files read, in merge order
+    source: the label of the reader that read this log ("TensorBoard"; `registry.read_logs` sets it)
+    sources: (kind, key) -> source of each series when several readers' logs were merged (kind and key
+             as in `DroppedSeries`); `source_of` falls back to `source`
+    dropped: series read but left out (a second copy of one series, `registry.merge_logs`)
     """
 
     scalars: pd.DataFrame
@@ -100,6 +124,12 @@ class RunLog:
     hparams: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    source: str = ""
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)
+    dropped: list[DroppedSeries] = field(default_factory=list)
+
+    def source_of(self, kind: str, key: str) -> str:
+        return self.sources.get((kind, key), self.source)
 
     @classmethod
     def empty(cls) -> "RunLog":
@@ -140,9 +170,17 @@ class CheckpointData:
     tensors: parameter name -> TensorInfo for model parameters/buffers (prefixes stripped)
     load(name) -> torch.Tensor (float32 on CPU) for one tensor, loaded on demand, never the whole file
     optimizer: optional dict with keys "kind" ("adam", "sgd", ...), "grad_rms": {param: float},
-               "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None
-    metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...)
+               "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None,
+               "order": where the entry order came from: "file" | "structure" | "architecture" | None
+               (readers/checkpoint/order.py)
+               "lrs": the `lr` of every param group (the scheduler's value at save time), "group_params": how many
+               parameters the param groups hold, "state_entries": how many of them have optimizer state (moments)
+    metadata: small plain values found beside the weights (epoch, global_step, hyper_parameters...);
+              "aliases"/"alias_count" when a tensor was saved under several names (only the first is kept),
+              "tensor_order" for HF folders of safetensors ("architecture" when put back in model order)
     problems: Problems found (e.g. unsafe globals replaced by placeholders)
+    weights_at: the key path of the weights inside the saved object ("model_state", "nets/generator"; ""
+                for the file itself: a plain state_dict, a safetensors file)
     """
 
     path: str
@@ -155,3 +193,4 @@ class CheckpointData:
     metadata: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     mtime: float = 0.0
+    weights_at: str = ""

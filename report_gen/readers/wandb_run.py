@@ -39,8 +39,9 @@ from typing import Any
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers.textlogs import (SeriesBuilder, flatten_hparams, inside, load_yaml, plain_value, read_text,
-                                         run_log, run_root)
+                                         run_log, run_root, to_float)
 from report_gen.readers.types import RunLog
+from report_gen.safe_open import open_regular
 
 MAX_WANDB_BYTES = 512 * 1024 * 1024
 _BLOCK = 32 * 1024
@@ -63,7 +64,7 @@ def records(path: str, problems: list[Problem], cap: int | None = None) -> Itera
             problems.append(Problem(path, ProblemKind.TOO_LARGE,
                                     f"{path}: {size} bytes, above the {cap}-byte cap; not read"))
             return
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never a FIFO or device (report_gen.safe_open)
             data = f.read(cap + 1)
     except OSError as e:
         problems.append(Problem(path, ProblemKind.UNREADABLE, f"{path}: could not be read: {e.strerror or e}"))
@@ -126,11 +127,11 @@ def _add_row(row: dict[str, Any], series: SeriesBuilder, path: str) -> None:
     if not isinstance(step, int) or isinstance(step, bool):
         return
     wall = row.get("_timestamp")
-    wall = float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else math.nan
+    wall = to_float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) else math.nan
     for key, value in row.items():
         if key.startswith("_") or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        series.add(key, step, float(value), wall_time=wall, file=path)
+        series.add(key, step, to_float(value), wall_time=wall, file=path)  # (float() of a huge int raises)
 
 
 def _item_value(item: Any) -> Any:

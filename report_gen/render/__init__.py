@@ -33,8 +33,10 @@ def render(report: dict, out_dir: str | Path, formats: Collection[str] = FORMATS
     Plots are drawn once and shared by HTML and Markdown. Files are written without following a
     symlink planted in out_dir (`render.output`).
 
-    Each format is rendered inside its own error boundary: if one fails (a bug, or data no renderer
-    expected), the others are still written, then InputError names what failed, in one line.
+    Each format is rendered inside its own error boundary, plots included (the plot store is made
+    by the first format that needs it, inside that format's boundary): if one fails (a bug, or data
+    no renderer expected), the others are still written, then InputError names what failed, in one
+    line. Outside a boundary there is only the output folder itself (OutputFolder: InputError).
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -43,12 +45,18 @@ def render(report: dict, out_dir: str | Path, formats: Collection[str] = FORMATS
     failed: list[str] = []
     with OutputFolder(out_dir) as folder:
         out = folder.path
-        plots = PlotStore(report)
+        store: list[PlotStore] = []
+
+        def plots() -> PlotStore:  # shared by HTML and Markdown, made inside the first one's boundary
+            if not store:
+                store.append(PlotStore(report))
+            return store[0]
+
         steps = {
             "json": lambda: write_json(report, out / "report.json", folder=folder),
-            "html": lambda: folder.write_text("report.html", render_html(report, plots=plots)),
+            "html": lambda: folder.write_text("report.html", render_html(report, plots=plots())),
             "md": lambda: folder.write_text(
-                "report.md", render_markdown(report, out / IMAGE_DIR, IMAGE_DIR, plots=plots)),
+                "report.md", render_markdown(report, out / IMAGE_DIR, IMAGE_DIR, plots=plots())),
         }
         for fmt in ("json", "html", "md"):  # the contract first: it needs no template and no plot
             if fmt not in formats:

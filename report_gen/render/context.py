@@ -18,8 +18,9 @@ from typing import Any, Iterable
 
 from report_gen.core import INT64_MAX, INT64_MIN, display_text, judged_runs, severity_rank, verdict_for
 from report_gen.render.images import encoded
-from report_gen.vocab import (DISTRIBUTION_SOURCES, ActivationSeriesPlot, CurvePlot, DistributionPlot, GradDepthPlot,
-                              ImagePlot, Key, LayerSeriesPlot, Plot, ProbeSeriesPlot, Signal, curve_label, parse_plot)
+from report_gen.vocab import (DISTRIBUTION_SOURCES, USER_ROLES, ActivationSeriesPlot, CurvePlot, DistributionPlot,
+                              GradDepthPlot, ImagePlot, Key, LayerSeriesPlot, Plot, ProbeSeriesPlot, Signal, curve_label,
+                              parse_plot, role_words)
 
 SEVERITY_ORDER = ("error", "warning", "info")
 SEVERITY_LABELS = {"error": "Errors", "warning": "Warnings", "info": "Info"}
@@ -31,6 +32,22 @@ CURVE_GROUPS = (
     ("Gradient norm", lambda name: name == Signal.GRAD_NORM),
 )
 CHANGE_ORDER = ("worse", "better", "same", "")  # baseline metric changes: what got worse is shown first
+#: findings about the input files (DESIGN §5): shown after every finding about the training
+INPUT_CATEGORY = "input-integrity"
+INPUT_LABEL = "Input files"
+LONG_EVIDENCE = 48  # HTML: evidence values longer than this are a note under the table, not a table cell
+#: what a run card says was read, in the words of the person who logged it (signal -> words); derived
+#: signals (loss_any, checkpoint_series, ...) say nothing a user logged and are not listed
+SIGNAL_WORDS = {
+    Signal.TRAIN_LOSS: "training loss", Signal.VAL_LOSS: "validation loss", Signal.TRAIN_ACC: "training accuracy",
+    Signal.VAL_ACC: "validation accuracy", Signal.LR: "learning rate", Signal.GRAD_NORM: "gradient norm",
+    Signal.WEIGHT_HIST: "weight histograms", Signal.GRAD_HIST: "gradient histograms",
+    Signal.ACT_HIST: "activation histograms", Signal.ACT_STATS: "activation statistics",
+    Signal.UPDATE_RATIO: "update ratios", Signal.GRAD_NORM_PARAM: "per-parameter gradient norms",
+    Signal.DYNAMICS: "layer dynamics", Signal.KERNEL_IMAGES: "kernel images", Signal.ACT_IMAGES: "activation maps",
+    Signal.OPTIMIZER_STATE: "optimizer state (in the checkpoints)", Signal.PROBE: "activations measured by the probe",
+    Signal.ATTENTION: "attention (measured by the probe)",
+}
 
 
 @dataclass(frozen=True)
@@ -178,6 +195,8 @@ def _finding_view(finding: dict, index: int, limits: Limits, overlay: dict[str, 
     """One finding for the templates; `overlay` (run -> baseline curve names) adds the baseline to curve plots."""
     text = limits.max_text
     evidence = [(clean_text(k, 80), format_value(v)) for k, v in _dict(finding.get("evidence")).items()]
+    shown = [(k.replace("_", " "), v) for (k, v), raw in zip(evidence, _dict(finding.get("evidence")).values())
+             if raw is not None]
     severity = str(finding.get("severity", "info"))
     return {
         "id": f"finding-{index}",
@@ -192,6 +211,10 @@ def _finding_view(finding: dict, index: int, limits: Limits, overlay: dict[str, 
         "status": clean_text(finding.get("status") or "", 20),
         "reason": clean_text(finding.get("reason") or "", text),
         "evidence": evidence[:40],
+        # HTML: the evidence as a table of short values, long values (lists, notes) as notes under it
+        "evidence_table": [(k, v) for k, v in shown if len(v) <= LONG_EVIDENCE][:40],
+        "evidence_notes": [(k, v) for k, v in shown if len(v) > LONG_EVIDENCE][:10],
+        "input": is_input_notice(finding),
         "plot": _plot_ref(_with_overlay(parse_plot(finding.get("plot")), overlay or {}), limits),
     }
 
@@ -203,16 +226,28 @@ def _with_overlay(plot: Plot | None, overlay: dict[str, set]) -> Plot | None:
     return plot
 
 
+def is_input_notice(finding: Any) -> bool:
+    """A finding about the input files (category input-integrity), not about the training."""
+    return isinstance(finding, dict) and str(finding.get("category", "")) == INPUT_CATEGORY
+
+
 def sort_findings(findings: Iterable[Any]) -> list[dict]:
-    """Most severe first, then by code, run and subject (a stable, readable order)."""
+    """Findings about the training first, then those about the input files; each most severe first, then
+    by code, run and subject (a stable, readable order)."""
     items = [f for f in findings if isinstance(f, dict)]
-    return sorted(items, key=lambda f: (-severity_rank(f.get("severity")), str(f.get("code", "")),
-                                        str(f.get("run", "")), str(f.get("subject", ""))))
+    return sorted(items, key=lambda f: (is_input_notice(f), -severity_rank(f.get("severity")),
+                                        str(f.get("code", "")), str(f.get("run", "")), str(f.get("subject", ""))))
 
 
 def _group_by_severity(views: list[dict]) -> list[dict]:
-    return [{"severity": s, "label": SEVERITY_LABELS[s], "findings": [v for v in views if v["severity"] == s]}
-            for s in SEVERITY_ORDER if any(v["severity"] == s for v in views)]
+    """Training findings by severity, then the input notices in one group of their own."""
+    training = [v for v in views if not v["input"]]
+    groups = [{"severity": s, "label": SEVERITY_LABELS[s], "findings": [v for v in training if v["severity"] == s]}
+              for s in SEVERITY_ORDER if any(v["severity"] == s for v in training)]
+    notices = [v for v in views if v["input"]]
+    if notices:
+        groups.append({"severity": "input", "label": f"{INPUT_LABEL}", "findings": notices})
+    return groups
 
 
 def _capped(rows: list, limits: Limits) -> dict:
@@ -252,9 +287,13 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "parameters": format_value(summary.get("parameters")),
         "parameter_count": format_value(summary.get("parameter_count")),
         "signals": [clean_text(s, 200) for s in _list(summary.get("signals"))][:60],
+        "logged": _read_words(_list(summary.get("signals"))),
         "hparams": [(clean_text(k, 100), format_value(v)) for k, v in _dict(summary.get("hparams")).items()][:60],
         "optimizer": _optimizer_text(_dict(summary.get("optimizer"))),
         "probe": _probe_text(_dict(run_input.get("probe"))),
+        "read": _capped(_series_rows(run_input.get("series"), ignored=False), limits),
+        "ignored": _capped(_series_rows(run_input.get("ignored"), ignored=True), limits),
+        "weights_at": _weights_text(run_input.get("weights_at")),
         "problems": _capped(problems, limits),
         "counts": counts,
         "verdict": verdict_for(counts, judged=judged),
@@ -266,6 +305,67 @@ def _run_view(index: int, run_input: dict, details: dict, findings: list[dict], 
         "grad_depth": _plot_ref(GradDepthPlot(name), limits) if _list(details.get("grad_depth")) else None,
         "images": _image_refs(name, _dict(details.get("images")), limits),
     }
+
+
+ROLE_HINT = ("To give an ignored series a role: --role ROLE=TAG (repeatable) or [tool.report_gen.roles] in "
+             f"pyproject.toml, with ROLE one of {', '.join(USER_ROLES)}; a glob such as 'eval/*loss' works too.")
+_POINTS = {"scalar": ("point", "points"), "histogram": ("step", "steps"), "image": ("image", "images"),
+           "text": ("entry", "entries")}
+_GROUPED = 3  # more histograms/images than this with one role and source are shown as one row
+
+
+def _series_rows(entries: Any, ignored: bool) -> list[dict]:
+    """What was read (or ignored), in user words: "train/loss (TensorBoard, 600 points) -> training loss".
+    Scalars one row each; histograms and images one row per role (or reason) and source when numerous."""
+    rows: list[dict] = []
+    families: dict[tuple, list[dict]] = {}
+    for e in map(_dict, _list(entries)):
+        kind = str(e.get("kind", "scalar"))
+        if kind in ("histogram", "image"):
+            families.setdefault((kind, e.get("role", ""), e.get("reason", ""), e.get("source", "")), []).append(e)
+        else:
+            rows.append(_series_row(e, ignored))
+    for (kind, _, _, _), group in families.items():
+        if len(group) <= _GROUPED:
+            rows.extend(_series_row(e, ignored) for e in group)
+            continue
+        first, n = group[0], len(group)
+        points = sorted({int(e["points"]) for e in group if isinstance(e.get("points"), int)})
+        each = _POINTS[kind][1 if points and points[-1] != 1 else 0]
+        span = f"{points[0]}" if len(points) == 1 else f"{points[0]}-{points[-1]}" if points else "?"
+        rows.append({"tag": clean_text(f"{first.get('tag', '')} … {group[-1].get('tag', '')}", 300),
+                     "what": clean_text(f"{n} {kind}s, {first.get('source', '')}, {span} {each} each", 200),
+                     "role": "" if ignored else clean_text(role_words(first.get("role", "")), 200),
+                     "note": clean_text(first.get("reason" if ignored else "note", ""), 400)})
+    return rows
+
+
+def _series_row(e: dict, ignored: bool) -> dict:
+    kind = str(e.get("kind", "scalar"))
+    points = e.get("points")
+    one, many = _POINTS.get(kind, ("point", "points"))
+    count = f"{format_value(points)} {one if points == 1 else many}"
+    label = "" if kind == "scalar" else f"{kind}, "
+    return {"tag": clean_text(e.get("tag", ""), 300),
+            "what": clean_text(f"{label}{e.get('source', '')}, {count}", 200),
+            "role": "" if ignored else clean_text(role_words(e.get("role", "")), 200),
+            "note": clean_text(e.get("reason" if ignored else "note", ""), 400)}
+
+
+def _weights_text(paths: Any) -> str:
+    """Where the model weights were found inside the checkpoints (the key path of the largest state dict)."""
+    shown = [("the file itself" if not p else f"key {p}") for p in map(str, _list(paths))]
+    return clean_text(", ".join(shown), 300)
+
+
+def _read_words(signals: list) -> list[str]:
+    """What was read, in user words, in the vocabulary's order; unknown signal names as they are."""
+    names = {str(s) for s in signals}
+    words = [w for sig, w in SIGNAL_WORDS.items() if sig.value in names]
+    derived = {Signal.LOSS_ANY.value, Signal.CHECKPOINT.value, Signal.CHECKPOINT_SERIES.value,
+               Signal.PROBE_SERIES.value, Signal.INPUT_PROBLEMS.value}
+    known = {sig.value for sig in SIGNAL_WORDS} | derived
+    return words + [clean_text(n, 200) for n in sorted(names - known)][:60]
 
 
 def _optimizer_text(opt: dict) -> str:
@@ -344,7 +444,8 @@ def _image_refs(run: str, images: dict, limits: Limits) -> list[dict]:
         ref = _plot_ref(ImagePlot(run, str(key)), limits)
         title = clean_text(image.get("title") or key, 200)
         step = image.get("step")
-        refs.append({**ref, "title": title if step is None else f"{title} (step {format_value(step)})"})
+        stepped = step is None or f"step {format_value(step)}" in title  # the title may say it already
+        refs.append({**ref, "title": title if stepped else f"{title} (step {format_value(step)})"})
     return refs
 
 
@@ -488,6 +589,8 @@ def build_context(report: dict, limits: Limits = Limits()) -> dict[str, Any]:
         view["id"] = f"suppressed-{i}"
     context["plot_order"] = _plot_order(context)
     context["sections"] = _sections(context)
+    context["role_hint"] = ROLE_HINT
+    context["html_sections"] = html_sections(context["sections"])
     return context
 
 
@@ -501,6 +604,14 @@ def _plot_order(context: dict) -> list[Plot]:
     for ref in refs:
         unique.setdefault(ref["key"], ref["spec"])
     return list(unique.values())
+
+
+def html_sections(sections: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The HTML page's order: the verdict (banner), then the findings, then the baseline comparison, then
+    per-run detail starting with the run cards ("Runs")."""
+    first = [s for s in sections if s[0] == "findings"] + [s for s in sections if s[0] == "baseline"]
+    runs = [("summary", "Runs") for s in sections if s[0] == "summary"]
+    return first + runs + [s for s in sections if s not in first and s[0] != "summary"]
 
 
 def _sections(context: dict) -> list[tuple[str, str]]:

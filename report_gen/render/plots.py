@@ -85,6 +85,9 @@ class PlotStore:
         self._png: dict[str, bytes | None] = {}
         self._figure: Any = None
         self.figures_drawn = 0
+        #: keys of plots the figure cap left out (not drawn because `max_figures` were drawn already)
+        self.left_out: set[str] = set()
+        self.max_figures = max_figures
 
     def prepare(self, plots: Iterable[Plot]) -> None:
         """Draw (or decode) every plot not seen yet, in order, until the figure cap is reached."""
@@ -105,6 +108,8 @@ class PlotStore:
                     self._png[key] = self._logged_image(plot)
                 elif self.figures_drawn < self._max_figures:
                     self._png[key] = self._draw(plot)
+                else:
+                    self.left_out.add(key)
 
     def png(self, key: str) -> bytes | None:
         """PNG bytes of a prepared plot, or None (not prepared, over the cap, or nothing to draw)."""
@@ -278,16 +283,35 @@ def _paint_activation_series(ax, run: dict, plot: ActivationSeriesPlot | ProbeSe
     return True
 
 
+MAX_CONTEXT_LAYERS = 12  # other parameters drawn faintly behind the subject of a layer-series plot
+
+
 def _paint_layer_series(ax, run: dict, plot: LayerSeriesPlot) -> bool:
+    """The subject parameter's fact over steps (markers: checkpoints can be far apart), with the other
+    parameters' values faint behind it so a flat (frozen) line reads against the layers that moved."""
     series = run.get("layer_series", {}) if isinstance(run.get("layer_series"), dict) else {}
     x, y = _xy(series.get(plot.param), plot.fact.value)
     if not len(x):
         return False
-    ax.plot(x, y, color=OKABE_ITO[0], linewidth=1.2, label=_label(plot.fact.value))
+    shown = [y]
+    others = [name for name in series if name != plot.param][:MAX_CONTEXT_LAYERS]
+    for i, name in enumerate(others):
+        ox, oy = _xy(series.get(name), plot.fact.value)
+        if len(ox):
+            ax.plot(ox, oy, color="0.75", linewidth=0.8, marker=".", markersize=3,
+                    label="other parameters" if i == 0 else None)
+            shown.append(oy)
+    ax.plot(x, y, color=OKABE_ITO[0], linewidth=1.5, marker="o", markersize=4, label=_label(plot.param, 60))
     ax.set_xlabel("step")
-    ax.set_title(_label(plot.param, 90), loc="left")
-    if np.all(y[np.isfinite(y)] > 0) and np.isfinite(y).sum() > 1:
+    ax.set_ylabel(_label(plot.fact.value).replace("_", " "))
+    ax.set_title(f"{_label(plot.param, 90)}: {_label(plot.fact.value).replace('_', ' ')}", loc="left")
+    values = np.concatenate(shown)
+    finite = values[np.isfinite(values)]
+    if len(finite) > 1 and np.all(finite > 0) and finite.max() > 10 * finite.min():
         ax.set_yscale("log")
+    if len(x) == 1 or np.ptp(x) == 0:  # one checkpoint: give the point some room
+        ax.set_xlim(x[0] - 1, x[0] + 1)
+    ax.legend(loc="best")
     return True
 
 

@@ -1,11 +1,12 @@
 """The rule catalogue: one module per family.
 
 L: loss and metric curves · G: gradients · W: weight distributions · K: conv kernels and units ·
-U: updates and training dynamics · A: activations and attention · I: input integrity.
+U: updates and training dynamics · A: activations (activations.py) and attention (attention.py) ·
+I: input integrity.
 """
 import importlib
 
-FAMILIES = ("curves", "gradients", "weights", "kernels", "dynamics", "activations", "integrity")
+FAMILIES = ("curves", "gradients", "weights", "kernels", "dynamics", "activations", "attention", "integrity")
 
 
 def load_all() -> None:

@@ -1,4 +1,4 @@
-"""A: activations (logged activation stats/histograms, or a post-hoc probe) and attention."""
+"""A: activations (logged activation stats/histograms, or a post-hoc probe); attention is in attention.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +26,11 @@ class DeadActivationOptions:
     error_share: float = opt(0.9, "share of dead units for an error")
     zero_tol: float = opt(1e-6, "logged statistics: max and min within this of 0 mean an all-zero output")
     late_share: float = opt(0.3, "logged statistics: the last share of the points examined")
+    normal_zero_share: float = opt(0.5, "histograms: the zero share a healthy ReLU has: half its inputs when the "
+                                        "pre-activation is centred (after BatchNorm/LayerNorm, or a centred Linear), or "
+                                        "the layer's own share at its first logged step when larger. Histogram zero "
+                                        "shares are judged as the excess over it: (zero - normal) / (1 - normal) above "
+                                        "warning_share / error_share")
     min_cells: int = opt(16, "probe: samples × positions per unit needed to judge a unit. With fewer than 100 "
                              "cells 'active on fewer than 1%' means 'never active on this batch'; a unit that fires "
                              "on 10% of inputs stays silent on 16 of them 19% of the time, so give the probe 64+ "
@@ -40,7 +45,9 @@ def dead_activations(run, opts: DeadActivationOptions):
         Activations that are ~0 everywhere (dead ReLUs). With a probe: the share of units active in
         fewer than 1% of samples×positions (SageMaker's definition), warning above 50%, error above
         90%. From logged activation_stats: max and min of the layer within `zero_tol` of 0 for the
-        late part of training. From activation histograms: (almost) all mass at 0.
+        late part of training. From activation histograms: every value exactly 0, or a zero share well
+        above what is normal for the layer: a ReLU whose pre-activation is centred (BatchNorm before it)
+        outputs 0 for about half its inputs, so half zeros is healthy and only the excess counts.
     Why it matters:
         A dead unit outputs 0 for every input and gets no gradient, so it never recovers: capacity is
         lost, and a fully dead layer cuts the network in two.
@@ -84,11 +91,18 @@ def dead_activations(run, opts: DeadActivationOptions):
         if layer in reported or not len(h):
             continue
         i = len(h) - 1
-        zero = hf.mass_within(h, i, -opts.zero_tol, opts.zero_tol)
-        if np.isfinite(zero) and zero > opts.warning_share and h.min[i] >= -opts.zero_tol:
-            sev = "error" if zero > opts.error_share else "warning"
-            yield Hit(layer, f"{zero:.0%} of the logged activations of {layer} are 0 at step {int(h.steps[i])}",
-                      {"zero_share": zero, "step": int(h.steps[i]), "source": "activation histograms"},
+        zero = hf.zero_share(h, i, opts.zero_tol)
+        if not np.isfinite(zero) or h.min[i] < -opts.zero_tol:
+            continue
+        first = hf.zero_share(h, 0, opts.zero_tol) if len(h) > 1 else float("nan")
+        normal = max(opts.normal_zero_share, first if np.isfinite(first) and first < 1.0 else 0.0)
+        excess = (zero - normal) / (1.0 - normal) if normal < 1.0 else 0.0
+        if zero >= 1.0 or excess > opts.warning_share:
+            sev = "error" if zero >= 1.0 or excess > opts.error_share else "warning"
+            yield Hit(layer, f"{zero:.0%} of the logged activations of {layer} are 0 at step {int(h.steps[i])}, against "
+                             f"{normal:.0%} for a healthy ReLU layer like it",
+                      {"zero_share": zero, "normal_zero_share": normal, "excess": excess, "step": int(h.steps[i]),
+                       "source": "activation histograms"},
                       severity=sev, plot=DistributionPlot.of(run.name, Key.ACTIVATION, layer))
 
 
@@ -102,8 +116,12 @@ def saturated_activations(run, opts: SaturationOptions):
     """
     What it detects:
         Sigmoid/tanh outputs pinned at their limits (sigmoid < 0.01 or > 0.99, |tanh| > 0.99) for most
-        inputs, from a probe, or from logged activation histograms of layers named sigmoid/tanh (there
-        the buckets that reach a limit count whole: TensorBoard's buckets are ~10% wide).
+        inputs, from a probe (module types), or from logged activation histograms whatever the layer is
+        called: the kind is read from the values (every value in [-1, 1] with both signs: tanh-like; in
+        [0, 1] with mass piled above 0.99: sigmoid-like), so `acts.0` of an nn.ModuleList is judged like
+        a layer named `tanh`. In histograms the buckets that reach a limit count whole (TensorBoard's
+        buckets are ~10% wide). A network's final sigmoid on a confident classifier saturates by design:
+        suppress the rule for that layer.
     Why it matters:
         A saturated unit has ~zero derivative: gradients through it vanish, and it carries ~1 bit.
     Typical causes:
@@ -123,20 +141,19 @@ def saturated_activations(run, opts: SaturationOptions):
                            "threshold": opts.warning_share})
         return
     for layer, h in run.signals.act_hist.items():
-        low = layer.lower()
         i = len(h) - 1
         if i < 0:
             continue
-        if "sigmoid" in low:
-            limits = ((-np.inf, 0.01), (0.99, np.inf))
-        elif "tanh" in low:
-            limits = ((-np.inf, -0.99), (0.99, np.inf))
-        else:
+        kind = hf.value_kind(h, i)
+        if kind not in hf.SATURATION_LIMITS:
             continue
-        share = sum(hf.mass_within(h, i, a, b, whole_buckets=True) for a, b in limits)
+        share = hf.saturated_share(h, i, kind)
         if np.isfinite(share) and share > opts.warning_share:
-            yield Hit(layer, f"{share:.0%} of the logged outputs of {layer} are saturated at step {int(h.steps[i])}",
-                      {"saturated_share": share, "source": "activation histograms", "threshold": opts.warning_share},
+            lo, hi = float(h.min[i]), float(h.max[i])
+            yield Hit(layer, f"{share:.0%} of the logged outputs of {layer} are saturated at step {int(h.steps[i])} "
+                             f"(its values span [{lo:.3g}, {hi:.3g}]: {kind})",
+                      {"saturated_share": share, "source": "activation histograms", "kind": kind,
+                       "threshold": opts.warning_share, "min": lo, "max": hi},
                       plot=DistributionPlot.of(run.name, Key.ACTIVATION, layer))
 
 
@@ -282,48 +299,3 @@ def unstable_activations(run, opts: UnstableOptions):
                              f"late in training",
                       {"coefficient_of_variation": cv, "points": int(v.size), "threshold": opts.max_cv},
                       plot=ActivationSeriesPlot(run.name, layer))
-
-
-@dataclass(frozen=True)
-class AttentionOptions:
-    uniform_entropy: float = opt(0.98, "normalised entropy above this: uniform attention")
-    collapsed_entropy: float = opt(0.05, "normalised entropy below this: all attention on one position")
-    min_seq_len: int = opt(4, "ignore attention over fewer positions")
-
-
-@rule("A106", "degenerate-attention", "warning", needs=(Signal.ATTENTION,), options=AttentionOptions)
-def degenerate_attention(run, opts: AttentionOptions):
-    """
-    What it detects:
-        Attention heads whose attention is uniform (normalised entropy near 1: the head attends to
-        everything equally) or collapsed onto one position (entropy near 0), on the probe batch.
-    Why it matters:
-        A uniform head computes an average and carries no positional selection; a collapsed head may
-        be stuck on a padding or BOS token.
-    Typical causes:
-        Untrained or dead heads, masking bugs, missing positional encoding, too high a learning rate.
-    What to try:
-        Check the attention mask and positional information; uniform heads can often be pruned;
-        collapsed heads may indicate a too-high learning rate or a padding/mask bug.
-
-        Inspect the heatmaps in this report and check the positional encodings.
-    """
-    probe = _last_probe(run)
-    if probe is None:
-        return
-    for layer, at in probe.attention.items():
-        if at.seq_len < opts.min_seq_len:
-            continue
-        ent = np.asarray(at.entropy, dtype=float)
-        uniform = np.flatnonzero(ent > opts.uniform_entropy).tolist()
-        collapsed = np.flatnonzero(ent < opts.collapsed_entropy).tolist()
-        if uniform or collapsed:
-            parts = []
-            if uniform:
-                parts.append(f"{len(uniform)} uniform (heads {uniform[:8]})")
-            if collapsed:
-                parts.append(f"{len(collapsed)} collapsed (heads {collapsed[:8]})")
-            yield Hit(layer, f"{' and '.join(parts)} of {at.heads} attention heads",
-                      {"uniform_heads": uniform, "collapsed_heads": collapsed, "heads": at.heads,
-                       "entropy": ent.round(3).tolist()},
-                      plot=_maps_plot(run, Key.ATTENTION, layer, at.maps))

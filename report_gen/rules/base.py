@@ -146,7 +146,7 @@ class Rule:
         lines = []
         for name, default, doc in self.option_docs():
             lines.append(f"    {name} = {default!r}")
-            lines += textwrap.wrap(doc, 96, initial_indent=" " * 8, subsequent_indent=" " * 8)
+            lines += textwrap.wrap(doc, 96, initial_indent=" " * 8, subsequent_indent=" " * 8, break_on_hyphens=False)
         options = "\n".join(lines) or "    (none)"
         where = f"  (set in [tool.report_gen.rules.{self.code}])" if lines else ""
         return f"{head}\n{needs}\n\n{self.doc}\n\nOptions:{where}\n{options}\n"

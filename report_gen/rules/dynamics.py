@@ -8,6 +8,7 @@ import numpy as np
 from report_gen.facts import histograms as hf
 from report_gen.facts.run import is_weight_name
 from report_gen.rules.base import Hit, opt, rule
+from report_gen.rules.causes import LrCauseOptions, frozen_model, gradient_cause, lr_cause
 from report_gen.vocab import CurvePlot, Key, LayerFact, LayerSeriesPlot, Signal
 
 
@@ -120,6 +121,56 @@ def frozen_layer(run, opts: FrozenOptions):
                              "and vanishing-gradients findings (dead ReLUs before them, or gradients dying on the way "
                              "back); the layers will move once a gradient reaches them.",
                   plot=LayerSeriesPlot(run.name, params[0], LayerFact.REL_UPDATE))
+
+
+@dataclass(frozen=True)
+class WholeModelFrozenOptions(LrCauseOptions):
+    pass
+
+
+@rule("U104", "whole-model-frozen", "error", needs=(Signal.CHECKPOINT_SERIES, Signal.UPDATE_RATIO),
+      options=WholeModelFrozenOptions, category="frozen-layer")
+def whole_model_frozen(run, opts: WholeModelFrozenOptions):
+    """
+    What it detects:
+        The whole model does not train: every parameter is bit-identical across two or more checkpoints
+        of different steps (or every logged update ratio is exactly 0). frozen-layer (U101) reports single
+        layers that stay still while the rest trains; this is the case where nothing moves, so the run's
+        metrics are those of its initialisation. The finding names the cause when the run holds it: a
+        learning rate of exactly 0 (logged, or in every param group of the optimizer state), a logged
+        gradient norm of exactly 0, an optimizer whose param groups hold no parameter, or one that kept no
+        moments for any parameter (no gradient ever reached it).
+    Why it matters:
+        Training ran, time was spent and metrics were logged, but the model is its random initialisation.
+    Typical causes:
+        requires_grad=False on every parameter (a freezing step meant for a backbone, PEFT preparation
+        without adapters) with the loss forced to require grad, a scheduler that sets the learning rate to
+        0, an optimizer built over the wrong model, a loss computed from detached tensors.
+    What to try:
+        Print the trainable parameters (sum(p.numel() for p in model.parameters() if p.requires_grad)) and
+        the optimizer's param groups and lr at the first step; check that loss.backward() produces
+        non-zero gradients.
+
+        If the learning rate is 0, check the scheduler (its total steps, an integer division).
+    """
+    frozen = frozen_model(run)
+    if frozen is None:
+        return
+    cause = lr_cause(run, opts)
+    if cause is None or cause.kind != "lr-zero":
+        cause = gradient_cause(run) or (cause if cause is not None and cause.kind == "lr-collapsed" else None)
+    where = (f"across {frozen.checkpoints} checkpoints (steps {_step_span(run)})" if frozen.source == "checkpoints"
+             else "in every logged update ratio")
+    why = f"; cause: {cause.text}" if cause is not None else \
+        "; the logs do not say why: check the optimizer's parameters and learning rate, and that gradients reach them"
+    yield Hit("(whole model)", f"all {frozen.params} parameters are unchanged {where}: the model did not train{why}",
+              {"parameters": frozen.params, "source": frozen.source, "checkpoints": frozen.checkpoints,
+               "root_cause": cause.kind if cause is not None else None, **(cause.evidence if cause is not None else {})})
+
+
+def _step_span(run) -> str:
+    steps = sorted(c.step for c in run.checkpoints if c.step is not None)
+    return f"{steps[0]}..{steps[-1]}" if steps else "unknown"
 
 
 @dataclass(frozen=True)

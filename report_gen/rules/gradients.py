@@ -1,6 +1,8 @@
 """G: gradients (from gradient histograms, optimizer state, or per-parameter gradient norms)."""
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,6 +10,7 @@ import numpy as np
 from report_gen.facts import curves
 from report_gen.facts.run import is_embedding_name, is_weight_name
 from report_gen.rules.base import Hit, opt, rule
+from report_gen.rules.spiking import SpikeOptions, check_method, lr_jump, spike_events
 from report_gen.vocab import CurvePlot, GradDepthPlot, Signal
 
 _SOURCE = {Signal.GRAD_HIST: "logged gradient histograms",
@@ -21,6 +24,45 @@ def _weight_grads(run):
     order = [n for n in run.param_order if n in est] + [n for n in est if n not in run.param_order]
     picked = [(n, est[n]) for n in order if is_weight_name(n) and not _is_norm(run, n) and not is_embedding_name(n)]
     return picked or [(n, est[n]) for n in order]
+
+
+_BLOCK = re.compile(r"^(?P<stack>.+?)\.(?P<index>\d+)\.(?P<role>.+\..+)$")
+
+
+def _block_stack(run, layers) -> tuple[str, list[int], dict[str, list[int]]] | None:
+    """The stack of repeated blocks most weight tensors sit in (transformer layers), or None.
+
+    A block is a numbered module holding sub-modules (`encoder.layer.3.attention.self.query.weight`:
+    stack `encoder.layer`, block 3, role `attention.self.query.weight`); the blocks of a stack repeat
+    the same roles with the same shapes. Returns (stack, block indices in order, role -> positions
+    in `layers`) when the stack holds at least two blocks and half of the weight tensors, so a CNN's
+    short stages (ResNet's layer1.0, layer1.1) never qualify.
+    """
+    stacks: dict[str, dict[int, dict[str, int]]] = {}
+    for pos, (name, _) in enumerate(layers):
+        m = _BLOCK.match(name)
+        if m:
+            stacks.setdefault(m["stack"], {}).setdefault(int(m["index"]), {})[m["role"]] = pos
+    best = None
+    for stack, blocks in stacks.items():
+        if len(blocks) < 2:
+            continue
+        roles = [set(b) for b in blocks.values()]
+        if any(r != roles[0] for r in roles):
+            continue
+        shapes = [{role: _shape(run, layers[pos][0]) for role, pos in b.items()} for b in blocks.values()]
+        if any(sh != shapes[0] for sh in shapes):
+            continue
+        size = sum(len(b) for b in blocks.values())
+        if size * 2 >= len(layers) and (best is None or size > best[0]):
+            order = sorted(blocks)
+            best = (size, stack, order, {role: [blocks[i][role] for i in order] for role in roles[0]})
+    return None if best is None else best[1:]
+
+
+def _shape(run, name: str):
+    st = run.last_stats.get(name)
+    return tuple(st.shape) if st is not None else None
 
 
 def _is_norm(run, name: str) -> bool:
@@ -52,6 +94,12 @@ def vanishing_gradients(run, opts: VanishingOptions):
         histograms (late-training median of the exact RMS), or, with checkpoints only, the RMS
         estimated from Adam's exp_avg_sq. Embedding tables are left out of the depth comparison: only
         the rows a batch touches get a gradient, so their RMS shrinks with the vocabulary, not depth.
+        A stack of repeated blocks (transformer layers) is compared block to block, like with like:
+        the median over the blocks' roles (query, key, ... of block 0 against the same tensor of the
+        last block) of the first/last RMS ratio. The task head after the stack is not "the last
+        layer" there: in the healthy HF Trainer BERT fixture (optimizer state) the classifier's
+        gradient RMS is 4.6e-2 and layer 0's query 1.1e-4, a ratio of 0.0024, while block 0 against
+        block 1 is 0.66.
     Why it matters:
         Early layers stop learning; the network behaves like a shallow one on random features, and
         training stalls.
@@ -80,9 +128,22 @@ def vanishing_gradients(run, opts: VanishingOptions):
         return
     first_name, first = layers[0]
     last_name, last = layers[-1]
-    if last.value <= 0:
+    stack = _block_stack(run, layers)
+    if stack is not None:
+        name, blocks, roles = stack
+        ratios = [layers[pos[0]][1].value / layers[pos[-1]][1].value for pos in roles.values()
+                  if layers[pos[-1]][1].value > 0]
+        if not ratios:
+            return
+        ratio = float(np.median(ratios))
+        first_name, last_name = f"{name}.{blocks[0]}", f"{name}.{blocks[-1]}"
+        first_value = float(np.median([layers[pos[0]][1].value for pos in roles.values()]))
+        last_value = float(np.median([layers[pos[-1]][1].value for pos in roles.values()]))
+        first, last = dataclasses.replace(first, value=first_value), dataclasses.replace(last, value=last_value)
+    elif last.value <= 0:
         return
-    ratio = first.value / last.value
+    else:
+        ratio = first.value / last.value
     sev = None
     if ratio < opts.ratio_error and first.value < opts.first_abs_error:
         sev = "error"
@@ -90,8 +151,9 @@ def vanishing_gradients(run, opts: VanishingOptions):
         sev = "warning"
     if sev is None:
         return
-    yield Hit(first_name, f"gradient RMS of the first layer {first_name} is {first.value:.3g}, "
-                          f"{ratio:.2g}× that of the last layer {last_name} ({last.value:.3g}; from {source})",
+    what = ("first block", "last block", " (median over the blocks' tensors)") if stack else ("first layer", "last layer", "")
+    yield Hit(first_name, f"gradient RMS of the {what[0]} {first_name} is {first.value:.3g}, "
+                          f"{ratio:.2g}× that of the {what[1]} {last_name} ({last.value:.3g}{what[2]}; from {source})",
               {"first_layer": first_name, "first_grad_rms": first.value, "last_layer": last_name,
                "last_grad_rms": last.value, "ratio": ratio, "ratio_threshold": opts.ratio_error
                if sev == "error" else opts.ratio_warning, "source": first.source, "layers": len(layers)},
@@ -149,3 +211,50 @@ def exploding_gradients(run, opts: ExplodingOptions):
                                  f"(rising on {mono:.0%} of steps)",
                           {"growth_factor": factor, "rising_share": mono, "threshold": opts.growth_factor},
                           severity="warning", plot=CurvePlot(run.name, [Signal.GRAD_NORM]))
+
+
+@rule("G103", "grad-norm-spike", "warning", needs=(Signal.GRAD_NORM,), options=SpikeOptions,
+      category="exploding-gradients")
+def grad_norm_spike(run, opts: SpikeOptions):
+    """
+    What it detects:
+        Spikes in the logged total gradient norm, by the same published detector as loss-spike (the
+        `method` option; llm-foundry's KillLossSpike rule by default: >= 2x the mean of the previous 100
+        values on 5 consecutive points). A gradient-norm spike followed within `lead_window` steps by a loss
+        spike is a warning (OLMo 2, arXiv:2501.00656: gradient-norm spikes precede loss spikes, so this is
+        the earliest sign of the instability); one the loss shrugs off is reported as info. A jump of the
+        learning rate just before is named as the root cause ("lr-spike").
+    Why it matters:
+        A gradient-norm spike is an update far larger than the ones before it; with Adam it also pollutes
+        the second-moment estimate for thousands of steps.
+    Typical causes:
+        A learning-rate jump, a bad batch, an unstable layer (attention logits, a tiny LayerNorm scale),
+        fp16 overflow, missing gradient clipping.
+    What to try:
+        Clip gradients (torch.nn.utils.clip_grad_norm_ with max_norm=1.0 is the transformer default), check
+        the learning rate at the spike, and inspect the batch that produced it.
+
+        Large-model recipes track a spike score (OLMo 2) and skip batches around spikes.
+    """
+    check_method(opts)
+    g = run.signals.grad_norm
+    events = spike_events(g, opts)
+    if not events:
+        return
+    t = run.train_loss_steps
+    loss_events = spike_events(t, opts) if t is not None else []
+    for ev in events[:3]:
+        followed = next((le for le in loss_events if 0 <= le["onset_step"] - ev["onset_step"] <= opts.lead_window), None)
+        jump = lr_jump(run, ev["onset_step"], opts)
+        parts = [f"{g.tag} spiked from {ev['before']:.4g} to {ev['peak']:.4g} at step {ev['peak_step']} (onset step "
+                 f"{ev['onset_step']}, {opts.method} rule)"]
+        parts.append(f"the loss spiked {followed['onset_step'] - ev['onset_step']} steps later" if followed
+                     else "the training loss did not spike with it")
+        if jump is not None:
+            parts.append(f"root cause: the learning rate jumped {jump['lr_factor']:.3g}x (to {jump['lr_peak']:.3g} at "
+                         f"step {jump['lr_peak_step']})")
+        yield Hit(g.tag, "; ".join(parts),
+                  {"method": opts.method, **ev, "loss_spike_step": followed["onset_step"] if followed else None,
+                   "root_cause": "lr-spike" if jump is not None else None, **(jump or {})},
+                  severity=None if followed else "info",
+                  plot=CurvePlot(run.name, [Signal.GRAD_NORM], ev["onset_step"]))

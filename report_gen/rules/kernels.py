@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from report_gen.facts import DUP_CORR, dead_units
+from report_gen.facts import DUP_CORR, binomial_tail, chance_dead_probability, dead_units
 from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import KernelsPlot, Signal
 
@@ -31,6 +31,11 @@ class DeadKernelOptions:
     warning_ratio: float = opt(0.05, "dead share above this: a warning (the tutorial's healthy range is below 5%)")
     error_ratio: float = opt(0.15, "dead share above this: an error")
     min_dead: int = opt(2, "at least this many dead kernels")
+    chance_p: float = opt(1e-3, "...and that many would be this unlikely by chance: the binomial probability of at "
+                                "least that many units under `threshold` when each unit's weights are drawn from the "
+                                "layer's own distribution at its first checkpoint (N(0, std^2)). A GRU's weight_ih_l0 "
+                                "with input size 1 has one weight per unit, and 5.5% of them fall below 0.01 at its "
+                                "U(-1/4, 1/4) init")
 
 
 @rule("K101", "dead-kernels", "error", needs=(Signal.CHECKPOINT,), options=DeadKernelOptions)
@@ -39,7 +44,11 @@ def dead_kernels(run, opts: DeadKernelOptions):
     What it detects:
         Conv kernels (or linear units) whose weights are all ~0: max |w| below `threshold` (the seed
         tutorial's dead-kernel ratio, mean(|W|.amax(dim=[1,2,3]) < 0.01)), and far below the layer's
-        typical kernel so that layers with small weights by design are not flagged.
+        typical kernel so that layers with small weights by design are not flagged. The count must also be
+        more than chance gives for the layer's fan-in: a unit of k weights drawn from the layer's own
+        distribution is under the threshold with probability erf(t / (std sqrt 2))^k, negligible for a
+        3x3 kernel but 5.5% for a "kernel" of one weight, and the finding needs a binomial probability
+        below `chance_p` of that many such units appearing by chance.
     Why it matters:
         A dead kernel produces a constant output channel: capacity is wasted and the units after it
         see nothing. Many dead kernels mean the layer is collapsing.
@@ -62,11 +71,19 @@ def dead_kernels(run, opts: DeadKernelOptions):
         ratio = dead / total
         if dead < opts.min_dead or ratio <= opts.warning_ratio:
             continue
+        ps = run.series.get(name)
+        layer_std = ps.stats[0].std if ps is not None and ps.stats else st.std
+        unit_size = int(np.prod(st.shape[1:]))
+        p_unit = chance_dead_probability(unit_size, layer_std, opts.threshold)
+        p_chance = binomial_tail(dead, total, p_unit)
+        if p_chance >= opts.chance_p:
+            continue  # as many as the layer's own spread puts under the threshold by chance
         sev = "error" if ratio > opts.error_ratio else "warning"
         kind = "kernels" if len(st.shape) == 4 else "units"
         yield Hit(name, f"{dead} of {total} {kind} ({ratio:.0%}) have max |w| < {opts.threshold:g}",
                   {"dead": dead, "total": total, "ratio": ratio, "threshold": opts.threshold,
-                   "layer_median_max_abs": med, "dead_indices": np.flatnonzero(dead_mask)[:32].tolist()},
+                   "layer_median_max_abs": med, "dead_indices": np.flatnonzero(dead_mask)[:32].tolist(),
+                   "unit_size": unit_size, "chance_per_unit": p_unit, "chance_probability": p_chance},
                   severity=sev, plot=_kernel_plot(run, name, st))
 
 
@@ -169,6 +186,16 @@ def redundant_filters(run, opts: RedundantOptions):
         level is higher. Counting the largest family rather than every kernel with a twin keeps
         healthy layers quiet: Adam often leaves a few pairs of twin filters in a layer that is simply
         wider than the task needs (calibration: up to 0.19 on healthy runs).
+
+        Only kernels with a receptive field are judged (convolution weights, 3-d and more:
+        [out, in, k...], one filter per row). A 2-d matrix's rows are filters only for an nn.Linear:
+        they are tokens in an embedding table, input features in Hugging Face's Conv1D ([in, out]),
+        and coordinates of a rotation-invariant head space in attention projections, and the
+        checkpoint does not say which. On the real HF Trainer fixtures (tests/fixtures/real/hf) every
+        healthy BERT had 2-d "families" of 0.3-0.97: embeddings sharing one offset row, and
+        projections close to rank 1 (stable rank 1.1-1.2, rows +-one direction: Adam's sign-like
+        update of a rank-1 gradient). Redundant units of linear layers are judged on their
+        activations (A104) when a probe runs.
     Why it matters:
         Duplicate filters waste capacity and compute; many duplicates suggest the layer collapsed.
     Typical causes:
@@ -180,7 +207,7 @@ def redundant_filters(run, opts: RedundantOptions):
         The kernel grid in this report shows the duplicates; prune them.
     """
     for name, st in _unit_layers(run, opts.min_kernels):
-        if st.dup_family_share is None or int(np.prod(st.shape[1:])) < opts.min_kernel_size:
+        if len(st.shape) < 3 or st.dup_family_share is None or int(np.prod(st.shape[1:])) < opts.min_kernel_size:
             continue
         mc = np.asarray(st.unit_max_corr, dtype=float)
         mc = mc[np.isfinite(mc)]

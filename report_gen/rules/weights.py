@@ -92,6 +92,9 @@ def weight_collapse(run, opts: CollapseOptions):
     Why it matters:
         A collapsed layer passes (almost) nothing on: the units it feeds are effectively dead. The seed
         tutorial reads a spike near 0 as a sign of vanishing gradients.
+        Weights held exactly at a bound by a constraint (every value >= 0 and the zeros exactly the minimum,
+        as LPIPS clamps its linear heads non-negative after each step) are recognised first and reported as
+        info: an active constraint is the design, not a collapse.
     Typical causes:
         Weight decay too strong for the learning rate, L1 regularisation, vanishing gradients,
         a pruning mask applied by mistake, a tiny initialisation.
@@ -104,6 +107,16 @@ def weight_collapse(run, opts: CollapseOptions):
     for name in _weight_names(run):
         st = run.last_stats.get(name)
         if st is not None and st.numel >= opts.min_numel and st.zero_frac >= opts.zero_frac:
+            bound = _constraint_bound(st)
+            if bound is not None:
+                yield Hit(name, f"{st.zero_frac:.0%} of the {st.numel} weights sit exactly at 0, the {bound} bound of "
+                                f"the tensor (no value on the other side of it): a constraint (a clamp or projection "
+                                f"after each step) active by design, not a collapse",
+                          {"zero_frac": st.zero_frac, "numel": st.numel, "threshold": opts.zero_frac,
+                           "constrained": bound, "min": st.min, "max": st.max}, severity="info",
+                          suggestion="Nothing to do if the constraint is intended (suppress weight-collapse for this "
+                                     "layer); otherwise look for a clamp or ReLU applied to the weights.")
+                continue
             yield Hit(name, f"{st.zero_frac:.0%} of the {st.numel} weights are exactly zero",
                       {"zero_frac": st.zero_frac, "numel": st.numel, "threshold": opts.zero_frac})
             continue
@@ -117,6 +130,18 @@ def weight_collapse(run, opts: CollapseOptions):
                       {"rms_start": float(rms[0]), "rms_end": float(rms[-1]), "ratio": ratio,
                        "threshold": opts.shrink_ratio, "source": source},
                       plot=DistributionPlot.of(run.name, Key.WEIGHT, name))
+
+
+def _constraint_bound(st) -> str | None:
+    """"lower" when every value is >= 0 and the zeros are exactly the minimum (a non-negativity clamp, as
+    LPIPS' linear heads), "upper" for the mirror case; None when values lie on both sides of 0."""
+    if not np.isfinite(st.min) or not np.isfinite(st.at_min_frac):
+        return None
+    if st.min == 0.0 and st.max > 0.0 and st.at_min_frac >= st.zero_frac - 1e-12:
+        return "lower"
+    if st.max == 0.0 and st.min < 0.0 and st.at_max_frac >= st.zero_frac - 1e-12:
+        return "upper"
+    return None
 
 
 @dataclass(frozen=True)
@@ -204,3 +229,73 @@ def bimodal_weights(run, opts: BimodalOptions):
             yield Hit(name, f"the last weight histogram (step {int(h.steps[-1])}) has {modes} separated modes",
                       {"modes": modes, "step": int(h.steps[-1])},
                       plot=DistributionPlot.of(run.name, Key.WEIGHT, name))
+
+
+@dataclass(frozen=True)
+class FanInWidthOptions:
+    max_ratio: float = opt(8.0, "a weight whose standard deviation is more than this many times the widest standard "
+                                "init scale for its fan-in (Kaiming/He, sqrt(2/fan_in); PyTorch's default is 0.41 of "
+                                "it, Xavier 0.71 for a square layer) is too wide. Calibration: the widest healthy "
+                                "tensor, an nn.Embedding-style N(0,1) position table of width 32, is 4x")
+
+
+@rule("W105", "fan-in-width", "warning", needs=(Signal.CHECKPOINT,), options=FanInWidthOptions, category="wide-weights")
+def fan_in_width(run, opts: FanInWidthOptions):
+    """
+    What it detects:
+        A weight matrix or kernel whose spread is far beyond what any standard initialisation gives a layer
+        of its fan-in: its standard deviation over the widest standard scale, Kaiming/He's sqrt(2/fan_in)
+        (PyTorch's default kaiming_uniform(a=sqrt(5)) gives 1/sqrt(3 fan_in), Xavier/Glorot sqrt(2/(fan_in +
+        fan_out)); facts/init_scale.py cites each), above `max_ratio`. Fan-in is computed from the shape as
+        torch does (in x kernel size). It is judged at the layer's first checkpoint and at its last: wide
+        from the first checkpoint (at step 0, the initialisation itself) names "init-too-wide" as the root
+        cause; widening after a normal start is reported with the growth over the first checkpoint.
+        Embedding tables (N(0,1) by default, whatever their width) are left out. Wide-weights (W103) is
+        absolute (|w| > 100) or relative to the start (10x growth), so an init 28x its fan-in scale that
+        never grows is only visible here.
+    Why it matters:
+        Pre-activations scale with std x sqrt(fan_in): a layer many times its fan-in scale saturates tanh and
+        sigmoid units, makes ReLU outputs explode layer after layer, and starts the loss orders of magnitude
+        above ln C; training then spends its budget shrinking the weights back.
+    Typical causes:
+        torch.randn weights without the 1/sqrt(fan_in) factor, an init std meant for another width, a
+        custom init applied to every module, a gain applied twice, weights loaded from a model with
+        different scaling.
+    What to try:
+        Initialise with the layer's default or nn.init.kaiming_normal_ (ReLU) / xavier_uniform_ (tanh), or
+        scale random weights by 1/sqrt(fan_in); check any custom init function.
+
+        A first loss far above ln C (for C classes) is the symptom to look for.
+    """
+    from report_gen.facts.init_scale import init_scales
+    from report_gen.facts.run import is_embedding_name
+
+    for name in _weight_names(run):
+        ps = run.series.get(name)
+        if ps is None or not ps.stats or len(ps.stats[0].shape) < 2 or is_embedding_name(name):
+            continue
+        scales = init_scales(ps.stats[0].shape)
+        first, last = ps.stats[0], ps.stats[-1]
+        if scales is None or not np.isfinite(first.std) or not np.isfinite(last.std):
+            continue
+        r0, r1 = first.std / scales.widest, last.std / scales.widest
+        if max(r0, r1) <= opts.max_ratio:
+            continue
+        step0 = ps.steps[ps.present[0]]
+        several = len(ps.stats) >= 2
+        ev = {"fan_in": scales.fan_in, "std_first": first.std, "std_last": last.std, "kaiming_std": scales.kaiming,
+              "ratio": max(r0, r1),
+              "pytorch_default_std": scales.pytorch_default, "ratio_first": r0, "ratio_last": r1,
+              "first_step": step0, "threshold": opts.max_ratio}
+        if r0 > opts.max_ratio:
+            at = "at step 0 (its initialisation)" if step0 == 0 else (
+                f"at its first checkpoint (step {step0})" if several else "in the checkpoint")
+            cause = "init-too-wide" if step0 == 0 or several else None
+            yield Hit(name, f"std {first.std:.3g} {at} is {r0:.3g}x the widest standard init for its fan-in of "
+                            f"{scales.fan_in} (Kaiming {scales.kaiming:.3g}; PyTorch's default "
+                            f"{scales.pytorch_default:.3g})" + (f"; {r1:.3g}x at the last checkpoint" if several else ""),
+                      {**ev, "root_cause": cause})
+        else:
+            yield Hit(name, f"std grew from {first.std:.3g} (step {step0}, {r0:.2g}x its fan-in scale) to {last.std:.3g}, "
+                            f"{r1:.3g}x the widest standard init for a fan-in of {scales.fan_in}",
+                      {**ev, "root_cause": None, "growth": last.std / first.std if first.std > 0 else float("inf")})

@@ -49,3 +49,36 @@ def test_small_helpers():
     assert curves.monotonic_fraction([1, 2, 3, 2]) == pytest.approx(2 / 3)
     st, va = curves.downsample(np.arange(10_000), np.r_[np.ones(9_999), np.nan], 100)
     assert len(st) <= 101 and st[0] == 0 and st[-1] == 9_999 and np.isnan(va[-1])
+
+
+def test_classes_from_the_untrained_loss():
+    assert curves.classes_from_loss(0.6946) == 2
+    assert curves.classes_from_loss(np.log(10) + 0.02) == 10
+    assert curves.classes_from_loss(np.log(10) + 0.05) == 11  # nearby C are indistinguishable: 1/10 vs 1/11
+    assert curves.classes_from_loss(1.39) == 4
+    assert curves.classes_from_loss(0.9) is None  # between ln 2 and ln 3: not a uniform guess
+    assert curves.classes_from_loss(3115.0) is None and curves.classes_from_loss(0.01) is None
+
+
+def test_classes_from_hparams():
+    assert curves.classes_from_hparams({"classes": 2.0, "lr": 0.1}) == 2
+    assert curves.classes_from_hparams({"model/num_labels": 4}) == 4
+    assert curves.classes_from_hparams({"classes": True, "num_classes": 1.5}) is None
+
+
+def test_above_chance_is_cohens_kappa_of_the_90th_percentile():
+    acc = np.array([0.47, 0.5, 0.52, 0.49, 0.51, 0.5, 0.48, 0.53, 0.5, 0.5])
+    assert abs(curves.above_chance(acc, 0.5) - (np.quantile(acc, 0.9) - 0.5) / 0.5) < 1e-12
+    assert curves.above_chance(acc * 100, 0.5) == curves.above_chance(acc, 0.5)  # percent
+    assert curves.above_chance(np.full(5, 0.95), 0.1) > 0.9
+
+
+def test_turning_points_of_noise_and_of_a_bounce():
+    import numpy as np
+
+    from report_gen.facts.curves import turning_point_z
+
+    zs = [turning_point_z(np.random.default_rng(s).standard_normal(200)) for s in range(200)]
+    assert abs(float(np.mean(zs))) < 0.2 and 0.8 < float(np.std(zs)) < 1.2  # N(0, 1) under independence
+    assert turning_point_z(np.tile([1.0, 0.0], 100)) > 10
+    assert turning_point_z(np.linspace(1, 0, 200)) < -10

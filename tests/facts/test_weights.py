@@ -164,6 +164,22 @@ def test_fast_block_pass_agrees_with_the_exact_float64_pass(shape, scale, offset
         assert fast.kernel_diversity == pytest.approx(exact.kernel_diversity, rel=1e-4, nan_ok=True)
 
 
+@pytest.mark.parametrize("shape", [(600, 300), (200_000,), (3, 700_000)])
+def test_fast_pass_extremes_and_ties_at_them_match_the_exact_pass(shape):
+    """Signed min/max and the share of values sitting on them (clamped or ReLU-cut weights) from the block
+    pass, ties spread over many blocks, equal to the float64 pass."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(*shape, generator=g) * 0.1).clamp(-0.05, 0.12)  # ties at both bounds, in every block
+    x.view(-1)[-1] = -0.07  # one lower value in the last block: the ties counted before it no longer count
+    fast = wf._fast_stats("w", x, "float32")
+    exact = wf._exact_stats("w", x, "float32")
+    assert fast is not None
+    for key in ("min", "max", "at_min_frac", "at_max_frac"):
+        assert getattr(fast, key) == getattr(exact, key), key
+    assert fast.min == pytest.approx(-0.07) and fast.at_min_frac == 1 / x.numel()
+    assert fast.at_max_frac == pytest.approx(float((x == x.max()).double().mean()))
+
+
 def test_fast_pass_hands_nonfinite_and_overflow_to_the_exact_pass():
     x = torch.randn(100_000)
     x[12345] = float("nan")

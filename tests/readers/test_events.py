@@ -1,6 +1,8 @@
 """Event decoding, merging and the step policy, on hand-built and torch-written event files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from tensorboard.compat.proto import event_pb2
@@ -403,6 +405,59 @@ def test_equal_step_in_a_later_file_is_a_restart(tmp_path):
     data = read_events([(str(first), ""), (str(second), "")])
     assert series(data, "loss") == ([0, 1, 2, 3, 4], [1.0] * 4 + [2.0])
     assert [(p.kind, p.count) for p in data.problems] == [("step-restart", 1)]
+
+
+REAL_HF = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "hf"
+
+
+@pytest.mark.parametrize("case, last_step", [("bert-healthy-tensorboard", 120), ("gpt2-healthy-tensorboard", 200)])
+def test_trainer_evaluate_after_train_is_merged_not_a_restart(case, last_step):
+    """transformers' Trainer: evaluate() after train() opens a second event file holding eval/* and
+    train/epoch at the final step, where the last in-training evaluation already logged eval/*."""
+    files = sorted(str(p) for p in (REAL_HF / case / "runs").glob("*/*tfevents*"))
+    assert len(files) == 2
+    data = read_events([(f, "") for f in files])
+    assert [p.kind for p in data.problems] == []
+    steps, values = series(data, "eval/loss")
+    assert steps[-2:] == [last_step, last_step] and values[-1] == values[-2]  # both evaluations kept
+    train_steps, _ = series(data, "train/loss")
+    assert train_steps[-1] == last_step and len(train_steps) == len(set(train_steps))
+
+
+def test_an_evaluation_file_at_one_step_is_merged_even_at_a_logged_step(tmp_path):
+    first = write_records(tmp_path / "events.out.tfevents.1", [
+        make_scalar_event(tag, s, float(s), T0 + s) for s in (10, 20, 30) for tag in ("train/loss", "eval/loss")])
+    second = write_records(tmp_path / "events.out.tfevents.2", [
+        make_scalar_event("eval/loss", 20, 7.0, T0 + 100), make_scalar_event("train/epoch", 20, 2.0, T0 + 100)])
+    data = read_events([(str(first), ""), (str(second), "")])
+    assert data.problems == []
+    assert series(data, "eval/loss") == ([10, 20, 20, 30], [10.0, 20.0, 7.0, 30.0])
+
+
+@pytest.mark.parametrize("records", [
+    # a training series in the later file: a resumed run, whatever else it logs
+    [("eval/loss", 20, 7.0), ("train/loss", 20, 7.0)],
+    # evaluations at two steps: a resumed run that logs only evaluations
+    [("eval/loss", 20, 7.0), ("eval/loss", 30, 8.0)],
+])
+def test_a_later_file_that_is_not_one_evaluation_still_restarts(tmp_path, records):
+    first = write_records(tmp_path / "events.out.tfevents.1", [
+        make_scalar_event(tag, s, float(s), T0 + s) for s in (10, 20, 30) for tag in ("train/loss", "eval/loss")])
+    second = write_records(tmp_path / "events.out.tfevents.2", [
+        make_scalar_event(tag, step, value, T0 + 100 + i) for i, (tag, step, value) in enumerate(records)])
+    data = read_events([(str(first), ""), (str(second), "")])
+    assert [p.kind for p in data.problems] == ["step-restart"]
+    assert series(data, "eval/loss")[0][:2] == [10, 20] and 30.0 not in series(data, "eval/loss")[1][:2]
+
+
+def test_an_evaluation_file_with_a_histogram_is_judged_as_a_restart(tmp_path):
+    first = write_records(tmp_path / "events.out.tfevents.1", [make_scalar_event("eval/loss", s, 1.0, T0 + s)
+                                                                for s in (10, 20)])
+    second = write_records(tmp_path / "events.out.tfevents.2", [
+        make_scalar_event("eval/loss", 10, 2.0, T0 + 100), make_hist_event("eval/w", 10, [1.0], T0 + 100)])
+    data = read_events([(str(first), ""), (str(second), "")])
+    assert series(data, "eval/loss") == ([10], [2.0])
+    assert [p.kind for p in data.problems] == ["step-restart"]
 
 
 def test_steps_going_back_within_a_file_are_kept_until_a_session_start(tmp_path):

@@ -135,3 +135,63 @@ def test_a_reader_that_fails_loses_only_its_own_files(tmp_path, monkeypatch):
     (problem,) = log.problems
     assert (problem.kind, problem.severity, problem.file) == ("unreadable", "error", str(tmp_path))
     assert problem.message == "the boom logs could not be read: RuntimeError: parser bug"
+
+
+# A file name each registered reader recognises. A new reader adds its own here: the test below then
+# checks it against a FIFO and a link to /dev/zero under that name (see the registry's docstring).
+NAMES_PER_READER = {
+    "tensorboard": "events.out.tfevents.1700000000.host.1.0",
+    "hf-trainer": "trainer_state.json",
+    "lightning-csv": "metrics.csv",
+    "ultralytics-csv": "results.csv",
+    "mlflow-files": "meta.yaml",
+    "mlflow-sqlite": "mlflow.db",
+    "wandb": "run-abc123.wandb",
+}
+
+_EVERY_READER_ON_IRREGULAR_FILES = """
+import json, os, sys
+from report_gen.readers import registry
+folder = sys.argv[1]
+out = []
+for reader in registry.LOG_READERS:
+    name = json.loads(sys.argv[2])[reader.name]
+    for kind in ("fifo", "zero"):
+        path = os.path.join(folder, reader.name + "-" + kind, name)
+        recognised = reader.recognises(path)
+        try:
+            log = reader.read([(path, "")], member=None) if reader.members else reader.read([(path, "")])
+            outcome = sorted({p.kind for p in log.problems})
+        except Exception as exc:
+            outcome = "raised " + type(exc).__name__
+        via = sorted({p.kind for p in registry.read_logs([(path, "")], where=folder).problems})
+        out.append([reader.name, kind, recognised, outcome, via])
+print(json.dumps(out))
+"""
+
+
+def test_every_registered_reader_is_safe_on_a_fifo_and_on_dev_zero(tmp_path):
+    """Each reader, handed a FIFO or a symlink to /dev/zero under its own file name, returns (or
+    raises) at once instead of blocking or reading forever; through read_logs the file is one
+    not-a-regular-file problem. In a child process with a timeout: a reader that blocks fails the test."""
+    import json
+    import os
+
+    from hostile_tools import run_python
+
+    missing = [r.name for r in registry.LOG_READERS if r.name not in NAMES_PER_READER]
+    assert not missing, f"add a recognised file name for {missing} to NAMES_PER_READER"
+    for reader in registry.LOG_READERS:
+        name = NAMES_PER_READER[reader.name]
+        assert reader.name_matches(name), (reader.name, name)
+        (tmp_path / f"{reader.name}-fifo").mkdir()
+        os.mkfifo(tmp_path / f"{reader.name}-fifo" / name)
+        (tmp_path / f"{reader.name}-zero").mkdir()
+        (tmp_path / f"{reader.name}-zero" / name).symlink_to("/dev/zero")
+    code = _EVERY_READER_ON_IRREGULAR_FILES.replace("sys.argv[1]", repr(str(tmp_path))).replace(
+        "sys.argv[2]", repr(json.dumps(NAMES_PER_READER)))
+    done = run_python(code, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    for reader, kind, recognised, outcome, via in json.loads(done.stdout):
+        assert outcome != [], (reader, kind, "read nothing and reported nothing")
+        assert via == ["not-a-regular-file"], (reader, kind, via)

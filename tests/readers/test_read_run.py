@@ -30,8 +30,7 @@ def test_read_checkpoints_grades_each_file_and_orders_the_series(tmp_path):
     # training order: by the step inside the file, a checkpoint without any step last
     assert [(c.path.rsplit("/", 1)[-1], c.step) for c in ckpts] == [("a.pt", 10), ("b.pt", 20), ("evil.pt", None)]
     assert seen == [(i, len(paths)) for i in range(len(paths))]
-    assert _graded(problems) == [
-        ("probe.pt", "no-weights", "info"),
+    assert _graded(problems) == [  # probe.pt is data beside the checkpoints (a probe batch), not a problem
         ("blob.pkl", "not-a-checkpoint", "info"),
         ("lfs.pt", "lfs-pointer", "warning"),
         ("empty.pt", "empty-file", "warning"),
@@ -41,6 +40,22 @@ def test_read_checkpoints_grades_each_file_and_orders_the_series(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_saved_tensor_is_a_problem_only_when_no_checkpoint_was_read(tmp_path):
+    """A probe batch (a bare tensor, or a tuple of them) beside checkpoints is data; alone it explains why
+    nothing was read. A mapping without weights stays a problem either way."""
+    torch.save(torch.zeros(3), tmp_path / "probe.pt")
+    torch.save((torch.zeros(2, 3), torch.ones(2)), tmp_path / "batch.pt")
+    torch.save({"epoch": 3}, tmp_path / "meta.pt")
+    alone = [str(tmp_path / n) for n in ("batch.pt", "meta.pt", "probe.pt")]
+    ckpts, problems = read_checkpoints(alone)
+    assert ckpts == [] and _graded(problems) == [("batch.pt", "no-weights", "info"), ("meta.pt", "no-weights", "info"),
+                                                 ("probe.pt", "no-weights", "info")]
+    assert "probe batch" in problems[2].message and "tuple of 2 tensors" in problems[0].message
+    ckpt = cb.write_plain(tmp_path / "epoch_1.pt", cb.tiny_state())
+    ckpts, problems = read_checkpoints(alone + [str(ckpt)])
+    assert len(ckpts) == 1 and _graded(problems) == [("meta.pt", "no-weights", "info")]
+
+
 def test_read_run_adds_nothing_readable_after_the_files_own_problems(tmp_path):
     events = write_bytes(tmp_path / "events.out.tfevents.1", b"\x00" * 5)  # a cut first record
     (tmp_path / "bad.pt").write_bytes(b"\x00\x01binary")
@@ -48,7 +63,7 @@ def test_read_run_adds_nothing_readable_after_the_files_own_problems(tmp_path):
     got = read_run(spec)
     assert got.log.scalars.empty and got.checkpoints == []
     assert _graded(got.problems) == [("events.out.tfevents.1", "truncated-record", "info"),
-                                     ("bad.pt", "not-a-checkpoint", "info"),
+                                     ("bad.pt", "not-a-checkpoint", "warning"),  # bytes of no format, named .pt
                                      (tmp_path.name, "nothing-readable", "error")]
     assert got.problems[:1] == got.log.problems
 

@@ -8,6 +8,7 @@ tests/_artifacts/report.png.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sample_report import rendered_sample
+from sample_report import make_report_dict, rendered_sample
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 ARTIFACTS = Path(__file__).parents[1] / "_artifacts"
@@ -38,12 +39,21 @@ def _chromium() -> str:
     pytest.skip("chromium not installed (apt-get install -y chromium)")
 
 
+def _high_fd(fd: int) -> int:
+    """The same file as `fd` on a descriptor >= 10 (close-on-exec); `fd` itself is closed."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 class DevTools:
     """A minimal Chrome DevTools Protocol client over --remote-debugging-pipe."""
 
     def __init__(self, executable: str, profile: Path) -> None:
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
+        # the pipe ends are moved above fd 9 first: were one of them already fd 3 or 4, dup2 onto itself
+        # would keep its close-on-exec flag (or the second dup2 would overwrite the first) and kill the pipe
+        to_browser_r, self._to_browser = map(_high_fd, os.pipe())
+        self._from_browser, from_browser_w = map(_high_fd, os.pipe())
 
         def wire_fds() -> None:  # the browser reads commands on fd 3 and writes replies on fd 4
             os.dup2(to_browser_r, 3)
@@ -163,3 +173,112 @@ def test_the_browser_check_catches_requests_errors_and_broken_images(tmp_path):
     assert _external(result) == ["http://report-gen.invalid/x.png"]
     assert result["errors"]
     assert [i["ok"] for i in result["images"]] == [False, False]
+
+
+# ------------------------------------------------------------------------------------ layout in the page
+
+#: measured in the laid-out page: evidence tables that overlap their finding's plot, evidence cells or plots
+#: wider than their finding card, and run headings (h3) or whole sections with nothing under them
+LAYOUT_CHECK = """(() => {
+  const out = {findings: 0, overlaps: [], spills: [], empty: [], notes: []};
+  const overlap = (a, b) => Math.max(0, Math.min(a.right, b.right) - Math.max(a.left, b.left)) *
+                            Math.max(0, Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top));
+  for (const card of document.querySelectorAll('.finding')) {
+    out.findings += 1;
+    const box = card.getBoundingClientRect();
+    const img = card.querySelector('figure img');
+    const parts = card.querySelectorAll('.evidence table, .evidence ul');
+    if (img && Array.from(parts).some(p => overlap(p.getBoundingClientRect(), img.getBoundingClientRect()) > 0))
+      out.overlaps.push(card.id);
+    for (const cell of card.querySelectorAll('.evidence th, .evidence td, .evidence li, figure img')) {
+      const r = cell.getBoundingClientRect();
+      if (r.right > box.right + 1 || cell.scrollWidth > cell.clientWidth + 1) {
+        out.spills.push(card.id + ': ' + cell.textContent.slice(0, 40));
+        break;
+      }
+    }
+  }
+  const says = n => (n.innerText || '').trim() !== '' || n.querySelector('img') !== null;
+  for (const section of document.querySelectorAll('main > section')) {
+    for (const h of section.querySelectorAll('h3')) {
+      let shown = false;
+      for (let n = h.nextElementSibling; n && n.tagName !== 'H3'; n = n.nextElementSibling) shown = shown || says(n);
+      if (!shown) out.empty.push(section.id + ': ' + h.textContent.trim());
+    }
+    if (!Array.from(section.children).some(n => n.tagName !== 'H2' && says(n))) out.empty.push(section.id);
+    for (const p of section.querySelectorAll('.left-out')) out.notes.push(section.id + ': ' + p.innerText);
+  }
+  return JSON.stringify(out);
+})()"""
+
+
+def _measure_layout(page: Path, profile: Path, width: int = 1200) -> dict:
+    """Load a file:// page at `width` CSS px and run LAYOUT_CHECK in it."""
+    browser = DevTools(_chromium(), profile)
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        browser.send("Page.enable", session=session)
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1,
+                                                            "mobile": False}, session=session)
+        browser.send("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+        browser.wait_event("Page.loadEventFired")
+        value = browser.send("Runtime.evaluate", {"expression": LAYOUT_CHECK, "returnByValue": True},
+                             session=session)["result"]["value"]
+    finally:
+        browser.close()
+    return json.loads(value)
+
+
+#: the evidence of a real frozen-layer finding (U101 on sample_runs/frozen_layer): a list and a long note
+FROZEN_EVIDENCE = {
+    "params": ["conv2.weight"], "source": "checkpoints", "others_median_change": 1.4196627653165348,
+    "prefix_of_model": False, "grad_rms": 1.606789135483164,
+    "optimizer_note": "7 optimizer entries for 8 model parameters (frozen, shared or missing parameters?); "
+                      "3 of 7 optimizer entries mapped by a shape unique in the model",
+    "has_optimizer_state": None,
+}
+
+
+def _capped_page(tmp_path: Path, max_figures: int) -> Path:
+    """The sample report with frozen-layer evidence on every finding that has a plot, drawn with a figure cap
+    small enough that whole run sections lose their plots."""
+    from report_gen.render.html import render_html
+    from report_gen.render.plots import PlotStore
+
+    report = make_report_dict(n_findings=6)
+    for finding in report["findings"]:
+        if finding.get("plot"):
+            finding["evidence"] = {**finding.get("evidence", {}), **FROZEN_EVIDENCE}
+    page = tmp_path / "report.html"
+    page.write_text(render_html(report, plots=PlotStore(report, max_figures=max_figures)), encoding="utf-8")
+    return page
+
+
+@pytest.mark.parametrize("width", [1200, 900])
+def test_evidence_never_overlaps_its_plot_and_no_section_is_silently_empty(tmp_path, width):
+    layout = _measure_layout(_capped_page(tmp_path, max_figures=6), tmp_path / "profile", width)
+    assert layout["findings"] >= 4
+    assert layout["overlaps"] == []
+    assert layout["spills"] == []
+    assert layout["empty"] == []
+    # the sections whose plots the cap took say so, with the cap
+    assert layout["notes"] and all("at most 6 figures" in note for note in layout["notes"]), layout["notes"]
+
+
+def test_the_layout_check_sees_overlap_spill_and_empty_sections(tmp_path):
+    """LAYOUT_CHECK on a page built to have each defect: it must report every one (so the test above can fail)."""
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<!DOCTYPE html><main><section id="findings"><h2>Findings</h2>'
+        '<article class="finding" id="f1" style="width:400px;position:relative">'
+        '<div class="evidence" style="position:absolute;left:0;top:0;width:100px"><table><tr><th>k</th>'
+        '<td style="white-space:nowrap">' + "x" * 200 + '</td></tr></table></div>'
+        '<figure><img style="width:200px;height:50px" src="data:image/gif;base64,'
+        'R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs="></figure></article></section>'
+        '<section id="curves"><h2>Training curves</h2><h3>run-a</h3><div class="plots"></div></section>'
+        '<section id="images"><h2>Kernels</h2></section></main>', encoding="utf-8")
+    layout = _measure_layout(page, tmp_path / "profile")
+    assert layout["overlaps"] == ["f1"]
+    assert layout["spills"] and layout["spills"][0].startswith("f1")
+    assert layout["empty"] == ["curves: run-a", "images"]

@@ -105,3 +105,32 @@ def test_missing_and_malformed_pieces_do_not_crash():
     html = render_html(broken)
     assert "<img" not in html  # nothing drawable, so no broken images either
     assert "only_in_details" in html
+
+
+def test_html_order_and_run_cards_in_user_words():
+    """Findings about the training come before input notices; the HTML puts findings before the run cards,
+    and the cards list what was logged in words, not signal names (loss_any, checkpoint_series)."""
+    from report_gen.render.context import build_context
+
+    findings = [{"code": "I101", "severity": "error", "category": "input-integrity", "run": "a", "message": "bad file"},
+                {"code": "L101", "severity": "warning", "category": "nonfinite-loss", "run": "a", "message": "nan"}]
+    report = {"schema_version": 1, "findings": findings, "inputs": {"runs": [{"name": "a"}]},
+              "details": {"runs": {"a": {"summary": {"signals": ["checkpoint_series", "loss_any", "train_loss", "lr"]}}}}}
+    ctx = build_context(report)
+    assert [f["code"] for f in ctx["findings"]] == ["L101", "I101"]
+    assert [g["label"] for g in ctx["groups"]][-1] == "Input files"
+    anchors = [a for a, _ in ctx["html_sections"]]
+    assert anchors.index("findings") < anchors.index("summary")
+    assert dict(ctx["html_sections"])["summary"] == "Runs"
+    assert ctx["runs"][0]["logged"] == ["training loss", "learning rate"]
+
+
+def test_small_logged_images_get_a_display_width():
+    from report_gen.render.html import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, _display_width
+    from sample_report import tiny_png
+
+    assert _display_width(tiny_png(20, 10)) == 20 * (MIN_IMAGE_SIDE // 10)  # short side scaled up to 96 px
+    assert _display_width(tiny_png(42, 7)) == 42 * (MAX_IMAGE_SIDE // 42)  # an 8x1x3x3 kernel grid: long side
+    assert _display_width(tiny_png(7, 42)) == 7 * (MAX_IMAGE_SIDE // 42)  # stays under 400 px either way
+    assert _display_width(tiny_png(200, 120)) is None
+    assert _display_width(b"not a png") is None

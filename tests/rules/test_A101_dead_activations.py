@@ -55,3 +55,39 @@ def test_probe_too_small_to_judge_units_is_not_reported():
     run = make_run(probe=[(1, ProbeResult(activations={"fc1.act": activation_stats("fc1.act", "ReLU", x)}))])
     assert hits(run, "A101") == []
     assert len(hits(run, "A101", min_cells=8)) == 1
+
+
+def _bn_relu_outputs():
+    """The real trained BN+ReLU network of torch_tb/bn_relu_healthy (its model.pt) on a batch of its input
+    distribution, BatchNorm in training mode as during the logged steps: the two ReLUs' outputs."""
+    import realfix
+    from torch import nn
+
+    sd = torch.load(realfix.case("torch_tb", "bn_relu_healthy") / "model.pt", weights_only=True)
+    block = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU())
+    block.load_state_dict({k[len("block."):]: v for k, v in sd.items() if k.startswith("block.")})
+    block.train()
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h1 = block[:3](x)
+        h2 = block[3:](h1)
+    return {"block.2": h1.numpy(), "block.5": h2.numpy()}
+
+
+def test_half_zeros_after_batchnorm_is_what_a_healthy_relu_does():
+    """Logged with TensorBoard's default buckets (which resolve exact zeros), the real BN+ReLU layers output 0
+    for about half their inputs: no dead-activations finding."""
+    outs = _bn_relu_outputs()
+    shares = {k: float((v == 0).mean()) for k, v in outs.items()}
+    assert max(shares.values()) > 0.5 and all(0.4 < s < 0.6 for s in shares.values())  # over 0.5: main warned
+    s = Signals(act_hist={k: hist(f"activations/{k}", [v, v]) for k, v in outs.items()})
+    assert hits(make_run(signals=s), "A101") == []
+
+
+def test_a_relu_layer_whose_zeros_grow_far_beyond_half_is_dying():
+    outs = _bn_relu_outputs()["block.5"]
+    dying = outs.copy()
+    dying[: int(0.9 * len(dying))] = 0.0  # 90% of the samples now give 0 everywhere
+    s = Signals(act_hist={"block.5": hist("activations/block.5", [outs, dying])})
+    [h] = hits(make_run(signals=s), "A101")
+    assert h.severity == "warning" and h.evidence["normal_zero_share"] >= 0.5 and h.evidence["excess"] > 0.5

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from rulekit import hist, hits, make_run
 from report_gen.readers.signals import Signals
@@ -72,3 +73,44 @@ def test_only_lookup_tables_count_as_embeddings():
     assert is_embedding_name("transformer.wte.weight")
     assert not is_embedding_name("patch_embed.proj.weight")  # a conv
     assert not is_embedding_name("time_embed.0.weight")  # an MLP
+
+
+def _stack_run(block_scales, head=4.6e-2):
+    """Optimizer-state gradient RMS of a 2-block transformer-like stack, a pooler and a classifier head."""
+    from rulekit import mem_checkpoint
+    import torch
+
+    roles = {"attention.self.query.weight": (32, 32), "attention.self.key.weight": (32, 32),
+             "attention.output.dense.weight": (32, 32), "intermediate.dense.weight": (64, 32),
+             "output.dense.weight": (32, 64)}
+    state, grads = {}, {}
+    for b, scale in enumerate(block_scales):
+        for k, (role, shape) in enumerate(roles.items()):
+            state[f"encoder.layer.{b}.{role}"] = torch.randn(shape)
+            grads[f"encoder.layer.{b}.{role}"] = scale * (1 + 0.1 * k)
+    state["pooler.dense.weight"], grads["pooler.dense.weight"] = torch.randn(32, 32), 3e-3
+    state["classifier.weight"], grads["classifier.weight"] = torch.randn(2, 32), head
+    opt = {"kind": "adamw", "grad_rms": grads, "mapping": "shapes-verified"}
+    return make_run(checkpoints=[mem_checkpoint(state, 120, optimizer=opt)])
+
+
+def test_a_stack_of_blocks_is_compared_block_to_block_not_against_the_head():
+    # the healthy HF BERT fixture's numbers: blocks ~1e-4, classifier 4.6e-2 (ratio 0.002 to the head)
+    assert hits(_stack_run([1.1e-4, 1.5e-4]), "G101") == []
+
+
+def test_gradients_vanishing_along_the_stack_are_still_found():
+    [h] = hits(_stack_run([1e-7, 1e-5, 1e-3, 2e-3]), "G101")
+    assert (h.subject, h.evidence["last_layer"]) == ("encoder.layer.0", "encoder.layer.3")
+    assert h.severity == "error" and h.evidence["ratio"] == pytest.approx(5e-5, rel=1e-6)
+
+
+def test_real_hf_checkpoints_judge_vanishing_gradients_from_the_optimizer_state():
+    from pathlib import Path
+    from report_gen.readers.checkpoint import open_checkpoint
+
+    real = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "hf"
+    for case in ("bert-healthy-none/checkpoint-120", "gpt2-healthy-tensorboard/checkpoint-200"):
+        run = make_run(checkpoints=[open_checkpoint(str(real / case))])
+        assert "optimizer_state" in run.available and len(run.grad_estimates) >= 28
+        assert hits(run, "G101") == [] and hits(run, "G102") == []

@@ -1,5 +1,9 @@
+from pathlib import Path
+
+import pytest
 import torch
 
+from report_gen.readers.checkpoint import open_checkpoint
 from rulekit import cnn_state, hits, make_run, mem_checkpoint
 
 
@@ -45,3 +49,26 @@ def test_a_layer_copied_in_pairs_is_redundant():
     s["conv2.weight"] = w
     [h] = hits(make_run(checkpoints=[mem_checkpoint(s, 1)]), "K103")
     assert h.evidence["twin_share"] == 1.0 and h.evidence["family_share"] < 0.3
+
+
+REAL_HF = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "hf"
+
+
+@pytest.mark.parametrize("checkpoint", ["bert-healthy-none/checkpoint-120", "gpt2-healthy-tensorboard/checkpoint-200",
+                                        "bert-random-labels/checkpoint-240"])
+def test_healthy_transformer_matrices_are_not_filters(checkpoint):
+    """Real HF Trainer checkpoints: the embedding tables share one offset row and the projections are
+    close to rank 1 (rows +-one direction), so their rows correlate, but rows of a 2-d matrix are not
+    filters (tokens, Conv1D inputs, head-space coordinates)."""
+    ckpt = open_checkpoint(str(REAL_HF / checkpoint))
+    run = make_run(checkpoints=[ckpt])
+    stats = run.last_stats
+    assert max(stats[n].dup_family_share or 0 for n in stats if len(stats[n].shape) == 2) > 0.3  # the old alarm
+    assert hits(run, "K103") == []
+
+
+def test_a_conv1d_layer_of_copies_is_still_redundant():
+    w = torch.randn(32, 8, 5)
+    w[1:20] = w[0] * torch.linspace(1, 2, 19)[:, None, None] + 0.01 * torch.randn(19, 8, 5)
+    [h] = hits(make_run(checkpoints=[mem_checkpoint({"conv.weight": w}, 1)]), "K103")
+    assert h.evidence["family_share"] >= 0.3

@@ -69,3 +69,21 @@ def test_blow_up_in_the_last_points_did_not_recover():
     [h] = hits(_run(v), "L102")
     assert h.severity == "error" and not h.evidence["recovered"]
     assert "ended at 500" in h.message
+
+
+def test_a_noise_dip_of_a_loss_at_chance_is_not_divergence():
+    """A loss at ln 2 whose smoothed curve dips 3% below chance and comes back: the improvement span is ~0,
+    so "gave back 60% of it" was noise (issue 13); only a rise above the start would count."""
+    rng = np.random.default_rng(3)
+    v = np.log(2) + 0.004 * rng.standard_normal(300)
+    v[100:140] -= 0.021  # a 3% dip of the smoothed curve
+    assert hits(_run(v), "L102") == []
+    up = v.copy()
+    up[-40:] += 0.2  # a flat curve that then rises 30% above its start does diverge
+    assert hits(_run(up), "L102")
+
+
+def test_the_real_chance_level_lookalike_is_not_divergence():
+    import realfix
+
+    assert realfix.findings("tensorboardx", "chance_noise_lookalike", "L102") == []

@@ -1,4 +1,7 @@
 import numpy as np
+import pytest
+
+import realfix
 
 from rulekit import decaying, hits, make_run, series
 from report_gen.readers.signals import Signals
@@ -38,3 +41,27 @@ def test_accuracy_is_not_judged_when_the_loss_learned():
 def test_accuracy_near_its_ceiling_is_not_a_plateau():
     acc = np.full(30, 97.0) + np.linspace(0, 1.0, 30)  # percent
     assert hits(make_run(signals=Signals(val_acc=series("val/acc", acc))), "L103") == []
+
+
+# ---- root causes named on the plateau (issue 13): real Lightning runs
+
+
+@pytest.mark.parametrize("name, cause, words", [
+    ("lr_zero_after_warmup", "lr-zero", "exactly 0"),
+    ("lr_too_low", "lr-too-low", "1e-06"),
+    ("whole_model_frozen", "no-gradients", "no state"),
+])
+def test_a_plateau_names_its_root_cause_when_the_run_holds_it(name, cause, words):
+    [f] = realfix.findings("lightning", name, "L103")
+    assert f["evidence"]["root_cause"] == cause, f["message"]
+    assert "root cause" in f["message"] and words in f["message"]
+
+
+def test_a_plateau_over_bit_identical_checkpoints_says_so():
+    [f] = realfix.findings("lightning", "lr_zero_after_warmup", "L103")
+    assert f["evidence"]["whole_model_frozen"] is True and "unchanged across 5 checkpoints" in f["message"]
+
+
+def test_a_loss_at_chance_is_a_plateau_without_a_made_up_cause():
+    [f] = realfix.findings("tensorboardx", "chance_noise_lookalike", "L103")
+    assert "root_cause" not in f["evidence"]

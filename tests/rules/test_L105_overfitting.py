@@ -70,3 +70,53 @@ def test_rising_loss_with_steady_accuracy_is_info():
     acc = np.r_[0.990, 0.995, 0.998, 0.998, 0.998, 0.997, 0.998, 0.998, 0.997, 0.998]
     [h] = hits(make_run(signals=_signals(val, train=train, val_acc=series("val/acc", acc))), "L105")
     assert h.severity == "info" and "overconfident" in h.message
+
+
+# ---- chance level (issue 13): real Lightning runs
+
+
+def test_random_labels_at_chance_are_an_error_naming_the_root_cause_not_overconfidence():
+    """Lightning, labels drawn at random: train loss 0.70 -> 1e-4, val loss 0.72 -> 3.7, val accuracy
+    0.47..0.52 the whole run (2 classes, from hparams.yaml). Accuracy "holds" at chance: no excuse."""
+    import realfix
+
+    [f] = realfix.findings("lightning", "random_labels", "L105")
+    assert f["severity"] == "error"
+    ev = f["evidence"]
+    assert ev["root_cause"] == "random-labels" and ev["val_at_chance"] is True
+    assert ev["classes"] == 2 and ev["chance_accuracy"] == 0.5 and ev["val_acc_kappa"] <= 0.1
+    assert "chance" in f["message"] and "overconfident" not in f["message"]
+
+
+def test_a_healthy_lightning_runs_wobbling_validation_is_not_overfitting():
+    """Lightning defaults, 8 evaluations: val loss 0.129 -> 0.22 wobbling (median step 0.034: the rise is
+    1.8 such steps) while val accuracy stays 0.93-0.95: no rise beyond the curve's own noise."""
+    import realfix
+
+    assert realfix.at_least_warning(realfix.findings("lightning", "tb_defaults_healthy", "L105")) == []
+
+
+def test_accuracy_above_chance_that_holds_is_still_overconfidence():
+    val = np.concatenate([np.linspace(2.0, 0.8, 10), np.linspace(0.8, 1.4, 10)])
+    acc = np.concatenate([np.linspace(0.5, 0.9, 10), np.full(10, 0.9)])
+    s = _signals(val, val_acc=series("val/acc", acc, steps=np.arange(20) * 10 + 9), hparams={"num_classes": 2})
+    [h] = hits(make_run(signals=s), "L105")
+    assert h.severity == "info" and h.evidence["val_at_chance"] is False
+
+
+def test_validation_loss_never_below_the_chance_loss_is_an_error_without_accuracy():
+    # 10 classes (hparams), no accuracy logged: val never below ln 10 = 2.30 while training memorises
+    val = np.concatenate([np.full(4, 2.35), np.linspace(2.35, 4.0, 16)])
+    s = _signals(val, hparams={"num_classes": 10})
+    [h] = hits(make_run(signals=s), "L105")
+    assert h.severity == "error" and h.evidence["root_cause"] == "random-labels"
+
+
+def test_random_labels_from_hf_trainer_and_wandb_are_errors_too():
+    """HF Trainer (trainer_state.json: eval_accuracy 0.46-0.53) and W&B offline (.wandb history) runs of
+    random labels: the same root cause, whatever wrote the log."""
+    import realfix
+
+    for lib, name in (("hf", "bert-random-labels"), ("wandb", "offline_random_labels")):
+        [f] = realfix.findings(lib, name, "L105")
+        assert f["severity"] == "error" and f["evidence"]["root_cause"] == "random-labels", (lib, f["message"])

@@ -37,3 +37,24 @@ def test_collapse_seen_in_weight_histograms():
     h = hist("weight_hist/fc.weight", [x * s for s in (0.1, 0.05, 0.01, 0.005)])
     [f] = hits(make_run(signals=Signals(weight_hist={"fc.weight": h})), "W102")
     assert f.evidence["source"] == "weight histograms"
+
+
+def test_heads_clamped_non_negative_are_a_constraint_not_a_collapse():
+    """tensorboardX, LPIPS-like linear heads clamped >= 0 after every step: 41-44% of the weights sit at
+    exactly 0, the tensor's minimum (55-62% with other seeds). With the zero share threshold at 0.4 so the
+    committed run's heads count, they are recognised as constrained (info), not collapsed."""
+    import realfix
+
+    found = realfix.findings("tensorboardx", "lpips_clamped_healthy", "W102", sub="checkpoints", W102={"zero_frac": 0.4})
+    assert found and {f["severity"] for f in found} == {"info"}
+    assert all(f["evidence"]["constrained"] == "lower" and f["evidence"]["min"] == 0.0 for f in found)
+    assert realfix.at_least_warning(realfix.findings("tensorboardx", "lpips_clamped_healthy", "W102")) == []
+
+
+def test_zeros_among_negative_and_positive_weights_are_still_a_collapse():
+    import torch
+
+    w = torch.randn(64, 32)
+    w[:40] = 0.0  # a pruning mask applied by mistake: values remain on both sides of 0
+    [h] = hits(make_run(checkpoints=[mem_checkpoint({"fc.weight": w}, 1)]), "W102")
+    assert h.severity is None and "constrained" not in h.evidence

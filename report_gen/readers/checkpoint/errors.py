@@ -21,13 +21,25 @@ class CheckpointError(InputError):
       "torchscript-v1", "legacy-tar", "missing", "missing-shard", "unsafe-path" (a shard index
       names a file outside its folder; not read);
     * from `load(name)`: "unreadable-tensor", "missing-tensor", "truncated", "corrupt".
-    The message is one line (control characters are replaced)."""
+    The message is one line (control characters are replaced). `severity`, when given, overrides the
+    kind's default (bytes of no known format under a torch checkpoint's name are "not-a-checkpoint"
+    but a warning: that file was meant to be a checkpoint)."""
 
-    def __init__(self, path: str, kind: ProblemKind, problem: str) -> None:
+    def __init__(self, path: str, kind: ProblemKind, problem: str, severity: str | None = None) -> None:
         path, problem = clean(str(path), 4096), clean(str(problem))
         super().__init__(f"{path}: {problem}")
-        self.path = path
+        self.path, self.problem = path, problem
         self.kind = ProblemKind(kind)
+        self.severity = severity
+
+
+class SavedTensor(CheckpointError):
+    """A "no-weights" file that holds a bare tensor (or a list/tuple of tensors): data saved beside the
+    checkpoints (a probe batch, embeddings), not a damaged checkpoint. `read_checkpoints` reports it
+    only when the run has no usable checkpoint at all (it then explains why none was read)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(path, ProblemKind.NO_WEIGHTS, problem)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")

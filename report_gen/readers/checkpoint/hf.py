@@ -1,26 +1,42 @@
 """safetensors files, shard indexes (`*.index.json`) and Hugging Face model folders.
 
-safetensors are read through `safe_open`, one tensor at a time; shard paths must stay inside the
-index's folder. `open_single_file` is the per-file dispatch (safetensors, or a torch file through
-the load policy) that shards and folders share.
+safetensors are read through ONE `safe_open` handle per file (its header parsed once, whatever the
+number of tensors), one tensor at a time, each tensor's mapped pages released after it is copied;
+shard paths must stay inside the index's folder. Indexes, config.json and trainer_state.json are
+read through `report_gen.safe_open.read_regular` (regular files only, bounded sizes); a shard or
+weights file that is not a regular file is "not-a-regular-file", never opened. `open_single_file`
+is the per-file dispatch (safetensors, or a torch file through the load policy) that shards and
+folders share.
 """
 from __future__ import annotations
 
 import json
 import os
+import struct
 from typing import Any, Mapping
 
 import torch
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers.checkpoint.errors import CheckpointError, one_line
+from report_gen.readers.checkpoint.hfarch import in_model_order, is_hf_config, meta_model
 from report_gen.readers.checkpoint.interpret import (checkpoint_from_tree, finish, role_by_name,
                                                      step_from_metadata, strip_prefixes)
 from report_gen.readers.checkpoint.optimizer import safe_optimizer_facts
+from report_gen.readers.checkpoint.order import hf_trainer_order
 from report_gen.readers.checkpoint.sniff import sniff
-from report_gen.readers.checkpoint.tree import LoadPolicy, as_mapping
+from report_gen.readers.checkpoint.tree import LoadPolicy, as_mapping, mapped_materialiser, unchanged_guard
 from report_gen.readers.paths import _folder_weights_file
 from report_gen.readers.types import CheckpointData, TensorInfo
+from report_gen.safe_open import NotRegularFile, open_regular, read_regular, regular_file_problem
+
+#: safetensors' own limit on its JSON header (safetensors/src/tensor.rs MAX_HEADER_SIZE)
+MAX_SAFETENSORS_HEADER = 100_000_000
+#: a shard index lists one line per tensor (~100 bytes): 16 MiB is 160,000 tensors; a 405 B-parameter
+#: Llama's index is 90 KB
+MAX_INDEX_BYTES = 16 << 20
+#: config.json is a few KB; trainer_state.json grows with log_history (~200 bytes per logged step)
+MAX_SIDE_FILE_BYTES = 64 << 20
 
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -28,26 +44,46 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
                        "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
+def _check_safetensors_header(path: str) -> None:
+    """The 8-byte header length of a safetensors file fits in the file and in safetensors' limit
+    (checked before the library maps the file and parses the header)."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+    (length,) = struct.unpack("<Q", head) if len(head) == 8 else (None,)
+    if length is None or length > size - 8:
+        raise CheckpointError(path, ProblemKind.TRUNCATED, f"safetensors header claims {length or 0:,} bytes, "
+                                                           f"the file has {size:,}")
+    if length > MAX_SAFETENSORS_HEADER:
+        raise CheckpointError(path, ProblemKind.CORRUPT, f"safetensors header of {length:,} bytes, more than "
+                                                         f"the format allows ({MAX_SAFETENSORS_HEADER:,})")
+
+
 def _open_safetensors(path: str) -> CheckpointData:
     from safetensors import SafetensorError, safe_open
 
+    _check_safetensors_header(path)
+    unchanged = unchanged_guard(path)
     try:
-        with safe_open(path, framework="pt") as handle:
-            meta = dict(handle.metadata() or {})
-            tensors = {}
-            for name in handle.keys():
-                piece = handle.get_slice(name)
-                dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype(), piece.get_dtype().lower())
-                role = role_by_name(name, dtype.startswith(("float", "bfloat", "complex")))
-                tensors[name] = TensorInfo(name, tuple(piece.get_shape()), dtype, role)
+        # one handle for the file's life: safe_open parses the whole header, so a handle per tensor
+        # made reading N tensors O(N^2) (10,000 tensors: minutes); the handle holds no descriptor,
+        # only a mapping whose pages are released after each tensor (mapped_materialiser)
+        handle = safe_open(path, framework="pt")
+        meta = dict(handle.metadata() or {})
+        tensors = {}
+        for name in handle.keys():
+            piece = handle.get_slice(name)
+            dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype(), piece.get_dtype().lower())
+            role = role_by_name(name, dtype.startswith(("float", "bfloat", "complex")))
+            tensors[name] = TensorInfo(name, tuple(piece.get_shape()), dtype, role)
     except SafetensorError as exc:
         kind = (ProblemKind.TRUNCATED if "incomplete" in str(exc).lower() or "length" in str(exc)
                 else ProblemKind.CORRUPT)
         raise CheckpointError(path, kind, f"unreadable safetensors file ({one_line(exc)})") from None
 
     def load(name: str) -> torch.Tensor:
-        with safe_open(path, framework="pt") as handle:  # reopened: unmaps pages after each tensor
-            return handle.get_tensor(name).to(torch.float32)
+        unchanged()  # a mapping of a file truncated since would SIGBUS
+        return mapped_materialiser(handle.get_tensor(name))
 
     renamed = strip_prefixes(tensors)
     tensors = {renamed[n]: TensorInfo(renamed[n], t.shape, t.dtype, t.role) for n, t in tensors.items()}
@@ -97,9 +133,10 @@ def _shard_path(index_path: str, folder: str, shard: Any) -> str:
 def open_index(path: str, policy: LoadPolicy, optimizer: bool = True) -> CheckpointData:
     """A sharded checkpoint: `*.safetensors.index.json` / `pytorch_model.bin.index.json`."""
     try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = json.loads(read_regular(path, MAX_INDEX_BYTES))
         weight_map = dict(index["weight_map"])
+    except NotRegularFile as exc:
+        raise CheckpointError(path, ProblemKind.NOT_A_REGULAR_FILE, f"not read: {exc.strerror}") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, f"not a shard index ({one_line(exc)})") from None
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
@@ -109,8 +146,12 @@ def open_index(path: str, policy: LoadPolicy, optimizer: bool = True) -> Checkpo
     paths = {shard: _shard_path(path, folder, shard) for shard in dict.fromkeys(weight_map.values())}
     shards = {}
     for shard, shard_path in paths.items():
-        if not os.path.isfile(shard_path):
+        if not os.path.exists(shard_path):
             raise CheckpointError(path, ProblemKind.MISSING_SHARD, f"shard {shard!r} listed in the index is missing")
+        problem = regular_file_problem(shard_path)
+        if problem is not None:
+            raise CheckpointError(path, ProblemKind.NOT_A_REGULAR_FILE, f"shard {shard!r} listed in the index is "
+                                                                        f"{problem}; not read")
         shards[shard] = open_single_file(shard_path, policy, optimizer)
     tensors, owner, problems = {}, {}, []
     for shard in shards.values():
@@ -124,11 +165,16 @@ def open_index(path: str, policy: LoadPolicy, optimizer: bool = True) -> Checkpo
                   step_from_metadata(meta), meta, None, problems)
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def _read_json(path: str, problems: list[Problem]) -> dict[str, Any]:
+    """A model folder's side file as a dict ({} when absent or not a JSON object); one that is not
+    a regular file is a "not-a-regular-file" Problem, never opened."""
     try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
+        value = json.loads(read_regular(path, MAX_SIDE_FILE_BYTES))
         return value if isinstance(value, dict) else {}
+    except NotRegularFile as exc:
+        problems.append(Problem(file=path, kind=ProblemKind.NOT_A_REGULAR_FILE, message=f"{path}: not read: "
+                                                                                        f"{exc.strerror}"))
+        return {}
     except (OSError, ValueError, RecursionError):
         return {}
 
@@ -141,20 +187,33 @@ def open_folder(folder: str, policy: LoadPolicy, optimizer: bool = True) -> Chec
                                                               "model.safetensors, pytorch_model.bin, *.index.json)")
     inner = (open_index(weights, policy, optimizer) if weights.endswith(".json")
              else open_single_file(weights, policy, optimizer))
-    config = _read_json(os.path.join(folder, "config.json"))
+    config = _read_json(os.path.join(folder, "config.json"), inner.problems)
     meta = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool)) or k == "architectures"}
-    trainer = _read_json(os.path.join(folder, "trainer_state.json"))
+    trainer = _read_json(os.path.join(folder, "trainer_state.json"), inner.problems)
     meta.update({k: trainer[k] for k in ("global_step", "epoch") if k in trainer})
     ordered = inner.format in ("torch-zip", "torch-legacy")
-    facts = _folder_optimizer(folder, inner.tensors, policy, inner.problems, ordered) if optimizer else None
-    return finish(folder, f"hf-folder/{inner.format}", inner.tensors, inner.load,
+    tensors, model = inner.tensors, None
+    if not ordered and is_hf_config(config):
+        model, why = meta_model(config)
+        order = in_model_order(list(tensors), model) if model is not None else None
+        if order is not None:  # safetensors sort names: the architecture gives the model's order back
+            tensors, ordered = {n: tensors[n] for n in order}, True
+            meta["tensor_order"] = "architecture"
+        else:
+            meta["tensor_order"] = "sorted by name (" + (why or "the names differ from the architecture's") + ")"
+    facts = (_folder_optimizer(folder, tensors, policy, inner.problems, ordered, config, model) if optimizer
+             else None)
+    return finish(folder, f"hf-folder/{inner.format}", tensors, inner.load,
                   step_from_metadata(meta), meta, facts, inner.problems)
 
 
 def _folder_optimizer(folder: str, tensors: Mapping[str, TensorInfo], policy: LoadPolicy,
-                      problems: list[Problem], ordered: bool) -> dict[str, Any] | None:
-    """Optimizer facts from a Trainer folder's optimizer.pt. ordered: the weights keep the model's
-    parameter order (a single torch file); safetensors and shard indexes are sorted by name."""
+                      problems: list[Problem], ordered: bool, config: Mapping[str, Any],
+                      model: Any = None) -> dict[str, Any] | None:
+    """Optimizer facts from a Trainer folder's optimizer.pt. ordered: `tensors` are in the model's
+    parameter order (a single torch file, or put back in order from the architecture); safetensors and
+    shard indexes are sorted by name, so the Trainer's order is recovered (order.hf_trainer_order;
+    `model`: the architecture on the meta device, when it could be built)."""
     path = os.path.join(folder, "optimizer.pt")
     if not os.path.exists(path):
         return None
@@ -167,5 +226,10 @@ def _folder_optimizer(folder: str, tensors: Mapping[str, TensorInfo], policy: Lo
     state = as_mapping(tree.root)
     if state is None or "state" not in state:
         return None
+    recover = None
+    if is_hf_config(config) and "param_groups" in state:
+        params = [n for n, t in tensors.items() if t.role == "param"]
+        recover = hf_trainer_order(params, {n: tuple(tensors[n].shape) for n in params},
+                                   {n for n, t in tensors.items() if t.role != "param"}, model)
     return safe_optimizer_facts(path, state, tensors, tree.checked_materialiser(path), problems,
-                                ordered=ordered)
+                                ordered=ordered, recover=recover)

@@ -1,9 +1,18 @@
 """Layer 3: a tree -> `CheckpointData`.
 
-Find the state dict by structure (plain, nested under model/state_dict/..., Lightning, DataParallel,
-a pickled or scripted module), strip prefixes, split params from buffers, drop tensors whose data
+Find the model weights by structure, strip prefixes, split params from buffers, drop tensors whose data
 cannot be read, pick metadata and the training step (in the file, else in its name), and hand the
 optimizer state to `optimizer`.
+
+Weights by structure, not by key name: the weights are the largest mapping of parameter names to
+tensors anywhere in the saved object (a plain state_dict, one nested under any key at any depth up to
+`_MAX_SEARCH_DEPTH`: `model`, `state_dict`, `model_state`, `net`, `nets/generator`, inside a list), or a
+pickled or scripted module, that is not optimizer-shaped: an optimizer's `state_dict()` (`state` +
+`param_groups`) is never searched, and a mapping whose every key is an optimizer-state name (Adam's
+`exp_avg`/`exp_avg_sq`/`step`, SGD's `momentum_buffer`) is not a model. "Largest" counts tensors, then
+their elements; on a tie the conventional keys (`_WEIGHT_KEYS`, in that order) win, then the first
+found. The key path used (`model_state`, `nets/generator`, "" for the file itself) is
+`CheckpointData.weights_at`, shown in the run card.
 """
 from __future__ import annotations
 
@@ -16,8 +25,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from report_gen.core import Problem, ProblemKind
-from report_gen.readers.checkpoint.errors import CheckpointError, clean, one_line
+from report_gen.core import Problem, ProblemKind, clamp_int64
+from report_gen.readers.checkpoint.errors import CheckpointError, SavedTensor, clean, one_line
 from report_gen.readers.checkpoint.optimizer import OPTIMIZER_KEYS, find_optimizer_state, safe_optimizer_facts
 from report_gen.readers.checkpoint.tree import Leaf, TorchTree, as_mapping, is_leaf
 from report_gen.readers.safe_unpickle import MAX_FREE_ELEMENTS, Placeholder, TensorRef
@@ -90,27 +99,70 @@ def _is_state_dict(mapping: Mapping) -> bool:
     return bool(values) and all(isinstance(k, str) for k in mapping) and all(is_leaf(v) for v in values)
 
 
-def _find_weights(obj: Any, depth: int = 0) -> dict[str, tuple[Leaf, str]] | None:
-    """name -> (leaf, role) of the model weights inside `obj`, or None."""
-    if depth > 4:
-        return None
-    if _is_module_like(obj) and as_mapping(obj) is None:
-        out: dict[str, tuple[Leaf, str]] = {}
-        _walk_module(obj, "", out, set())
-        return out or None
-    mapping = as_mapping(obj)
-    if mapping is None:
-        return None
-    if _is_state_dict(mapping):
-        return {k: (v, "param" if isinstance(v, TensorRef) and v.is_param
-                    else role_by_name(k, _is_floating(v)))
-                for k, v in mapping.items()}
-    for key in _WEIGHT_KEYS:
-        if key in mapping:
-            found = _find_weights(mapping[key], depth + 1)
-            if found:
-                return found
-    return None
+#: keys of an optimizer's per-parameter state: a mapping of only these is not a model
+_OPTIMIZER_STATE_NAMES = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step", "momentum_buffer",
+                                    "square_avg", "acc_delta", "sum", "grad_avg", "mu_product", "eta", "prev",
+                                    "step_size", "ax", "exp_inf"})
+_MAX_SEARCH_DEPTH = 6
+_MAX_SEARCH_NODES = 20_000  # containers visited per file: a hostile tree cannot make the search quadratic
+
+
+def _is_optimizer_shaped(mapping: Mapping) -> bool:
+    keys = {str(k) for k in mapping}
+    return {"state", "param_groups"} <= keys or (bool(keys) and keys <= _OPTIMIZER_STATE_NAMES)
+
+
+def _as_weights(mapping: Mapping) -> dict[str, tuple[Leaf, str]]:
+    return {k: (v, "param" if isinstance(v, TensorRef) and v.is_param else role_by_name(k, _is_floating(v)))
+            for k, v in mapping.items()}
+
+
+def _size(weights: dict[str, tuple[Leaf, str]]) -> tuple[int, int]:
+    return len(weights), sum(math.prod(tuple(leaf.shape)) for leaf, _ in weights.values())
+
+
+def _candidates(root: Any):
+    """(key path, weights) of every model-shaped object in the tree, breadth first."""
+    queue: list[tuple[Any, tuple[str, ...]]] = [(root, ())]
+    seen: set[int] = set()
+    visited = 0
+    while queue and visited < _MAX_SEARCH_NODES:
+        obj, path = queue.pop(0)
+        if id(obj) in seen or len(path) > _MAX_SEARCH_DEPTH:
+            continue
+        seen.add(id(obj))
+        visited += 1
+        if _is_module_like(obj) and as_mapping(obj) is None:
+            out: dict[str, tuple[Leaf, str]] = {}
+            _walk_module(obj, "", out, set())
+            if out:
+                yield path, out
+            continue
+        mapping = as_mapping(obj)
+        if mapping is not None:
+            if _is_optimizer_shaped(mapping):
+                continue
+            if _is_state_dict(mapping):
+                yield path, _as_weights(mapping)
+                continue
+            children = sorted(mapping.items(), key=lambda kv: _key_rank(kv[0]))
+            queue.extend((v, (*path, str(k))) for k, v in children if not is_leaf(v))
+        elif isinstance(obj, (list, tuple)):
+            queue.extend((v, (*path, f"[{i}]")) for i, v in enumerate(obj[:64]) if not is_leaf(v))
+
+
+def _key_rank(key: Any) -> int:
+    return _WEIGHT_KEYS.index(key) if key in _WEIGHT_KEYS else len(_WEIGHT_KEYS)
+
+
+def _find_weights(obj: Any) -> tuple[dict[str, tuple[Leaf, str]] | None, str]:
+    """(name -> (leaf, role) of the model weights inside `obj`, the key path to them), or (None, "")."""
+    best, best_path, best_size = None, "", (0, 0)
+    for path, weights in _candidates(obj):
+        size = _size(weights)
+        if size > best_size:  # strictly larger: on a tie the earlier (conventional keys first) stays
+            best, best_path, best_size = weights, "/".join(path), size
+    return best, best_path
 
 
 def strip_prefixes(names: Iterable[str]) -> dict[str, str]:
@@ -169,12 +221,14 @@ def _metadata(root: Any) -> dict[str, Any]:
 
 
 def _int_or_none(value: Any) -> int | None:
+    """An integer step from metadata, bounded to int64 (a step of 10**5000 or 1e308 in a file
+    becomes 2**63 - 1: it still sorts last, and every int64 array and formatter accepts it)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        return clamp_int64(int(value))
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
+        return clamp_int64(int(value))
     if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
         return int(value.strip())  # ASCII digits only: '²'.isdigit() is True, int('²') fails
     return None
@@ -184,9 +238,10 @@ _DECIMAL = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 def step_from_metadata(meta: Mapping[str, Any]) -> int | None:
+    """The first non-negative step/epoch found (Ultralytics' stripped final weights say `epoch: -1`: unknown)."""
     for key in _STEP_KEYS:
         step = _int_or_none(meta.get(key))
-        if step is not None:
+        if step is not None and step >= 0:
             return step
     return None
 
@@ -216,8 +271,12 @@ def _no_weights_error(path: str, root: Any) -> CheckpointError:
         return CheckpointError(path, ProblemKind.UNSAFE_PICKLE, f"the pickle holds only {root.global_name}(...) "
                                                                 f"and no tensors; nothing was executed")
     if mapping is None:
-        held = "Tensor" if is_leaf(root) else type(root).__name__  # a lazily read tensor is still a tensor
-        return CheckpointError(path, ProblemKind.NO_WEIGHTS, f"no model weights found (the file holds a {held})")
+        if is_leaf(root) or (isinstance(root, (list, tuple)) and root and all(is_leaf(v) for v in root)):
+            held = "Tensor" if is_leaf(root) else f"{type(root).__name__} of {len(root)} tensors"
+            return SavedTensor(path, f"no model weights found (the file holds a {held}: data such as a probe "
+                                     f"batch, not a checkpoint)")
+        return CheckpointError(path, ProblemKind.NO_WEIGHTS,
+                               f"no model weights found (the file holds a {type(root).__name__})")
     keys = set(map(str, mapping))
     if {"state", "param_groups"} <= keys or (keys & set(OPTIMIZER_KEYS) and not keys & set(_WEIGHT_KEYS)):
         return CheckpointError(path, ProblemKind.OPTIMIZER_ONLY, "optimizer state only, no model weights")
@@ -225,6 +284,17 @@ def _no_weights_error(path: str, root: Any) -> CheckpointError:
         return CheckpointError(path, ProblemKind.SCHEDULER_ONLY, "learning-rate scheduler state only, no model weights")
     shown = ", ".join(sorted(keys)[:12])
     return CheckpointError(path, ProblemKind.NO_WEIGHTS, f"no model weights found (top-level keys: {shown})")
+
+
+def _with_neutralised(path: str, error: CheckpointError, problems: list[Problem]) -> CheckpointError:
+    """A file without weights whose pickle tries to run code (a neutralised `os.system` payload
+    and nothing else) is an "unsafe-pickle" warning naming what was neutralised, not an info-level
+    "no-weights": the file's one problem must not hide that it is hostile."""
+    dangerous = [p for p in problems if p.kind == ProblemKind.UNSAFE_PICKLE_NEUTRALISED and p.severity == "warning"]
+    if not dangerous or error.kind == ProblemKind.UNSAFE_PICKLE:
+        return error
+    return CheckpointError(path, ProblemKind.UNSAFE_PICKLE,
+                           f"{error.problem}; {dangerous[0].message}; nothing was executed")
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -276,27 +346,62 @@ def _drop_unreadable(path: str, tree: TorchTree, weights: dict[str, tuple[Leaf, 
     return {n: v for n, v in weights.items() if n not in bad}
 
 
+def _view_key(leaf: Leaf) -> tuple | None:
+    """What makes two leaves the same tensor: one storage, offset, shape, stride and dtype (None for
+    views that repeat values: an expanded view is not a parameter saved twice)."""
+    if _repeated_elements(leaf):
+        return None
+    if isinstance(leaf, TensorRef):
+        return (leaf.storage.key, leaf.storage.view_offset, leaf.offset, leaf.shape, leaf.stride, leaf.dtype)
+    if isinstance(leaf, torch.Tensor) and leaf.numel() and leaf.device.type != "meta":
+        return (leaf.untyped_storage().data_ptr(), leaf.storage_offset(), tuple(leaf.shape), tuple(leaf.stride()),
+                leaf.dtype)
+    return None
+
+
+def _without_aliases(weights: dict[str, tuple[Leaf, str]]) -> tuple[dict[str, tuple[Leaf, str]], dict[str, str]]:
+    """The first name of each tensor stored under several names (a module registered twice, tied
+    weights saved twice), as named_parameters() lists it, and the other names (alias -> first)."""
+    seen: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for name, (leaf, _) in weights.items():
+        key = _view_key(leaf)
+        if key is None:
+            continue
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return {n: v for n, v in weights.items() if n not in aliases}, aliases
+
+
 def checkpoint_from_tree(path: str, tree: TorchTree, *, optimizer: bool = True) -> CheckpointData:
     """The CheckpointData of one unpickled file. optimizer=False: the optimizer state is not looked at
     (its tensors are data: a caller that needs no checkpoint facts reads none)."""
     root = tree.root
-    weights = _find_weights(root)
+    weights, weights_at = _find_weights(root)
     if not weights:
-        raise _no_weights_error(path, root)
+        raise _with_neutralised(path, _no_weights_error(path, root), tree.problems)
     problems = list(tree.problems)
+    meta = _metadata(root)
+    weights, aliases = _without_aliases(weights)
     weights = _drop_unreadable(path, tree, weights, problems)
-    renamed = strip_prefixes(weights)
+    renamed = strip_prefixes(list(weights) + list(aliases))
+    if aliases:
+        meta["aliases"] = {renamed[a]: renamed[b] for a, b in list(aliases.items())[:50]}
+        meta["alias_count"] = len(aliases)
     leaves = {renamed[n]: leaf for n, (leaf, _) in weights.items()}
     tensors = {renamed[n]: TensorInfo(renamed[n], tuple(leaf.shape), _dtype_name(leaf.dtype), role)
                for n, (leaf, role) in weights.items()}
-    meta = _metadata(root)
     step = step_from_metadata(meta)
     optimizer_sd = find_optimizer_state(root) if optimizer else None
     facts = None
     if optimizer_sd is not None:
         facts = safe_optimizer_facts(path, optimizer_sd, tensors, tree.checked_materialiser(path), problems)
-    return finish(path, tree.format, tensors, lambda name: tree.materialise(leaves[name]),
+    data = finish(path, tree.format, tensors, lambda name: tree.materialise(leaves[name]),
                   step, meta, facts, problems)
+    data.weights_at = weights_at
+    return data
 
 
 def finish(path: str, fmt: str, tensors: dict[str, TensorInfo], load: Callable[[str], torch.Tensor],

@@ -14,8 +14,12 @@ import torch
 from report_gen.core import Problem, ProblemKind
 from report_gen.numeric import float64_sum
 from report_gen.readers.checkpoint.errors import CheckpointError, one_line
+from report_gen.readers.checkpoint.order import OrderResult
 from report_gen.readers.checkpoint.tree import Leaf, as_mapping, is_leaf
 from report_gen.readers.types import TensorInfo
+
+#: recovers the parameter order from the architecture: per-group state shapes -> OrderResult or None
+Recovery = Callable[[list[list[tuple[int, ...] | None]]], OrderResult | None]
 
 
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_states", "optim", "opt",
@@ -36,10 +40,10 @@ def find_optimizer_state(root: Any) -> Mapping | None:
 
 def safe_optimizer_facts(path: str, opt_state: Mapping, tensors: Mapping[str, TensorInfo],
                          materialise: Callable[[Leaf], torch.Tensor], problems: list[Problem],
-                         ordered: bool = True) -> dict[str, Any] | None:
+                         ordered: bool = True, recover: Recovery | None = None) -> dict[str, Any] | None:
     """optimizer_facts, where a malformed optimizer state becomes a Problem instead of an error."""
     try:
-        return optimizer_facts(opt_state, tensors, materialise, ordered=ordered)
+        return optimizer_facts(opt_state, tensors, materialise, ordered=ordered, recover=recover)
     except Exception as exc:  # noqa: BLE001 - optional facts: the weights are still usable
         problems.append(Problem(file=path, kind=ProblemKind.UNREADABLE_OPTIMIZER_STATE, severity="warning",
                                 message=f"optimizer state ignored: {one_line(exc)}"))
@@ -72,8 +76,9 @@ def _number(value: Any, default: float) -> float:
 
 
 def _grad_rms(state: Mapping, group: Mapping, materialise: Callable[[Leaf], torch.Tensor]
-              ) -> tuple[tuple[int, ...], float] | None:
-    """(shape, gradient-RMS estimate) from one parameter's optimizer state, or None.
+              ) -> tuple[tuple[int, ...], float | None] | None:
+    """(shape, gradient-RMS estimate) from one parameter's optimizer state, or None without state; the
+    estimate is None when the state cannot be read or is not finite.
 
     Adam/AdamW: sqrt(mean(exp_avg_sq) / (1 - beta2**step)); RMSprop: sqrt(mean(square_avg));
     SGD: rms(momentum_buffer) * (1 - momentum) / (1 - dampening), the steady-state gain of the
@@ -89,7 +94,7 @@ def _grad_rms(state: Mapping, group: Mapping, materialise: Callable[[Leaf], torc
     try:
         tensor = materialise(leaf)
     except CheckpointError:
-        return None  # this parameter's state cannot be read; the others still can
+        return tuple(leaf.shape), None  # this parameter's state cannot be read; the others still can
     holds_squares = key != "momentum_buffer"  # exp_avg_sq / square_avg already average g²
     mean_sq = float64_sum(tensor, power=1 if holds_squares else 2) / max(tensor.numel(), 1)
     if key == "exp_avg_sq":
@@ -105,7 +110,7 @@ def _grad_rms(state: Mapping, group: Mapping, materialise: Callable[[Leaf], torc
         momentum, dampening = _number(group.get("momentum", 0.0), 0.0), _number(group.get("dampening", 0.0), 0.0)
         scale = (1.0 - momentum) / (1.0 - dampening) if dampening < 1.0 else 1.0
     if not math.isfinite(mean_sq) or mean_sq < 0.0 or not math.isfinite(scale):
-        return None
+        return tuple(leaf.shape), None  # the shape still places the entry; the value is unusable
     return tuple(leaf.shape), math.sqrt(mean_sq) * scale
 
 
@@ -154,24 +159,28 @@ def _map_ids(ids: list[Any], shapes: list[tuple[int, ...] | None], names_in_file
 
 
 def optimizer_facts(opt_state: Mapping, tensors: Mapping[str, TensorInfo],
-                    materialise: Callable[[Leaf], torch.Tensor], *, ordered: bool = True
-                    ) -> dict[str, Any]:
+                    materialise: Callable[[Leaf], torch.Tensor], *, ordered: bool = True,
+                    recover: Recovery | None = None) -> dict[str, Any]:
     """The `CheckpointData.optimizer` dict for a torch optimizer state_dict (see types.py).
 
     Optimizer state is keyed by integer ids in param_groups order; ids map back to the model's
     parameters (role "param", state_dict order) by order, verified by the shapes of their state.
-    ordered=False (safetensors weights, stored sorted by name): only shapes unique in the model map.
-    mapping: "names-in-file" | "shapes-verified" | "ambiguous" | "unique-shapes" | "unmapped".
+    ordered=False (safetensors weights, stored sorted by name): `recover` (see `order.py`), given the
+    state shapes per param group, places what the architecture settles; shapes unique in the model
+    fill the rest. mapping: "names-in-file" | "shapes-verified" | "ambiguous" | "unique-shapes" |
+    "unmapped"; "order" says where the order came from: "file" | "structure" | "architecture".
     """
     groups = [g for g in (opt_state.get("param_groups") or []) if isinstance(g, Mapping)]
     state = as_mapping(opt_state.get("state")) or {}
-    ids, id_group, names_in_file = [], {}, []
+    ids, id_group, names_in_file, group_ids = [], {}, [], []
     for group in groups:
         params = group.get("params", [])
+        group_ids.append([])
         for pid in params if isinstance(params, (list, tuple)) else []:
             if isinstance(pid, (int, str)) and not isinstance(pid, bool) and pid not in id_group:
                 ids.append(pid)
                 id_group[pid] = group
+                group_ids[-1].append(pid)
         names = group.get("param_names", [])
         if isinstance(names, (list, tuple)):
             names_in_file.extend(n for n in names if isinstance(n, str))
@@ -180,11 +189,45 @@ def optimizer_facts(opt_state: Mapping, tensors: Mapping[str, TensorInfo],
     shapes = [est[0] if est else None for est in estimates.values()]
     params = [t for t in tensors.values() if t.role == "param"]
     names, mapping, note = _map_ids(ids, shapes, names_in_file, params, ordered)
+    how = "file" if mapping in ("names-in-file", "shapes-verified") else None
+    if recover is not None and mapping != "names-in-file" and ids:
+        # the trainer's own grouping comes first: a model-order match of the shapes can be a coincidence
+        by_id = dict(zip(ids, shapes))
+        found = recover([[by_id[pid] for pid in g] for g in group_ids])
+        if found is not None and (found.complete or (how is None and any(found.names))):
+            by_shape = names if how is None and names else [None] * len(ids)
+            names, mapping, note, how = _merge_recovered(found, by_shape)
     grad_rms = {}
     if names is not None:
-        grad_rms = {name: est[1] for name, est in zip(names, estimates.values()) if est and name}
+        grad_rms = {name: est[1] for name, est in zip(names, estimates.values())
+                    if est and est[1] is not None and name}
     steps = [_scalar((as_mapping(state.get(pid)) or {}).get("step"), materialise) for pid in ids[:1]]
     step = int(steps[0]) if steps and steps[0] is not None and abs(steps[0]) < 2 ** 62 else None
     states = [s for s in (as_mapping(v) for v in state.values()) if s]
-    return {"kind": _optimizer_kind(groups, states), "grad_rms": grad_rms, "mapping": mapping,
-            "note": note, "step": step}
+    facts = {"kind": _optimizer_kind(groups, states), "grad_rms": grad_rms, "mapping": mapping,
+             "note": note, "step": step, "order": how}
+    facts.update(_group_facts(groups, ids, states))
+    return facts
+
+
+def _merge_recovered(found: OrderResult, by_shape: list[str | None]) -> tuple[list[str | None], str, str, str]:
+    """The recovered names, with entries it left open filled by shapes unique in the model."""
+    names = list(found.names)
+    taken = {n for n in names if n}
+    filled = 0
+    for i, n in enumerate(by_shape):
+        if names[i] is None and n is not None and n not in taken:
+            names[i], filled = n, filled + 1
+            taken.add(n)
+    mapped = sum(n is not None for n in names)
+    note = found.note + (f"; {filled} more by a shape unique in the model" if filled else "")
+    mapping = "shapes-verified" if mapped == len(names) else "ambiguous"
+    return names, mapping, note, found.how
+
+
+def _group_facts(groups: list[Mapping], ids: list[Any], states: list[Mapping]) -> dict[str, Any]:
+    """The param groups' learning rates (finite numbers only), how many parameters they hold and how many
+    of those have state: what tells "lr 0" and "no parameter ever got a gradient" apart after the fact."""
+    lrs = [float(g["lr"]) for g in groups if isinstance(g.get("lr"), (int, float)) and not isinstance(g.get("lr"), bool)
+           and math.isfinite(float(g["lr"]))]
+    return {"lrs": lrs, "group_params": len(ids), "state_entries": len(states)}

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from report_gen.core import Problem, ProblemKind
-from report_gen.readers.checkpoint.errors import CheckpointError, one_line
+from report_gen.readers.checkpoint.errors import CheckpointError, SavedTensor, one_line
 from report_gen.readers.checkpoint.hf import open_folder, open_index, open_single_file
 from report_gen.readers.checkpoint.tree import LoadPolicy, load_policy
 from report_gen.readers.types import CheckpointData
@@ -47,26 +47,48 @@ def _open(path: str, policy: LoadPolicy, optimizer: bool = True) -> CheckpointDa
 
 
 def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
-                     progress: Callable[[int, int], None] | None = None, optimizer: bool = True
+                     progress: Callable[[int, int], None] | None = None, optimizer: bool = True,
+                     isolate: bool = False,
                      ) -> tuple[list[CheckpointData], list[Problem]]:
     """Open the checkpoints of ONE run: the usable ones in training order, and every problem found.
 
     Never raises for a damaged file. A file that cannot be used is one Problem graded by the default
-    severity of its kind: a tensor or list saved beside the checkpoints (a probe batch, embeddings;
-    "no-weights", "not-a-checkpoint") is info, anything else a warning. Problems are in path order,
-    each file's own problems (unsafe globals replaced, tensors skipped) where the file comes.
-    progress(i, n) is called before the i-th of n files is opened. optimizer=False: optimizer state is not
-    read (opening then reads no tensor data at all: only the pickles, headers and indexes).
+    severity of its kind: a file that is no checkpoint ("no-weights", "not-a-checkpoint") is info,
+    anything else a warning. A bare tensor saved beside the checkpoints (the probe batch, embeddings:
+    `SavedTensor`) is data, not a problem: it is reported only when no checkpoint could be used (it then
+    says why none was read). Problems are in path order, each file's own problems (unsafe globals
+    replaced, tensors skipped) where the file comes. progress(i, n) is called before the i-th of n files
+    is opened. optimizer=False: optimizer state is not read (opening then reads no tensor data at all:
+    only the pickles, headers and indexes).
+    isolate: each file is first opened in a worker process with CPU, memory and time limits
+    (`readers.isolation`; not with trust_pickles): a crash or hang there is one "unreadable" Problem.
     """
     policy = load_policy(trust_pickles)
+    vetting = _isolation() if isolate and not trust_pickles else None
+    try:
+        ckpts, problems = _read_all(paths, policy, progress, vetting, optimizer)
+    finally:
+        if vetting is not None:
+            vetting.close()
+    return order_series(ckpts), problems
+
+
+def _read_all(paths: Sequence[str], policy: LoadPolicy, progress: Callable[[int, int], None] | None,
+              vetting, optimizer: bool = True) -> tuple[list[CheckpointData], list[Problem]]:
     ckpts, problems = [], []
+    saved_tensors: list[tuple[int, Problem]] = []
     for i, path in enumerate(paths):
         if progress is not None:
             progress(i, len(paths))
         try:
+            if vetting is not None:
+                _vet(vetting, path)
             ckpt = _open(path, policy, optimizer)
+        except SavedTensor as e:
+            saved_tensors.append((len(problems), Problem(file=path, kind=e.kind, message=str(e))))
+            continue
         except CheckpointError as e:
-            problems.append(Problem(file=path, kind=e.kind, message=str(e)))
+            problems.append(Problem(file=path, kind=e.kind, message=str(e), severity=e.severity))
             continue
         except Exception as e:  # noqa: BLE001 - one odd file must not lose the rest of the report
             log.debug("opening %s failed", path, exc_info=True)
@@ -76,7 +98,38 @@ def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
         problems.extend(ckpt.problems)
         if ckpt.tensors:
             ckpts.append(ckpt)
-    return order_series(ckpts), problems
+    if not ckpts:  # then the saved tensors say why no checkpoint was read
+        for offset, (at, problem) in enumerate(saved_tensors):
+            problems.insert(at + offset, problem)
+    elif saved_tensors:
+        log.debug("not checkpoints (saved tensors): %s", ", ".join(p.file for _, p in saved_tensors))
+    return ckpts, problems
+
+
+def _isolation():
+    from report_gen.readers.isolation import Isolation
+
+    return Isolation()
+
+
+def _identity(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _vet(vetting, path: str) -> None:
+    """Open `path` in an isolated worker first; CheckpointError with the worker's outcome when it
+    could not be opened there (then the parent never parses it), or when the file changed since."""
+    before = _identity(path)
+    verdict = vetting.vet(path)
+    if not verdict.ok:
+        raise CheckpointError(path, ProblemKind(verdict.kind), verdict.problem, verdict.severity)
+    if _identity(path) != before:
+        raise CheckpointError(path, ProblemKind.UNREADABLE, "the file changed while it was read in an isolated "
+                                                            "worker; not read")
 
 
 def order_series(ckpts: list[CheckpointData]) -> list[CheckpointData]:

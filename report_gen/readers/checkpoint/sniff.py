@@ -12,6 +12,7 @@ import re
 from report_gen.core import ProblemKind
 from report_gen.readers.checkpoint.errors import CheckpointError
 from report_gen.readers.paths import LEGACY_MAGIC, is_torch_tar
+from report_gen.safe_open import NotRegularFile, open_regular
 
 
 def sniff(path: str) -> str:
@@ -20,9 +21,11 @@ def sniff(path: str) -> str:
     Raises CheckpointError for files that cannot be a checkpoint at all.
     """
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO or device named model.pt is refused, never read
+            size = os.fstat(f.fileno()).st_size
             head = f.read(1024)
+    except NotRegularFile as exc:
+        raise CheckpointError(path, ProblemKind.NOT_A_REGULAR_FILE, f"not read: {exc.strerror}") from None
     except OSError as exc:
         raise CheckpointError(path, ProblemKind.UNREADABLE, f"cannot read file ({exc.strerror})") from None
     if size == 0:
@@ -46,7 +49,10 @@ def sniff(path: str) -> str:
         raise CheckpointError(path, ProblemKind.LEGACY_TAR, "this is a pre-0.4 torch tar checkpoint, which is "
                                                             "not supported; re-save it with a recent torch")
     # never quote the content of a file reached through a symlink: it may live outside the run
-    raise CheckpointError(path, *_describe_non_checkpoint(head, quote=not os.path.islink(path)))
+    kind, message = _describe_non_checkpoint(head, quote=not os.path.islink(path))
+    # discovery takes only files named like checkpoints (.bin/.tar only when sniffed as torch files):
+    # bytes of no known format under such a name (zeroed, random, overwritten) are damage, not a side file
+    raise CheckpointError(path, kind, message, severity="warning")
 
 
 def _describe_non_checkpoint(head: bytes, quote: bool = True) -> tuple[str, str]:
@@ -56,7 +62,9 @@ def _describe_non_checkpoint(head: bytes, quote: bool = True) -> tuple[str, str]
     except UnicodeDecodeError:
         text = ""
     if not text or any(ord(c) < 32 and c not in "\t\n\r" for c in text):
-        return ProblemKind.NOT_A_CHECKPOINT, "unknown binary format (not torch zip/legacy, pickle or safetensors)"
+        zeros = " (all zero bytes)" if not head.strip(b"\0") else ""
+        return (ProblemKind.NOT_A_CHECKPOINT,
+                f"unknown binary format{zeros}: not a torch zip/legacy file, pickle or safetensors")
     first = text.strip().splitlines()[0][:40] if text.strip() else ""
     what = "an HTML page" if "<html" in text.lower() or "<!doctype" in text.lower() else "a text file"
     start = f" (starts with {first!r})" if quote else ""

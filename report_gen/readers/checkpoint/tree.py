@@ -26,8 +26,11 @@ from report_gen.readers.checkpoint.errors import CheckpointError, clean, one_lin
 from report_gen.readers.checkpoint.sniff import sniff
 from report_gen.readers.checkpoint.storage import (LegacyStorages, ZipStorages, impossible_size, open_zip,
                                                    zip_archive_prefix)
+from report_gen.readers.pickle_guard import (MAX_MEMBER_BYTES, MAX_PICKLE_BYTES, Budget, PickleRefused, ScanStats,
+                                             scan_zip)
 from report_gen.readers.safe_unpickle import (Placeholder, StorageRef, TensorRef, is_dangerous_global,
                                               restricted_load, storage_ref_from_pid, view_problem)
+from report_gen.safe_open import open_regular
 
 
 Leaf = Any  # torch.Tensor | TensorRef
@@ -119,6 +122,13 @@ def _release_mapped_pages(tensor: torch.Tensor) -> None:
     _MADVISE(ctypes.c_void_p(start), ctypes.c_size_t(ptr + nbytes - start), _MADV_DONTNEED)
 
 
+def mapped_materialiser(leaf: Leaf) -> torch.Tensor:
+    """float32 copy of a tensor from a file mapping (safetensors), then its pages are released."""
+    out = leaf.detach().to(torch.float32, copy=True)
+    _release_mapped_pages(leaf)
+    return out
+
+
 def _mapped_materialiser(leaf: Leaf) -> torch.Tensor:
     """A float32 tensor from `torch.load(mmap=True)`: a contiguous float32 tensor is returned as the
     mapped view itself (no copy: its pages are the file's, shared with the page cache, never private
@@ -146,19 +156,29 @@ def _memory_materialiser(leaf: Leaf) -> torch.Tensor:
     return leaf.detach().to(torch.float32, copy=True)
 
 
-def _file_guarded(path: str, materialise: Callable[[Leaf], torch.Tensor]) -> Callable[[Leaf], torch.Tensor]:
-    """`materialise` for tensors mapped from `path`, refusing once the file has been rewritten:
+def unchanged_guard(path: str) -> Callable[[], None]:
+    """A check that `path` is still the file it is now (CheckpointError once it was rewritten):
     touching pages of a mapping whose file was truncated kills the process (SIGBUS), and a
     checkpoint of a live run (last.ckpt) can be rewritten between open and load."""
     before = os.stat(path)
 
-    def guarded(leaf: Leaf) -> torch.Tensor:
+    def check() -> None:
         try:
             now = os.stat(path)
         except OSError as exc:
             raise CheckpointError(path, ProblemKind.UNREADABLE, f"cannot read file ({exc.strerror or exc})") from None
         if (now.st_size, now.st_mtime_ns, now.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino):
             raise CheckpointError(path, ProblemKind.UNREADABLE_TENSOR, "the file changed on disk after it was opened")
+
+    return check
+
+
+def _file_guarded(path: str, materialise: Callable[[Leaf], torch.Tensor]) -> Callable[[Leaf], torch.Tensor]:
+    """`materialise` for tensors mapped from `path`, refusing once the file has been rewritten."""
+    check = unchanged_guard(path)
+
+    def guarded(leaf: Leaf) -> torch.Tensor:
+        check()
         return materialise(leaf)
 
     return guarded
@@ -203,14 +223,25 @@ def _trusted_problem(path: str, how: str) -> Problem:
 
 
 def _restricted(path: str, data: bytes | io.BufferedReader, persistent: Callable | None,
-                damaged: ProblemKind = ProblemKind.NOT_A_CHECKPOINT) -> tuple[Any, list[str]]:
+                damaged: ProblemKind = ProblemKind.NOT_A_CHECKPOINT, *, max_bytes: int = MAX_PICKLE_BYTES,
+                budget: Budget | None = None) -> tuple[Any, list[str]]:
     """Restricted unpickling; a malformed pickle is CheckpointError(`damaged`) ("corrupt" inside a
-    torch file, "not-a-checkpoint" for a plain pickle that is something else)."""
+    torch file, "not-a-checkpoint" for a plain pickle that is something else), one the pre-scan
+    refuses (`pickle_guard`: longer than `max_bytes`, or a hash, memory or CPU bomb) is
+    "hostile-pickle". `budget` is the input file's, shared by all the pickles it holds."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        return restricted_load(stream, persistent)
+        return restricted_load(stream, persistent, max_bytes=max_bytes, budget=budget)
     except CheckpointError:
         raise
+    except PickleRefused as exc:
+        if exc.malformed and "truncated" in exc.reason and damaged == ProblemKind.CORRUPT:  # as EOFError below
+            if damaged == ProblemKind.CORRUPT and isinstance(data, bytes):
+                raise CheckpointError(path, ProblemKind.CORRUPT, "data.pkl ends early (corrupt pickle)") from None
+            raise CheckpointError(path, ProblemKind.TRUNCATED, "pickle data ends early (truncated file)") from None
+        if exc.malformed:  # no valid pickle at all: damage, or a file that is something else
+            raise CheckpointError(path, damaged, f"unreadable pickle: {exc.reason}") from None
+        raise CheckpointError(path, ProblemKind.HOSTILE_PICKLE, _refusal(exc)) from None
     except EOFError:
         if damaged == ProblemKind.CORRUPT and isinstance(data, bytes):  # a complete zip entry that ends early
             raise CheckpointError(path, ProblemKind.CORRUPT, "data.pkl ends early (corrupt pickle)") from None
@@ -221,13 +252,41 @@ def _restricted(path: str, data: bytes | io.BufferedReader, persistent: Callable
         raise CheckpointError(path, damaged, f"unreadable pickle: {one_line(exc)}") from None
 
 
+def _refusal(exc: PickleRefused) -> str:
+    """The one-line message of a pre-scan refusal: which pickle, why, where (file data only ever
+    reaches it through `bounded_repr`)."""
+    where = f" at byte {exc.offset:,}" if exc.offset is not None else ""
+    return f"{exc.what} refused before unpickling, nothing was run: {exc.reason}{where}"
+
+
+def _scan_archive(path: str, zf: zipfile.ZipFile) -> tuple[Budget, dict[str, ScanStats]]:
+    """Pre-scan every pickle member of an open torch zip (what torch.load(weights_only=True) and
+    the restricted unpickler would read) against one budget; CheckpointError when one is hostile
+    ("hostile-pickle") or cannot be inflated ("corrupt")."""
+    budget = Budget()
+    try:
+        return budget, scan_zip(zf, budget=budget)
+    except PickleRefused as exc:
+        if exc.malformed:
+            raise CheckpointError(path, ProblemKind.CORRUPT, f"{exc.what} inside the archive is no valid pickle "
+                                                             f"({exc.reason})") from None
+        raise CheckpointError(path, ProblemKind.HOSTILE_PICKLE, _refusal(exc)) from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(path, ProblemKind.CORRUPT, f"a pickle inside the archive is damaged "
+                                                         f"({one_line(exc)})") from None
+
+
+def _refund(budget: Budget, stats: ScanStats | None) -> Budget:
+    """What is left of a file's budget for unpickling a member the archive scan already charged
+    (the unpickler scans it again: it is charged once, not twice)."""
+    if stats is None:
+        return budget
+    return Budget(budget.opcodes + stats.opcodes, budget.object_bytes + stats.object_bytes)
+
+
 
 # --------------------------------------------------------------------------------------------
 # loader policies: how a torch pickle becomes a tree
-
-
-#: a compressed data.pkl may inflate to at most this much more than its compressed size
-_MAX_PICKLE_INFLATION = 64 << 20
 
 
 def _materialiser(path: str, mapped: bool) -> Callable[[Leaf], torch.Tensor]:
@@ -294,6 +353,9 @@ class SafePolicy(LoadPolicy):
     def zip_tree(self, path: str) -> TorchTree:
         with open_zip(path) as zf:
             prefix, names = zip_archive_prefix(zf, path)
+            # every pickle torch.load(weights_only=True) or the restricted unpickler would read is
+            # scanned first: a hash bomb crashes both, a memory bomb exhausts both
+            budget, scanned = _scan_archive(path, zf)
             is_script = _is_torchscript(prefix, names)
             if not is_script and not _is_compressed(zf):
                 materialise = _materialiser(path, mapped=True)
@@ -302,8 +364,7 @@ class SafePolicy(LoadPolicy):
                 except pickle.UnpicklingError:  # weights_only refused a global: unpickled restricted below
                     pass
             info = zf.getinfo(f"{prefix}data.pkl")
-            if impossible_size(info) or (info.compress_type != zipfile.ZIP_STORED and
-                                         info.file_size > info.compress_size * 32 + _MAX_PICKLE_INFLATION):
+            if impossible_size(info):  # (the scan refused one inflating more than MAX_MEMBER_RATIO already)
                 raise CheckpointError(path, ProblemKind.CORRUPT, f"data.pkl claims {info.file_size:,} bytes "
                                                                  f"from {info.compress_size:,} compressed (zip bomb?)")
             try:
@@ -312,7 +373,8 @@ class SafePolicy(LoadPolicy):
                 raise CheckpointError(path, ProblemKind.CORRUPT, f"data.pkl inside the archive is damaged "
                                                                  f"({one_line(exc)})") from None
             storages = ZipStorages(path, zf, f"{prefix}data/")
-        root, replaced = _restricted(path, data, storage_ref_from_pid, ProblemKind.CORRUPT)
+        root, replaced = _restricted(path, data, storage_ref_from_pid, ProblemKind.CORRUPT,
+                                     max_bytes=MAX_MEMBER_BYTES, budget=_refund(budget, scanned.get(info.filename)))
         problems = [_neutralised_problem(path, replaced)] if replaced else []
         materialise, check = _ref_reader(storages)
         return TorchTree(root, "torchscript" if is_script else "torch-zip", materialise, problems, check)
@@ -327,11 +389,13 @@ class SafePolicy(LoadPolicy):
             refs.setdefault(ref.key, ref)
             return ref
 
-        with open(path, "rb") as f:
+        budget = Budget()  # one for the five pickles: splitting a bomb over them gains nothing
+        with open_regular(path) as f:
             for _ in range(3):  # magic number, protocol version, sys info
-                _restricted(path, f, None, ProblemKind.CORRUPT)
-            root, replaced = _restricted(path, f, persistent, ProblemKind.CORRUPT)
-            keys, _ = _restricted(path, f, None, ProblemKind.CORRUPT)
+                _restricted(path, f, None, ProblemKind.CORRUPT, max_bytes=MAX_MEMBER_BYTES, budget=budget)
+            root, replaced = _restricted(path, f, persistent, ProblemKind.CORRUPT, max_bytes=MAX_MEMBER_BYTES,
+                                         budget=budget)
+            keys, _ = _restricted(path, f, None, ProblemKind.CORRUPT, max_bytes=MAX_MEMBER_BYTES, budget=budget)
             data_start = f.tell()
         if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, int)) for k in keys):
             raise CheckpointError(path, ProblemKind.CORRUPT, "legacy checkpoint: malformed list of storage keys")
@@ -342,8 +406,15 @@ class SafePolicy(LoadPolicy):
         return TorchTree(root, "torch-legacy", materialise, problems, check)
 
     def pickle_tree(self, path: str) -> TorchTree:
-        with open(path, "rb") as f:
-            root, replaced = _restricted(path, f, None)
+        try:
+            with open_regular(path) as f:  # a plain pickle may carry tensor bytes in band: MAX_PICKLE_BYTES
+                root, replaced = _restricted(path, f, None)
+        except CheckpointError as exc:
+            # a .pkl that is something else sits beside checkpoints (info); a .pt/.ckpt that is no
+            # readable pickle was meant to be a checkpoint (warning)
+            if exc.kind != ProblemKind.NOT_A_CHECKPOINT or path.lower().endswith(".pkl"):
+                raise
+            raise CheckpointError(path, exc.kind, exc.problem, severity="warning") from None
         problems = [_neutralised_problem(path, replaced)] if replaced else []
         return TorchTree(root, "pickle", _memory_materialiser, problems)
 
@@ -379,7 +450,7 @@ class TrustedPolicy(LoadPolicy):
 
     def pickle_tree(self, path: str) -> TorchTree:
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 root = pickle.load(f)  # noqa: S301 - explicitly trusted by the user
         except Exception as exc:  # noqa: BLE001 - any malformed pickle
             raise CheckpointError(path, ProblemKind.NOT_A_CHECKPOINT, f"unreadable pickle: {one_line(exc)}") from None

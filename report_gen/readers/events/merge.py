@@ -27,6 +27,18 @@ Step policy (like TensorBoard's purge of orphaned data)
     and Keras writers name files by time, host and pid), while a long pause inside one file is usually
     just a slow epoch or an evaluation. Each file that restarts a series gets one
     ``Problem(kind="step-restart", severity="info")`` with the number of values dropped.
+
+    An *appended evaluation* is not a restart: a later session (file, or TF1 session) whose every
+    value sits at ONE step, and whose every series is an evaluation series (`signals.
+    is_evaluation_series`: a val/eval/test tag or folder, or an epoch counter), and that holds no
+    histogram, image or text. That is what `trainer.evaluate()` after `trainer.train()` writes (HF
+    examples do it; the TensorBoardCallback opens a new file): `eval/*` and `train/epoch` at the final
+    step. Its values are merged like those of one session (nothing dropped, several values at one step
+    kept in write order). The same tags at the same step earlier are NOT a sign of a restart: the
+    Trainer's final evaluate() repeats the last in-training evaluation when the last step is an
+    evaluation step (the real fixtures `hf/bert-healthy-tensorboard` and `hf/gpt2-healthy-tensorboard`).
+    A session that logs a training series (loss, lr, grad norm), a histogram, or values at two
+    different steps is judged by the restart rule above, whatever else it holds.
     After the policy, values are ordered by step (ties in write order); ``max_per_tag`` then keeps that
     many values per tag, evenly spaced and always including the first and the last.
 """
@@ -39,6 +51,7 @@ import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers.events.decode import FileContent, HistBatch
+from report_gen.readers.signals import is_evaluation_series
 from report_gen.readers.types import HistogramSeries, ImageRef, RunLog, tidy_scalars
 
 
@@ -68,24 +81,23 @@ class Restarts:
                 for path, n in self.dropped.items()]
 
 
-def apply_step_policy(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int | None) -> tuple[np.ndarray, list]:
+def apply_step_policy(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int | None,
+                      appended: frozenset[int] = frozenset()) -> tuple[np.ndarray, list]:
     """Apply the step policy to one series in write order.
 
     Returns the indices to keep (ordered by step, ties in write order, thinned to ``max_per_tag``) and
-    the restarts as ``(index, dropped)`` pairs.
+    the restarts as ``(index, dropped)`` pairs. Sessions in ``appended`` (appended evaluations) never
+    start a restart.
     """
     n = steps.size
     keep = np.ones(n, dtype=bool)
     restarts = []
     if n > 1:
         prev_max = np.maximum.accumulate(steps)[:-1]
-        new_session = sessions[1:] != sessions[:-1]
-        for i in (np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1).tolist():
-            drop = keep[:i] & (steps[:i] >= steps[i])
-            dropped = int(drop.sum())
-            if dropped:
-                keep[:i] &= ~drop
-                restarts.append((i, dropped))
+        new_session = (sessions[1:] != sessions[:-1]) & ~np.isin(sessions[1:], list(appended))
+        starts = np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1
+        if starts.size:
+            keep, restarts = _apply_restarts(steps, starts)
     kept = np.flatnonzero(keep)
     kept = kept[np.argsort(steps[kept], kind="stable")]
     if max_per_tag is not None and kept.size > max_per_tag:
@@ -93,19 +105,90 @@ def apply_step_policy(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int 
     return kept, restarts
 
 
+def _apply_restarts(steps: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(keep mask, [(restart index, values it dropped)]) for the restarts at `starts` (ascending).
+
+    Value j is dropped by the FIRST restart i > j with steps[i] <= steps[j] (the one that drops it
+    when restarts are applied one after the other in write order). Found for all values at once:
+    a value is dropped at all when its step is >= the smallest restart step after it (a suffix
+    minimum); for those, the first such restart is found by binary lifting over a sparse table of
+    minima of the restart steps (block k holds the minimum of 2**k consecutive restarts). O((n + r)
+    log r) numpy work for n values and r restarts, no Python loop over either, where applying the
+    restarts one by one costs O(n r) (10,000 restarts: benchmarks/README-hostile.md).
+    """
+    n, r = steps.size, starts.size
+    restart_steps = steps[starts]
+    # smallest restart step strictly after each value
+    after = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    suffix_min = np.minimum.accumulate(restart_steps[::-1])[::-1]
+    first_after = np.searchsorted(starts, np.arange(n), side="right")  # first restart index > j
+    has_after = first_after < r
+    after[has_after] = suffix_min[first_after[has_after]]
+    dropped = steps >= after
+    dropper = np.full(n, -1, dtype=np.int64)
+    queries = np.flatnonzero(dropped)
+    if queries.size:
+        levels = max(int(r - 1).bit_length(), 1)
+        padded = np.concatenate([restart_steps, np.full(1 << levels, np.iinfo(np.int64).min)])
+        table = [padded]
+        for k in range(1, levels + 1):
+            prev, width = table[-1], 1 << (k - 1)
+            table.append(np.minimum(prev, np.concatenate([prev[width:], np.full(width, np.iinfo(np.int64).min)])))
+        pos = first_after[queries]
+        wanted = steps[queries]
+        for k in range(levels, -1, -1):  # skip every block of 2**k restarts whose minimum is above the step
+            skip = table[k][pos] > wanted
+            pos = pos + np.where(skip, 1 << k, 0)
+        dropper[queries] = starts[pos]
+    counts = np.bincount(dropper[queries], minlength=n) if queries.size else np.zeros(n, dtype=np.int64)
+    return ~dropped, [(i, int(counts[i])) for i in starts.tolist() if counts[i]]
+
+
 def _session_ids(group: list[FileContent], file_index: np.ndarray, seqs: np.ndarray) -> np.ndarray:
     """Writing-session number of each value: files in merge order, split at session_log START."""
     base = np.cumsum([0] + [len(c.session_starts) + 1 for c in group])
     sessions = base[file_index].astype(np.int64)
-    for i, content in enumerate(group):
-        if content.session_starts:
-            rows = file_index == i
-            sessions[rows] += np.searchsorted(np.asarray(content.session_starts), seqs[rows], side="right")
+    if any(c.session_starts for c in group):  # each file's rows found once (not one mask per file)
+        by_file = np.argsort(file_index, kind="stable")
+        bounds = np.searchsorted(file_index[by_file], np.arange(len(group) + 1))
+        for i, content in enumerate(group):
+            if content.session_starts:
+                rows = by_file[bounds[i]:bounds[i + 1]]
+                sessions[rows] += np.searchsorted(np.asarray(content.session_starts), seqs[rows], side="right")
     return sessions
 
 
+def appended_evaluations(sub: str, group: list[FileContent]) -> frozenset[int]:
+    """Session ids (as `_session_ids` numbers them) of the appended evaluations of one sub (see the
+    module docstring); the first session never is one."""
+    steps: dict[int, set[int]] = {}
+    blocked: set[int] = set()
+    base = np.cumsum([0] + [len(c.session_starts) + 1 for c in group])
+    for i, content in enumerate(group):
+        starts = np.asarray(content.session_starts, dtype=np.int64)
+
+        def session(seqs: np.ndarray) -> np.ndarray:
+            return base[i] + np.searchsorted(starts, seqs, side="right")
+
+        for tags, cols in zip(content.scalar_tags, content.scalar_cols):
+            ids = session(np.asarray(cols[0], dtype=np.int64))
+            for tag, sid, step in zip(tags.tolist(), ids.tolist(), np.asarray(cols[1]).tolist()):
+                steps.setdefault(sid, set()).add(int(step))
+                if not is_evaluation_series(str(tag), sub):
+                    blocked.add(sid)
+        for attr in ("histograms", "images", "texts"):
+            for points in getattr(content, attr).values():
+                if points:
+                    blocked.update(session(np.array([p.seq for p in points], dtype=np.int64)).tolist())
+        for batches in content.hist_batches.values():  # histograms decoded in bulk
+            for batch in batches:
+                if batch.seqs.size:
+                    blocked.update(session(np.asarray(batch.seqs, dtype=np.int64)).tolist())
+    return frozenset(sid for sid, s in steps.items() if sid > 0 and len(s) == 1 and sid not in blocked)
+
+
 def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
-                  restarts: Restarts) -> pd.DataFrame | None:
+                  restarts: Restarts, appended: frozenset[int] = frozenset()) -> pd.DataFrame | None:
     parts = [(i, tags, cols) for i, c in enumerate(group) for tags, cols in zip(c.scalar_tags, c.scalar_cols)]
     if not parts:
         return None
@@ -119,7 +202,7 @@ def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
     chosen = []
     for code, name in enumerate(names):
         rows = order[bounds[code]:bounds[code + 1]]
-        kept, found = apply_step_policy(steps[rows], sessions[bounds[code]:bounds[code + 1]], max_per_tag)
+        kept, found = apply_step_policy(steps[rows], sessions[bounds[code]:bounds[code + 1]], max_per_tag, appended)
         for i, dropped in found:
             restarts.add(group[file_index[rows[i]]].path, name, int(steps[rows[i]]), dropped)
         chosen.append(rows[kept])

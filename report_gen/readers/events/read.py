@@ -5,7 +5,8 @@ import os
 from collections.abc import Collection, Sequence
 
 from report_gen.readers.events.decode import ALL_KINDS, decode_file
-from report_gen.readers.events.merge import Restarts, merge_key, merge_points, merge_scalars, scalar_frame
+from report_gen.readers.events.merge import (Restarts, appended_evaluations, merge_key, merge_points, merge_scalars,
+                                             scalar_frame)
 from report_gen.readers.types import RunLog
 
 
@@ -45,7 +46,7 @@ def read_events(files: Sequence[tuple[str, str]], *, max_per_tag: int | None = N
     frames = []
     for sub in sorted({c.sub for c in decoded}):
         group = [c for c in decoded if c.sub == sub]
-        frames.append(merge_scalars(sub, group, max_per_tag, restarts))
+        frames.append(merge_scalars(sub, group, max_per_tag, restarts, appended_evaluations(sub, group)))
         merge_points(sub, group, max_per_tag, restarts, data)
     if frames:
         data.scalars = scalar_frame(frames)

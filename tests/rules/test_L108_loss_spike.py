@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+import realfix
+from rulekit import decaying, hits, make_run, series
+from report_gen.readers.signals import Signals
+
+
+@pytest.mark.parametrize("lib, name, lead", [("tensorboardx", "loss_grad_spike", 5), ("hf", "gpt2-spike", 6)])
+def test_a_loss_spike_after_a_grad_norm_spike_names_the_lead_and_the_lr_jump(lib, name, lead):
+    """tensorboardX: resumed without scheduler state, lr re-warms 150x over steps 150-159; HF GPT-2: lr ramped
+    30x from step 121. Both recover; the grad norm crosses first (OLMo 2)."""
+    [f] = realfix.findings(lib, name, "L108")
+    assert f["severity"] == "warning" and f["category"] == "divergence"
+    ev = f["evidence"]
+    assert ev["recovered"] is True and ev["method"] == "foundry"
+    assert ev["lead_steps"] == lead and ev["root_cause"] == "lr-spike" and ev["lr_factor"] > 2
+    assert ev["peak"] > 3 * ev["before"]
+
+
+@pytest.mark.parametrize("lib, name", [("tensorboardx", "mlp_instrumented_healthy"), ("tensorboardx", "cnn_defaults_healthy"),
+                                       ("hf", "gpt2-healthy-tensorboard"), ("hf", "bert-healthy-tensorboard"),
+                                       ("torch_tb", "bn_relu_healthy"), ("lightning", "tb_defaults_healthy"),
+                                       ("tensorboardx", "chance_noise_lookalike")])
+def test_healthy_runs_have_no_loss_spike(lib, name):
+    assert realfix.findings(lib, name, "L108") == []
+
+
+def test_every_published_method_is_selectable():
+    # the tensorboardX spike under each published detector: Fabric's 3x-the-mean misses this gradual ramp
+    firing = {m: bool(realfix.findings("tensorboardx", "loss_grad_spike", "L108", L108={"method": m}))
+              for m in ("foundry", "olmo", "fabric", "megatron")}
+    assert firing == {"foundry": True, "olmo": True, "fabric": False, "megatron": False}
+
+
+def test_a_converged_loss_near_zero_that_doubles_is_no_spike():
+    v = np.concatenate([decaying(150, 2.3, 1e-4), np.full(5, 3e-4), np.full(20, 1e-4)])
+    assert hits(make_run(signals=Signals(train_loss=series("train/loss", v))), "L108") == []
+
+
+def test_a_spike_the_run_does_not_recover_from_is_an_error():
+    v = np.concatenate([decaying(150, 2.3, 0.3), np.full(30, 2.0)])
+    [h] = hits(make_run(signals=Signals(train_loss=series("train/loss", v))), "L108")
+    assert h.severity == "error" and h.evidence["recovered"] is False
