@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -114,7 +115,26 @@ def test_an_irregular_file_given_directly_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------- folder trees
 
 
-def test_a_tree_1100_levels_deep_costs_a_warning_not_the_report(tmp_path, caplog):
+def _remove_deep_tree(folder):
+    """Remove a chain of `d` folders level by level (shutil.rmtree recurses once per level, and pytest's
+    clean-up of old temporary folders would hit the RecursionError this test is about)."""
+    while folder.is_dir():
+        child, up = folder / "d", folder.with_name(folder.name + ".up")
+        if child.is_dir():
+            os.rename(child, up)
+        shutil.rmtree(folder)
+        if not up.exists():
+            return
+        os.rename(up, folder)
+
+
+@pytest.fixture
+def deep_tree(tmp_path):
+    yield tmp_path / "runs" / "deep"
+    _remove_deep_tree(tmp_path / "runs" / "deep")
+
+
+def test_a_tree_1100_levels_deep_costs_a_warning_not_the_report(tmp_path, caplog, deep_tree):
     top = tmp_path / "runs"
     write_records(top / "shallow" / "events.out.tfevents.1", [make_version_event(), make_scalar_event("loss", 0, 1.0)])
     deep = top / "deep"
