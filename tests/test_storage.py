@@ -10,8 +10,8 @@ import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-import sweep_kit
-from ckpt_builders import tiny_state, write_safetensors
+from builders import sweep_kit
+from builders.ckpt_builders import tiny_state, write_safetensors
 from report_gen.cli import main
 from report_gen.core import InputError
 from report_gen.engine import Options, diagnose

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-import ckpt_builders as cb
-from event_builders import (make_hist_event, make_scalar_event, make_session_log_event, make_version_event,
+from builders import ckpt_builders as cb
+from builders.event_builders import (make_hist_event, make_scalar_event, make_session_log_event, make_version_event,
                             write_records)
-from hostile_tools import bounded_time
-from memtools import peak_memory
+from builders.hostile_tools import bounded_time
+from builders.memtools import peak_memory
 from report_gen.readers.checkpoint import CheckpointError, open_checkpoint, read_checkpoints
 from report_gen.readers.checkpoint.storage import INFLATE_RATIO, INFLATE_SLACK
 from report_gen.readers.discovery import MAX_DEPTH, RunSpec, discover, walk_folders

@@ -4,7 +4,7 @@ every look-alike of a fault no error and never the category it resembles (its ma
 and every faulty run is caught in its category with the root cause named where the run holds it."""
 import pytest
 
-import realfix
+from builders import realfix
 
 LIBS = ("hf", "keras", "lightning", "mlflow", "sb3", "tensorboardx", "torch_tb", "ultralytics", "wandb")
 # I101 is the readers' verdict on the files, not a diagnosis of the training
