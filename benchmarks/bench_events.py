@@ -77,7 +77,7 @@ IMPORTS = {
 
 def _builders():
     sys.path.insert(0, str(ROOT / "tests"))
-    import event_builders
+    from builders import event_builders
 
     return event_builders
 

@@ -98,7 +98,7 @@ ISOLATE = textwrap.dedent("""
     import json, sys, time
     import torch
     sys.path.append(sys.argv[3])
-    from tests import ckpt_builders as cb
+    from tests.builders import ckpt_builders as cb
     from report_gen.readers.checkpoint import open_checkpoint
     from report_gen.readers.isolation import Isolation
     small_n, large_mb, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[4]

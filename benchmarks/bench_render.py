@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from report_gen.render import render  # noqa: E402
-from sample_report import make_report_dict  # noqa: E402
+from builders.sample_report import make_report_dict  # noqa: E402
 
 
 def main() -> None:

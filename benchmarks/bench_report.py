@@ -25,7 +25,7 @@ DATA = ROOT / "benchmarks" / "_data" / "report_run"
 
 def build_run(path: Path, layers: int = 75, steps: int = 50, checkpoints: int = 10) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
-    import event_builders as eb
+    from builders import event_builders as eb
 
     if (path / "done").exists():
         return path

@@ -17,7 +17,7 @@ only, so the numbers measure the sweep machinery and the diagnosis, not HTML plo
 * driver MB, worker MB: peak resident memory of the driving process and of the largest worker (a
   worker's includes the pages it shares with the fork server: torch and report_gen, ~300 MB)
 
-The runs are the test suite's tiny generated runs (tests/sweep_kit.py: event file + 2 checkpoints,
+The runs are the test suite's tiny generated runs (tests/builders/sweep_kit.py: event file + 2 checkpoints,
 a fifth with a NaN loss), written once under benchmarks/_data/. S3 is moto's server on 127.0.0.1
 (in this orchestrating process), read through s3fs; each S3 configuration starts with an empty cache.
 Absolute numbers depend on the machine and its load; read the ratios: steady runs/s should stay flat
@@ -71,7 +71,7 @@ def one(args) -> None:
 
 
 def sweep_data(n: int) -> Path:
-    import sweep_kit
+    from builders import sweep_kit
 
     root = DATA / f"sweep-{n}"
     if not (root / ".complete").exists():
@@ -100,7 +100,7 @@ def main() -> None:
     kinds = args.storage.split(",")
     s3 = None
     if "s3" in kinds:
-        import sweep_kit
+        from builders import sweep_kit
 
         s3 = sweep_kit.S3()
         s3.bucket("bench")

@@ -743,7 +743,7 @@ def unit_test_cases() -> list[tuple[str, bool, bool]]:
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from rulekit import cnn_state, decaying
+    from builders.rulekit import cnn_state, decaying
 
     def zigzag(high: float, low: float) -> np.ndarray:
         v = decaying(150, 2.3, 0.5)

@@ -47,10 +47,12 @@ take local files, and a staged file is re-used by every later diagnosis.
 """
 from __future__ import annotations
 
+import datetime
 import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -94,6 +96,7 @@ class ObjectInfo:
     rel: str
     size: int | None
     version: str
+    mtime: float | None = None  # the store's modification time: staged files keep it (checkpoints of one step sort by it)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,26 @@ def _version(info: Mapping[str, Any]) -> str:
     return "|".join(parts)
 
 
+def _mtime(info: Mapping[str, Any]) -> float | None:
+    """The modification time from an fsspec info dict (a datetime on S3/GCS/Azure, seconds locally)."""
+    for key in ("LastModified", "last_modified", "mtime", "updated", "modified", "created"):
+        value = info.get(key)
+        try:
+            if isinstance(value, datetime.datetime):
+                t = value.timestamp()
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                t = float(value)
+            elif isinstance(value, str) and value:
+                t = datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            else:
+                continue
+        except (ValueError, OverflowError, OSError):
+            continue
+        if math.isfinite(t) and 0 < t < 2**40:
+            return t
+    return None
+
+
 def _size(info: Mapping[str, Any]) -> int | None:
     size = info.get("size", info.get("Size"))
     return int(size) if isinstance(size, (int, float)) and size >= 0 else None
@@ -240,7 +263,7 @@ def list_url(url: str, settings: StorageSettings) -> Listing:
         info = _retry(lambda: fs.info(root), settings)
         if info.get("type") != "directory":
             name = root.rstrip("/").rsplit("/", 1)[-1]
-            return Listing(url, root, True, (ObjectInfo(name, _size(info), _version(info)),))
+            return Listing(url, root, True, (ObjectInfo(name, _size(info), _version(info), _mtime(info)),))
         found = _retry(lambda: fs.find(root, withdirs=False, detail=True), settings)
     except FileNotFoundError:
         raise InputError(f"{shown}: no such file or directory") from None
@@ -253,7 +276,7 @@ def list_url(url: str, settings: StorageSettings) -> Listing:
     for path, meta in sorted(found.items()):
         if meta.get("type", "file") != "file" or not path.startswith(prefix):
             continue
-        objects.append(ObjectInfo(path[len(prefix):], _size(meta), _version(meta)))
+        objects.append(ObjectInfo(path[len(prefix):], _size(meta), _version(meta), _mtime(meta)))
     return Listing(url, root.rstrip("/"), False, tuple(objects))
 
 
@@ -452,11 +475,23 @@ class Cache:
     def temporary(self) -> Path:
         return self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}.part"
 
-    def commit(self, tmp: Path, key: str) -> Path:
+    def commit(self, tmp: Path, key: str, mtime: float | None = None) -> Path:
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))  # the store's time: the readers order same-step checkpoints by it
         os.replace(tmp, final)  # atomic: readers see the old object, the new one, or none
         return final
+
+    def fetch(self, fs, remote: str, url: str, o: "ObjectInfo", settings: "StorageSettings") -> Path:
+        """The object in the cache, downloaded first if it is not there yet (raises on failure)."""
+        key = self.key(url, o)
+        path = self.lookup(key, o.size)
+        if path is None:
+            tmp = self.temporary()
+            _download(fs, remote, tmp, o.size, settings)
+            path = self.commit(tmp, key, o.mtime)
+        return path
 
     def new_view(self) -> Path:
         self._clean_stale_views()
@@ -507,8 +542,8 @@ def _link(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dest)
-    except OSError:  # another file system, or no hard links: a copy
-        shutil.copyfile(src, dest)
+    except OSError:  # another file system, or no hard links: a copy (with the object's mtime)
+        shutil.copy2(src, dest)
 
 
 # ------------------------------------------------------------------------------------ staging
@@ -633,13 +668,7 @@ def _stage_listing(listing: Listing, local_root: Path, file_name: str | None, ca
 
     def cached(o: ObjectInfo) -> Path:
         """The object in the cache, downloaded if it is not there yet (raises on failure)."""
-        key = cache.key(url_of(o), o)
-        path = cache.lookup(key, o.size)
-        if path is None:
-            tmp = cache.temporary()
-            _download(fs, remote_of(o), tmp, o.size, settings)
-            path = cache.commit(tmp, key)
-        return path
+        return cache.fetch(fs, remote_of(o), url_of(o), o, settings)
 
     def sniffed(o: ObjectInfo) -> tuple[bool, LogReader | None]:
         """(wanted, the log reader that recognises it) from a same-name stand-in with its first bytes."""
@@ -717,13 +746,8 @@ def fetch_whole(listing: Listing, o: ObjectInfo, dest: Path, settings: StorageSe
     fs, _ = filesystem(listing.url, settings.options)
     cache = Cache(settings.cache_dir)
     url = listing.url if listing.is_file else join_url(listing.url, o.rel)
-    key = cache.key(url, o)
-    path = cache.lookup(key, o.size)
-    if path is None:
-        tmp = cache.temporary()
-        _download(fs, listing.root if listing.is_file else listing.root + "/" + o.rel, tmp, o.size, settings)
-        path = cache.commit(tmp, key)
-    _link(path, dest)
+    remote = listing.root if listing.is_file else listing.root + "/" + o.rel
+    _link(cache.fetch(fs, remote, url, o, settings), dest)
 
 
 def _parallel(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:

@@ -1,6 +1,4 @@
 import os
-import sys
 
-# make the test helpers (rulekit, event_builders, ckpt_builders, ...) importable from sub folders
-sys.path.insert(0, os.path.dirname(__file__))
+# the builders are the package tests/builders (`from builders import ...`): pyproject's pytest `pythonpath`
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from event_builders import make_scalar_event, make_version_event, write_records
+from builders.event_builders import make_scalar_event, make_version_event, write_records
 from report_gen.cli import main
 
 

@@ -14,7 +14,7 @@ from report_gen.evidence import build_details
 from report_gen.render.jsonout import dumps
 from report_gen.rules.base import REGISTRY, all_rules
 from report_gen.vocab import Key, KernelsPlot, Picture
-from rulekit import cnn_state, make_run, mem_checkpoint
+from builders.rulekit import cnn_state, make_run, mem_checkpoint
 
 
 def _faint_kernels_state(n_faint: int = 8) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from report_gen.facts.activations import attention_stats
 from report_gen.hfprobe import probe_hf_run, token_batch
 from report_gen.probe import probe
 from report_gen.readers.checkpoint import open_checkpoint
-from rulekit import hits, make_run
+from builders.rulekit import hits, make_run
 
 REAL_HF = Path(__file__).resolve().parent / "fixtures" / "real" / "hf"
 SEEDS = REAL_HF.parent / "hf-seeds"  # the calibration's extremes from seeds 1 and 2 (its README)

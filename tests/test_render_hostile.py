@@ -16,7 +16,7 @@ import pytest
 from report_gen.vocab import CurvePlot
 from markdown_it import MarkdownIt
 
-from event_builders import make_scalar_event, make_version_event, write_records
+from builders.event_builders import make_scalar_event, make_version_event, write_records
 from report_gen.cli import main
 from report_gen.core import InputError
 from report_gen.render import render
@@ -24,7 +24,7 @@ from report_gen.render.markdown import escape_markdown, render_markdown
 from report_gen.render.output import OutputFolder
 from report_gen.render.plots import PlotStore, _label
 from report_gen.render.terminal import TerminalSafeFormatter, print_summary, terminal_text
-from sample_report import make_report_dict
+from builders.sample_report import make_report_dict
 
 ESC_TITLE = "\x1b]0;pwned\x07"
 LINK = "[link=http://evil.example]click[/link]"
@@ -166,7 +166,7 @@ def test_cli_warns_when_the_output_folder_is_inside_an_input(tmp_path, caplog):
 def test_cli_stderr_and_stdout_carry_no_escape_sequence_from_names(tmp_path):
     """A real process (its logging goes to stderr through the terminal-safe formatter): a run folder
     named with ESC ]0;...BEL, the output folder inside it so that a warning names it."""
-    from hostile_tools import run_python
+    from builders.hostile_tools import run_python
 
     run = tmp_path / f"run{ESC_TITLE}{BIDI}"
     write_records(run / "events.out.tfevents.1.host",

@@ -2,7 +2,7 @@
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from event_builders import make_hist_event, make_scalar_event, make_version_event, write_records
+from builders.event_builders import make_hist_event, make_scalar_event, make_version_event, write_records
 from report_gen.readers.discovery import discover
 from report_gen.readers.events import read_events
 from report_gen.readers.signals import Signals, TagConventions, build_signals, is_evaluation_series, param_name

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-import sweep_kit
-from sweep_kit import POISON, expected_verdicts, write_run, write_sweep
+from builders import sweep_kit
+from builders.sweep_kit import POISON, expected_verdicts, write_run, write_sweep
 from report_gen.cli import main
 from report_gen.engine import Options
 from report_gen.storage import StorageSettings

@@ -1,7 +1,7 @@
 """An honest verdict: a run on which nothing about the training could be judged is UNKNOWN, never PASS."""
 import json
 
-from event_builders import make_scalar_event, make_version_event, write_records
+from builders.event_builders import make_scalar_event, make_version_event, write_records
 from report_gen.cli import main
 from report_gen.render import render
 from report_gen.render.context import build_context

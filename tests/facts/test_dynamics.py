@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import ckpt_builders as cb
+from builders import ckpt_builders as cb
 from report_gen.facts.dynamics import series_facts, update_facts
 from report_gen.readers.checkpoint import open_checkpoint, order_series
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from rulekit import hist
+from builders.rulekit import hist
 from report_gen.facts import histograms as hf
 
 

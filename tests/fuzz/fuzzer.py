@@ -63,9 +63,9 @@ def make_seeds(marker: str) -> dict[str, bytes]:
     import numpy as np
     import torch
 
-    import ckpt_builders as cb
+    from builders import ckpt_builders as cb
     import fuzz_canary
-    from event_builders import (frame, make_hist_event, make_scalar_event, make_text_event, make_version_event)
+    from builders.event_builders import (frame, make_hist_event, make_scalar_event, make_text_event, make_version_event)
 
     records = [make_version_event()]
     for step in range(40):
@@ -139,7 +139,7 @@ def _records(data: bytes) -> list[bytes]:
 
 
 def mutate_events(rng: random.Random, data: bytes, other: bytes) -> bytes:
-    from event_builders import frame, masked_crc
+    from builders.event_builders import frame, masked_crc
 
     if rng.random() < 0.4:
         return _bytes_mutation(rng, data, other)
@@ -271,7 +271,7 @@ def run_case(index: int, files: dict[str, bytes], work: Path, marker: Path, case
     before_in, before_by = _snapshot(run), _snapshot(bystander)
     logging.getLogger().handlers.clear()  # main() installs its handler on the stderr redirected below
     err = io.StringIO()
-    from hostile_tools import IDLE_SECONDS_PER_SPIN  # bounds are idle-equivalent seconds, as in the tests
+    from builders.hostile_tools import IDLE_SECONDS_PER_SPIN  # bounds are idle-equivalent seconds, as in the tests
 
     allowed = case_seconds / IDLE_SECONDS_PER_SPIN * _SPIN[0]
     start = time.perf_counter()
@@ -332,7 +332,7 @@ def worker(args: argparse.Namespace) -> None:
     import report_gen.cli  # noqa: F401 - imported before the memory limit is measured
     import report_gen.readers.checkpoint  # noqa: F401
 
-    from hostile_tools import spin
+    from builders.hostile_tools import spin
 
     _SPIN[0] = spin()
     _limit_memory(args.memory_mb)

@@ -9,7 +9,7 @@ import torch
 import transformers  # the `test` extra installs transformers and accelerate (the Trainer needs it)
 from torch import nn
 
-from integration_kit import diagnose_fully, tiny_cnn, tiny_task
+from builders.integration_kit import diagnose_fully, tiny_cnn, tiny_task
 from report_gen.integrations.hf import ReportGenCallback
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from integration_kit import diagnose_fully, tiny_cnn, tiny_task
+from builders.integration_kit import diagnose_fully, tiny_cnn, tiny_task
 from report_gen.integrations.lightning import ReportGenCallback
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ckpt_builders as cb
+from builders import ckpt_builders as cb
 from report_gen.readers.checkpoint import CheckpointError, open_checkpoint
 
 

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 import torch
 
-import ckpt_builders as cb
+from builders import ckpt_builders as cb
 from report_gen.core import InputError
 from report_gen.facts.weights import weight_stats
 from report_gen.readers.checkpoint import CheckpointError, hf, open_checkpoint, order_series, step_from_name, storage
@@ -301,7 +301,7 @@ def test_order_series_content_then_name_then_mtime(tmp_path, state):
 import io  # noqa: E402
 import json  # noqa: E402
 import tarfile  # noqa: E402
-from memtools import peak_memory  # noqa: E402
+from builders.memtools import peak_memory  # noqa: E402
 
 import numpy as np  # noqa: E402
 

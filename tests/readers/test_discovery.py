@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from event_builders import make_scalar_event, make_version_event, write_records
+from builders.event_builders import make_scalar_event, make_version_event, write_records
 from report_gen.core import InputError
 from report_gen.readers.discovery import discover
 

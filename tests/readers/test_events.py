@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tensorboard.compat.proto import event_pb2
 
-from event_builders import (
+from builders.event_builders import (
     frame, make_event, make_graph_event, make_hist_event, make_hparams_event, make_image_event,
     make_meta_graph_event, make_scalar_event, make_session_log_event, make_string_scalar_event,
     make_tensor_event, make_tensor_hist_event, make_tensor_image_event, make_tensor_scalar_event,
@@ -122,7 +122,7 @@ def bad_proto(data):
 
 def test_claimed_shape_never_drives_allocation(tmp_path):
     """A few-hundred-byte file claiming 50M-element tensors: skipped as bad-proto, no big allocation."""
-    from memtools import peak_memory
+    from builders.memtools import peak_memory
 
     huge = 50_000_000
     first = frame(make_scalar_event("loss", 1, 1.0))

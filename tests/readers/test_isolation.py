@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import ckpt_builders as cb
-import hostile_tools
+from builders import ckpt_builders as cb
+from builders import hostile_tools
 from report_gen.readers import isolation
 from report_gen.readers.checkpoint import read as read_module
 from report_gen.readers.checkpoint import read_checkpoints

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from event_builders import make_hist_event, make_hparams_event, make_scalar_event, make_version_event, write_records
+from builders.event_builders import make_hist_event, make_hparams_event, make_scalar_event, make_version_event, write_records
 from report_gen.readers import registry
 from report_gen.readers.discovery import discover
 from report_gen.readers.events import read_events
@@ -177,7 +177,7 @@ def test_every_registered_reader_is_safe_on_a_fifo_and_on_dev_zero(tmp_path):
     import json
     import os
 
-    from hostile_tools import run_python
+    from builders.hostile_tools import run_python
 
     missing = [r.name for r in registry.LOG_READERS if r.name not in NAMES_PER_READER]
     assert not missing, f"add a recognised file name for {missing} to NAMES_PER_READER"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-import ckpt_builders as cb
+from builders import ckpt_builders as cb
 from report_gen.readers.checkpoint import hf, open_checkpoint
 from report_gen.readers.checkpoint.order import trainer_order_from_structure
 

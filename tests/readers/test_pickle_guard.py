@@ -23,9 +23,9 @@ import pytest
 import torch
 from torch import nn
 
-import ckpt_builders as cb
-from hostile_tools import bounded_time, run_python
-from memtools import peak_memory
+from builders import ckpt_builders as cb
+from builders.hostile_tools import bounded_time, run_python
+from builders.memtools import peak_memory
 from report_gen.readers.checkpoint import CheckpointError, open_checkpoint
 from report_gen.readers.pickle_guard import (MAX_DEPTH, MAX_MEMBER_BYTES, MAX_OBJECT_BYTES, MAX_OPCODES, Budget,
                                              PickleRefused, bounded_repr, scan_bytes, scan_torch_bytes,

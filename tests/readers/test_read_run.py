@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-import ckpt_builders as cb
-from event_builders import make_scalar_event, make_version_event, write_bytes, write_records
+from builders import ckpt_builders as cb
+from builders.event_builders import make_scalar_event, make_version_event, write_bytes, write_records
 from report_gen.readers.checkpoint import read_checkpoints
 from report_gen.readers.discovery import RunSpec
 from report_gen.readers.run import read_run

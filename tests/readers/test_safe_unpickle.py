@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import ckpt_builders as cb
+from builders import ckpt_builders as cb
 from report_gen.readers.checkpoint import CheckpointError, open_checkpoint
 from report_gen.readers.safe_unpickle import Placeholder, is_dangerous_global, restricted_load
 
@@ -219,7 +219,7 @@ def test_pickle_loads_payload_is_a_warning(tmp_path):
 
 def test_claimed_lengths_are_not_allocated_before_the_data_is_there():
     """BYTEARRAY8 / BINBYTES8 / FRAME claiming gigabytes in a 30-byte pickle: nothing big is allocated."""
-    from memtools import peak_memory
+    from builders.memtools import peak_memory
 
     huge = struct.pack("<Q", 5 << 30)
     for payload in (b"\x80\x05\x96" + huge + b"abc.", b"\x80\x04\x8e" + huge + b"abc.",

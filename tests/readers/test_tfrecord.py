@@ -6,7 +6,7 @@ import io
 import pytest
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from event_builders import frame, write_bytes
+from builders.event_builders import frame, write_bytes
 from report_gen.readers.tfrecord import RecordReader, masked_crc32c
 
 PAYLOADS = [b"first record", b"second", b"", b"x" * 300, b"last one"]
@@ -190,9 +190,9 @@ import threading  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from event_builders import make_scalar_event, make_version_event  # noqa: E402
-from hostile_tools import bounded_time  # noqa: E402
-from memtools import peak_memory  # noqa: E402
+from builders.event_builders import make_scalar_event, make_version_event  # noqa: E402
+from builders.hostile_tools import bounded_time  # noqa: E402
+from builders.memtools import peak_memory  # noqa: E402
 from report_gen.readers.tfrecord import find_header, header_crcs  # noqa: E402
 
 

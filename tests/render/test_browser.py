@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sample_report import make_report_dict, rendered_sample
+from builders.sample_report import make_report_dict, rendered_sample
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 ARTIFACTS = Path(__file__).parents[1] / "_artifacts"

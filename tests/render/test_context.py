@@ -8,7 +8,7 @@ import numpy as np
 from report_gen.render.context import Limits, build_context, clean_text, format_duration, format_value, sort_findings
 from report_gen.render.html import render_html
 from report_gen.render.plots import ema_smooth, to_floats
-from sample_report import make_report_dict
+from builders.sample_report import make_report_dict
 
 
 def test_format_value_rounds_for_people():
@@ -127,7 +127,7 @@ def test_html_order_and_run_cards_in_user_words():
 
 def test_small_logged_images_get_a_display_width():
     from report_gen.render.html import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, _display_width
-    from sample_report import tiny_png
+    from builders.sample_report import tiny_png
 
     assert _display_width(tiny_png(20, 10)) == 20 * (MIN_IMAGE_SIDE // 10)  # short side scaled up to 96 px
     assert _display_width(tiny_png(42, 7)) == 42 * (MAX_IMAGE_SIDE // 42)  # an 8x1x3x3 kernel grid: long side

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 from markdown_it import MarkdownIt
 
 from report_gen.render.markdown import escape_markdown, render_markdown
-from sample_report import make_report_dict, rendered_sample
+from builders.sample_report import make_report_dict, rendered_sample
 from test_markdown import _tables
 
 

@@ -15,7 +15,7 @@ from markdown_it import MarkdownIt
 from report_gen.engine import Options, diagnose
 from report_gen.render import print_summary
 from report_gen.render.markdown import MAX_CHARS, render_markdown
-from sample_report import make_report_dict
+from builders.sample_report import make_report_dict
 from test_markdown import _image_sources, _tables
 from test_render_hostile import _live_references
 

@@ -8,7 +8,7 @@ import pytest
 
 from report_gen.core import InputError
 from report_gen.render import load_report, render, write_json
-from sample_report import make_report_dict, rendered_sample
+from builders.sample_report import make_report_dict, rendered_sample
 
 
 def test_write_json_is_strict_utf8_with_non_finite_as_strings(tmp_path):

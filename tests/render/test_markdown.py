@@ -6,7 +6,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from report_gen.render.markdown import MARKER, MAX_CHARS, render_markdown
-from sample_report import make_report_dict, rendered_sample
+from builders.sample_report import make_report_dict, rendered_sample
 
 
 def _tables(text: str) -> list[list[int]]:

@@ -7,7 +7,7 @@ import struct
 from report_gen.render.context import build_context, plot_key
 from report_gen.render.plots import PAINTERS, PlotStore, decode_png
 from report_gen.vocab import PLOT_KINDS, ActivationSeriesPlot, CurvePlot, KernelsPlot, Plot, parse_plot
-from sample_report import make_report_dict, tiny_png
+from builders.sample_report import make_report_dict, tiny_png
 
 
 def _size(png: bytes) -> tuple[int, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 
 from report_gen.render import print_summary
-from sample_report import make_report_dict
+from builders.sample_report import make_report_dict
 
 
 def _printed(report: dict, **kwargs) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from report_gen.render.context import ROLE_HINT, build_context
 from report_gen.render.markdown import render_markdown
-from sample_report import make_report_dict, rendered_sample
+from builders.sample_report import make_report_dict, rendered_sample
 
 
 def test_rows_in_user_words_with_histogram_families_grouped():

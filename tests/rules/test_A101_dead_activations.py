@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from rulekit import hist, hits, make_run, series
+from builders.rulekit import hist, hits, make_run, series
 from report_gen.facts.activations import ProbeResult, activation_stats
 from report_gen.readers.signals import Signals
 
@@ -60,7 +60,7 @@ def test_probe_too_small_to_judge_units_is_not_reported():
 def _bn_relu_outputs():
     """The real trained BN+ReLU network of torch_tb/bn_relu_healthy (its model.pt) on a batch of its input
     distribution, BatchNorm in training mode as during the logged steps: the two ReLUs' outputs."""
-    import realfix
+    from builders import realfix
     from torch import nn
 
     sd = torch.load(realfix.case("torch_tb", "bn_relu_healthy") / "model.pt", weights_only=True)

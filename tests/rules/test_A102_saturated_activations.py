@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from rulekit import hist, hits, make_run
+from builders.rulekit import hist, hits, make_run
 from report_gen.facts.activations import ProbeResult, activation_stats
 from report_gen.readers.signals import Signals
 
@@ -31,7 +31,7 @@ def test_logged_tanh_histogram_saturated():
 def test_tanh_layers_in_a_module_list_are_found_by_their_values():
     """tensorboardX: tanh layers kept in an nn.ModuleList, logged as activations/acts.0 and acts.1 (bins='auto'),
     87-94% of the outputs beyond |0.99|; nothing in the names says tanh."""
-    import realfix
+    from builders import realfix
 
     found = realfix.findings("tensorboardx", "saturated_tanh_modulelist", "A102")
     assert {f["subject"] for f in found} == {"acts.0", "acts.1"}
@@ -39,6 +39,6 @@ def test_tanh_layers_in_a_module_list_are_found_by_their_values():
 
 
 def test_relu_outputs_are_not_read_as_a_saturated_sigmoid():
-    import realfix
+    from builders import realfix
 
     assert realfix.findings("torch_tb", "bn_relu_healthy", "A102") == []

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from rulekit import hits, make_run, series
+from builders.rulekit import hits, make_run, series
 from report_gen.facts.activations import ProbeResult, activation_stats
 from report_gen.readers.signals import Signals
 

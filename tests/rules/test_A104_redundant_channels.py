@@ -1,6 +1,6 @@
 import torch
 
-from rulekit import hits, make_run
+from builders.rulekit import hits, make_run
 from report_gen.facts.activations import ProbeResult, activation_stats
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from rulekit import hits, make_run, series
+from builders.rulekit import hits, make_run, series
 from report_gen.readers.signals import Signals
 
 

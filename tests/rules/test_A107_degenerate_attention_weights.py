@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from report_gen.readers.checkpoint import open_checkpoint
-from rulekit import hits, make_run, mem_checkpoint
+from builders.rulekit import hits, make_run, mem_checkpoint
 
 REAL_HF = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "hf"
 SEEDS = REAL_HF.parent / "hf-seeds"  # the calibration's extremes from seeds 1 and 2 (its README)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rulekit import hist, hits, make_run
+from builders.rulekit import hist, hits, make_run
 from report_gen.readers.signals import Signals
 
 
@@ -41,7 +41,7 @@ def test_all_gradients_tiny_is_an_error():
 
 
 def test_optimizer_state_is_used_without_histograms():
-    from rulekit import cnn_state, mem_checkpoint
+    from builders.rulekit import cnn_state, mem_checkpoint
 
     opt = {"kind": "adam", "grad_rms": {"conv1.weight": 1e-7, "conv2.weight": 1e-4, "fc.weight": 1e-2},
            "mapping": "shapes-verified"}
@@ -77,7 +77,7 @@ def test_only_lookup_tables_count_as_embeddings():
 
 def _stack_run(block_scales, head=4.6e-2):
     """Optimizer-state gradient RMS of a 2-block transformer-like stack, a pooler and a classifier head."""
-    from rulekit import mem_checkpoint
+    from builders.rulekit import mem_checkpoint
     import torch
 
     roles = {"attention.self.query.weight": (32, 32), "attention.self.key.weight": (32, 32),

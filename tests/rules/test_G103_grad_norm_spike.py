@@ -1,7 +1,7 @@
 import numpy as np
 
-import realfix
-from rulekit import decaying, hits, make_run, series
+from builders import realfix
+from builders.rulekit import decaying, hits, make_run, series
 from report_gen.readers.signals import Signals
 
 

@@ -1,4 +1,4 @@
-from rulekit import hits, make_run, problem
+from builders.rulekit import hits, make_run, problem
 
 
 def test_warning_and_error_problems_become_findings():

@@ -1,7 +1,7 @@
 import torch
 
 from report_gen.vocab import KernelsPlot
-from rulekit import cnn_state, hits, make_run, mem_checkpoint
+from builders.rulekit import cnn_state, hits, make_run, mem_checkpoint
 
 
 def _with_dead(n_dead, out=32, scale=1e-3):
@@ -41,7 +41,7 @@ def test_a_gru_input_weight_of_one_weight_per_unit_is_not_dead_by_chance():
     """tensorboardX GRU(input_size=1): weight_ih_l0 is (48, 1), so each "unit" is one weight; at its
     U(-1/4, 1/4) init 4-6% of them fall below 0.01 by chance (2 of 48 in the real run). Even with the
     warning ratio lowered to 2% so that share would count, chance explains it."""
-    import realfix
+    from builders import realfix
 
     assert realfix.findings("tensorboardx", "gru_input1_healthy", "K101", sub="checkpoints",
                             K101={"warning_ratio": 0.02}) == []

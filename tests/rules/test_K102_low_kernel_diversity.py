@@ -1,6 +1,6 @@
 import torch
 
-from rulekit import cnn_state, hits, make_run, mem_checkpoint
+from builders.rulekit import cnn_state, hits, make_run, mem_checkpoint
 
 
 def test_identical_kernels_have_no_diversity():

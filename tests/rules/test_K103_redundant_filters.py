@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from report_gen.readers.checkpoint import open_checkpoint
-from rulekit import cnn_state, hits, make_run, mem_checkpoint
+from builders.rulekit import cnn_state, hits, make_run, mem_checkpoint
 
 
 def _dupes(n_dupes, noise=0.01):

@@ -1,6 +1,6 @@
 import torch
 
-from rulekit import hits, make_run, mem_checkpoint
+from builders.rulekit import hits, make_run, mem_checkpoint
 
 
 def _bn(n_off):

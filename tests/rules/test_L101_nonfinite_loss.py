@@ -1,6 +1,6 @@
 import numpy as np
 
-from rulekit import decaying, hits, make_run, series
+from builders.rulekit import decaying, hits, make_run, series
 from report_gen.readers.signals import Signals
 
 

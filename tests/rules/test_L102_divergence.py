@@ -1,6 +1,6 @@
 import numpy as np
 
-from rulekit import decaying, hits, make_run, series
+from builders.rulekit import decaying, hits, make_run, series
 from report_gen.readers.signals import Signals
 
 
@@ -84,6 +84,6 @@ def test_a_noise_dip_of_a_loss_at_chance_is_not_divergence():
 
 
 def test_the_real_chance_level_lookalike_is_not_divergence():
-    import realfix
+    from builders import realfix
 
     assert realfix.findings("tensorboardx", "chance_noise_lookalike", "L102") == []

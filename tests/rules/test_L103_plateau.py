@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-import realfix
+from builders import realfix
 
-from rulekit import decaying, hits, make_run, series
+from builders.rulekit import decaying, hits, make_run, series
 from report_gen.readers.signals import Signals
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from rulekit import decaying, hits, make_run, series
+from builders.rulekit import decaying, hits, make_run, series
 from report_gen.readers.signals import Signals
 
 
@@ -42,7 +42,7 @@ def test_batch_noise_without_a_validation_curve_is_only_info():
     loss turns 65% of the time, what independent noise does (2/3). Seed 1 of this case swung 25% of the run's
     improvement and warned in the real-library calibration; here seed 0 with the swing threshold lowered to
     0.05 so that it counts."""
-    import realfix
+    from builders import realfix
 
     [f] = realfix.findings("torch_tb", "two_models_one_folder", "L104", L104={"min_relative_swing": 0.05})
     assert f["subject"] == "autoencoder/loss" and f["severity"] == "info"

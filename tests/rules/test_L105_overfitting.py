@@ -1,6 +1,6 @@
 import numpy as np
 
-from rulekit import decaying, hits, make_run, series
+from builders.rulekit import decaying, hits, make_run, series
 from report_gen.readers.signals import Signals
 
 
@@ -78,7 +78,7 @@ def test_rising_loss_with_steady_accuracy_is_info():
 def test_random_labels_at_chance_are_an_error_naming_the_root_cause_not_overconfidence():
     """Lightning, labels drawn at random: train loss 0.70 -> 1e-4, val loss 0.72 -> 3.7, val accuracy
     0.47..0.52 the whole run (2 classes, from hparams.yaml). Accuracy "holds" at chance: no excuse."""
-    import realfix
+    from builders import realfix
 
     [f] = realfix.findings("lightning", "random_labels", "L105")
     assert f["severity"] == "error"
@@ -91,7 +91,7 @@ def test_random_labels_at_chance_are_an_error_naming_the_root_cause_not_overconf
 def test_a_healthy_lightning_runs_wobbling_validation_is_not_overfitting():
     """Lightning defaults, 8 evaluations: val loss 0.129 -> 0.22 wobbling (median step 0.034: the rise is
     1.8 such steps) while val accuracy stays 0.93-0.95: no rise beyond the curve's own noise."""
-    import realfix
+    from builders import realfix
 
     assert realfix.at_least_warning(realfix.findings("lightning", "tb_defaults_healthy", "L105")) == []
 
@@ -115,7 +115,7 @@ def test_validation_loss_never_below_the_chance_loss_is_an_error_without_accurac
 def test_random_labels_from_hf_trainer_and_wandb_are_errors_too():
     """HF Trainer (trainer_state.json: eval_accuracy 0.46-0.53) and W&B offline (.wandb history) runs of
     random labels: the same root cause, whatever wrote the log."""
-    import realfix
+    from builders import realfix
 
     for lib, name in (("hf", "bert-random-labels"), ("wandb", "offline_random_labels")):
         [f] = realfix.findings(lib, name, "L105")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-import realfix
-from rulekit import decaying, hits, make_run, series
+from builders import realfix
+from builders.rulekit import decaying, hits, make_run, series
 from report_gen.readers.signals import Signals
 
 

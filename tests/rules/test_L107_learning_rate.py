@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-import realfix
-from rulekit import decaying, hits, make_run, mem_checkpoint, series
+from builders import realfix
+from builders.rulekit import decaying, hits, make_run, mem_checkpoint, series
 from report_gen.readers.signals import Signals
 
 

@@ -1,4 +1,4 @@
-from rulekit import cnn_state, hits, make_run, mem_checkpoint
+from builders.rulekit import cnn_state, hits, make_run, mem_checkpoint
 
 
 def _run(scale):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import realfix
-from rulekit import hits, make_run, mem_checkpoint
+from builders import realfix
+from builders.rulekit import hits, make_run, mem_checkpoint
 
 
 @pytest.mark.parametrize("lib, name, cause, words", [

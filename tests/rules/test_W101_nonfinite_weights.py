@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from rulekit import cnn_state, hist, hits, make_run, mem_checkpoint
+from builders.rulekit import cnn_state, hist, hits, make_run, mem_checkpoint
 from report_gen.readers.signals import Signals
 
 

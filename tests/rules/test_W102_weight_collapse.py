@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from rulekit import cnn_state, hist, hits, make_run, mem_checkpoint
+from builders.rulekit import cnn_state, hist, hits, make_run, mem_checkpoint
 from report_gen.readers.signals import Signals
 
 
@@ -43,7 +43,7 @@ def test_heads_clamped_non_negative_are_a_constraint_not_a_collapse():
     """tensorboardX, LPIPS-like linear heads clamped >= 0 after every step: 41-44% of the weights sit at
     exactly 0, the tensor's minimum (55-62% with other seeds). With the zero share threshold at 0.4 so the
     committed run's heads count, they are recognised as constrained (info), not collapsed."""
-    import realfix
+    from builders import realfix
 
     found = realfix.findings("tensorboardx", "lpips_clamped_healthy", "W102", sub="checkpoints", W102={"zero_frac": 0.4})
     assert found and {f["severity"] for f in found} == {"info"}

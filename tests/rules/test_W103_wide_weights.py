@@ -1,6 +1,6 @@
 import numpy as np
 
-from rulekit import cnn_state, hist, hits, make_run, mem_checkpoint
+from builders.rulekit import cnn_state, hist, hits, make_run, mem_checkpoint
 from report_gen.readers.signals import Signals
 
 

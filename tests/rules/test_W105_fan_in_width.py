@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import realfix
-from rulekit import hits, make_run, mem_checkpoint
+from builders import realfix
+from builders.rulekit import hits, make_run, mem_checkpoint
 
 
 def test_an_init_28x_its_fan_in_scale_is_reported_with_its_root_cause():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from report_gen.facts import curves
-from rulekit import hits, make_run, series
+from builders.rulekit import hits, make_run, series
 from report_gen.readers.signals import Signals
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ckpt_builders import tiny_state
-from event_builders import make_hparams_event, make_scalar_event, make_version_event, write_records
+from .ckpt_builders import tiny_state
+from .event_builders import make_hparams_event, make_scalar_event, make_version_event, write_records
 
 LRS = (0.001, 0.003, 0.01, 0.03, 0.3)
 NAN_LR = 0.3

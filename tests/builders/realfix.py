@@ -10,7 +10,7 @@ from typing import Any
 from report_gen.config import Config
 from report_gen.engine import Options, diagnose
 
-REAL = Path(__file__).resolve().parent / "fixtures" / "real"
+REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real"
 
 
 @lru_cache(maxsize=None)
