@@ -259,7 +259,7 @@ def make_hist_gb(target_bytes: int = 1 << 30) -> Path:
     subprocess.run(_python(f"""
         import sys, numpy as np
         sys.path.insert(0, {str(ROOT / "tests")!r})
-        import event_builders as eb
+        from builders import event_builders as eb
         from torch.utils.tensorboard.summary import histogram
         from torch.utils.tensorboard.writer import SummaryWriter
         from tensorboard.compat.proto import event_pb2
@@ -317,7 +317,7 @@ def make_runs(n: int = 20) -> Path:
         import sys, numpy as np, torch
         from pathlib import Path
         sys.path.insert(0, {str(ROOT / "tests")!r})
-        import event_builders as eb
+        from builders import event_builders as eb
         rng = np.random.default_rng(0)
         for r in range({n}):
             run = Path({str(folder)!r}) / f"run{{r:02d}}"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ckpt_builders as cb
-import event_builders as eb
+from builders import ckpt_builders as cb
+from builders import event_builders as eb
 from report_gen.engine import Options, diagnose
 from report_gen.readers.checkpoint import storage, tree
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import ckpt_builders as cb
-import hostile_tools
+from builders import ckpt_builders as cb
+from builders import hostile_tools
 from report_gen import engine, parallel
 from report_gen.engine import Options, diagnose
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensorboard.compat.proto import summary_pb2
 
-import event_builders as eb
+from builders import event_builders as eb
 from report_gen.readers.events import bulk, decode, read_events
 from report_gen.readers.tfrecord import RecordReader
 
