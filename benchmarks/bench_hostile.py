@@ -31,7 +31,7 @@ ROOT = HERE.parent
 RESTARTS = textwrap.dedent("""
     import json, sys, time
     sys.path.append(sys.argv[3])
-    from tests.event_builders import (make_hist_event, make_scalar_event, make_session_log_event,
+    from tests.builders.event_builders import (make_hist_event, make_scalar_event, make_session_log_event,
                                       make_version_event, write_records)
     restarts, per = int(sys.argv[1]), int(sys.argv[2])
     path = sys.argv[4] + "/events.out.tfevents.1.bench"
