@@ -165,18 +165,6 @@ def is_evaluation_series(tag: str, sub: str = "") -> bool:
     return _phase(tag, sub) == "val" or counter
 
 
-_LIGHTNING_SUFFIXES = ("_epoch", "_step")  # self.log(name, on_step=True, on_epoch=True) writes both
-
-
-def lightning_base(tag: str) -> tuple[str, str | None]:
-    """(`train_loss`, `epoch`) for Lightning's `train_loss_epoch`; (tag, None) for any other tag."""
-    low = tag.lower()
-    for suffix in _LIGHTNING_SUFFIXES:
-        if low.endswith(suffix) and len(tag) > len(suffix):
-            return tag[: -len(suffix)], suffix[1:]
-    return tag, None
-
-
 def _metric(tag: str) -> str | Signal | None:
     """"loss" or "acc" (the phase decides which signal), Signal.LR, Signal.GRAD_NORM, or None."""
     base, suffix = lightning_base(tag)

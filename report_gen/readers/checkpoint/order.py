@@ -249,14 +249,8 @@ def trainer_order_from_structure(names: Sequence[str], shapes: Mapping[str, Shap
             placed = _place(names, shapes, group_of, targets)
             if placed is not None:
                 fitting.append(placed)
-    if not fitting:
-        return None
-    placed = _agree(fitting)
-    result = _names_per_entry(placed, targets)
-    mapped = sum(n is not None for n in result)
-    return OrderResult(result, "structure", f"HF Trainer order (decay group, then no-decay) derived from the "
-                                            f"state dict's module structure: {mapped} of {len(result)} optimizer "
-                                            f"entries placed with certainty, shapes agree")
+    return _agreed_order(fitting, targets, "structure", "derived from the state dict's module structure",
+                         "placed with certainty")
 
 
 def trainer_order_from_model(model: Any, names: Sequence[str], shapes: Mapping[str, Shape],
@@ -284,14 +278,19 @@ def trainer_order_from_model(model: Any, names: Sequence[str], shapes: Mapping[s
         if all(want is None or tuple(want) == tuple(shapes[n])
                for g, t in zip(groups, targets) for n, want in zip(g, t)):
             fitting.append({n: (gi, i) for gi, g in enumerate(groups) for i, n in enumerate(g)})
+    return _agreed_order(fitting, targets, "architecture", f"from the architecture in config.json ({built_with})",
+                         "placed")
+
+
+def _agreed_order(fitting: list[dict], targets: Sequence[Sequence[Shape | None]], how: str, source: str,
+                  placed_words: str) -> OrderResult | None:
+    """The names every fitting placement agrees on, as an OrderResult (None when nothing fits)."""
     if not fitting:
         return None
-    placed = _agree(fitting)
-    result = _names_per_entry(placed, targets)
+    result = _names_per_entry(_agree(fitting), targets)
     mapped = sum(n is not None for n in result)
-    return OrderResult(result, "architecture", f"HF Trainer order (decay group, then no-decay) from the architecture "
-                                               f"in config.json ({built_with}): {mapped} of {len(result)} optimizer "
-                                               f"entries placed, shapes agree")
+    return OrderResult(result, how, f"HF Trainer order (decay group, then no-decay) {source}: {mapped} of "
+                                    f"{len(result)} optimizer entries {placed_words}, shapes agree")
 
 
 def hf_trainer_order(names: Sequence[str], shapes: Mapping[str, Shape], buffers: set[str], model: Any = None
