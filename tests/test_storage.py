@@ -56,8 +56,11 @@ def test_diagnose_an_s3_run_names_the_url_and_reuses_the_cache(s3, tmp_path):
 
     sweep_kit.write_run(tmp_path / "src" / "run-nan", 1, fault=None, lr=0.3)  # the run is replaced: healthy now
     s3.upload(tmp_path / "src", "runs/a")
-    assert main(argv) == 0
-    assert len(_cache_objects(cache)) == 6  # new versions fetched beside the old ones
+    assert main(argv) == 0  # the changed event file was fetched again (the report is the healthy run's)
+    now = _cache_objects(cache)
+    # old versions stay beside the new ones; a checkpoint re-uploaded with the same bytes within the same
+    # second (same ETag, size and LastModified) is the same object and may be reused
+    assert set(first) < set(now) and 4 <= len(now) <= 6
 
 
 def test_only_what_the_readers_read_is_staged(s3, tmp_path):
