@@ -40,10 +40,12 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 FLOP_BUDGET = 2e9
 _NAMES_Q = {"q", "query", "wq", "q_proj", "q_lin", "to_q", "query_proj", "q_attn"}
@@ -241,6 +243,8 @@ def _gram(w: torch.Tensor, d: int) -> torch.Tensor:
 
 def head_facts(proj: QKProjection, load: Callable[[str], torch.Tensor], scaled: bool = True) -> HeadFacts | None:
     """Per-head logit scale and similarity of one projection (None when its tensors are not finite)."""
+    import torch  # here: loading the rules must not import torch (an event-only run never needs it)
+
     wq = load(proj.query).to(torch.float64)
     wk = wq if proj.key == proj.query else load(proj.key).to(torch.float64)
     if proj.transposed:
@@ -277,6 +281,8 @@ def head_facts(proj: QKProjection, load: Callable[[str], torch.Tensor], scaled: 
 
 def _similarity(q, k, heads, kv, d, frob_sq) -> np.ndarray:
     """Cosine of the heads' forms A_h = Wq_h^T Wk_h: <A_h, A_g> = tr((Wq_h Wq_g^T)(Wk_g Wk_h^T))."""
+    import torch
+
     qh = q.reshape(heads, d, -1)
     kh = k.reshape(kv, d, -1).repeat_interleave(heads // kv, dim=0)
     cross_q = torch.einsum("hde,gfe->hgdf", qh, qh)  # Wq_h Wq_g^T

@@ -161,8 +161,9 @@ def _session_ids(group: list[FileContent], file_index: np.ndarray, seqs: np.ndar
 def appended_evaluations(sub: str, group: list[FileContent]) -> frozenset[int]:
     """Session ids (as `_session_ids` numbers them) of the appended evaluations of one sub (see the
     module docstring); the first session never is one."""
-    steps: dict[int, set[int]] = {}
+    spans: dict[int, tuple[int, int]] = {}  # session -> (lowest, highest) step it wrote a scalar at
     blocked: set[int] = set()
+    evaluation: dict[str, bool] = {}  # per tag, not per record (a million records, a few tags)
     base = np.cumsum([0] + [len(c.session_starts) + 1 for c in group])
     for i, content in enumerate(group):
         starts = np.asarray(content.session_starts, dtype=np.int64)
@@ -172,10 +173,17 @@ def appended_evaluations(sub: str, group: list[FileContent]) -> frozenset[int]:
 
         for tags, cols in zip(content.scalar_tags, content.scalar_cols):
             ids = session(np.asarray(cols[0], dtype=np.int64))
-            for tag, sid, step in zip(tags.tolist(), ids.tolist(), np.asarray(cols[1]).tolist()):
-                steps.setdefault(sid, set()).add(int(step))
-                if not is_evaluation_series(str(tag), sub):
-                    blocked.add(sid)
+            if not ids.size:
+                continue
+            codes, names = pd.factorize(np.asarray(tags, dtype=object))
+            is_eval = np.array([evaluation.setdefault(str(t), is_evaluation_series(str(t), sub)) for t in names],
+                               dtype=bool)
+            blocked.update(np.unique(ids[~is_eval[codes]]).tolist())
+            span = pd.DataFrame({"sid": ids, "step": np.asarray(cols[1], dtype=np.int64)}).groupby("sid")["step"] \
+                .agg(["min", "max"])
+            for sid, lo, hi in zip(span.index.tolist(), span["min"].tolist(), span["max"].tolist()):
+                old = spans.get(sid)
+                spans[sid] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
         for attr in ("histograms", "images", "texts"):
             for points in getattr(content, attr).values():
                 if points:
@@ -184,7 +192,7 @@ def appended_evaluations(sub: str, group: list[FileContent]) -> frozenset[int]:
             for batch in batches:
                 if batch.seqs.size:
                     blocked.update(session(np.asarray(batch.seqs, dtype=np.int64)).tolist())
-    return frozenset(sid for sid, s in steps.items() if sid > 0 and len(s) == 1 and sid not in blocked)
+    return frozenset(sid for sid, (lo, hi) in spans.items() if sid > 0 and lo == hi and sid not in blocked)
 
 
 def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
