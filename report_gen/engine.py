@@ -108,8 +108,8 @@ def _facts(spec: RunSpec, read: RunInputs, opts: Options, rules: RuleSet | None)
             from report_gen.probe import probe_run
 
             outcome = probe_run(read.checkpoints, **dataclasses.asdict(opts.probe))
-        else:  # an HF checkpoint folder probes itself (attention), with the user's input if given
-            from report_gen.hfprobe import probe_hf_run
+        elif read.checkpoints:  # an HF checkpoint folder probes itself (attention), with the user's input if given
+            from report_gen.hfprobe import probe_hf_run  # imports torch: not for a run of logs only
 
             given = opts.probe or ProbeSpec()
             outcome = probe_hf_run(read.checkpoints, probe_file=given.probe_file, probe_shape=given.probe_shape,
