@@ -19,12 +19,11 @@ Nothing heavy is imported before `diagnose` runs.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable
 
-from report_gen.core import REPORT_FORMATS, InputError
+from report_gen.core import REPORT_FORMATS, InputError, json_object_option
 
 FAIL_ON = ("error", "warning", "never")
 PathLike = str | os.PathLike
@@ -75,16 +74,7 @@ def build_options(*, config: Any = None, select: Iterable[str] | None = None, ig
 
 
 def _model_kwargs(value: dict | str | None) -> dict:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--model-kwargs: invalid JSON ({e.msg})") from None
-    if not isinstance(value, dict):
-        raise InputError("--model-kwargs must be a JSON object")
-    return value
+    return json_object_option(value, "--model-kwargs")
 
 
 def _codes(value: Iterable[str] | str | None) -> list[str] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,21 @@ class InputError(Exception):
 
     The message is one line and names the file and the problem.
     """
+
+
+def json_object_option(value: Any, option: str, example: str = "") -> dict:
+    """A command-line option holding a JSON object (`--model-kwargs`, `--storage-options`) as a dict: {} for
+    None or empty; InputError (one line, naming the option) when it is not JSON or not an object."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{option}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{option} must be a JSON object{', e.g. ' + example if example else ''}")
+    return value
 
 
 class ProblemKind(str, enum.Enum):

@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from report_gen.core import InputError, Problem, ProblemKind
+from report_gen.core import InputError, Problem, ProblemKind, json_object_option
 from report_gen.readers.discovery import _MODEL_FOLDER_MARKERS as MODEL_FOLDER_MARKERS
 from report_gen.readers.paths import _SNIFFED_SUFFIXES as SNIFFED_SUFFIXES
 from report_gen.readers.paths import is_checkpoint_path
@@ -141,15 +141,7 @@ def default_cache_dir() -> Path:
 
 def parse_storage_options(text: str | None) -> dict[str, Any]:
     """`--storage-options` JSON -> dict; InputError (one line) when it is not a JSON object."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--storage-options: invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(value, dict):
-        raise InputError("--storage-options must be a JSON object, e.g. '{\"anon\": true}'")
-    return value
+    return json_object_option(text, "--storage-options", example="'{\"anon\": true}'")
 
 
 # ------------------------------------------------------------------------------------------- URLs
