@@ -150,6 +150,9 @@ class Signal(_Named):
                  "an HF checkpoint folder (config.json + weights) probes itself with transformers installed "
                  "(pip install 'report_gen[hf]'); any other model: report-gen diagnose RUN --model pkg.module:factory "
                  "--probe batch.pt")
+    WEIGHT_SHAPES = ("weight_shapes", "no logged model config gives the weight histograms' shapes",
+                     "save a checkpoint; Keras: TensorBoard(histogram_freq=1) with write_graph=True (its default) "
+                     "logs the model config that gives each kernel's shape")
     ATTENTION_WEIGHTS = ("attention_weights", "no query/key projections found in the checkpoints",
                          "save the model's state_dict in a checkpoint; a config.json beside it (num_attention_heads, "
                          "hidden_size) gives the heads")

@@ -95,6 +95,8 @@ class RunFacts:
             have.add(Signal.ATTENTION)
         if len(probed) >= 2:
             have.add(Signal.PROBE_SERIES)
+        if s.weight_shapes:  # weight histograms whose shapes the log gave (a Keras model config)
+            have.add(Signal.WEIGHT_SHAPES)
         if self.attention_projections:
             have.add(Signal.ATTENTION_WEIGHTS)
         have.add(Signal.INPUT_PROBLEMS)

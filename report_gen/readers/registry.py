@@ -202,6 +202,8 @@ def merge_logs(logs: Sequence[RunLog]) -> RunLog:
                 if best_family[(attr, key)] == i:
                     into[key] = value
                     merged.sources[(kind, key)] = current.source_of(kind, key)
+                    if key in current.weight_shapes:
+                        merged.weight_shapes[key] = current.weight_shapes[key]
                 else:
                     duplicates.append(key)
                     merged.dropped.append(DroppedSeries(kind, key, current.source_of(kind, key), len(value),

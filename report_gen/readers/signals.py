@@ -33,7 +33,10 @@ Roles that hold on real loggers
   TD loss rises as Q-values grow and an entropy loss rises as the policy becomes less random, on healthy
   runs. They keep the role "rl_loss" (NaN/Inf still checked); map one with `--role` to judge it anyway.
 * Keras weight histograms (`sequential/dense/kernel/histogram`, tf-keras `dense/kernel_0/histogram`) are
-  the weight histograms of `sequential.dense.kernel` and `dense.kernel` (a Keras kernel is a weight).
+  the weight histograms of `sequential.dense.kernel` and `dense.kernel` (a Keras kernel is a weight). When
+  the run logged its model config (the callback's `write_graph=True`, its default), the Dense and Conv
+  kernels' shapes come with them (`Signals.weight_shapes`, readers/keras_config.py): the fan-in a
+  histogram does not carry.
 * Lightning's `grad_norm()` tags: `grad_2.0_norm_total` is the gradient norm, `grad_2.0_norm/<param>` the
   gradient norm of one parameter.
 """
@@ -115,6 +118,8 @@ class Signals:
     other_images: dict[str, list[ImageRef]] = field(default_factory=dict)
     texts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     hparams: dict = field(default_factory=dict)
+    # weight name (a `weight_hist` key) -> its shape in torch's layout, when the log gives it (RunLog.weight_shapes)
+    weight_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     read: list[SeriesUse] = field(default_factory=list)  # every series given a role
     ignored: list[SeriesUse] = field(default_factory=list)  # every series left out, with the reason
 
@@ -526,7 +531,8 @@ def _map_histograms(data: RunLog, conv: TagConventions, sig: Signals) -> None:
                                               (conv.act_hist, sig.act_hist, False, Role.ACT_HIST)):
             rest = _match_prefix(tag, prefixes)
             if rest is not None:
-                target[param_name(rest) if as_param else rest] = h
+                name = param_name(rest) if as_param else rest
+                target[name] = h
                 role = r
                 break
         else:
@@ -537,11 +543,15 @@ def _map_histograms(data: RunLog, conv: TagConventions, sig: Signals) -> None:
                 sig.grad_hist[param_name(tag[: -len(suffix)])] = h
                 role = Role.GRAD_HIST
             elif keras is not None:
-                sig.weight_hist[param_name(f"{keras.group(1)}/{keras.group(2)}")] = h
+                name = param_name(f"{keras.group(1)}/{keras.group(2)}")
+                sig.weight_hist[name] = h
                 role = Role.WEIGHT_HIST
             elif _tokens(tag) and _tokens(tag)[-1] in {"weight", "bias"}:
-                sig.weight_hist[param_name(tag)] = h
+                name = param_name(tag)
+                sig.weight_hist[name] = h
                 role = Role.WEIGHT_HIST
+        if role == Role.WEIGHT_HIST and key in data.weight_shapes:
+            sig.weight_shapes[name] = data.weight_shapes[key]
         if role is None:  # any other histogram is not a signal any rule reads
             sig.ignored.append(SeriesUse("histogram", key, source, len(h),
                                          note="not a weight, gradient or activation histogram by its name "

@@ -115,6 +115,9 @@ class RunLog:
     sources: (kind, key) -> source of each series when several readers' logs were merged (kind and key
              as in `DroppedSeries`); `source_of` falls back to `source`
     dropped: series read but left out (a second copy of one series, `registry.merge_logs`)
+    weight_shapes: histogram key -> the shape of the weight it summarises, in torch's layout (out, in,
+             *kernel), when the log itself says it (a Keras model config: readers/keras_config.py); a
+             histogram carries no shape
     """
 
     scalars: pd.DataFrame
@@ -127,6 +130,7 @@ class RunLog:
     source: str = ""
     sources: dict[tuple[str, str], str] = field(default_factory=dict)
     dropped: list[DroppedSeries] = field(default_factory=list)
+    weight_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def source_of(self, kind: str, key: str) -> str:
         return self.sources.get((kind, key), self.source)

@@ -239,7 +239,8 @@ class FanInWidthOptions:
                                 "tensor, an nn.Embedding-style N(0,1) position table of width 32, is 4x")
 
 
-@rule("W105", "fan-in-width", "warning", needs=(Signal.CHECKPOINT,), options=FanInWidthOptions, category="wide-weights")
+@rule("W105", "fan-in-width", "warning", needs=(Signal.CHECKPOINT, Signal.WEIGHT_SHAPES), options=FanInWidthOptions,
+      category="wide-weights")
 def fan_in_width(run, opts: FanInWidthOptions):
     """
     What it detects:
@@ -253,6 +254,18 @@ def fan_in_width(run, opts: FanInWidthOptions):
         Embedding tables (N(0,1) by default, whatever their width) are left out. Wide-weights (W103) is
         absolute (|w| > 100) or relative to the start (10x growth), so an init 28x its fan-in scale that
         never grows is only visible here.
+
+        Without a checkpoint, a logged weight histogram is judged the same way when the log gives its
+        weight's shape: Keras' TensorBoard callback logs the model config (write_graph=True, its default),
+        from which a Dense kernel is (in, units) and a Conv kernel kernel_size + (in / groups, filters)
+        (readers/keras_config.py). The standard deviation is the histogram's (Keras' 30 buckets: from
+        their centres), at the first and the last logged histogram. Keras writes its first histogram at
+        the END of epoch 0, logged as step 0, after one epoch of updates, so "init-too-wide" is named when
+        the layer is already too wide at that first histogram: an epoch at a usual learning rate moves a
+        standard init by a few percent (the healthy Keras fixtures: 0.57-0.72x at step 0 and 0.59-0.76x
+        at the end), not 8x. Calibration of `max_ratio` on this path: healthy Keras 3 and tf-keras runs
+        (tests/fixtures/real/keras, benchmarks/calibrate.py --real), widest kernel 0.76x; the faulty
+        wide_init fixture (N(0, (28/sqrt(fan_in))^2)) is 19-20x.
     Why it matters:
         Pre-activations scale with std x sqrt(fan_in): a layer many times its fan-in scale saturates tanh and
         sigmoid units, makes ReLU outputs explode layer after layer, and starts the loss orders of magnitude
@@ -274,28 +287,47 @@ def fan_in_width(run, opts: FanInWidthOptions):
         ps = run.series.get(name)
         if ps is None or not ps.stats or len(ps.stats[0].shape) < 2 or is_embedding_name(name):
             continue
-        scales = init_scales(ps.stats[0].shape)
-        first, last = ps.stats[0], ps.stats[-1]
-        if scales is None or not np.isfinite(first.std) or not np.isfinite(last.std):
-            continue
-        r0, r1 = first.std / scales.widest, last.std / scales.widest
-        if max(r0, r1) <= opts.max_ratio:
-            continue
         step0 = ps.steps[ps.present[0]]
         several = len(ps.stats) >= 2
-        ev = {"fan_in": scales.fan_in, "std_first": first.std, "std_last": last.std, "kaiming_std": scales.kaiming,
-              "ratio": max(r0, r1),
-              "pytorch_default_std": scales.pytorch_default, "ratio_first": r0, "ratio_last": r1,
-              "first_step": step0, "threshold": opts.max_ratio}
-        if r0 > opts.max_ratio:
-            at = "at step 0 (its initialisation)" if step0 == 0 else (
-                f"at its first checkpoint (step {step0})" if several else "in the checkpoint")
-            cause = "init-too-wide" if step0 == 0 or several else None
-            yield Hit(name, f"std {first.std:.3g} {at} is {r0:.3g}x the widest standard init for its fan-in of "
-                            f"{scales.fan_in} (Kaiming {scales.kaiming:.3g}; PyTorch's default "
-                            f"{scales.pytorch_default:.3g})" + (f"; {r1:.3g}x at the last checkpoint" if several else ""),
-                      {**ev, "root_cause": cause})
-        else:
-            yield Hit(name, f"std grew from {first.std:.3g} (step {step0}, {r0:.2g}x its fan-in scale) to {last.std:.3g}, "
-                            f"{r1:.3g}x the widest standard init for a fan-in of {scales.fan_in}",
-                      {**ev, "root_cause": None, "growth": last.std / first.std if first.std > 0 else float("inf")})
+        at = "at step 0 (its initialisation)" if step0 == 0 else (
+            f"at its first checkpoint (step {step0})" if several else "in the checkpoint")
+        hit = _width_hit(name, init_scales(ps.stats[0].shape), ps.stats[0].std, ps.stats[-1].std, step0, opts,
+                         at=at, last="at the last checkpoint" if several else None,
+                         cause=step0 == 0 or several, source="checkpoint")
+        if hit is not None:
+            yield hit
+    for name, shape in run.signals.weight_shapes.items():
+        h = run.signals.weight_hist.get(name)
+        if name in run.series or h is None or not len(h) or is_embedding_name(name):
+            continue
+        std = h.std
+        step0, several = int(h.steps[0]), len(h) >= 2
+        hit = _width_hit(name, init_scales(shape), float(std[0]), float(std[-1]), step0, opts,
+                         at=f"at its first logged histogram (step {step0})",
+                         last=f"at the last one (step {int(h.steps[-1])})" if several else None,
+                         cause=step0 == 0, source="weight histogram",
+                         plot=DistributionPlot.of(run.name, Key.WEIGHT, name))
+        if hit is not None:
+            yield hit
+
+
+def _width_hit(name, scales, std_first: float, std_last: float, step0: int, opts: FanInWidthOptions, *, at: str,
+               last: str | None, cause: bool, source: str, plot=None) -> Hit | None:
+    """W105's finding for one weight, judged at its first and last observation (checkpoint or histogram)."""
+    if scales is None or not np.isfinite(std_first) or not np.isfinite(std_last):
+        return None
+    r0, r1 = std_first / scales.widest, std_last / scales.widest
+    if max(r0, r1) <= opts.max_ratio:
+        return None
+    ev = {"fan_in": scales.fan_in, "std_first": std_first, "std_last": std_last, "kaiming_std": scales.kaiming,
+          "ratio": max(r0, r1),
+          "pytorch_default_std": scales.pytorch_default, "ratio_first": r0, "ratio_last": r1,
+          "first_step": step0, "threshold": opts.max_ratio, "source": source}
+    if r0 > opts.max_ratio:
+        return Hit(name, f"std {std_first:.3g} {at} is {r0:.3g}x the widest standard init for its fan-in of "
+                         f"{scales.fan_in} (Kaiming {scales.kaiming:.3g}; PyTorch's default "
+                         f"{scales.pytorch_default:.3g})" + (f"; {r1:.3g}x {last}" if last else ""),
+                   {**ev, "root_cause": "init-too-wide" if cause else None}, plot=plot)
+    return Hit(name, f"std grew from {std_first:.3g} (step {step0}, {r0:.2g}x its fan-in scale) to {std_last:.3g}, "
+                     f"{r1:.3g}x the widest standard init for a fan-in of {scales.fan_in}",
+               {**ev, "root_cause": None, "growth": std_last / std_first if std_first > 0 else float("inf")}, plot=plot)

@@ -11,6 +11,8 @@ What is decoded
       kept encoded.
     - texts: string tensors with plugin ``text`` (several strings are joined with newlines).
     - hparams: ``session_start_info`` of the hparams plugin, flattened to ``{name: number|str|bool}``.
+    - the Keras model config (plugin ``graph_keras_model``, one string), kept raw with the histograms;
+      :mod:`report_gen.readers.keras_config` reads kernel shapes from it.
     - ``file_version``, ``graph_def``, ``meta_graph_def``, ``tagged_run_metadata``, ``log_message`` are
       recognised and skipped; ``session_log`` START marks a restart (see below).
     In TF2 a value carries its plugin name only on the first occurrence of its tag in a file, so the
@@ -44,6 +46,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_p
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from report_gen.core import Problem, ProblemKind
+from report_gen.readers import keras_config
 from report_gen.readers.events.bulk import LegacyHistograms, SimpleScalars, packed_doubles
 from report_gen.readers.tfrecord import RecordBatch, RecordReader
 
@@ -104,6 +107,7 @@ class FileContent:
     texts: dict[str, list[Point]] = field(default_factory=dict)
     hparams: dict[str, Any] = field(default_factory=dict)
     session_starts: list[int] = field(default_factory=list)  # seq of session_log START records
+    model_configs: list[bytes] = field(default_factory=list)  # Keras model JSON (readers/keras_config.py)
 
     def note_first(self, seq: int, wall_time: float) -> None:
         if self.first is None or seq < self.first[0]:
@@ -282,6 +286,9 @@ class _EventDecoder:
             items = _tensor_strings(tensor)
             if len(items) >= 2:
                 self._add(self.content.images, "images", tag, seq, step, wall, lambda: _tensor_images(items))
+        elif plugin == keras_config.PLUGIN and is_string and "histograms" in self.kinds:
+            if len(tensor.string_val) == 1:  # the kernel shapes of the histograms; parsed after the merge
+                self.content.model_configs.append(tensor.string_val[0])
         elif plugin == "text" and is_string and "texts" in self.kinds:
             items = _tensor_strings(tensor)
             self._add(self.content.texts, "texts", tag, seq, step, wall,

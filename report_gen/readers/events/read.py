@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Sequence
 
+from report_gen.readers import keras_config
 from report_gen.readers.events.decode import ALL_KINDS, decode_file
 from report_gen.readers.events.merge import (Restarts, appended_evaluations, merge_key, merge_points, merge_scalars,
                                              scalar_frame)
@@ -51,4 +52,8 @@ def read_events(files: Sequence[tuple[str, str]], *, max_per_tag: int | None = N
     if frames:
         data.scalars = scalar_frame(frames)
     data.problems.extend(restarts.problems())
+    configs = [(c.path, raw) for c in decoded for raw in c.model_configs]
+    if configs:
+        data.weight_shapes, problems = keras_config.histogram_shapes(configs, data.histograms)
+        data.problems.extend(problems)
     return data
