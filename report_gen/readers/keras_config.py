@@ -95,10 +95,10 @@ def _walk(model: Mapping[str, Any], found: dict[str, list], depth: int) -> None:
             _walk(layer, found, depth + 1)
             previous = None
             continue
-        given = _shape(_get(layer, "build_config", "input_shape"))
-        if given is None:
-            given = _shape(cfg.get("batch_input_shape")) or _shape(cfg.get("batch_shape"))
-        in_shape = given if given is not None else previous
+        stated = [v for v in (_get(layer, "build_config", "input_shape"), cfg.get("batch_input_shape"),
+                              cfg.get("batch_shape")) if v is not None]
+        # the shape the layer states (a bogus one stays unknown), else the output of the layer before
+        in_shape = _shape(stated[0]) if stated else previous
         kernel, previous = _kernel(cls, cfg, in_shape)
         name = cfg.get("name")
         if isinstance(name, str) and (cls in _DENSE or cls in _CONV):
