@@ -36,8 +36,7 @@ def test_lookalikes_never_get_an_error_or_the_category_they_resemble(lib, name):
 
 
 # faults another part of issue 13 or issue 12 covers (strict: when they are caught, the marker must go)
-ELSEWHERE = {("keras", "wide_init"): "Keras kernel histograms are read as weight histograms, but they carry no fan-in "
-                                     "and Keras saved no checkpoint here: W105 cannot judge the width (issue 13, open)"}
+ELSEWHERE: dict[tuple[str, str], str] = {}
 FAULTY = [pytest.param(lib, name, id=f"{lib}/{name}", marks=[pytest.mark.xfail(strict=True, reason=ELSEWHERE[(lib, name)])]
                        if (lib, name) in ELSEWHERE else []) for lib, name in _cases("faulty")]
 
