@@ -202,8 +202,6 @@ def merge_logs(logs: Sequence[RunLog]) -> RunLog:
                 if best_family[(attr, key)] == i:
                     into[key] = value
                     merged.sources[(kind, key)] = current.source_of(kind, key)
-                    if key in current.weight_shapes:
-                        merged.weight_shapes[key] = current.weight_shapes[key]
                 else:
                     duplicates.append(key)
                     merged.dropped.append(DroppedSeries(kind, key, current.source_of(kind, key), len(value),
@@ -221,6 +219,10 @@ def merge_logs(logs: Sequence[RunLog]) -> RunLog:
                         "this log's copy was left out"))
         merged.files.extend(current.files)
     merged.scalars = series_in_order(pd.concat(frames, ignore_index=True))
+    for current in logs:  # a histogram's shape, whichever log's copy of it was kept
+        for key, shape in current.weight_shapes.items():
+            if key in merged.histograms:
+                merged.weight_shapes.setdefault(key, shape)
     for attr in ("histograms", "images", "texts"):  # write order: the first log's keys, then the next's
         order = [k for current in logs for k in getattr(current, attr)]
         setattr(merged, attr, {k: getattr(merged, attr)[k] for k in dict.fromkeys(order) if k in getattr(merged, attr)})

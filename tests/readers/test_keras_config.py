@@ -157,3 +157,12 @@ def test_a_config_tensor_of_two_strings_is_ignored(tmp_path):
     log = keras_run(tmp_path, "{}", extra=[make_tensor_event("keras", 0, tensor, plugin="graph_keras_model"),
                                            make_text_event("notes", 0, "hello")])
     assert log.weight_shapes == {} and [p.kind for p in log.problems] == []
+
+
+def test_merging_logs_keeps_the_shapes_of_the_histograms_kept(tmp_path):
+    from report_gen.readers.registry import merge_logs
+
+    shaped = keras_run(tmp_path / "a", logged_config("histograms_healthy"))
+    other = keras_run(tmp_path / "b", "{}")  # the same histogram key, no shapes
+    for logs in ([shaped, other], [other, shaped]):  # whichever copy of the histogram is kept
+        assert merge_logs(logs).weight_shapes == {"train/sequential/dense/kernel/histogram": (32, 16)}
