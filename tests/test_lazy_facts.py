@@ -137,3 +137,16 @@ def test_a_rule_cannot_declare_an_unknown_fact():
             What to try:
                 x
             """
+
+
+@pytest.mark.parametrize("lib, name", [
+    ("hf", "bert-lr-zero"),  # HF Trainer folders: lr 0 in optimizer.pt's param groups
+    ("hf", "bert-lr-1e-6"),  # the optimizer's kind (adamw) from the state's key names, without its tensors
+    ("lightning", "lr_too_low"),  # Lightning .ckpt: optimizer_states[0]
+])
+def test_l107_on_real_runs_reads_no_tensor_and_finds_what_the_full_run_finds(lib, name, tensor_reads):
+    from builders import realfix
+
+    light = realfix.report(lib, name, "L107")
+    assert tensor_reads["n"] == 0
+    assert _l107(light) and _l107(light) == _l107(realfix.report(lib, name))
