@@ -7,7 +7,7 @@ benchmarks/_data/ (gitignored; reused when present).
     python benchmarks/bench_limits.py yolo        # pickled detection model, 2 busy processes beside it
     python benchmarks/bench_limits.py ckpt --gib 1 # 16 x 4096x4096 float32 (4: 64 tensors)
     python benchmarks/bench_limits.py scalars     # 1M scalars: whole diagnose vs the Rust data server
-    python benchmarks/bench_limits.py hist        # a 1 GB histogram file: read_events vs tbparse
+    python benchmarks/bench_limits.py hist        # 1 GB of histograms: read_events; tbparse at 64/128 MB
     python benchmarks/bench_limits.py runs        # 20 runs, --jobs 1 vs --jobs 2
     ... --reps N --json out.json
 
@@ -249,10 +249,11 @@ def case_scalars(reps: int) -> dict:
     return result
 
 
-def make_hist_gb(target_bytes: int = 1 << 30) -> Path:
+def make_hist(target_bytes: int = 1 << 30) -> Path:
     """torch's own add_histogram records (default 'tensorflow' buckets) of 200 slowly drifting weight
-    tensors, step by step like a training loop, until the file reaches `target_bytes`."""
-    path = DATA / "hist_1g" / "events.out.tfevents.1700000000.bench.1.0"
+    tensors, step by step like a training loop, until the file reaches `target_bytes`. The generator is
+    deterministic, so a smaller file is a prefix (in records) of a larger one."""
+    path = DATA / f"hist_{target_bytes >> 20}m" / "events.out.tfevents.1700000000.bench.1.0"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,9 +262,7 @@ def make_hist_gb(target_bytes: int = 1 << 30) -> Path:
         sys.path.insert(0, {str(ROOT / "tests")!r})
         from builders import event_builders as eb
         from torch.utils.tensorboard.summary import histogram
-        from torch.utils.tensorboard.writer import SummaryWriter
         from tensorboard.compat.proto import event_pb2
-        bins = SummaryWriter.__new__(SummaryWriter)
         pos = [1e-12]
         while pos[-1] < 1e20:
             pos.append(pos[-1] * 1.1)
@@ -271,7 +270,7 @@ def make_hist_gb(target_bytes: int = 1 << 30) -> Path:
         rng = np.random.default_rng(0)
         base = [rng.standard_normal(4096) * 0.02 * (1 + t % 7) for t in range(200)]
         size, step = 0, 0
-        with open({str(path)!r}, "wb") as out:
+        with open({str(path) + ".tmp"!r}, "wb") as out:
             out.write(eb.frame(eb.make_version_event()))
             while size < {target_bytes}:
                 for t in range(200):
@@ -281,29 +280,65 @@ def make_hist_gb(target_bytes: int = 1 << 30) -> Path:
                 step += 1
         print(step, "steps")
     """), check=True, env=ENV)
+    Path(str(path) + ".tmp").rename(path)
     return path
 
 
-def case_hist(reps: int, tbparse_reps: int) -> dict:
-    """A 1 GB file of torch add_histogram records: read_events (everything kept) vs tbparse."""
-    path = make_hist_gb()
-    ours = _python(f"""
-        from report_gen.readers.events import read_events
-        data = read_events([({str(path)!r}, "")])
-        assert sum(len(h) for h in data.histograms.values()) > 0
-    """)
-    whole = _diagnose(path.parent)
-    tbparse = _python(f"""
-        from tbparse import SummaryReader
-        r = SummaryReader({str(path)!r}, pivot=False)
-        n = len(r.histograms)
-    """)
-    result = side_by_side({"report_gen read_events": ours, "report-gen diagnose": whole, "tbparse": tbparse},
-                          min(reps, tbparse_reps))  # tbparse takes minutes: the three interleaved, few rounds
-    result["file_mb"] = path.stat().st_size / 1e6
-    show(f"{result['file_mb']:.0f} MB of histograms", result, "report_gen read_events", "tbparse",
-         "(target: tbparse / ours >= 50x, ours peak RSS < 1 GB)")
-    show(f"{result['file_mb']:.0f} MB of histograms", result, "report-gen diagnose", "tbparse")
+def case_hist(reps: int, tbparse_reps: int, big_mb: int = 1024, small_mb: tuple[int, ...] = (64, 128)) -> dict:
+    """Histogram files of torch add_histogram records. tbparse takes minutes (and several GB) on 1 GB, so
+    it is measured side by side with read_events on two prefix-sized files of the same generator (its
+    time per MB at both sizes shows it is linear), and read_events and the whole diagnose alone on the
+    1 GB file; the 1 GB ratio is tbparse's per-MB time at the larger small size times 1 GB, over ours."""
+    def read_events_cmd(path: Path) -> list[str]:
+        return _python(f"""
+            from report_gen.readers.events import read_events
+            data = read_events([({str(path)!r}, "")])
+            assert sum(len(h) for h in data.histograms.values()) > 0
+        """)
+
+    def tbparse_cmd(path: Path) -> list[str]:
+        return _python(f"""
+            from tbparse import SummaryReader
+            r = SummaryReader({str(path)!r}, pivot=False)
+            n = len(r.histograms)
+        """)
+
+    result: dict = {"small": {}}
+    for mb in small_mb:
+        path = make_hist(mb << 20)
+        res = side_by_side({"report_gen read_events": read_events_cmd(path), "tbparse": tbparse_cmd(path)},
+                           min(reps, tbparse_reps))
+        res["file_mb"] = path.stat().st_size / 2**20
+        result["small"][mb] = res
+        show(f"{res['file_mb']:.0f} MiB of histograms", res, "report_gen read_events", "tbparse")
+    path = make_hist(big_mb << 20)
+    big = side_by_side({"report_gen read_events": read_events_cmd(path), "report-gen diagnose": _diagnose(path.parent)},
+                       reps)
+    size = big["file_mb"] = path.stat().st_size / 2**20
+    result["big"] = big
+    largest = result["small"][max(small_mb)]
+    per_mb = {mb: r["tbparse"]["median_wall_s"] / r["file_mb"] for mb, r in result["small"].items()}
+    per_mb_cpu = {mb: r["tbparse"]["median_cpu_s"] / r["file_mb"] for mb, r in result["small"].items()}
+    tb_wall = per_mb[max(small_mb)] * size
+    tb_cpu = per_mb_cpu[max(small_mb)] * size
+    ours = big["report_gen read_events"]
+    print(f"\n## {size:.0f} MiB of histograms: report_gen alone, tbparse extrapolated")
+    for name, r in big.items():
+        if isinstance(r, dict) and "runs" in r:
+            print(f"  {name:<44} median wall {r['median_wall_s']:7.2f} s   CPU {r['median_cpu_s']:7.2f} s   "
+                  f"peak RSS {r['median_rss_mb']:7.0f} MB   private {r['median_private_mb']:7.0f} MB   "
+                  f"(load {r['load']:.1f}, {len(r['runs'])} runs)")
+    for what, per in (("wall", per_mb), ("CPU", per_mb_cpu)):
+        print(f"  tbparse {what} per MiB: " + ", ".join(f"{v:.3f} s at {mb} MiB" for mb, v in per.items())
+              + f" (largest / smallest: {max(per.values()) / min(per.values()):.2f}; 1.00 = linear)")
+    print(f"  tbparse on {size:.0f} MiB, extrapolated linearly: {tb_wall:.0f} s wall, {tb_cpu:.0f} s CPU")
+    print(f"  ratio tbparse (extrapolated) / report_gen read_events: wall {tb_wall / ours['median_wall_s']:.1f}x, "
+          f"CPU {tb_cpu / ours['median_cpu_s']:.1f}x (target >= 50x); measured at {max(small_mb)} MiB: wall "
+          f"{largest['tbparse']['median_wall_s'] / largest['report_gen read_events']['median_wall_s']:.1f}x, CPU "
+          f"{largest['tbparse']['median_cpu_s'] / largest['report_gen read_events']['median_cpu_s']:.1f}x; "
+          f"read_events peak RSS on {size:.0f} MiB {ours['median_rss_mb']:.0f} MB (target < 1 GB)")
+    result["tbparse_extrapolated"] = {"wall_s": tb_wall, "cpu_s": tb_cpu, "per_mb_wall_s": per_mb,
+                                      "per_mb_cpu_s": per_mb_cpu}
     return result
 
 

@@ -94,7 +94,7 @@ def load_runs(spec: RunSpec, opts: Options, progress: Progress = _noop,
 
 
 def _read(spec: RunSpec, opts: Options, progress: Progress, rules: RuleSet | None) -> RunInputs:
-    tensors = rules is None or RunFacts.needs_checkpoint_facts(rules.needs)
+    tensors = rules is None or RunFacts.needs_checkpoint_facts(rules.tensor_needs)
     return read_run(spec, trust_pickles=opts.trust_pickles, progress=progress, tensors=tensors,
                     isolate=opts.isolate)
 
@@ -121,7 +121,7 @@ def _facts(spec: RunSpec, read: RunInputs, opts: Options, rules: RuleSet | None)
     signals = build_signals(read.log, opts.config.tags, opts.config.roles)
     return RunFacts(name=spec.name, path=spec.path, events=read.log, signals=signals,
                     checkpoints=read.checkpoints, problems=problems, probe=probe_results, probe_info=probe_info,
-                    needs=rules.needs if rules is not None else None,
+                    needs=rules.tensor_needs if rules is not None else None,
                     eager_facts=rules.facts if rules is not None else frozenset(), trust_pickles=opts.trust_pickles)
 
 
@@ -253,7 +253,7 @@ def diagnose_run(spec: RunSpec, opts: Options, rules: RuleSet, progress: Progres
     reports = []
     for i, run in enumerate(runs):
         t1 = time.perf_counter()
-        run.precompute(rules.needs)  # facts are lazy; computing the needed ones here keeps the timing honest
+        run.precompute(rules.tensor_needs)  # facts are lazy; computing the needed ones here keeps the timing honest
         t2 = time.perf_counter()
         evaluation = evaluate_run(run, rules)
         t3 = time.perf_counter()
@@ -272,7 +272,7 @@ def _crashed_run(spec: RunSpec, rules: RuleSet, message: str, problems: Sequence
     problem = Problem(file=spec.path, kind=ProblemKind.WORKER_CRASHED, message=f"{spec.path}: {message}; "
                       "the run was not diagnosed (run again with --jobs 1 to see the failure)")
     run = RunFacts(name=spec.name, path=spec.path, events=RunLog.empty(), signals=build_signals(RunLog.empty()),
-                   problems=[*problems, problem], needs=rules.needs)
+                   problems=[*problems, problem], needs=rules.tensor_needs)
     evaluation = evaluate_run(run, rules)  # only the input-integrity rule has something to look at
     inputs = {**run_inputs(run), "event_files": len(spec.event_files), "checkpoints": len(spec.checkpoints)}
     return RunReport(spec.name, inputs, evaluation, {}, {})

@@ -46,6 +46,12 @@ class RuleSet:
         return frozenset(n for r in self.enabled for n in r.rule.needs)
 
     @property
+    def tensor_needs(self) -> frozenset[Signal]:
+        """The needs some enabled rule judges from checkpoint tensor data (`Rule.without_tensors` left out):
+        when none is a checkpoint signal, no tensor is read."""
+        return frozenset(n for r in self.enabled for n in r.rule.tensor_needs)
+
+    @property
     def facts(self) -> frozenset[str]:
         """The expensive weight facts some enabled rule declares it reads (computed while reading)."""
         return frozenset(f for r in self.enabled for f in r.rule.facts)

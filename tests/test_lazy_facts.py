@@ -1,6 +1,7 @@
-"""Facts follow the selection: the curve rules (`--select L`, but for L107, which also reads the checkpoints'
-optimizer state and weights) on a run with checkpoints read no tensor data at all, and
-an expensive weight fact is computed only for the rules that declare it (or when something reads it)."""
+"""Facts follow the selection: the curve rules (`--select L`, L107 included: it reads the checkpoints' optimizer
+param groups, and their weights only when no training loss says whether the run learns) on a run with
+checkpoints read no tensor data at all, and an expensive weight fact is computed only for the rules that
+declare it (or when something reads it)."""
 from __future__ import annotations
 
 import pytest
@@ -45,9 +46,9 @@ def _run(tmp_path):
 
 def test_curve_rules_only_read_no_tensor_data(tmp_path, tensor_reads):
     run = _run(tmp_path)
-    # L107 (learning rate) also reads the checkpoints: their optimizer's lr and how far the weights moved
-    report = diagnose([str(run)], Options(select=["L"], ignore=["L107"]))
+    report = diagnose([str(run)], Options(select=["L"]))
     assert tensor_reads["n"] == 0
+    assert "L107" in {e["code"] for e in report["evaluated"]}
     assert report["inputs"]["runs"][0]["checkpoints"] == 4  # the checkpoints were still found and opened
     assert report["inputs"]["runs"][0]["last_step"] == 59
     assert {e["code"] for e in report["evaluated"]} >= {"L101", "L102"}
@@ -55,6 +56,49 @@ def test_curve_rules_only_read_no_tensor_data(tmp_path, tensor_reads):
     full = diagnose([str(run)], Options())
     assert tensor_reads["n"] > 0  # the counter does see the loaders when checkpoint rules run
     assert full["details"]["runs"]["run"]["layers"]
+
+
+def _lr_zero_run(tmp_path, losses: bool):
+    """Two torch checkpoints of an Adam whose param groups hold lr 0 (so the weights never move), with or
+    without a flat training loss logged beside them."""
+    run = tmp_path / ("with_loss" if losses else "no_loss")
+    (run / "checkpoints").mkdir(parents=True)
+    if losses:
+        eb.write_records(run / "events.out.tfevents.1.host", [eb.make_version_event()] + [
+            eb.make_scalar_event("train/loss", s, 2.3, 1.7e9 + s) for s in range(60)])
+    model, opt = cb.trained_model_and_optimizer("adam", steps=2, seed=0)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    for step in (10, 20):
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step},
+                   run / "checkpoints" / f"step_{step}.pt")
+    return run
+
+
+def _l107(report):
+    return [{k: f[k] for k in ("severity", "subject", "message", "evidence")}
+            for f in report["findings"] if f["code"] == "L107"]
+
+
+def test_l107_reads_the_optimizer_lr_without_tensor_data(tmp_path, tensor_reads):
+    run = _lr_zero_run(tmp_path, losses=True)
+    light = diagnose([str(run)], Options(select=["L107"]))
+    assert tensor_reads["n"] == 0
+    [f] = _l107(light)
+    assert f["severity"] == "error" and f["evidence"]["root_cause"] == "lr-zero"
+    assert f["evidence"]["lr_source"] == "optimizer state" and f["evidence"]["learning"] is False
+    full = diagnose([str(run)], Options())
+    assert tensor_reads["n"] > 0
+    assert _l107(full) == [f]  # the same finding as when every fact is computed
+
+
+def test_l107_reads_the_weights_only_without_a_training_loss(tmp_path, tensor_reads):
+    run = _lr_zero_run(tmp_path, losses=False)
+    light = diagnose([str(run)], Options(select=["L"]))
+    assert tensor_reads["n"] > 0  # whether the run learns: only the weights' change can tell
+    [f] = _l107(light)
+    assert f["severity"] == "error" and "changed 0" in f["message"] and f["evidence"]["learning"] is False
+    assert _l107(diagnose([str(run)], Options())) == [f]
 
 
 def test_expensive_facts_only_for_rules_that_declare_them(tmp_path):
@@ -93,3 +137,16 @@ def test_a_rule_cannot_declare_an_unknown_fact():
             What to try:
                 x
             """
+
+
+@pytest.mark.parametrize("lib, name", [
+    ("hf", "bert-lr-zero"),  # HF Trainer folders: lr 0 in optimizer.pt's param groups
+    ("hf", "bert-lr-1e-6"),  # the optimizer's kind (adamw) from the state's key names, without its tensors
+    ("lightning", "lr_too_low"),  # Lightning .ckpt: optimizer_states[0]
+])
+def test_l107_on_real_runs_reads_no_tensor_and_finds_what_the_full_run_finds(lib, name, tensor_reads):
+    from builders import realfix
+
+    light = realfix.report(lib, name, "L107")
+    assert tensor_reads["n"] == 0
+    assert _l107(light) and _l107(light) == _l107(realfix.report(lib, name))

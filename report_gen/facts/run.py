@@ -62,7 +62,8 @@ class RunFacts:
     probe: list[tuple[int | None, Any]] = field(default_factory=list)  # [(step, ProbeResult)]
     probe_info: dict[str, Any] | None = None
     progress: Any = None
-    # what the selected rules need (engine: RuleSet.needs / RuleSet.facts); None = everything may be computed
+    # what the selected rules judge from tensor data (engine: RuleSet.tensor_needs / RuleSet.facts); None =
+    # everything may be computed
     needs: frozenset[Signal] | None = None
     eager_facts: frozenset[str] = frozenset()
     trust_pickles: bool = False  # how the checkpoints were opened (pool workers reopen them the same way)
@@ -125,6 +126,21 @@ class RunFacts:
         selected rule needs checkpoint facts (`tensor_facts`)."""
         if not self.checkpoints or not self.tensor_facts:
             return {}
+        return self._series()
+
+    def series_on_demand(self) -> dict[str, Any]:
+        """`series`, computed now even when no selected rule needs checkpoint tensor facts: for a rule whose
+        checkpoint need is met without tensor data (`Rule.without_tensors`) and that reads the weights only
+        in some case (L107 without a training loss). Once computed, `series` holds it too."""
+        if self.tensor_facts or "series" in self.__dict__ and self.__dict__["series"]:
+            return self.series
+        if not self.checkpoints:
+            return {}
+        self.__dict__["series"] = self._series()
+        self.__dict__.pop("last_stats", None)
+        return self.series
+
+    def _series(self) -> dict[str, Any]:
         from report_gen.facts.dynamics import series_facts
 
         try:

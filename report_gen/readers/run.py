@@ -44,8 +44,8 @@ def read_run(spec: RunSpec, *, trust_pickles: bool = False,
     """Read the logs and checkpoints of one run. Never raises for damaged files.
 
     progress(message, i, n) is called before the i-th of the run's n checkpoints is opened.
-    tensors=False: checkpoints are opened for their names, shapes and steps only (no optimizer state,
-    no tensor data), for a caller that needs no checkpoint facts.
+    tensors=False: checkpoints are opened for their names, shapes, steps and optimizer param groups only
+    (no optimizer state tensors, no tensor data), for a caller that needs no checkpoint tensor facts.
     isolate: checkpoints are vetted in a limited worker process first (`readers.isolation`).
     """
     log = read_logs(spec.event_files, where=spec.path, member=spec.member)

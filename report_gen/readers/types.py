@@ -174,7 +174,8 @@ class CheckpointData:
     tensors: parameter name -> TensorInfo for model parameters/buffers (prefixes stripped)
     load(name) -> torch.Tensor (float32 on CPU) for one tensor, loaded on demand, never the whole file
     optimizer: optional dict with keys "kind" ("adam", "sgd", ...), "grad_rms": {param: float},
-               "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped", "step": int | None,
+               "mapping": "names-in-file" | "shapes-verified" | "unique-shapes" | "ambiguous" | "unmapped" | "not-read"
+               (param groups only, no tensor read: `optimizer_groups`), "step": int | None,
                "order": where the entry order came from: "file" | "structure" | "architecture" | None
                (readers/checkpoint/order.py)
                "lrs": the `lr` of every param group (the scheduler's value at save time), "group_params": how many

@@ -92,6 +92,13 @@ class Rule:
     options: type
     func: Callable[..., Iterable[Hit]]
     facts: tuple[str, ...] = ()  # expensive weight facts it reads (facts.WEIGHT_FACT_GROUPS), computed eagerly
+    # needs met without tensor data (names, shapes, steps, the optimizer's param groups); see `rule`
+    without_tensors: tuple[Signal, ...] = ()
+
+    @property
+    def tensor_needs(self) -> tuple[Signal, ...]:
+        """The needs judged from the checkpoints' tensor data when this rule is selected."""
+        return tuple(n for n in self.needs if n not in self.without_tensors)
 
     @property
     def doc(self) -> str:
@@ -156,14 +163,19 @@ REGISTRY: dict[str, Rule] = {}
 
 
 def rule(code: str, name: str, severity: str, *, needs: Iterable[Signal], options: type = NoOptions,
-         category: str | None = None, facts: Iterable[str] = ()):
+         category: str | None = None, facts: Iterable[str] = (), without_tensors: Iterable[Signal] = ()):
     """Declare a rule. Checks the declaration at import time so a bad one never ships.
 
     facts: the expensive weight facts the rule reads (facts.WEIGHT_FACT_GROUPS: "quantiles",
     "correlations", "spectrum"); they are computed while each tensor is read only when such a rule is
     selected (read without being declared, they are still computed, by reading the tensor again).
+    without_tensors: needs the rule judges from what opening a checkpoint gives without reading any tensor
+    data (names, shapes, steps, the optimizer's param groups: its kind and learning rates); selecting
+    only such rules reads no tensor. Tensor facts it reads anyway in some case must be asked for on
+    demand (`RunFacts.series_on_demand`), never through `run.series`, which is empty then.
     """
     facts = tuple(facts)
+    without_tensors = tuple(without_tensors)
     category = name if category is None else category
 
     def deco(func):
@@ -181,6 +193,8 @@ def rule(code: str, name: str, severity: str, *, needs: Iterable[Signal], option
         for n in needs:
             if not isinstance(n, Signal):
                 raise ValueError(f"{code}: needs must be Signal members, got {n!r}")
+        if not set(without_tensors) <= set(needs):
+            raise ValueError(f"{code}: without_tensors must be some of its needs")
         unknown = [f for f in facts if f not in WEIGHT_FACT_GROUPS]
         if unknown:
             raise ValueError(f"{code}: unknown facts {unknown}; expected some of {WEIGHT_FACT_GROUPS}")
@@ -193,7 +207,8 @@ def rule(code: str, name: str, severity: str, *, needs: Iterable[Signal], option
         missing = [s for s in DOC_SECTIONS if not sections.get(s)]
         if missing:
             raise ValueError(f"{code}: docstring lacks {', '.join(missing)}")
-        REGISTRY[code] = Rule(code, name, category, severity, tuple(needs), options, func, facts)
+        REGISTRY[code] = Rule(code, name, category, severity, tuple(needs), options, func, facts,
+                              without_tensors)
         return func
 
     return deco

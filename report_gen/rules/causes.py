@@ -104,10 +104,11 @@ def lr_too_low(run, opts: LrCauseOptions) -> LrCause | None:
                     "usual_lr": default, "lr_source": source, "lr_factor_below": default / peak})
 
 
-def total_changes(run) -> dict[str, float]:
-    """param -> total relative change ||ΔW||/||W|| summed over the checkpoint series (finite steps only)."""
+def total_changes(run, *, on_demand: bool = False) -> dict[str, float]:
+    """param -> total relative change ||ΔW||/||W|| summed over the checkpoint series (finite steps only).
+    on_demand: read the series even when no selected rule needs tensor facts (`RunFacts.series_on_demand`)."""
     out = {}
-    for n, ps in run.series.items():
+    for n, ps in (run.series_on_demand() if on_demand else run.series).items():
         if run.tensor_role(n) != "param" or len(ps.present) < 2:
             continue
         ru = np.asarray(ps.rel_update, dtype=float)

@@ -514,7 +514,7 @@ def _learning(run, opts: LearningRateOptions) -> tuple[bool | None, str]:
             return imp >= opts.max_improvement, f"{t.tag} improved {imp:.1%}"
     from report_gen.rules.causes import total_changes
 
-    changes = total_changes(run)
+    changes = total_changes(run, on_demand=True)  # the weights are read only here, without a training loss
     if changes:
         med = float(np.median(list(changes.values())))
         return med >= opts.max_change, f"the median parameter changed {med:.2g} (||ΔW||/||W||) across the checkpoints"
@@ -522,7 +522,7 @@ def _learning(run, opts: LearningRateOptions) -> tuple[bool | None, str]:
 
 
 @rule("L107", "learning-rate", "error", needs=(Signal.LR, Signal.CHECKPOINT, Signal.TRAIN_LOSS),
-      options=LearningRateOptions, category="plateau")
+      options=LearningRateOptions, category="plateau", without_tensors=(Signal.CHECKPOINT,))
 def learning_rate(run, opts: LearningRateOptions):
     """
     What it detects:

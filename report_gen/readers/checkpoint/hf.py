@@ -22,7 +22,7 @@ from report_gen.readers.checkpoint.errors import CheckpointError, one_line
 from report_gen.readers.checkpoint.hfarch import in_model_order, is_hf_config, meta_model
 from report_gen.readers.checkpoint.interpret import (checkpoint_from_tree, finish, role_by_name,
                                                      step_from_metadata, strip_prefixes)
-from report_gen.readers.checkpoint.optimizer import safe_optimizer_facts
+from report_gen.readers.checkpoint.optimizer import safe_optimizer_facts, safe_optimizer_groups
 from report_gen.readers.checkpoint.order import hf_trainer_order
 from report_gen.readers.checkpoint.sniff import sniff
 from report_gen.readers.checkpoint.tree import LoadPolicy, as_mapping, mapped_materialiser, unchanged_guard
@@ -201,19 +201,19 @@ def open_folder(folder: str, policy: LoadPolicy, optimizer: bool = True) -> Chec
             meta["tensor_order"] = "architecture"
         else:
             meta["tensor_order"] = "sorted by name (" + (why or "the names differ from the architecture's") + ")"
-    facts = (_folder_optimizer(folder, tensors, policy, inner.problems, ordered, config, model) if optimizer
-             else None)
+    facts = _folder_optimizer(folder, tensors, policy, inner.problems, ordered, config, model, optimizer)
     return finish(folder, f"hf-folder/{inner.format}", tensors, inner.load,
                   step_from_metadata(meta), meta, facts, inner.problems)
 
 
 def _folder_optimizer(folder: str, tensors: Mapping[str, TensorInfo], policy: LoadPolicy,
                       problems: list[Problem], ordered: bool, config: Mapping[str, Any],
-                      model: Any = None) -> dict[str, Any] | None:
+                      model: Any = None, full: bool = True) -> dict[str, Any] | None:
     """Optimizer facts from a Trainer folder's optimizer.pt. ordered: `tensors` are in the model's
     parameter order (a single torch file, or put back in order from the architecture); safetensors and
     shard indexes are sorted by name, so the Trainer's order is recovered (order.hf_trainer_order;
-    `model`: the architecture on the meta device, when it could be built)."""
+    `model`: the architecture on the meta device, when it could be built). full=False: the param groups
+    only (`optimizer_groups`, no tensor data read)."""
     path = os.path.join(folder, "optimizer.pt")
     if not os.path.exists(path):
         return None
@@ -226,6 +226,8 @@ def _folder_optimizer(folder: str, tensors: Mapping[str, TensorInfo], policy: Lo
     state = as_mapping(tree.root)
     if state is None or "state" not in state:
         return None
+    if not full:
+        return safe_optimizer_groups(path, state, problems)
     recover = None
     if is_hf_config(config) and "param_groups" in state:
         params = [n for n, t in tensors.items() if t.role == "param"]

@@ -27,7 +27,8 @@ import torch
 
 from report_gen.core import Problem, ProblemKind, clamp_int64
 from report_gen.readers.checkpoint.errors import CheckpointError, SavedTensor, clean, one_line
-from report_gen.readers.checkpoint.optimizer import OPTIMIZER_KEYS, find_optimizer_state, safe_optimizer_facts
+from report_gen.readers.checkpoint.optimizer import (OPTIMIZER_KEYS, find_optimizer_state, safe_optimizer_facts,
+                                                     safe_optimizer_groups)
 from report_gen.readers.checkpoint.tree import Leaf, TorchTree, as_mapping, is_leaf
 from report_gen.readers.safe_unpickle import MAX_FREE_ELEMENTS, Placeholder, TensorRef
 from report_gen.readers.types import BUFFER_SUFFIXES, CheckpointData, TensorInfo
@@ -376,8 +377,9 @@ def _without_aliases(weights: dict[str, tuple[Leaf, str]]) -> tuple[dict[str, tu
 
 
 def checkpoint_from_tree(path: str, tree: TorchTree, *, optimizer: bool = True) -> CheckpointData:
-    """The CheckpointData of one unpickled file. optimizer=False: the optimizer state is not looked at
-    (its tensors are data: a caller that needs no checkpoint facts reads none)."""
+    """The CheckpointData of one unpickled file. optimizer=False: of the optimizer state only the param
+    groups are read (`optimizer_groups`: its tensors are data, and a caller that needs no checkpoint facts
+    reads none)."""
     root = tree.root
     weights, weights_at = _find_weights(root)
     if not weights:
@@ -394,10 +396,11 @@ def checkpoint_from_tree(path: str, tree: TorchTree, *, optimizer: bool = True) 
     tensors = {renamed[n]: TensorInfo(renamed[n], tuple(leaf.shape), _dtype_name(leaf.dtype), role)
                for n, (leaf, role) in weights.items()}
     step = step_from_metadata(meta)
-    optimizer_sd = find_optimizer_state(root) if optimizer else None
+    optimizer_sd = find_optimizer_state(root)
     facts = None
     if optimizer_sd is not None:
-        facts = safe_optimizer_facts(path, optimizer_sd, tensors, tree.checked_materialiser(path), problems)
+        facts = (safe_optimizer_facts(path, optimizer_sd, tensors, tree.checked_materialiser(path), problems)
+                 if optimizer else safe_optimizer_groups(path, optimizer_sd, problems))
     data = finish(path, tree.format, tensors, lambda name: tree.materialise(leaves[name]),
                   step, meta, facts, problems)
     data.weights_at = weights_at

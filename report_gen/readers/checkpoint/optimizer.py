@@ -50,6 +50,16 @@ def safe_optimizer_facts(path: str, opt_state: Mapping, tensors: Mapping[str, Te
         return None
 
 
+def safe_optimizer_groups(path: str, opt_state: Mapping, problems: list[Problem]) -> dict[str, Any] | None:
+    """optimizer_groups, where a malformed optimizer state becomes a Problem instead of an error."""
+    try:
+        return optimizer_groups(opt_state)
+    except Exception as exc:  # noqa: BLE001 - optional facts: the weights are still usable
+        problems.append(Problem(file=path, kind=ProblemKind.UNREADABLE_OPTIMIZER_STATE, severity="warning",
+                                message=f"optimizer state ignored: {one_line(exc)}"))
+        return None
+
+
 def _scalar(value: Any, materialise: Callable[[Leaf], torch.Tensor]) -> float | None:
     """A finite number from a plain value or a one-element tensor, else None."""
     try:
@@ -170,20 +180,7 @@ def optimizer_facts(opt_state: Mapping, tensors: Mapping[str, TensorInfo],
     fill the rest. mapping: "names-in-file" | "shapes-verified" | "ambiguous" | "unique-shapes" |
     "unmapped"; "order" says where the order came from: "file" | "structure" | "architecture".
     """
-    groups = [g for g in (opt_state.get("param_groups") or []) if isinstance(g, Mapping)]
-    state = as_mapping(opt_state.get("state")) or {}
-    ids, id_group, names_in_file, group_ids = [], {}, [], []
-    for group in groups:
-        params = group.get("params", [])
-        group_ids.append([])
-        for pid in params if isinstance(params, (list, tuple)) else []:
-            if isinstance(pid, (int, str)) and not isinstance(pid, bool) and pid not in id_group:
-                ids.append(pid)
-                id_group[pid] = group
-                group_ids[-1].append(pid)
-        names = group.get("param_names", [])
-        if isinstance(names, (list, tuple)):
-            names_in_file.extend(n for n in names if isinstance(n, str))
+    groups, state, ids, id_group, names_in_file, group_ids = _param_ids(opt_state)
     estimates = {pid: _grad_rms(as_mapping(state.get(pid)) or {}, id_group[pid], materialise)
                  for pid in ids}
     shapes = [est[0] if est else None for est in estimates.values()]
@@ -208,6 +205,40 @@ def optimizer_facts(opt_state: Mapping, tensors: Mapping[str, TensorInfo],
              "note": note, "step": step, "order": how}
     facts.update(_group_facts(groups, ids, states))
     return facts
+
+
+def optimizer_groups(opt_state: Mapping) -> dict[str, Any]:
+    """The `CheckpointData.optimizer` dict without reading any tensor data: the kind (from the state's
+    key names), the param groups' learning rates and how many parameters hold state, for a caller that
+    needs no checkpoint tensor facts. No gradient estimates ("grad_rms" empty, "mapping" "not-read"), and
+    no "step" (torch keeps it as a tensor)."""
+    groups, state, ids, _, _, _ = _param_ids(opt_state)
+    states = [s for s in (as_mapping(v) for v in state.values()) if s]
+    facts = {"kind": _optimizer_kind(groups, states), "grad_rms": {}, "mapping": "not-read",
+             "note": "optimizer state tensors not read: no selected rule needs them", "step": None, "order": None}
+    facts.update(_group_facts(groups, ids, states))
+    return facts
+
+
+def _param_ids(opt_state: Mapping) -> tuple[list[Mapping], Mapping, list[Any], dict[Any, Mapping], list[str],
+                                            list[list[Any]]]:
+    """(param groups, state, parameter ids in group order, id -> its group, param_names stored in the
+    groups, the ids of each group)."""
+    groups = [g for g in (opt_state.get("param_groups") or []) if isinstance(g, Mapping)]
+    state = as_mapping(opt_state.get("state")) or {}
+    ids, id_group, names_in_file, group_ids = [], {}, [], []
+    for group in groups:
+        params = group.get("params", [])
+        group_ids.append([])
+        for pid in params if isinstance(params, (list, tuple)) else []:
+            if isinstance(pid, (int, str)) and not isinstance(pid, bool) and pid not in id_group:
+                ids.append(pid)
+                id_group[pid] = group
+                group_ids[-1].append(pid)
+        names = group.get("param_names", [])
+        if isinstance(names, (list, tuple)):
+            names_in_file.extend(n for n in names if isinstance(n, str))
+    return groups, state, ids, id_group, names_in_file, group_ids
 
 
 def _merge_recovered(found: OrderResult, by_shape: list[str | None]) -> tuple[list[str | None], str, str, str]:

@@ -20,7 +20,8 @@ def open_checkpoint(path: str, *, trust_pickles: bool = False, optimizer: bool =
 
     Raises CheckpointError (an InputError) with a one-line message when nothing usable can be read,
     and never any other exception: an unexpected failure becomes kind "unreadable".
-    optimizer=False: the optimizer state is not read (no tensor data is read when opening).
+    optimizer=False: of the optimizer state only its param groups are read (kind, learning rates: no
+    tensor data is read when opening).
     """
     return _open(path, load_policy(trust_pickles), optimizer)
 
@@ -58,8 +59,8 @@ def read_checkpoints(paths: Sequence[str], *, trust_pickles: bool = False,
     `SavedTensor`) is data, not a problem: it is reported only when no checkpoint could be used (it then
     says why none was read). Problems are in path order, each file's own problems (unsafe globals
     replaced, tensors skipped) where the file comes. progress(i, n) is called before the i-th of n files
-    is opened. optimizer=False: optimizer state is not read (opening then reads no tensor data at all:
-    only the pickles, headers and indexes).
+    is opened. optimizer=False: of the optimizer state only its param groups are read (opening then reads
+    no tensor data at all: only the pickles, headers and indexes).
     isolate: each file is first opened in a worker process with CPU, memory and time limits
     (`readers.isolation`; not with trust_pickles): a crash or hang there is one "unreadable" Problem.
     """
