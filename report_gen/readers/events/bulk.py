@@ -20,39 +20,140 @@ class SimpleScalars:
 
     Wire layout (proto3 field order):
     ``09 <wall f64> [10 <step varint>] 2a L1 0a L2 0a T <tag> 15 <value f32>`` with one-byte L1, L2, T.
-    ``mask`` marks which records of the batch matched; the other arrays hold the matched ones.
+    ``mask`` marks which records of the batch matched; the other arrays hold the matched ones. Tags come
+    as ``codes`` into ``names`` (one string per distinct tag of the batch, in order of first appearance):
+    a million records of ten tags are ten strings, not a million.
     """
 
     mask: np.ndarray
-    tags: np.ndarray  # object array of str
+    codes: np.ndarray  # int64 index into names, per matched record
+    names: list[str]
     steps: np.ndarray
     wall_times: np.ndarray
     values: np.ndarray
 
+    @property
+    def tags(self) -> np.ndarray:
+        """The tag of each matched record (an object array; for callers that want strings)."""
+        return np.array(self.names, dtype=object)[self.codes] if self.names else np.zeros(0, dtype=object)
+
     @classmethod
     def decode(cls, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> "SimpleScalars":
-        raw, at = _bytes_at(buffer)
-        last = raw.size - 1
+        raw = np.frombuffer(buffer + bytes(_PAD), dtype=np.uint8)  # every offset below stays inside
+        starts = np.asarray(starts, dtype=np.int64)
         ends = starts + lengths
-        has_step = at(starts + 9) == 0x10
-        varint = raw[np.minimum(starts[:, None] + 10 + np.arange(10), last)]
-        done = varint < 0x80
-        step_len = np.where(has_step, done.argmax(axis=1) + 1, 0)
+        has_step = raw[starts + 9] == 0x10
+        step, step_len, step_ok = _short_varint(raw, starts + 10)
+        step_len = np.where(has_step, step_len, 0)
         p = starts + 9 + np.where(has_step, 1 + step_len, 0)  # at the summary field
-        tag_len = at(p + 5)
-        mask = ((lengths >= 21) & (at(starts) == 0x09) & (~has_step | done.any(axis=1))
-                & (at(p) == 0x2A) & (at(p + 2) == 0x0A) & (at(p + 4) == 0x0A)
-                & (at(p + 1) < 0x80) & (at(p + 1) == at(p + 3) + 2) & (at(p + 3) == tag_len + 7)
-                & (at(p + 6 + tag_len) == 0x15) & (p + 11 + tag_len == ends))
+        tag_len = raw[p + 5].astype(np.int64)
+        mask = ((lengths >= 21) & (lengths < _PAD) & (raw[starts] == 0x09) & (~has_step | step_ok)
+                & (raw[p] == 0x2A) & (raw[p + 2] == 0x0A) & (raw[p + 4] == 0x0A)
+                & (raw[p + 1] < 0x80) & (raw[p + 1].astype(np.int64) == raw[p + 3].astype(np.int64) + 2)
+                & (raw[p + 3].astype(np.int64) == tag_len + 7)
+                & (raw[p + 6 + tag_len] == 0x15) & (p + 11 + tag_len == ends))
         sel = np.flatnonzero(mask)
         starts, p, tag_len = starts[sel], p[sel], tag_len[sel]
+        codes, names = tag_codes(raw, p + 6, tag_len)
         return cls(
-            mask=mask,
-            tags=_tags(buffer, (p + 6).tolist(), tag_len.tolist()),
-            steps=_varints(varint[sel], step_len[sel]),
-            wall_times=gather_rows(raw, starts + 1, 8).view("<f8").ravel(),
-            values=gather_rows(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64),
+            mask=mask, codes=codes, names=names,
+            steps=np.where(has_step[sel], step[sel], 0),
+            wall_times=_u_at(raw, starts + 1, 8).view("<f8").ravel(),
+            values=_u_at(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64),
         )
+
+
+_PAD = 512  # bytes of zeros after a buffer: a record's fixed-layout offsets (tag <= 255) never leave it
+
+
+def _u_at(raw: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) bytes at each of ``starts``, contiguous (ready for ``.view``)."""
+    return np.ascontiguousarray(raw[starts[:, None] + np.arange(width)])
+
+
+def _short_varint(raw: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, byte length, valid) of the varint at each of ``pos``, reading only as many bytes as the
+    longest one has (a step counter is one to three bytes; at most ten)."""
+    byte = raw[pos]
+    value = (byte & 0x7F).astype(np.uint64)
+    going = byte >= 0x80
+    length = np.ones(pos.size, dtype=np.int64)
+    for k in range(1, 10):
+        if not going.any():
+            break
+        byte = raw[pos + k]
+        value |= np.where(going, (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k), np.uint64(0))
+        length += going
+        going &= byte >= 0x80
+    return value.view(np.int64), length, ~going
+
+
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+def tag_codes(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Codes (int64) and names (in order of first appearance) of the byte strings at ``starts`` of
+    ``lengths`` bytes in ``raw`` (which must hold 8 bytes past every string's end), all vectorised.
+
+    Per distinct length, each string is read as 8-byte words (bytes past its end masked off) and hashed;
+    the distinct hashes are found from a sample and then checked for every string, and equal hashes are
+    then proved equal word by word, so a hash collision never merges two tags (such strings are coded
+    one by one instead). Names are decoded as UTF-8 with replacement, as protobuf's Python
+    `simple_value` path shows them."""
+    n = starts.size
+    codes = np.full(n, -1, dtype=np.int64)
+    names: list[str] = []
+    index: dict[bytes, int] = {}
+    keys = []  # (first row, code) per distinct string, to order codes by first appearance
+    buf = raw.data
+    for length in np.unique(lengths).tolist():
+        rows = np.flatnonzero(lengths == length)
+        at = starts[rows]
+        n_words = max(1, -(-length // 8))
+        words = [_u_at(raw, at + 8 * w, 8).view("<u8").ravel() for w in range(n_words)]
+        tail = length - 8 * (n_words - 1)
+        if tail < 8:
+            words[-1] = words[-1] & np.uint64((1 << (8 * tail)) - 1)
+        h = words[0].copy()
+        for w in words[1:]:
+            h = h * _HASH_MUL ^ w
+        distinct = np.unique(np.concatenate([h[:4096], h[:: max(1, h.size // 4096)]]))
+        while True:
+            slot = np.minimum(np.searchsorted(distinct, h), distinct.size - 1)
+            missing = distinct[slot] != h
+            if not missing.any():
+                break
+            distinct = np.union1d(distinct, h[missing])
+        if distinct.size <= 32:  # a few tags: one pass each finds its first record
+            first = np.array([int(np.argmax(slot == d)) for d in range(distinct.size)], dtype=np.int64)
+        else:
+            first = np.unique(slot, return_index=True)[1]
+        proven = np.ones(h.size, dtype=bool)
+        for w in words:
+            proven &= w == w[first[slot]]
+        local = np.empty(distinct.size, dtype=np.int64)
+        for d, row in enumerate(first.tolist()):
+            key = bytes(buf[int(at[row]):int(at[row]) + length])
+            if key not in index:
+                index[key] = len(names)
+                names.append(key.decode("utf-8", "replace"))
+                keys.append(int(rows[row]))
+            local[d] = index[key]
+        codes[rows] = local[slot]
+        for r in np.flatnonzero(~proven).tolist():  # a hash collision: this string is coded on its own
+            key = bytes(buf[int(at[r]):int(at[r]) + length])
+            if key not in index:
+                index[key] = len(names)
+                names.append(key.decode("utf-8", "replace"))
+                keys.append(int(rows[r]))
+            codes[rows[r]] = index[key]
+    if len(names) > 1:  # codes in order of first appearance
+        rank = np.empty(len(names), dtype=np.int64)
+        order = np.argsort(np.array(keys, dtype=np.int64), kind="stable")
+        rank[order] = np.arange(len(names))
+        codes = rank[codes]
+        names = [names[i] for i in order.tolist()]
+    return codes, names
 
 
 def _bytes_at(buffer: bytes):
@@ -72,15 +173,6 @@ def _varints(groups: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     payload = (groups.astype(np.uint64) & np.uint64(0x7F)) << (np.uint64(7) * np.arange(10, dtype=np.uint64))
     payload[np.arange(10) >= lengths[:, None]] = 0
     return payload.sum(axis=1, dtype=np.uint64).view(np.int64)
-
-
-def _tags(buffer: bytes, starts: list[int], lengths: list[int]) -> np.ndarray:
-    """Tag strings (decoded once per distinct byte string) as an object array."""
-    names: dict[bytes, str] = {}
-    raw = [buffer[s:s + n] for s, n in zip(starts, lengths)]
-    for key in set(raw):
-        names[key] = key.decode("utf-8", "replace")
-    return np.array([names[r] for r in raw], dtype=object)
 
 
 def _varint_at(raw: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

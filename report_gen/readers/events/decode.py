@@ -94,7 +94,7 @@ class FileContent:
     sub: str
     problems: list[Problem] = field(default_factory=list)
     first: tuple[int, float] | None = None  # (seq, wall_time) of the earliest decoded event
-    scalar_tags: list[np.ndarray] = field(default_factory=list)  # object arrays of tag names
+    scalar_tags: list[tuple[np.ndarray, list[str]]] = field(default_factory=list)  # (codes, names) per part
     scalar_cols: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (seq, step, wall, value)
     histograms: dict[str, list[Point]] = field(default_factory=dict)
     # legacy histograms decoded in bulk: tag -> batches, and the seq of each tag's first such record
@@ -166,7 +166,7 @@ class _EventDecoder:
             seqs = first_seq + np.flatnonzero(fast.mask)
             self.content.note_first(int(seqs[0]), float(fast.wall_times[0]))
             if "scalars" in self.kinds:
-                self.content.scalar_tags.append(fast.tags)
+                self.content.scalar_tags.append((fast.codes, fast.names))
                 self.content.scalar_cols.append((seqs, fast.steps, fast.wall_times, fast.values))
         buf = batch.buffer
         rest = np.flatnonzero(~fast.mask) if fast is not None else np.arange(len(batch))
@@ -307,7 +307,9 @@ class _EventDecoder:
         """Close decoding: flush slow-path scalars and report undecodable records."""
         tags, seqs, steps, walls, values = self._slow_scalars
         if tags:
-            self.content.scalar_tags.append(np.array(tags, dtype=object))
+            index: dict[str, int] = {}
+            codes = np.array([index.setdefault(t, len(index)) for t in tags], dtype=np.int64)
+            self.content.scalar_tags.append((codes, list(index)))
             self.content.scalar_cols.append((np.array(seqs, dtype=np.int64), np.array(steps, dtype=np.int64),
                                              np.array(walls, dtype=np.float64),
                                              np.array(values, dtype=np.float64)))
