@@ -543,5 +543,6 @@ def _mask(crc):
 
 
 def gather_rows(raw: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
-    """Rows of ``width`` bytes starting at each of ``starts`` (contiguous, ready for ``.view``)."""
-    return np.ascontiguousarray(raw[starts[:, None] + np.arange(width)])
+    """Rows of ``width`` bytes starting at each of ``starts`` (contiguous, ready for ``.view``): one row of
+    a sliding-window view per start, so no (n, width) index array is built."""
+    return np.lib.stride_tricks.sliding_window_view(raw, width)[starts]

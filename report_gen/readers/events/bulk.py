@@ -41,34 +41,120 @@ class SimpleScalars:
     def decode(cls, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> "SimpleScalars":
         raw = np.frombuffer(buffer + bytes(_PAD), dtype=np.uint8)  # every offset below stays inside
         starts = np.asarray(starts, dtype=np.int64)
-        ends = starts + lengths
-        has_step = raw[starts + 9] == 0x10
-        step, step_len, step_ok = _short_varint(raw, starts + 10)
-        step_len = np.where(has_step, step_len, 0)
-        p = starts + 9 + np.where(has_step, 1 + step_len, 0)  # at the summary field
-        tag_len = raw[p + 5].astype(np.int64)
-        mask = ((lengths >= 21) & (lengths < _PAD) & (raw[starts] == 0x09) & (~has_step | step_ok)
-                & (raw[p] == 0x2A) & (raw[p + 2] == 0x0A) & (raw[p + 4] == 0x0A)
-                & (raw[p + 1] < 0x80) & (raw[p + 1].astype(np.int64) == raw[p + 3].astype(np.int64) + 2)
-                & (raw[p + 3].astype(np.int64) == tag_len + 7)
-                & (raw[p + 6 + tag_len] == 0x15) & (p + 11 + tag_len == ends))
+        lengths = np.asarray(lengths, dtype=np.int64)
+        n = starts.size
+        mask = np.zeros(n, dtype=bool)
+        steps, walls, values = np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n)
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (record indices, their tag bytes (k, T))
+        rest = np.ones(n, dtype=bool)
+        for i0, i1 in _segments(starts, lengths):
+            run = _decode_run(raw, int(starts[i0]), i1 - i0, int(lengths[i0]))
+            if run is None:
+                continue
+            ok, run_steps, run_walls, run_values, tag_rows = run
+            rows = i0 + np.flatnonzero(ok)
+            mask[rows], steps[rows], walls[rows], values[rows] = True, run_steps, run_walls, run_values
+            rest[i0:i1] = ~ok  # the others are left to the record-by-record checks below
+            pieces.append((rows, tag_rows))
+        idx = np.flatnonzero(rest)
+        if idx.size:
+            pieces += _decode_scattered(raw, idx, starts[idx], lengths[idx], mask, steps, walls, values)
+        codes, names = _piece_codes(pieces, n)
         sel = np.flatnonzero(mask)
-        starts, p, tag_len = starts[sel], p[sel], tag_len[sel]
-        codes, names = tag_codes(raw, p + 6, tag_len)
-        return cls(
-            mask=mask, codes=codes, names=names,
-            steps=np.where(has_step[sel], step[sel], 0),
-            wall_times=_u_at(raw, starts + 1, 8).view("<f8").ravel(),
-            values=_u_at(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64),
-        )
+        return cls(mask=mask, codes=codes[sel], names=names, steps=steps[sel], wall_times=walls[sel],
+                   values=values[sel])
 
 
 _PAD = 512  # bytes of zeros after a buffer: a record's fixed-layout offsets (tag <= 255) never leave it
+_MIN_RUN = 64  # equal records back to back before they are decoded as a block
+
+
+def _segments(starts: np.ndarray, lengths: np.ndarray) -> list[tuple[int, int]]:
+    """[i0, i1) ranges of at least `_MIN_RUN` records of one length lying back to back in the buffer
+    (the framing's equal-length runs): each is decoded as one strided block."""
+    if starts.size < _MIN_RUN:
+        return []
+    joined = (lengths[1:] == lengths[:-1]) & (starts[1:] - starts[:-1] == lengths[:-1] + 16)
+    bounds = np.concatenate([[0], np.flatnonzero(~joined) + 1, [starts.size]])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()) if b - a >= _MIN_RUN]
+
+
+def _decode_run(raw: np.ndarray, first: int, count: int, length: int):
+    """Decode `count` records of `length` bytes at ``first + i * (length + 16)`` laid out as the first
+    one is (a step varint of one width, one tag length): the layout is read once from the first record,
+    then every structural byte is checked column by column on a strided view (no gathers).
+    Returns (ok, steps, wall_times, values, tag bytes) with the last four for the ok records only, or
+    None when the first record is not of the simple-scalar shape."""
+    if not 21 <= length < _PAD:
+        return None
+    rec = raw[first:first + length].tobytes()
+    if rec[9] == 0x10:
+        step_len = next((k + 1 for k in range(min(10, length - 10)) if rec[10 + k] < 0x80), 0)
+        if not step_len:
+            return None
+        p = 10 + step_len
+    else:
+        step_len, p = 0, 9
+    if p + 6 > length:
+        return None
+    tag_len = rec[p + 5]
+    expected = {0: 0x09, p: 0x2A, p + 1: tag_len + 9, p + 2: 0x0A, p + 3: tag_len + 7, p + 4: 0x0A, p + 5: tag_len}
+    if step_len:
+        expected[9] = 0x10
+    if p + 11 + tag_len != length or tag_len + 9 >= 0x80:
+        return None
+    expected[p + 6 + tag_len] = 0x15
+    if any(rec[c] != b for c, b in expected.items()):
+        return None
+    view = np.lib.stride_tricks.as_strided(raw[first:], shape=(count, length), strides=(length + 16, 1),
+                                           writeable=False)
+    ok = np.ones(count, dtype=bool)
+    for c, b in expected.items():
+        ok &= view[:, c] == b
+    step = np.zeros(count, dtype=np.uint64)
+    for k in range(step_len):  # every byte but the last has its continuation bit set
+        byte = view[:, 10 + k]
+        ok &= (byte >= 0x80) if k < step_len - 1 else (byte < 0x80)
+        step |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+    good = slice(None) if ok.all() else np.flatnonzero(ok)
+    at = p + 7 + tag_len
+    return (ok, step.view(np.int64)[good], np.ascontiguousarray(view[good, 1:9]).view("<f8").ravel(),
+            np.ascontiguousarray(view[good, at:at + 4]).view("<f4").ravel().astype(np.float64),
+            view[good, p + 6:p + 6 + tag_len])
+
+
+def _decode_scattered(raw: np.ndarray, idx: np.ndarray, starts: np.ndarray, lengths: np.ndarray, mask: np.ndarray,
+                      steps: np.ndarray, walls: np.ndarray, values: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The records at ``idx`` each with its own layout (vectorised over them): fills mask, steps, walls
+    and values at the matched ones and returns their tag bytes as pieces, one per tag length."""
+    ends = starts + lengths
+    has_step = raw[starts + 9] == 0x10
+    step, step_len, step_ok = _short_varint(raw, starts + 10)
+    step_len = np.where(has_step, step_len, 0)
+    p = starts + 9 + np.where(has_step, 1 + step_len, 0)  # at the summary field
+    tag_len = raw[p + 5].astype(np.int64)
+    ok = ((lengths >= 21) & (lengths < _PAD) & (raw[starts] == 0x09) & (~has_step | step_ok)
+          & (raw[p] == 0x2A) & (raw[p + 2] == 0x0A) & (raw[p + 4] == 0x0A)
+          & (raw[p + 1] < 0x80) & (raw[p + 1].astype(np.int64) == raw[p + 3].astype(np.int64) + 2)
+          & (raw[p + 3].astype(np.int64) == tag_len + 7)
+          & (raw[p + 6 + tag_len] == 0x15) & (p + 11 + tag_len == ends))
+    sel = np.flatnonzero(ok)
+    rows = idx[sel]
+    starts, p, tag_len = starts[sel], p[sel], tag_len[sel]
+    mask[rows] = True
+    steps[rows] = np.where(has_step[sel], step[sel], 0)
+    walls[rows] = _u_at(raw, starts + 1, 8).view("<f8").ravel()
+    values[rows] = _u_at(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64)
+    pieces = []
+    for length in np.unique(tag_len).tolist():
+        same = np.flatnonzero(tag_len == length)
+        pieces.append((rows[same], _u_at(raw, p[same] + 6, length) if length else np.zeros((same.size, 0), np.uint8)))
+    return pieces
 
 
 def _u_at(raw: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     """(n, width) bytes at each of ``starts``, contiguous (ready for ``.view``)."""
-    return np.ascontiguousarray(raw[starts[:, None] + np.arange(width)])
+    return np.lib.stride_tricks.sliding_window_view(raw, width)[starts]
 
 
 def _short_varint(raw: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,67 +177,93 @@ def _short_varint(raw: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndar
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
-def tag_codes(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Codes (int64) and names (in order of first appearance) of the byte strings at ``starts`` of
-    ``lengths`` bytes in ``raw`` (which must hold 8 bytes past every string's end), all vectorised.
+def row_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group the equal rows of an (n, T) uint8 array: (code per row, index of the first row of each
+    code). Vectorised and exact.
 
-    Per distinct length, each string is read as 8-byte words (bytes past its end masked off) and hashed;
-    the distinct hashes are found from a sample and then checked for every string, and equal hashes are
-    then proved equal word by word, so a hash collision never merges two tags (such strings are coded
-    one by one instead). Names are decoded as UTF-8 with replacement, as protobuf's Python
-    `simple_value` path shows them."""
-    n = starts.size
-    codes = np.full(n, -1, dtype=np.int64)
-    names: list[str] = []
-    index: dict[bytes, int] = {}
-    keys = []  # (first row, code) per distinct string, to order codes by first appearance
-    buf = raw.data
-    for length in np.unique(lengths).tolist():
-        rows = np.flatnonzero(lengths == length)
-        at = starts[rows]
-        n_words = max(1, -(-length // 8))
-        words = [_u_at(raw, at + 8 * w, 8).view("<u8").ravel() for w in range(n_words)]
-        tail = length - 8 * (n_words - 1)
-        if tail < 8:
-            words[-1] = words[-1] & np.uint64((1 << (8 * tail)) - 1)
-        h = words[0].copy()
-        for w in words[1:]:
-            h = h * _HASH_MUL ^ w
-        distinct = np.unique(np.concatenate([h[:4096], h[:: max(1, h.size // 4096)]]))
-        while True:
-            slot = np.minimum(np.searchsorted(distinct, h), distinct.size - 1)
-            missing = distinct[slot] != h
-            if not missing.any():
-                break
-            distinct = np.union1d(distinct, h[missing])
-        if distinct.size <= 32:  # a few tags: one pass each finds its first record
-            first = np.array([int(np.argmax(slot == d)) for d in range(distinct.size)], dtype=np.int64)
-        else:
-            first = np.unique(slot, return_index=True)[1]
-        proven = np.ones(h.size, dtype=bool)
+    Only the columns that differ somewhere are looked at (ten tags `train/metric_0`..`_9` differ in
+    one byte), packed eight to a 64-bit word. One word is the key itself; several are hashed into one,
+    and rows with equal hashes are then proved equal word by word: a collision is split, never merged."""
+    n = rows.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    varying = np.flatnonzero(~(rows == rows[0]).all(axis=0)) if rows.shape[1] else np.zeros(0, dtype=np.int64)
+    if not varying.size:
+        return np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    words = []
+    for w in range(0, varying.size, 8):
+        word = np.zeros(n, dtype=np.uint64)
+        for j, c in enumerate(varying[w:w + 8].tolist()):
+            word |= rows[:, c].astype(np.uint64) << np.uint64(8 * j)
+        words.append(word)
+    key = words[0]
+    for w in words[1:]:
+        key = key * _HASH_MUL ^ w
+    distinct = np.unique(np.concatenate([key[:4096], key[:: max(1, n // 4096)]]))
+    while True:
+        slot = np.minimum(np.searchsorted(distinct, key), distinct.size - 1)
+        missing = distinct[slot] != key
+        if not missing.any():
+            break
+        distinct = np.union1d(distinct, key[missing])
+    if distinct.size <= 32:  # a few distinct rows: one pass each finds its first occurrence
+        first = np.array([int(np.argmax(slot == d)) for d in range(distinct.size)], dtype=np.int64)
+    else:
+        first = np.unique(slot, return_index=True)[1]
+    slot = slot.astype(np.int64)
+    if len(words) > 1:
+        proven = np.ones(n, dtype=bool)
         for w in words:
             proven &= w == w[first[slot]]
-        local = np.empty(distinct.size, dtype=np.int64)
-        for d, row in enumerate(first.tolist()):
-            key = bytes(buf[int(at[row]):int(at[row]) + length])
+        if not proven.all():  # a collision: those rows are grouped exactly, with codes of their own
+            extra = np.flatnonzero(~proven)
+            sub_codes, sub_first = _exact_codes(rows[extra])
+            slot[extra] = distinct.size + sub_codes
+            first = np.concatenate([first, extra[sub_first]])
+    return slot, first
+
+
+def _exact_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """row_codes for the few rows a hash collision left: one bytes key per row."""
+    index: dict[bytes, int] = {}
+    first: list[int] = []
+    codes = np.empty(rows.shape[0], dtype=np.int64)
+    for i, row in enumerate(rows):
+        key = row.tobytes()
+        if key not in index:
+            index[key] = len(first)
+            first.append(i)
+        codes[i] = index[key]
+    return codes, np.array(first, dtype=np.int64)
+
+
+def _piece_codes(pieces: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, list[str]]:
+    """Codes of every record (-1 where none) into names in order of first appearance, from the pieces'
+    tag bytes. Names are decoded as UTF-8 with replacement, as protobuf's Python `simple_value` path
+    shows them."""
+    codes = np.full(n, -1, dtype=np.int64)
+    index: dict[bytes, int] = {}
+    first_record: list[int] = []
+    for rows, tag_rows in pieces:
+        if not rows.size:
+            continue
+        local, first = row_codes(tag_rows)
+        mapping = np.empty(first.size, dtype=np.int64)
+        for d, r in enumerate(first.tolist()):
+            key = tag_rows[r].tobytes()
             if key not in index:
-                index[key] = len(names)
-                names.append(key.decode("utf-8", "replace"))
-                keys.append(int(rows[row]))
-            local[d] = index[key]
-        codes[rows] = local[slot]
-        for r in np.flatnonzero(~proven).tolist():  # a hash collision: this string is coded on its own
-            key = bytes(buf[int(at[r]):int(at[r]) + length])
-            if key not in index:
-                index[key] = len(names)
-                names.append(key.decode("utf-8", "replace"))
-                keys.append(int(rows[r]))
-            codes[rows[r]] = index[key]
+                index[key] = len(first_record)
+                first_record.append(int(rows[r]))
+            else:
+                first_record[index[key]] = min(first_record[index[key]], int(rows[r]))
+            mapping[d] = index[key]
+        codes[rows] = mapping[local]
+    names = [key.decode("utf-8", "replace") for key in index]
     if len(names) > 1:  # codes in order of first appearance
+        order = np.argsort(np.array(first_record, dtype=np.int64), kind="stable")
         rank = np.empty(len(names), dtype=np.int64)
-        order = np.argsort(np.array(keys, dtype=np.int64), kind="stable")
         rank[order] = np.arange(len(names))
-        codes = rank[codes]
+        codes = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
         names = [names[i] for i in order.tolist()]
     return codes, names
 
