@@ -52,8 +52,9 @@ class SimpleScalars:
             if run is None:
                 continue
             ok, run_steps, run_walls, run_values, tag_rows = run
-            rows = i0 + np.flatnonzero(ok)
-            mask[rows], steps[rows], walls[rows], values[rows] = True, run_steps, run_walls, run_values
+            rows = np.arange(i0, i1) if run_steps.size == i1 - i0 else i0 + np.flatnonzero(ok)
+            at = slice(i0, i1) if run_steps.size == i1 - i0 else rows
+            mask[at], steps[at], walls[at], values[at] = True, run_steps, run_walls, run_values
             rest[i0:i1] = ~ok  # the others are left to the record-by-record checks below
             pieces.append((rows, tag_rows))
         idx = np.flatnonzero(rest)
@@ -67,6 +68,7 @@ class SimpleScalars:
 
 _PAD = 512  # bytes of zeros after a buffer: a record's fixed-layout offsets (tag <= 255) never leave it
 _MIN_RUN = 64  # equal records back to back before they are decoded as a block
+_BLOCK = 1 << 14  # records per cache-sized block (16k records of 50 bytes: under a megabyte)
 
 
 def _segments(starts: np.ndarray, lengths: np.ndarray) -> list[tuple[int, int]]:
@@ -109,18 +111,26 @@ def _decode_run(raw: np.ndarray, first: int, count: int, length: int):
     view = np.lib.stride_tricks.as_strided(raw[first:], shape=(count, length), strides=(length + 16, 1),
                                            writeable=False)
     ok = np.ones(count, dtype=bool)
-    for c, b in expected.items():
-        ok &= view[:, c] == b
     step = np.zeros(count, dtype=np.uint64)
-    for k in range(step_len):  # every byte but the last has its continuation bit set
-        byte = view[:, 10 + k]
-        ok &= (byte >= 0x80) if k < step_len - 1 else (byte < 0x80)
-        step |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
-    good = slice(None) if ok.all() else np.flatnonzero(ok)
+    walls, values = np.empty(count), np.empty(count)
+    tags = np.empty((count, tag_len), dtype=np.uint8)
     at = p + 7 + tag_len
-    return (ok, step.view(np.int64)[good], np.ascontiguousarray(view[good, 1:9]).view("<f8").ravel(),
-            np.ascontiguousarray(view[good, at:at + 4]).view("<f4").ravel().astype(np.float64),
-            view[good, p + 6:p + 6 + tag_len])
+    for a in range(0, count, _BLOCK):  # a block of records stays in cache for all its columns
+        v = view[a:a + _BLOCK]
+        good, stp = ok[a:a + _BLOCK], step[a:a + _BLOCK]
+        for c, b in expected.items():
+            good &= v[:, c] == b
+        for k in range(step_len):  # every byte but the last has its continuation bit set
+            byte = v[:, 10 + k]
+            good &= (byte >= 0x80) if k < step_len - 1 else (byte < 0x80)
+            stp |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+        walls[a:a + _BLOCK] = np.ascontiguousarray(v[:, 1:9]).view("<f8").ravel()
+        values[a:a + _BLOCK] = np.ascontiguousarray(v[:, at:at + 4]).view("<f4").ravel()
+        tags[a:a + _BLOCK] = v[:, p + 6:p + 6 + tag_len]
+    if ok.all():
+        return ok, step.view(np.int64), walls, values, tags
+    good = np.flatnonzero(ok)
+    return ok, step.view(np.int64)[good], walls[good], values[good], tags[good]
 
 
 def _decode_scattered(raw: np.ndarray, idx: np.ndarray, starts: np.ndarray, lengths: np.ndarray, mask: np.ndarray,
@@ -190,6 +200,15 @@ def row_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     varying = np.flatnonzero(~(rows == rows[0]).all(axis=0)) if rows.shape[1] else np.zeros(0, dtype=np.int64)
     if not varying.size:
         return np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    if varying.size <= 2:  # the key fits 16 bits: a lookup table instead of a sorted search
+        key = rows[:, varying[0]].astype(np.int64)
+        if varying.size == 2:
+            key |= rows[:, varying[1]].astype(np.int64) << 8
+        present = np.flatnonzero(np.bincount(key, minlength=1 << 16))
+        table = np.zeros(1 << 16, dtype=np.int64)
+        table[present] = np.arange(present.size)
+        slot = table[key]
+        return slot, _first_rows(slot, present.size)
     words = []
     for w in range(0, varying.size, 8):
         word = np.zeros(n, dtype=np.uint64)
@@ -206,11 +225,8 @@ def row_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not missing.any():
             break
         distinct = np.union1d(distinct, key[missing])
-    if distinct.size <= 32:  # a few distinct rows: one pass each finds its first occurrence
-        first = np.array([int(np.argmax(slot == d)) for d in range(distinct.size)], dtype=np.int64)
-    else:
-        first = np.unique(slot, return_index=True)[1]
     slot = slot.astype(np.int64)
+    first = _first_rows(slot, distinct.size)
     if len(words) > 1:
         proven = np.ones(n, dtype=bool)
         for w in words:
@@ -221,6 +237,13 @@ def row_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             slot[extra] = distinct.size + sub_codes
             first = np.concatenate([first, extra[sub_first]])
     return slot, first
+
+
+def _first_rows(slot: np.ndarray, k: int) -> np.ndarray:
+    """The index of the first row of each of the `k` codes in `slot` (every code occurs)."""
+    if k <= 32:  # a few codes: one pass each
+        return np.array([int(np.argmax(slot == d)) for d in range(k)], dtype=np.int64)
+    return np.unique(slot, return_index=True)[1]
 
 
 def _exact_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

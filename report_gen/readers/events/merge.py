@@ -92,13 +92,18 @@ def apply_step_policy(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int 
     keep = np.ones(n, dtype=bool)
     restarts = []
     if n > 1:
-        prev_max = np.maximum.accumulate(steps)[:-1]
-        new_session = (sessions[1:] != sessions[:-1]) & ~np.isin(sessions[1:], list(appended))
-        starts = np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1
-        if starts.size:
-            keep, restarts = _apply_restarts(steps, starts)
+        new_session = sessions[1:] != sessions[:-1]
+        if new_session.any():  # one writing session (the usual case) never restarts
+            if appended:
+                new_session &= ~np.isin(sessions[1:], list(appended))
+            prev_max = np.maximum.accumulate(steps)[:-1]
+            starts = np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1
+            if starts.size:
+                keep, restarts = _apply_restarts(steps, starts)
     kept = np.flatnonzero(keep)
-    kept = kept[np.argsort(steps[kept], kind="stable")]
+    in_order = steps[kept]
+    if in_order.size > 1 and np.any(in_order[1:] < in_order[:-1]):  # usually logged in step order already
+        kept = kept[np.argsort(in_order, kind="stable")]
     if max_per_tag is not None and kept.size > max_per_tag:
         kept = kept[np.unique(np.linspace(0, kept.size - 1, max_per_tag).round().astype(np.int64))]
     return kept, restarts
@@ -175,9 +180,10 @@ def appended_evaluations(sub: str, group: list[FileContent]) -> frozenset[int]:
             if not ids.size:
                 continue
             is_eval = np.array([evaluation.setdefault(t, is_evaluation_series(t, sub)) for t in names], dtype=bool)
-            blocked.update(np.unique(ids[~is_eval[codes]]).tolist())
+            if not is_eval.all():
+                blocked.update(_distinct(ids[~is_eval[codes]]))
             steps = np.asarray(cols[1], dtype=np.int64)
-            for sid in np.unique(ids).tolist():  # sessions of one part: one or a few
+            for sid in _distinct(ids):  # sessions of one part: one or a few
                 mine = steps if ids[0] == ids[-1] == sid else steps[ids == sid]
                 lo, hi = int(mine.min()), int(mine.max())
                 old = spans.get(sid)
@@ -191,6 +197,14 @@ def appended_evaluations(sub: str, group: list[FileContent]) -> frozenset[int]:
                 if batch.seqs.size:
                     blocked.update(session(np.asarray(batch.seqs, dtype=np.int64)).tolist())
     return frozenset(sid for sid, (lo, hi) in spans.items() if sid > 0 and lo == hi and sid not in blocked)
+
+
+def _distinct(ids: np.ndarray) -> list[int]:
+    """The distinct values of `ids`; one pass when they are in order (a part's session ids are: its
+    records are in file order), a sort otherwise."""
+    if ids.size and np.all(ids[1:] >= ids[:-1]):
+        return ids[np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1])].tolist()
+    return np.unique(ids).tolist()
 
 
 def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
