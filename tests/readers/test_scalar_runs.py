@@ -17,7 +17,7 @@ from builders.event_builders import (frame, make_scalar_event, make_tensor_scala
                                      write_bytes, write_records)
 from report_gen.readers.events import read_events
 from report_gen.readers.events.bulk import _HASH_MUL, row_codes
-from report_gen.readers.tfrecord import _STRIDED_CHUNK, strided_crc32c
+from report_gen.readers.tfrecord import _STRIDED_CHUNK, rows_crc32c
 from report_gen.readers.types import RunLog, ScalarSeries, ScalarTable
 
 T0 = 1.7e9
@@ -47,20 +47,22 @@ def test_strided_crc_equals_the_c_implementation(length):
     data = rng.integers(0, 256, count * stride + 8, dtype=np.uint8)
     data[: count * stride].reshape(count, stride)[:, : length // 2] = 7  # constant columns, as in real runs
     raw = np.frombuffer(data.tobytes(), dtype=np.uint8)
-    got = strided_crc32c(raw, 3, count - 1, length, stride)
+    got = rows_crc32c(raw, 3 + stride * np.arange(count - 1), length)
     want = [crc32c.crc32c(raw[3 + i * stride:3 + i * stride + length].tobytes()) for i in range(count - 1)]
     assert got.tolist() == want
 
 
-def test_long_runs_across_varint_widths_and_tag_lengths_read_as_protobuf_reads_them(tmp_path):
-    """20,000 steps of three equal-length tags (runs of equal records; the step varint grows from one
-    to three bytes inside the file), a tag of another length every 500 steps, TF2 tensor scalars and a
-    non-ASCII tag: every value as protobuf reads it, in every run and every chunk size."""
+@pytest.mark.parametrize("tags", [("train/m0", "train/m1", "train/m2"), ("loss", "train/accuracy", "lr")])
+def test_long_runs_across_varint_widths_and_tag_lengths_read_as_protobuf_reads_them(tmp_path, tags):
+    """20,000 steps of three tags (of one length: runs of equal records; of three lengths: a cycle of
+    three), the step varint growing from one to three bytes inside the file, a tag of another length
+    every 500 steps breaking the runs, TF2 tensor scalars and a non-ASCII tag: every value as protobuf
+    reads it."""
     rng = np.random.default_rng(0)
     records = [make_version_event()]
     for step in range(20_000):
-        for k in range(3):
-            records.append(make_scalar_event(f"train/m{k}", step, float(rng.standard_normal()), T0 + step + k / 8))
+        for k, tag in enumerate(tags):
+            records.append(make_scalar_event(tag, step, float(rng.standard_normal()), T0 + step + k / 8))
         if step % 500 == 0:
             records.append(make_scalar_event("val/accuracy", step, 0.5, T0 + step))
             records.append(make_tensor_scalar_event("lr", step, 1e-3, wall_time=T0 + step))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from report_gen.readers.tfrecord import gather_rows
+from report_gen.readers.tfrecord import gather_rows, length_groups
 
 
 @dataclass
@@ -47,19 +47,20 @@ class SimpleScalars:
         steps, walls, values = np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n)
         pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (record indices, their tag bytes (k, T))
         rest = np.ones(n, dtype=bool)
-        for i0, i1 in _segments(starts, lengths):
-            run = _decode_run(raw, int(starts[i0]), i1 - i0, int(lengths[i0]))
-            if run is None:
+        for length, idx in length_groups(lengths):
+            if idx.size < _MIN_GROUP or not 21 <= length < _PAD:
                 continue
-            ok, run_steps, run_walls, run_values, tag_rows = run
-            rows = np.arange(i0, i1) if run_steps.size == i1 - i0 else i0 + np.flatnonzero(ok)
-            at = slice(i0, i1) if run_steps.size == i1 - i0 else rows
-            mask[at], steps[at], walls[at], values[at] = True, run_steps, run_walls, run_values
-            rest[i0:i1] = ~ok  # the others are left to the record-by-record checks below
+            group = _decode_group(raw, starts[idx], length)
+            if group is None:
+                continue
+            ok, g_steps, g_walls, g_values, tag_rows = group
+            rows = idx if g_steps.size == idx.size else idx[ok]
+            mask[rows], steps[rows], walls[rows], values[rows] = True, g_steps, g_walls, g_values
+            rest[rows] = False  # the others are left to the record-by-record checks below
             pieces.append((rows, tag_rows))
-        idx = np.flatnonzero(rest)
-        if idx.size:
-            pieces += _decode_scattered(raw, idx, starts[idx], lengths[idx], mask, steps, walls, values)
+        left = np.flatnonzero(rest)
+        if left.size:
+            pieces += _decode_scattered(raw, left, starts[left], lengths[left], mask, steps, walls, values)
         codes, names = _piece_codes(pieces, n)
         sel = np.flatnonzero(mask)
         return cls(mask=mask, codes=codes[sel], names=names, steps=steps[sel], wall_times=walls[sel],
@@ -67,28 +68,17 @@ class SimpleScalars:
 
 
 _PAD = 512  # bytes of zeros after a buffer: a record's fixed-layout offsets (tag <= 255) never leave it
-_MIN_RUN = 64  # equal records back to back before they are decoded as a block
+_MIN_GROUP = 64  # records of one length before they are decoded as a group
 _BLOCK = 1 << 14  # records per cache-sized block (16k records of 50 bytes: under a megabyte)
 
 
-def _segments(starts: np.ndarray, lengths: np.ndarray) -> list[tuple[int, int]]:
-    """[i0, i1) ranges of at least `_MIN_RUN` records of one length lying back to back in the buffer
-    (the framing's equal-length runs): each is decoded as one strided block."""
-    if starts.size < _MIN_RUN:
-        return []
-    joined = (lengths[1:] == lengths[:-1]) & (starts[1:] - starts[:-1] == lengths[:-1] + 16)
-    bounds = np.concatenate([[0], np.flatnonzero(~joined) + 1, [starts.size]])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()) if b - a >= _MIN_RUN]
-
-
-def _decode_run(raw: np.ndarray, first: int, count: int, length: int):
-    """Decode `count` records of `length` bytes at ``first + i * (length + 16)`` laid out as the first
-    one is (a step varint of one width, one tag length): the layout is read once from the first record,
-    then every structural byte is checked column by column on a strided view (no gathers).
+def _decode_group(raw: np.ndarray, starts: np.ndarray, length: int):
+    """Decode the records of `length` bytes at `starts`, all laid out as the first one is (a step
+    varint of one width, one tag length): the layout is read once from the first record, then every
+    structural byte is checked column by column, a cache-sized block of records at a time.
     Returns (ok, steps, wall_times, values, tag bytes) with the last four for the ok records only, or
     None when the first record is not of the simple-scalar shape."""
-    if not 21 <= length < _PAD:
-        return None
+    first = int(starts[0])
     rec = raw[first:first + length].tobytes()
     if rec[9] == 0x10:
         step_len = next((k + 1 for k in range(min(10, length - 10)) if rec[10 + k] < 0x80), 0)
@@ -108,15 +98,15 @@ def _decode_run(raw: np.ndarray, first: int, count: int, length: int):
     expected[p + 6 + tag_len] = 0x15
     if any(rec[c] != b for c, b in expected.items()):
         return None
-    view = np.lib.stride_tricks.as_strided(raw[first:], shape=(count, length), strides=(length + 16, 1),
-                                           writeable=False)
+    count = starts.size
+    windows = np.lib.stride_tricks.sliding_window_view(raw, length)
     ok = np.ones(count, dtype=bool)
     step = np.zeros(count, dtype=np.uint64)
     walls, values = np.empty(count), np.empty(count)
     tags = np.empty((count, tag_len), dtype=np.uint8)
     at = p + 7 + tag_len
     for a in range(0, count, _BLOCK):  # a block of records stays in cache for all its columns
-        v = view[a:a + _BLOCK]
+        v = windows[starts[a:a + _BLOCK]]
         good, stp = ok[a:a + _BLOCK], step[a:a + _BLOCK]
         for c, b in expected.items():
             good &= v[:, c] == b
