@@ -68,7 +68,7 @@ def _summary(run: RunFacts) -> dict[str, Any]:
             "parameters": n_params, "parameter_count": count, "signals": [s.value for s in sorted(run.available - {Signal.INPUT_PROBLEMS})],
             "hparams": {str(k): (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
                         for k, v in run.signals.hparams.items()},
-            "event_tags": int(run.events.scalars["tag"].nunique()) if not run.events.scalars.empty else 0}
+            "event_tags": run.events.table.tag_count()}
 
 
 def _curves(run: RunFacts, findings) -> dict[str, Any]:

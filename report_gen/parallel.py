@@ -16,11 +16,8 @@
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -92,7 +89,10 @@ def _call(func: Callable[[Any], Any], item: Any) -> Any:
         return Crashed(f"{type(exc).__name__}: {exc}")
 
 
-def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
+def _pool(workers: int, threads: int):
+    import multiprocessing  # imported when a pool is made: one run never needs them
+    from concurrent.futures import ProcessPoolExecutor
+
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=_init, initargs=(threads,))
 
@@ -100,6 +100,8 @@ def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
 def run_tasks(func: Callable[[Any], Any], items: Sequence[Any], jobs: int, threads: int = 1) -> list[Any]:
     """func(item) for every item in a pool of `jobs` forked workers; results in item order, a task whose
     worker died (twice) or that raised is a `Crashed`. `func` must be a module-level function."""
+    from concurrent.futures.process import BrokenProcessPool
+
     results: list[Any] = [None] * len(items)
     pending: list[int] = []
     with _pool(min(jobs, len(items)), threads) as pool:

@@ -333,9 +333,9 @@ class RunFacts:
     @cached_property
     def step_range(self) -> tuple[int | None, int | None]:
         steps: list[int] = []
-        df = self.events.scalars
-        if df is not None and not df.empty:
-            steps += [int(df["step"].min()), int(df["step"].max())]
+        scalar_steps = self.events.table.step_range()
+        if scalar_steps is not None:
+            steps += list(scalar_steps)
         for h in self.events.histograms.values():
             if len(h):
                 steps += [int(h.steps.min()), int(h.steps.max())]
@@ -344,9 +344,9 @@ class RunFacts:
 
     @cached_property
     def wall_time(self) -> float | None:
-        df = self.events.scalars
-        if df is None or df.empty:
+        series = [s.wall_times for s in self.events.table.series if len(s)]
+        if not series:
             return None
-        wt = df["wall_time"].to_numpy(dtype=float)
+        wt = np.concatenate(series)
         wt = wt[np.isfinite(wt) & (wt > 0)]
         return float(wt.max() - wt.min()) if wt.size else None

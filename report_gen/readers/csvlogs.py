@@ -170,7 +170,7 @@ def _read_csv_logs(files: Sequence[tuple[str, str]], x_column: str, side_file: s
         read.append(path)
         series = SeriesBuilder(sub)
         read_table(path, text, x_column, series, problems, time_column=time_column)
-        frames.append(series.frame(restarts))
+        frames.append(series.scalar_series(restarts))
         side = os.path.join(os.path.dirname(path), side_file)
         if os.path.isfile(side):
             doc = load_yaml(side, problems, root=root)

@@ -165,7 +165,7 @@ def read_trainer_states(files: Sequence[tuple[str, str]]) -> Any:
             flatten_hparams(state["trial_params"], "trial_params", hparams)
         hparams.update({k: v for k, v in summary.items() if k not in hparams})
         hparams.update(_training_args(newest, sub, problems))
-    return run_log([series.frame()], problems, [p for _, p, *_ in sorted(states, key=lambda s: (s[0], s[1]))], hparams)
+    return run_log([series.scalar_series()], problems, [p for _, p, *_ in sorted(states, key=lambda s: (s[0], s[1]))], hparams)
 
 
 def _training_args(state_path: str, sub: str, problems: list[Problem]) -> dict[str, Any]:

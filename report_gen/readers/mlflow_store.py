@@ -165,7 +165,7 @@ def read_file_store(files: Sequence[tuple[str, str]]) -> RunLog:
         series = SeriesBuilder(sub)
         for key, metric in _key_files(os.path.join(folder, "metrics"), root, problems):
             _metric_file(key, metric, root, series, problems)
-        frames.append(series.frame())
+        frames.append(series.scalar_series())
         for key, param in _key_files(os.path.join(folder, "params"), root, problems):
             text = read_text(param, problems, root=root, cap=MAX_VALUE_BYTES, what="MLflow param")
             if text is not None:
@@ -258,7 +258,7 @@ def read_sqlite(files: Sequence[tuple[str, str]], member: str | None = None) -> 
                 for run_uuid in runs:
                     series = SeriesBuilder(sub)
                     _sqlite_run(con, path, run_uuid, series, hparams, problems)
-                    frames.append(series.frame())
+                    frames.append(series.scalar_series())
             finally:
                 con.close()
         except sqlite3.Error as e:

@@ -43,12 +43,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers import csvlogs, events, hf_trainer, mlflow_store, wandb_run
 from report_gen.readers.signals import phase_of
-from report_gen.readers.types import DroppedSeries, RunLog, scalar_key, series_in_order
+from report_gen.readers.types import DroppedSeries, RunLog, ScalarTable, scalar_key
 from report_gen.safe_open import is_regular_file, regular_file_problem
 
 log = logging.getLogger("report_gen")
@@ -177,25 +176,19 @@ def merge_logs(logs: Sequence[RunLog]) -> RunLog:
     merged.source = logs[0].source
     winner = _scalar_winners(logs)
     best_family = _family_winners(logs)
-    frames = []
+    kept_series = []
     for i, current in enumerate(logs):
-        pairs = list(zip(current.scalars["run"], current.scalars["tag"]))
-        keep = np.array([winner[_identity(run, tag)][0] == i for run, tag in pairs], dtype=bool)
-        lost: dict[tuple[str, str], int] = {}
-        for (run, tag), k in zip(pairs, keep):
-            if not k:
-                lost[(run, tag)] = lost.get((run, tag), 0) + 1
         duplicates = []
-        for (run, tag), n in sorted(lost.items()):
-            key = scalar_key(run, tag)
+        for one in current.table.series:
+            key = scalar_key(one.run, one.tag)
+            w, (w_run, w_tag) = winner[_identity(one.run, one.tag)]
+            if w == i:
+                kept_series.append(one)
+                merged.sources[("scalar", key)] = current.source_of("scalar", key)
+                continue
             duplicates.append(key)
-            w, (w_run, w_tag) = winner[_identity(run, tag)]
-            merged.dropped.append(DroppedSeries("scalar", key, current.source_of("scalar", key), n,
+            merged.dropped.append(DroppedSeries("scalar", key, current.source_of("scalar", key), len(one),
                                                 _same_as(scalar_key(w_run, w_tag), logs[w].source)))
-        frames.append(current.scalars[keep])
-        for run, tag in dict.fromkeys(p for p, k in zip(pairs, keep) if k):
-            key = scalar_key(run, tag)
-            merged.sources[("scalar", key)] = current.source_of("scalar", key)
         for attr, kind in (("histograms", "histogram"), ("images", "image"), ("texts", "text")):
             into = getattr(merged, attr)
             for key, value in getattr(current, attr).items():
@@ -218,7 +211,7 @@ def merge_logs(logs: Sequence[RunLog]) -> RunLog:
                 message=f"{len(duplicates)} series already read from another log of this run ({shown}); "
                         "this log's copy was left out"))
         merged.files.extend(current.files)
-    merged.scalars = series_in_order(pd.concat(frames, ignore_index=True))
+    merged.table = ScalarTable(kept_series)
     for current in logs:  # a histogram's shape, whichever log's copy of it was kept
         for key, shape in current.weight_shapes.items():
             if key in merged.histograms:
@@ -240,9 +233,9 @@ def _scalar_winners(logs: Sequence[RunLog]) -> dict[tuple[str, str], tuple[int, 
     series (two `runs/<date>/` folders of one Trainer are two event-file series)."""
     best: dict[tuple[str, str], tuple[int, int, tuple[str, str]]] = {}
     for i, current in enumerate(logs):
-        counts = current.scalars.groupby(["run", "tag"], sort=True).size()
-        for (run, tag), n in counts.items():
-            ident = _identity(str(run), str(tag))
+        for one in current.table.series:
+            run, tag, n = one.run, one.tag, len(one)
+            ident = _identity(run, tag)
             held = best.get(ident)
             if held is None or int(n) > held[1] or (int(n) == held[1] and held[0] != i and held[2][0] and not run):
                 best[ident] = (i, int(n), (str(run), str(tag)))

@@ -61,7 +61,7 @@ def read_run(spec: RunSpec, *, trust_pickles: bool = False,
         ckpts, found = read_checkpoints(spec.checkpoints, trust_pickles=trust_pickles, progress=opening,
                                         optimizer=tensors, isolate=isolate)
         problems.extend(found)
-    if not ckpts and log.scalars.empty and not log.histograms and (spec.event_files or spec.checkpoints):
+    if not ckpts and log.table.empty and not log.histograms and (spec.event_files or spec.checkpoints):
         if not spec.checkpoints and all(p.kind in _UNUSED_LOG for p in problems):
             # log files that were opened and never written (or hold a graph only): info, the run is `unknown`
             problems.append(Problem(file=spec.path, kind=ProblemKind.NOTHING_READABLE, severity="info",

@@ -270,13 +270,11 @@ class _Entry:
 
 
 def _series_groups(data: RunLog):
-    df = data.scalars
-    if df is None or df.empty:
-        return
-    for (sub, tag), g in df.groupby(["run", "tag"], sort=False):
-        key = scalar_key(str(sub), str(tag))
-        yield str(sub), str(tag), Series(key, g["step"].to_numpy(np.int64), g["value"].to_numpy(np.float64),
-                                         g["wall_time"].to_numpy(np.float64)), data.source_of("scalar", key)
+    for one in data.table.series:
+        if not len(one):
+            continue
+        key = scalar_key(one.run, one.tag)
+        yield one.run, one.tag, Series(key, one.steps, one.values, one.wall_times), data.source_of("scalar", key)
 
 
 def _match_prefix(tag: str, prefixes: tuple[str, ...]) -> str | None:

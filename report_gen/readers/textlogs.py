@@ -35,11 +35,10 @@ import os
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from report_gen.core import Problem, ProblemKind, clamp_int64
 from report_gen.readers.events.merge import Restarts, apply_step_policy
-from report_gen.readers.types import RunLog, series_in_order
+from report_gen.readers.types import RunLog, ScalarSeries, ScalarTable
 from report_gen.safe_open import open_regular
 
 MAX_LOG_BYTES = 64 * 1024 * 1024  # one trainer_state.json / metrics.csv / results.csv / MLflow metric file
@@ -241,7 +240,7 @@ class SeriesBuilder:
     def __len__(self) -> int:
         return sum(len(c[0]) for c in self.values.values())
 
-    def frame(self, restarts: Restarts | None = None) -> pd.DataFrame | None:
+    def scalar_series(self, restarts: Restarts | None = None) -> list[ScalarSeries]:
         """The values kept by the step policy, ordered by step per tag; restarts recorded in `restarts`."""
         parts = []
         for tag, (steps, values, walls, sessions, files) in self.values.items():
@@ -250,19 +249,16 @@ class SeriesBuilder:
             if restarts is not None:
                 for i, dropped in found:
                     restarts.add(files[i], tag, int(st[i]), dropped)
-            parts.append(pd.DataFrame({"run": self.sub, "tag": tag, "step": st[kept],
-                                       "wall_time": np.asarray(walls, dtype=np.float64)[kept],
-                                       "value": np.asarray(values, dtype=np.float64)[kept]}))
-        return pd.concat(parts, ignore_index=True) if parts else None
+            parts.append(ScalarSeries(self.sub, tag, st[kept], np.asarray(walls, dtype=np.float64)[kept],
+                                      np.asarray(values, dtype=np.float64)[kept]))
+        return parts
 
 
-def run_log(frames: list[pd.DataFrame | None], problems: list[Problem], files: list[str],
+def run_log(parts: list[list[ScalarSeries] | None], problems: list[Problem], files: list[str],
             hparams: dict[str, Any] | None = None) -> RunLog:
-    """One RunLog from a text reader's scalar frames (rows in RunLog order), problems, files and hparams."""
+    """One RunLog from a text reader's scalar series (one list per reader part), problems, files and hparams."""
     log = RunLog.empty()
-    present = [f for f in frames if f is not None and not f.empty]
-    if present:
-        log.scalars = series_in_order(pd.concat(present, ignore_index=True))
+    log.table = ScalarTable(one for part in parts if part for one in part)
     log.problems.extend(problems)
     log.files.extend(files)
     log.hparams.update(hparams or {})

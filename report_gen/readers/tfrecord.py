@@ -43,6 +43,7 @@ second instead of a CRC per byte in Python.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterator
@@ -274,59 +275,79 @@ class _Scanner:
         """Frame every complete record in the buffer; True if stopped at an invalid header.
 
         The hot loop only walks lengths: header CRCs are cached per length value (records of one
-        size share the header), data CRCs are computed here and compared in bulk with numpy. After a
-        few records of one length, the headers where the next records of that same length would sit
-        are checked in bulk with numpy (a run of equal records, as a scalar logger writes them, is
-        framed in one step); the first header that differs ends the run and the loop goes on from it.
+        size share the header). A logger writes the same few tags over and over, so record lengths
+        repeat with a short period (one length for one tag, or the cycle `loss, accuracy, lr` of a
+        training step). Every few records the loop looks for such a period in the lengths just framed
+        and checks, in bulk with numpy, the headers where the next cycles' records would sit; the
+        cycles that match are framed in one step. When a run is broken by another record (an
+        evaluation every hundred steps), the same cycle is tried again right after it. Data CRCs are
+        computed afterwards for the whole batch, per record length, with numpy (`rows_crc32c`).
         """
         buf, pos, n = self.buf, self.pos, len(self.buf)
-        check = self.reader.check_crc
-        crc, unpack, known = _crc32c.crc32c, _HEADER.unpack_from, self.known_headers
-        starts: list[int] = []
-        crcs: list[int] = []
+        unpack, known = _HEADER.unpack_from, self.known_headers
+        singles: list[int] = []  # starts of records framed one by one since the last run
+        single_lengths: list[int] = []
+        parts: list[tuple[np.ndarray, np.ndarray]] = []  # (starts, lengths) in file order
         bad_header = False
         raw = np.frombuffer(buf, dtype=np.uint8)
-        same, last_length, cooldown = 0, -1, 0
+        history: list[int] = []  # lengths of the records framed one by one lately
+        cooldown = _RUN_MIN
+        retry: list[int] | None = None  # the cycle of the run just broken
         while pos + _HEADER_SIZE <= n:
             length, length_crc = unpack(buf, pos)
             if known.get(length) != length_crc:
-                if _mask(crc(buf[pos:pos + 8])) != length_crc:
+                if _mask(_crc32c.crc32c(buf[pos:pos + 8])) != length_crc:
                     bad_header = True
                     break
                 known[length] = length_crc
-            start = pos + _HEADER_SIZE
-            end = start + length
+            end = pos + _HEADER_SIZE + length
             if end + _FOOTER_SIZE > n or length > MAX_RECORD_BYTES:
                 break  # needs more bytes, does not fit, or is too long: run() decides
-            starts.append(start)
-            if check:
-                crcs.append(crc(buf[start:end]))
+            singles.append(pos + _HEADER_SIZE)
+            single_lengths.append(length)
             pos = end + _FOOTER_SIZE
-            same = same + 1 if length == last_length else 0
-            last_length = length
-            if cooldown:
-                cooldown -= 1
-            elif same >= _RUN_MIN:
-                jumped = _equal_run(raw, pos, length, length_crc, n)
-                if jumped < _RUN_MIN:
-                    cooldown = 64  # lengths alternate here: do not probe on every record
+            history.append(length)
+            cycle = None
+            if retry is not None and pos + _HEADER_SIZE <= n:
+                upcoming = unpack(buf, pos)[0]
+                if upcoming in retry:  # the cycle goes on after the record that broke it
+                    k = retry.index(upcoming)
+                    cycle = retry[k:] + retry[:k]
+                retry = None
+            if cycle is None:
+                if cooldown:
+                    cooldown -= 1
                     continue
-                run_starts = range(pos + _HEADER_SIZE, pos + jumped * (length + _FRAME_SIZE), length + _FRAME_SIZE)
-                starts.extend(run_starts)
-                if check:
-                    crcs.extend([crc(buf[s:s + length]) for s in run_starts])
-                pos += jumped * (length + _FRAME_SIZE)
+                cycle = _period(history)
+            cycles = _periodic_run(raw, pos, cycle, known, n) if cycle else 0
+            if cycles < _RUN_MIN_CYCLES:
+                cooldown = _RUN_MIN  # no period here: look again a few records on
+                del history[:-2 * _MAX_PERIOD]
+                continue
+            if singles:
+                parts.append((np.array(singles, dtype=np.int64), np.array(single_lengths, dtype=np.int64)))
+                singles, single_lengths = [], []
+            parts.append(_periodic(pos, cycle, cycles))
+            pos += cycles * (sum(cycle) + _FRAME_SIZE * len(cycle))
+            history, cooldown, retry = [], _RUN_MIN, cycle
+        if singles:
+            parts.append((np.array(singles, dtype=np.int64), np.array(single_lengths, dtype=np.int64)))
         self.pos = pos
-        return self._batch(starts, crcs if check else None), bad_header
+        return self._batch(parts), bad_header
 
-    def _batch(self, starts: list[int], crcs: list[int] | None) -> RecordBatch:
+    def _batch(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> RecordBatch:
         """Build the batch, dropping (and counting) records whose data CRC does not match."""
-        raw = np.frombuffer(self.buf, dtype=np.uint8)
-        start_arr = np.array(starts, dtype=np.int64)
-        lengths = gather_rows(raw, start_arr - _HEADER_SIZE, 8).view("<u8").ravel().astype(np.int64)
-        if crcs is not None and starts:
-            stored = gather_rows(raw, start_arr + lengths, 4).view("<u4").ravel()
-            bad = _mask(np.array(crcs, dtype=np.uint64)).astype(np.uint32) != stored
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return RecordBatch(self.buf, empty, empty, self.base)
+        start_arr = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        lengths = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        if self.reader.check_crc and start_arr.size:
+            raw = np.frombuffer(self.buf, dtype=np.uint8)
+            crcs = np.empty(start_arr.size, dtype=np.uint32)
+            for length, idx in length_groups(lengths):
+                crcs[idx] = rows_crc32c(raw, start_arr[idx], length)
+            bad = _mask(crcs.astype(np.uint64)).astype(np.uint32) != gather_rows(raw, start_arr + lengths, 4).view("<u4").ravel()
             if bad.any():
                 for offset in (start_arr[bad] - _HEADER_SIZE).tolist():
                     self.reader._note_bad_data(self.base + offset)
@@ -422,22 +443,132 @@ class _Scanner:
                           severity="info", offset=self.size, count=now - self.size)
 
 
-_RUN_MIN = 8  # records of one length before a bulk look-ahead
-_RUN_WINDOW = 8192  # records looked at per look-ahead
+_RUN_MIN = 8  # records framed one by one between two looks for a period
+_MAX_PERIOD = 16  # the longest cycle of lengths looked for (tags written per step)
+_RUN_MIN_CYCLES = 4  # cycles that must follow for a run to be framed in bulk
+_RUN_WINDOW = 1 << 16  # records looked at per look-ahead
 
 
-def _equal_run(raw: np.ndarray, pos: int, length: int, length_crc: int, n: int) -> int:
-    """How many complete records of exactly `length` (with the same, already verified, header) follow
-    back to back from `pos` in the buffer: their headers are read at the predicted offsets in bulk."""
-    step = length + _FRAME_SIZE
-    count = min((n - pos) // step, _RUN_WINDOW)
-    if count <= 0:
+def _period(history: list[int]) -> list[int] | None:
+    """The shortest cycle of lengths the last records repeat (seen twice in a row), or None."""
+    for period in range(1, min(_MAX_PERIOD, len(history) // 2) + 1):
+        if history[-period:] == history[-2 * period:-period]:
+            return history[-period:]
+    return None
+
+
+def _periodic_run(raw: np.ndarray, pos: int, cycle: list[int], known: dict[int, int], n: int) -> int:
+    """How many complete cycles of records with exactly the lengths of `cycle` (headers already
+    verified, in `known`) follow back to back from `pos` in the buffer: the cycles are viewed as rows
+    and every record's header bytes compared in bulk, in windows that double (a run broken every
+    hundred cycles costs about that much, not a whole window)."""
+    cycle_bytes = sum(cycle) + _FRAME_SIZE * len(cycle)
+    limit = min((n - pos) // cycle_bytes, _RUN_WINDOW // len(cycle))
+    if limit <= 0:
         return 0
-    at = pos + step * np.arange(count, dtype=np.int64)
-    headers = gather_rows(raw, at, _HEADER_SIZE)
-    good = (headers[:, :8].copy().view("<u8").ravel() == length) & (headers[:, 8:].copy().view("<u4").ravel()
-                                                                      == length_crc)
-    return count if good.all() else int(np.argmin(good))
+    columns, expected = _cycle_headers(tuple(cycle), tuple(known[length] for length in cycle))
+    rows = np.ndarray((limit, cycle_bytes), dtype=np.uint8, buffer=raw, offset=pos, strides=(cycle_bytes, 1))
+    done, window = 0, 64
+    while done < limit:
+        count = min(window, limit - done)
+        good = (rows[done:done + count, columns] == expected).all(axis=1)
+        if not good.all():
+            return done + int(np.argmin(good))
+        done, window = done + count, window * 2
+    return done
+
+
+@functools.lru_cache(maxsize=256)
+def _cycle_headers(cycle: tuple[int, ...], crcs: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of the header bytes within one cycle of records, and the bytes they must hold."""
+    columns, expected, offset = [], [], 0
+    for length, crc in zip(cycle, crcs):
+        columns.extend(range(offset, offset + _HEADER_SIZE))
+        expected.extend(_HEADER.pack(length, crc))
+        offset += length + _FRAME_SIZE
+    return np.asarray(columns, dtype=np.intp), np.asarray(expected, dtype=np.uint8)
+
+
+def _periodic(pos: int, cycle: list[int], cycles: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of `cycles` repetitions of `cycle` from buffer position `pos`, in file order."""
+    firsts, offset = [], pos + _HEADER_SIZE
+    for length in cycle:
+        firsts.append(offset)
+        offset += length + _FRAME_SIZE
+    cycle_bytes = offset - pos - _HEADER_SIZE
+    starts = np.arange(0, cycles * cycle_bytes, cycle_bytes, dtype=np.int64)[:, None] + np.array(firsts, dtype=np.int64)
+    return starts.ravel(), np.tile(np.array(cycle, dtype=np.int64), cycles)
+
+
+def length_groups(lengths: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(length, indices of the records of that length) for each distinct length, ascending."""
+    distinct = np.unique(lengths)
+    if distinct.size <= 16:
+        return [(int(v), np.flatnonzero(lengths == v)) for v in distinct.tolist()]
+    order = np.argsort(lengths, kind="stable")
+    bounds = np.searchsorted(lengths[order], distinct)
+    ends = np.append(bounds[1:], lengths.size)
+    return [(int(v), order[a:b]) for v, a, b in zip(distinct.tolist(), bounds.tolist(), ends.tolist())]
+
+
+def _crc_byte_table() -> np.ndarray:
+    """The 256-entry table of reflected CRC32C (polynomial 0x82F63B78): the register after one byte."""
+    reg = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        reg = np.where(reg & 1, (reg >> np.uint32(1)) ^ np.uint32(0x82F63B78), reg >> np.uint32(1)).astype(np.uint32)
+    return reg
+
+
+_CRC_BYTE_TABLE = _crc_byte_table()
+_STRIDED_MAX_LENGTH = 4096  # longer records: one C call each costs less than their tables
+_STRIDED_CHUNK = 1 << 14  # records per block (a block of 16k short records stays in cache)
+
+
+@functools.lru_cache(maxsize=64)
+def _position_tables(length: int) -> tuple[np.ndarray, int]:
+    """CRC32C of `length` bytes as ``base ^ T[0][b0] ^ ... ^ T[length-1][b_last]``.
+
+    The CRC is affine over GF(2) in its input bits, so each byte's contribution depends only on the
+    byte and its position: the byte's table entry advanced through the zero bytes that follow it
+    (one standard table step per byte). ``base`` is the CRC of `length` zero bytes."""
+    tables = np.empty((length, 256), dtype=np.uint32)
+    t = _CRC_BYTE_TABLE.copy()
+    tables[length - 1] = t
+    for k in range(length - 2, -1, -1):
+        t = (t >> np.uint32(8)) ^ _CRC_BYTE_TABLE[t & np.uint32(0xFF)]
+        tables[k] = t
+    tables.flags.writeable = False
+    return tables, _crc32c.crc32c(bytes(length))
+
+
+_VECTOR_MIN = 32  # fewer records of one length: one C call each is cheaper than the numpy steps
+
+
+def rows_crc32c(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """Unmasked CRC32C of the records of `length` bytes at `starts` in `raw`, with numpy.
+
+    Records of one length written by one logger are mostly equal bytes (field tags, the tag, high
+    bytes of the wall time): per block of records (copied out together, so the block stays in cache),
+    the columns that are equal in every record add one constant, and only the varying columns (about
+    11 of 38 bytes for `add_scalar`) are looked up per record. Exact (tests compare it with the C
+    implementation); long records, and a few records, go to the C call one by one."""
+    if length > _STRIDED_MAX_LENGTH or length == 0 or starts.size < _VECTOR_MIN:
+        data = memoryview(raw)
+        return np.array([_crc32c.crc32c(data[s:s + length]) for s in starts.tolist()], dtype=np.uint32)
+    tables, base = _position_tables(length)
+    windows = np.lib.stride_tricks.sliding_window_view(raw, length)
+    out = np.empty(starts.size, dtype=np.uint32)
+    for a in range(0, starts.size, _STRIDED_CHUNK):
+        block = windows[starts[a:a + _STRIDED_CHUNK]]
+        varying = ~(block == block[0]).all(axis=0)
+        const = np.uint32(base)
+        for k in np.flatnonzero(~varying).tolist():
+            const ^= tables[k][block[0, k]]
+        crcs = np.full(len(block), const, dtype=np.uint32)
+        for k in np.flatnonzero(varying).tolist():
+            crcs ^= tables[k][block[:, k]]
+        out[a:a + len(block)] = crcs
+    return out
 
 
 def _mask(crc):
@@ -446,5 +577,6 @@ def _mask(crc):
 
 
 def gather_rows(raw: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
-    """Rows of ``width`` bytes starting at each of ``starts`` (contiguous, ready for ``.view``)."""
-    return np.ascontiguousarray(raw[starts[:, None] + np.arange(width)])
+    """Rows of ``width`` bytes starting at each of ``starts`` (contiguous, ready for ``.view``): one row of
+    a sliding-window view per start, so no (n, width) index array is built."""
+    return np.lib.stride_tricks.sliding_window_view(raw, width)[starts]

@@ -6,12 +6,14 @@ Readers never know a rule exists: they only turn files into these containers plu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
-import pandas as pd
 
 from report_gen.core import Problem
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCALAR_COLUMNS = ["run", "tag", "step", "wall_time", "value"]
 SCALAR_DTYPES = {"run": "str", "tag": "str", "step": "int64", "wall_time": "float64", "value": "float64"}
@@ -94,11 +96,108 @@ class DroppedSeries:
 
 
 @dataclass
+class ScalarSeries:
+    """The values of one scalar series (one tag in one sub-folder), in the order its log gave them."""
+
+    run: str
+    tag: str
+    steps: np.ndarray  # int64
+    wall_times: np.ndarray  # float64
+    values: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return int(self.steps.size)
+
+
+class ScalarTable:
+    """The scalar series of one run, one per (run, tag), sorted by run then tag; numpy only.
+
+    Several pieces of one (run, tag) are joined in the order given. ``frame()`` is the tidy pandas
+    form (columns `SCALAR_COLUMNS`, rows by run, tag, then the series' own order), built on first use:
+    reading and judging a run never needs pandas, whose import alone costs a third of a second.
+    """
+
+    def __init__(self, series: Iterable[ScalarSeries] = ()) -> None:
+        pieces: dict[tuple[str, str], list[ScalarSeries]] = {}
+        for one in series:
+            pieces.setdefault((str(one.run), str(one.tag)), []).append(one)
+        self.series: list[ScalarSeries] = []
+        for (run, tag) in sorted(pieces):
+            group = pieces[(run, tag)]
+            if len(group) == 1:
+                one = group[0]
+                self.series.append(ScalarSeries(run, tag, np.asarray(one.steps, dtype=np.int64),
+                                                np.asarray(one.wall_times, dtype=np.float64),
+                                                np.asarray(one.values, dtype=np.float64)))
+            else:
+                self.series.append(ScalarSeries(run, tag, *(np.concatenate([np.asarray(getattr(g, a), dtype=d)
+                                                                            for g in group])
+                                                            for a, d in (("steps", np.int64),
+                                                                         ("wall_times", np.float64),
+                                                                         ("values", np.float64)))))
+        self._frame: pd.DataFrame | None = None
+
+    def __len__(self) -> int:
+        """The number of values (rows of the tidy frame)."""
+        return sum(len(s) for s in self.series)
+
+    @property
+    def empty(self) -> bool:
+        return not any(len(s) for s in self.series)
+
+    def frame(self) -> "pd.DataFrame":
+        """The tidy DataFrame (cached): columns `SCALAR_COLUMNS` with `SCALAR_DTYPES`."""
+        if self._frame is None:
+            import pandas as pd
+
+            present = [s for s in self.series if len(s)]
+            if not present:
+                frame = pd.DataFrame({c: pd.Series(dtype=SCALAR_DTYPES[c]) for c in SCALAR_COLUMNS})
+            else:
+                frame = pd.DataFrame({
+                    "run": np.repeat(np.array([s.run for s in present], dtype=object), [len(s) for s in present]),
+                    "tag": np.repeat(np.array([s.tag for s in present], dtype=object), [len(s) for s in present]),
+                    "step": np.concatenate([s.steps for s in present]),
+                    "wall_time": np.concatenate([s.wall_times for s in present]),
+                    "value": np.concatenate([s.values for s in present])})
+            self._frame = tidy_scalars(frame)
+        return self._frame
+
+    @classmethod
+    def from_frame(cls, frame: "pd.DataFrame") -> "ScalarTable":
+        """The table of a tidy scalar frame (any row order: each (run, tag) keeps its rows' order)."""
+        if frame is None or frame.empty:
+            return cls()
+        frame = tidy_scalars(frame)
+        runs, tags = frame["run"].to_numpy(dtype=object), frame["tag"].to_numpy(dtype=object)
+        keys = list(zip(runs.tolist(), tags.tolist()))
+        index: dict[tuple[str, str], int] = {}
+        codes = np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
+        steps, walls, values = (frame[c].to_numpy(dtype=d) for c, d in
+                                (("step", np.int64), ("wall_time", np.float64), ("value", np.float64)))
+        return cls(ScalarSeries(run, tag, steps[rows], walls[rows], values[rows])
+                   for (run, tag), rows in ((k, order[bounds[i]:bounds[i + 1]]) for k, i in index.items()))
+
+    def step_range(self) -> tuple[int, int] | None:
+        present = [s for s in self.series if len(s)]
+        if not present:
+            return None
+        return min(int(s.steps.min()) for s in present), max(int(s.steps.max()) for s in present)
+
+    def tag_count(self) -> int:
+        """Distinct tags (the same tag in two sub-folders counts once)."""
+        return len({s.tag for s in self.series if len(s)})
+
+
+@dataclass
 class RunLog:
     """Everything read from the logs of one run, whatever wrote them (TensorBoard event files are one
     log reader of `readers.registry`; add_scalars siblings already regrouped).
 
-    scalars: tidy DataFrame with columns SCALAR_COLUMNS; `run` is the sub-folder the value came
+    table: the scalar series (`ScalarTable`); ``scalars`` is its tidy DataFrame (built on first use, and
+             assignable: a frame set there becomes the table) with columns SCALAR_COLUMNS; `run` is the sub-folder the value came
              from ("" for the run folder itself, e.g. "activation_stats_conv1_mean" for an
              add_scalars sibling or "validation" for Keras). Rows sorted by run and tag
              (alphabetically), then step, then write order: row order says nothing about model depth.
@@ -120,7 +219,7 @@ class RunLog:
              histogram carries no shape
     """
 
-    scalars: pd.DataFrame
+    table: ScalarTable = field(default_factory=ScalarTable)
     histograms: dict[str, HistogramSeries] = field(default_factory=dict)
     images: dict[str, list[ImageRef]] = field(default_factory=dict)
     texts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
@@ -135,18 +234,28 @@ class RunLog:
     def source_of(self, kind: str, key: str) -> str:
         return self.sources.get((kind, key), self.source)
 
+    @property
+    def scalars(self) -> "pd.DataFrame":
+        return self.table.frame()
+
+    @scalars.setter
+    def scalars(self, frame: "pd.DataFrame") -> None:
+        self.table = ScalarTable.from_frame(frame)
+
     @classmethod
     def empty(cls) -> "RunLog":
-        return cls(scalars=pd.DataFrame({c: pd.Series(dtype=SCALAR_DTYPES[c]) for c in SCALAR_COLUMNS}))
+        return cls()
 
 
-def tidy_scalars(frame: pd.DataFrame) -> pd.DataFrame:
+def tidy_scalars(frame: "pd.DataFrame") -> "pd.DataFrame":
     """`frame` with exactly the RunLog scalar columns, in order, and their dtypes."""
     return frame.astype(SCALAR_DTYPES)[SCALAR_COLUMNS]
 
 
-def series_in_order(scalars: pd.DataFrame) -> pd.DataFrame:
+def series_in_order(scalars: "pd.DataFrame") -> "pd.DataFrame":
     """Rows sorted by run, then tag (stable: each series keeps its own order, as its log gave it)."""
+    import pandas as pd
+
     runs = pd.factorize(scalars["run"], sort=True)[0]
     tags = pd.factorize(scalars["tag"], sort=True)[0]
     return tidy_scalars(scalars.iloc[np.lexsort((tags, runs))].reset_index(drop=True))

@@ -249,7 +249,7 @@ def read_wandb_runs(files: Sequence[tuple[str, str]]) -> RunLog:
             _history_jsonl(os.path.join(side, "wandb-history.jsonl"), root, from_files, problems)
         logged = set(from_log.values)
         from_files.values = {k: v for k, v in from_files.values.items() if k not in logged}
-        frames += [from_log.frame(), from_files.frame()]
+        frames += [from_log.scalar_series(), from_files.scalar_series()]
         if os.path.isfile(os.path.join(side, "config.yaml")):
             _config_hparams(load_yaml(os.path.join(side, "config.yaml"), problems, root=root), hparams)
         summary_path = os.path.join(side, "wandb-summary.json")

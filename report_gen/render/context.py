@@ -152,6 +152,30 @@ def template_root() -> Path:
     return Path(__file__).resolve().parents[2] / "templates"
 
 
+def template_environment(kind: str, **options: Any):
+    """The jinja2 environment for one report format (`kind`: a folder of templates/), with compiled
+    templates cached on disk.
+
+    Compiling the report's templates costs more than reading a million scalars, so the compiled code
+    is kept in jinja2's own bytecode cache: a per-user folder of the temp directory that jinja2 creates
+    with mode 0700 and refuses to use if another user owns it. Each entry is keyed by the template's
+    name and checked against a checksum of its source, the Python version and jinja2's version, so an
+    edited template or another interpreter compiles afresh. Set REPORT_GEN_TEMPLATE_CACHE=0 to compile
+    every time; when the folder cannot be made, templates are simply compiled."""
+    import os
+
+    import jinja2
+
+    cache = None
+    if os.environ.get("REPORT_GEN_TEMPLATE_CACHE", "1") != "0":
+        try:
+            cache = jinja2.FileSystemBytecodeCache()
+        except (OSError, RuntimeError):
+            cache = None
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_root() / kind)), bytecode_cache=cache,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, **options)
+
+
 # ------------------------------------------------------------------------------------ plot specs
 
 

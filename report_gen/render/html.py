@@ -7,19 +7,13 @@ from functools import lru_cache
 
 import jinja2
 
-from report_gen.render.context import build_context, template_root
+from report_gen.render.context import build_context, template_environment
 from report_gen.render.plots import PlotStore
 
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_root() / "html")),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    return template_environment("html", autoescape=True)
 
 
 class _Figures:

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import jinja2
 
-from report_gen.render.context import Limits, build_context, template_root
+from report_gen.render.context import Limits, build_context, template_environment
 from report_gen.render.notices import group_notices, split_findings
 from report_gen.render.output import OutputFolder
 from report_gen.render.plots import PlotStore
@@ -57,14 +57,7 @@ def escape_markdown(value: object) -> str:
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_root() / "markdown")),
-        autoescape=False,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    env = template_environment("markdown", autoescape=False, keep_trailing_newline=True)
     env.filters["md"] = escape_markdown
     return env
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import textwrap
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.text import Text
+if TYPE_CHECKING:  # rich is imported when something is printed
+    from rich.console import Console
+    from rich.text import Text
 
 from report_gen.render.context import Limits, build_context, clean_text
 from report_gen.render.notices import group_notices, split_findings
@@ -39,7 +40,9 @@ _STYLES = {"fail": "bold red", "warn": "bold yellow", "unknown": "bold magenta",
            "error": "red", "warning": "yellow", "info": "blue"}
 
 
-def verdict_line(context: dict) -> Text:
+def verdict_line(context: dict) -> "Text":
+    from rich.text import Text
+
     """'FAIL  1 error, 2 warnings, 0 info in 2 runs' as styled (never markup-parsed) text; with a
     baseline, '; vs baseline: 1 new, 2 resolved, 3 persisting' follows."""
     counts = ", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in context["counts"])
@@ -53,7 +56,9 @@ def verdict_line(context: dict) -> Text:
     return line
 
 
-def _console(file: IO[str] | None) -> Console:
+def _console(file: IO[str] | None) -> "Console":
+    from rich.console import Console
+
     """Width from COLUMNS (else the terminal, else 80: a CI log); no colour when NO_COLOR is set (and,
     as rich does, none unless the output is a terminal or FORCE_COLOR asks for it)."""
     no_color = True if os.environ.get("NO_COLOR", "") != "" else None
@@ -82,7 +87,9 @@ def _where(run: str, subject: str, width: int) -> list[str]:
     return [_safe_line(f"{INDENT}run {run}"), _safe_line(f"{INDENT}{subject}")]
 
 
-def _header(severity: str, code: str, name: str, status: str) -> Text:
+def _header(severity: str, code: str, name: str, status: str) -> "Text":
+    from rich.text import Text
+
     line = Text(f"{severity:<8}", style=_STYLES.get(severity, ""))
     line.append(f" {code} {name}".rstrip())
     if status == "new":
@@ -91,6 +98,8 @@ def _header(severity: str, code: str, name: str, status: str) -> Text:
 
 
 def print_summary(report: dict, *, quiet: bool = False, file: IO[str] | None = None) -> None:
+    from rich.text import Text  # rich costs an import only when something is printed
+
     """Print the verdict and counts; unless quiet, the most severe findings about the training, then
     the input notices grouped (identical problems once, with a count and the files).
 

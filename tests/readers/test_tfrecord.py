@@ -155,6 +155,7 @@ def test_runs_of_equal_records_are_framed_in_bulk_with_the_same_damage_handling(
 
     payloads = [struct.pack("<I", i) * 8 for i in range(300)]  # 32 bytes each
     payloads[120] = b"x" * 40  # a length change inside the run
+    payloads[200:] = [struct.pack("<I", i) * (8 + i % 3) for i in range(200, 300)]  # a cycle of three lengths
     data = bytearray(b"".join(frame(p) for p in payloads))
     size = 32 + 16
     data[50 * size + 9] ^= 0xFF  # record 50: bad length CRC -> resync
@@ -169,9 +170,9 @@ def test_runs_of_equal_records_are_framed_in_bulk_with_the_same_damage_handling(
 
     bulk = read()
     calls = []
-    real = tfrecord._equal_run
-    monkeypatch.setattr(tfrecord, "_equal_run", lambda *a: calls.append(1) or real(*a))
-    assert read() == bulk and calls  # the look-ahead did run
+    real = tfrecord._periodic_run
+    monkeypatch.setattr(tfrecord, "_periodic_run", lambda *a: calls.append(a[2]) or real(*a))
+    assert read() == bulk and [32] in calls and [36, 40, 32] in calls  # the look-ahead ran, for both kinds of run
     monkeypatch.setattr(tfrecord, "_RUN_MIN", 10**9)  # record by record
     walk = read()
     assert bulk == walk

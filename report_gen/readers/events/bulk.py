@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from report_gen.readers.tfrecord import gather_rows
+from report_gen.readers.tfrecord import gather_rows, length_groups
 
 
 @dataclass
@@ -20,39 +20,265 @@ class SimpleScalars:
 
     Wire layout (proto3 field order):
     ``09 <wall f64> [10 <step varint>] 2a L1 0a L2 0a T <tag> 15 <value f32>`` with one-byte L1, L2, T.
-    ``mask`` marks which records of the batch matched; the other arrays hold the matched ones.
+    ``mask`` marks which records of the batch matched; the other arrays hold the matched ones. Tags come
+    as ``codes`` into ``names`` (one string per distinct tag of the batch, in order of first appearance):
+    a million records of ten tags are ten strings, not a million.
     """
 
     mask: np.ndarray
-    tags: np.ndarray  # object array of str
+    codes: np.ndarray  # int64 index into names, per matched record
+    names: list[str]
     steps: np.ndarray
     wall_times: np.ndarray
     values: np.ndarray
 
+    @property
+    def tags(self) -> np.ndarray:
+        """The tag of each matched record (an object array; for callers that want strings)."""
+        return np.array(self.names, dtype=object)[self.codes] if self.names else np.zeros(0, dtype=object)
+
     @classmethod
     def decode(cls, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> "SimpleScalars":
-        raw, at = _bytes_at(buffer)
-        last = raw.size - 1
-        ends = starts + lengths
-        has_step = at(starts + 9) == 0x10
-        varint = raw[np.minimum(starts[:, None] + 10 + np.arange(10), last)]
-        done = varint < 0x80
-        step_len = np.where(has_step, done.argmax(axis=1) + 1, 0)
-        p = starts + 9 + np.where(has_step, 1 + step_len, 0)  # at the summary field
-        tag_len = at(p + 5)
-        mask = ((lengths >= 21) & (at(starts) == 0x09) & (~has_step | done.any(axis=1))
-                & (at(p) == 0x2A) & (at(p + 2) == 0x0A) & (at(p + 4) == 0x0A)
-                & (at(p + 1) < 0x80) & (at(p + 1) == at(p + 3) + 2) & (at(p + 3) == tag_len + 7)
-                & (at(p + 6 + tag_len) == 0x15) & (p + 11 + tag_len == ends))
+        raw = np.frombuffer(buffer + bytes(_PAD), dtype=np.uint8)  # every offset below stays inside
+        starts = np.asarray(starts, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        n = starts.size
+        mask = np.zeros(n, dtype=bool)
+        steps, walls, values = np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n)
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (record indices, their tag bytes (k, T))
+        rest = np.ones(n, dtype=bool)
+        for length, idx in length_groups(lengths):
+            if idx.size < _MIN_GROUP or not 21 <= length < _PAD:
+                continue
+            group = _decode_group(raw, starts[idx], length)
+            if group is None:
+                continue
+            ok, g_steps, g_walls, g_values, tag_rows = group
+            rows = idx if g_steps.size == idx.size else idx[ok]
+            mask[rows], steps[rows], walls[rows], values[rows] = True, g_steps, g_walls, g_values
+            rest[rows] = False  # the others are left to the record-by-record checks below
+            pieces.append((rows, tag_rows))
+        left = np.flatnonzero(rest)
+        if left.size:
+            pieces += _decode_scattered(raw, left, starts[left], lengths[left], mask, steps, walls, values)
+        codes, names = _piece_codes(pieces, n)
         sel = np.flatnonzero(mask)
-        starts, p, tag_len = starts[sel], p[sel], tag_len[sel]
-        return cls(
-            mask=mask,
-            tags=_tags(buffer, (p + 6).tolist(), tag_len.tolist()),
-            steps=_varints(varint[sel], step_len[sel]),
-            wall_times=gather_rows(raw, starts + 1, 8).view("<f8").ravel(),
-            values=gather_rows(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64),
-        )
+        return cls(mask=mask, codes=codes[sel], names=names, steps=steps[sel], wall_times=walls[sel],
+                   values=values[sel])
+
+
+_PAD = 512  # bytes of zeros after a buffer: a record's fixed-layout offsets (tag <= 255) never leave it
+_MIN_GROUP = 64  # records of one length before they are decoded as a group
+_BLOCK = 1 << 14  # records per cache-sized block (16k records of 50 bytes: under a megabyte)
+
+
+def _decode_group(raw: np.ndarray, starts: np.ndarray, length: int):
+    """Decode the records of `length` bytes at `starts`, all laid out as the first one is (a step
+    varint of one width, one tag length): the layout is read once from the first record, then every
+    structural byte is checked column by column, a cache-sized block of records at a time.
+    Returns (ok, steps, wall_times, values, tag bytes) with the last four for the ok records only, or
+    None when the first record is not of the simple-scalar shape."""
+    first = int(starts[0])
+    rec = raw[first:first + length].tobytes()
+    if rec[9] == 0x10:
+        step_len = next((k + 1 for k in range(min(10, length - 10)) if rec[10 + k] < 0x80), 0)
+        if not step_len:
+            return None
+        p = 10 + step_len
+    else:
+        step_len, p = 0, 9
+    if p + 6 > length:
+        return None
+    tag_len = rec[p + 5]
+    expected = {0: 0x09, p: 0x2A, p + 1: tag_len + 9, p + 2: 0x0A, p + 3: tag_len + 7, p + 4: 0x0A, p + 5: tag_len}
+    if step_len:
+        expected[9] = 0x10
+    if p + 11 + tag_len != length or tag_len + 9 >= 0x80:
+        return None
+    expected[p + 6 + tag_len] = 0x15
+    if any(rec[c] != b for c, b in expected.items()):
+        return None
+    count = starts.size
+    windows = np.lib.stride_tricks.sliding_window_view(raw, length)
+    ok = np.ones(count, dtype=bool)
+    step = np.zeros(count, dtype=np.uint64)
+    walls, values = np.empty(count), np.empty(count)
+    tags = np.empty((count, tag_len), dtype=np.uint8)
+    at = p + 7 + tag_len
+    for a in range(0, count, _BLOCK):  # a block of records stays in cache for all its columns
+        v = windows[starts[a:a + _BLOCK]]
+        good, stp = ok[a:a + _BLOCK], step[a:a + _BLOCK]
+        for c, b in expected.items():
+            good &= v[:, c] == b
+        for k in range(step_len):  # every byte but the last has its continuation bit set
+            byte = v[:, 10 + k]
+            good &= (byte >= 0x80) if k < step_len - 1 else (byte < 0x80)
+            stp |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+        walls[a:a + _BLOCK] = np.ascontiguousarray(v[:, 1:9]).view("<f8").ravel()
+        values[a:a + _BLOCK] = np.ascontiguousarray(v[:, at:at + 4]).view("<f4").ravel()
+        tags[a:a + _BLOCK] = v[:, p + 6:p + 6 + tag_len]
+    if ok.all():
+        return ok, step.view(np.int64), walls, values, tags
+    good = np.flatnonzero(ok)
+    return ok, step.view(np.int64)[good], walls[good], values[good], tags[good]
+
+
+def _decode_scattered(raw: np.ndarray, idx: np.ndarray, starts: np.ndarray, lengths: np.ndarray, mask: np.ndarray,
+                      steps: np.ndarray, walls: np.ndarray, values: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The records at ``idx`` each with its own layout (vectorised over them): fills mask, steps, walls
+    and values at the matched ones and returns their tag bytes as pieces, one per tag length."""
+    ends = starts + lengths
+    has_step = raw[starts + 9] == 0x10
+    step, step_len, step_ok = _short_varint(raw, starts + 10)
+    step_len = np.where(has_step, step_len, 0)
+    p = starts + 9 + np.where(has_step, 1 + step_len, 0)  # at the summary field
+    tag_len = raw[p + 5].astype(np.int64)
+    ok = ((lengths >= 21) & (lengths < _PAD) & (raw[starts] == 0x09) & (~has_step | step_ok)
+          & (raw[p] == 0x2A) & (raw[p + 2] == 0x0A) & (raw[p + 4] == 0x0A)
+          & (raw[p + 1] < 0x80) & (raw[p + 1].astype(np.int64) == raw[p + 3].astype(np.int64) + 2)
+          & (raw[p + 3].astype(np.int64) == tag_len + 7)
+          & (raw[p + 6 + tag_len] == 0x15) & (p + 11 + tag_len == ends))
+    sel = np.flatnonzero(ok)
+    rows = idx[sel]
+    starts, p, tag_len = starts[sel], p[sel], tag_len[sel]
+    mask[rows] = True
+    steps[rows] = np.where(has_step[sel], step[sel], 0)
+    walls[rows] = _u_at(raw, starts + 1, 8).view("<f8").ravel()
+    values[rows] = _u_at(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64)
+    pieces = []
+    for length in np.unique(tag_len).tolist():
+        same = np.flatnonzero(tag_len == length)
+        pieces.append((rows[same], _u_at(raw, p[same] + 6, length) if length else np.zeros((same.size, 0), np.uint8)))
+    return pieces
+
+
+def _u_at(raw: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) bytes at each of ``starts``, contiguous (ready for ``.view``)."""
+    return np.lib.stride_tricks.sliding_window_view(raw, width)[starts]
+
+
+def _short_varint(raw: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, byte length, valid) of the varint at each of ``pos``, reading only as many bytes as the
+    longest one has (a step counter is one to three bytes; at most ten)."""
+    byte = raw[pos]
+    value = (byte & 0x7F).astype(np.uint64)
+    going = byte >= 0x80
+    length = np.ones(pos.size, dtype=np.int64)
+    for k in range(1, 10):
+        if not going.any():
+            break
+        byte = raw[pos + k]
+        value |= np.where(going, (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k), np.uint64(0))
+        length += going
+        going &= byte >= 0x80
+    return value.view(np.int64), length, ~going
+
+
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+def row_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group the equal rows of an (n, T) uint8 array: (code per row, index of the first row of each
+    code). Vectorised and exact.
+
+    Only the columns that differ somewhere are looked at (ten tags `train/metric_0`..`_9` differ in
+    one byte), packed eight to a 64-bit word. One word is the key itself; several are hashed into one,
+    and rows with equal hashes are then proved equal word by word: a collision is split, never merged."""
+    n = rows.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    varying = np.flatnonzero(~(rows == rows[0]).all(axis=0)) if rows.shape[1] else np.zeros(0, dtype=np.int64)
+    if not varying.size:
+        return np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    if varying.size <= 2:  # the key fits 16 bits: a lookup table instead of a sorted search
+        key = rows[:, varying[0]].astype(np.int64)
+        if varying.size == 2:
+            key |= rows[:, varying[1]].astype(np.int64) << 8
+        present = np.flatnonzero(np.bincount(key, minlength=1 << 16))
+        table = np.zeros(1 << 16, dtype=np.int64)
+        table[present] = np.arange(present.size)
+        slot = table[key]
+        return slot, _first_rows(slot, present.size)
+    words = []
+    for w in range(0, varying.size, 8):
+        word = np.zeros(n, dtype=np.uint64)
+        for j, c in enumerate(varying[w:w + 8].tolist()):
+            word |= rows[:, c].astype(np.uint64) << np.uint64(8 * j)
+        words.append(word)
+    key = words[0]
+    for w in words[1:]:
+        key = key * _HASH_MUL ^ w
+    distinct = np.unique(np.concatenate([key[:4096], key[:: max(1, n // 4096)]]))
+    while True:
+        slot = np.minimum(np.searchsorted(distinct, key), distinct.size - 1)
+        missing = distinct[slot] != key
+        if not missing.any():
+            break
+        distinct = np.union1d(distinct, key[missing])
+    slot = slot.astype(np.int64)
+    first = _first_rows(slot, distinct.size)
+    if len(words) > 1:
+        proven = np.ones(n, dtype=bool)
+        for w in words:
+            proven &= w == w[first[slot]]
+        if not proven.all():  # a collision: those rows are grouped exactly, with codes of their own
+            extra = np.flatnonzero(~proven)
+            sub_codes, sub_first = _exact_codes(rows[extra])
+            slot[extra] = distinct.size + sub_codes
+            first = np.concatenate([first, extra[sub_first]])
+    return slot, first
+
+
+def _first_rows(slot: np.ndarray, k: int) -> np.ndarray:
+    """The index of the first row of each of the `k` codes in `slot` (every code occurs)."""
+    if k <= 32:  # a few codes: one pass each
+        return np.array([int(np.argmax(slot == d)) for d in range(k)], dtype=np.int64)
+    return np.unique(slot, return_index=True)[1]
+
+
+def _exact_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """row_codes for the few rows a hash collision left: one bytes key per row."""
+    index: dict[bytes, int] = {}
+    first: list[int] = []
+    codes = np.empty(rows.shape[0], dtype=np.int64)
+    for i, row in enumerate(rows):
+        key = row.tobytes()
+        if key not in index:
+            index[key] = len(first)
+            first.append(i)
+        codes[i] = index[key]
+    return codes, np.array(first, dtype=np.int64)
+
+
+def _piece_codes(pieces: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, list[str]]:
+    """Codes of every record (-1 where none) into names in order of first appearance, from the pieces'
+    tag bytes. Names are decoded as UTF-8 with replacement, as protobuf's Python `simple_value` path
+    shows them."""
+    codes = np.full(n, -1, dtype=np.int64)
+    index: dict[bytes, int] = {}
+    first_record: list[int] = []
+    for rows, tag_rows in pieces:
+        if not rows.size:
+            continue
+        local, first = row_codes(tag_rows)
+        mapping = np.empty(first.size, dtype=np.int64)
+        for d, r in enumerate(first.tolist()):
+            key = tag_rows[r].tobytes()
+            if key not in index:
+                index[key] = len(first_record)
+                first_record.append(int(rows[r]))
+            else:
+                first_record[index[key]] = min(first_record[index[key]], int(rows[r]))
+            mapping[d] = index[key]
+        codes[rows] = mapping[local]
+    names = [key.decode("utf-8", "replace") for key in index]
+    if len(names) > 1:  # codes in order of first appearance
+        order = np.argsort(np.array(first_record, dtype=np.int64), kind="stable")
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[order] = np.arange(len(names))
+        codes = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
+        names = [names[i] for i in order.tolist()]
+    return codes, names
 
 
 def _bytes_at(buffer: bytes):
@@ -72,15 +298,6 @@ def _varints(groups: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     payload = (groups.astype(np.uint64) & np.uint64(0x7F)) << (np.uint64(7) * np.arange(10, dtype=np.uint64))
     payload[np.arange(10) >= lengths[:, None]] = 0
     return payload.sum(axis=1, dtype=np.uint64).view(np.int64)
-
-
-def _tags(buffer: bytes, starts: list[int], lengths: list[int]) -> np.ndarray:
-    """Tag strings (decoded once per distinct byte string) as an object array."""
-    names: dict[bytes, str] = {}
-    raw = [buffer[s:s + n] for s, n in zip(starts, lengths)]
-    for key in set(raw):
-        names[key] = key.decode("utf-8", "replace")
-    return np.array([names[r] for r in raw], dtype=object)
 
 
 def _varint_at(raw: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

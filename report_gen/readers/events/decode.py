@@ -38,21 +38,52 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import struct
 
 import numpy as np
-from google.protobuf.message import DecodeError
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
-from tensorboard.plugins.hparams import plugin_data_pb2
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers import keras_config
 from report_gen.readers.events.bulk import LegacyHistograms, SimpleScalars, packed_doubles
 from report_gen.readers.tfrecord import RecordBatch, RecordReader
 
+if TYPE_CHECKING:
+    from tensorboard.compat.proto import summary_pb2, tensor_pb2
+
 ALL_KINDS = ("scalars", "histograms", "images", "texts", "hparams")
 
-_SESSION_START = event_pb2.SessionLog.START
+
+def _load_protos() -> None:
+    """Import the protobuf classes, on the first record the bulk decoders leave (a file of plain
+    scalars and histograms never needs them: protobuf and TensorBoard's protos cost a tenth of a second
+    to import). They become this module's globals, as a top-level import would make them."""
+    global DecodeError, event_pb2, summary_pb2, tensor_pb2, types_pb2, plugin_data_pb2, _SESSION_START, _TENSOR_FIELDS
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _SESSION_START = event_pb2.SessionLog.START
+    # dtype enum -> (numpy dtype of the values, TensorProto repeated field holding them)
+    _TENSOR_FIELDS = {
+        types_pb2.DT_FLOAT: ("float32", "float_val"),
+        types_pb2.DT_DOUBLE: ("float64", "double_val"),
+        types_pb2.DT_HALF: ("float16", "half_val"),
+        types_pb2.DT_BFLOAT16: ("bfloat16", "half_val"),
+        types_pb2.DT_INT8: ("int8", "int_val"),
+        types_pb2.DT_INT16: ("int16", "int_val"),
+        types_pb2.DT_INT32: ("int32", "int_val"),
+        types_pb2.DT_UINT8: ("uint8", "int_val"),
+        types_pb2.DT_UINT16: ("uint16", "int_val"),
+        types_pb2.DT_UINT32: ("uint32", "uint32_val"),
+        types_pb2.DT_INT64: ("int64", "int64_val"),
+        types_pb2.DT_UINT64: ("uint64", "uint64_val"),
+        types_pb2.DT_BOOL: ("bool", "bool_val"),
+    }
+
+
+_PROTOS_LOADED = False
 
 # TF leaves out trailing copies of a tensor's last value; such a tensor is rebuilt only if it has at
 # most _MAX_FILL elements, and a file may rebuild at most _MAX_FILL + _FILL_PER_BYTE * (its size)
@@ -61,22 +92,6 @@ _MAX_FILL = 1 << 20
 _FILL_PER_BYTE = 16
 _HUGE = 1 << 63  # claimed element counts are clamped here (shapes can multiply to enormous numbers)
 
-# dtype enum -> (numpy dtype of the values, TensorProto repeated field holding them)
-_TENSOR_FIELDS: dict[int, tuple[str, str]] = {
-    types_pb2.DT_FLOAT: ("float32", "float_val"),
-    types_pb2.DT_DOUBLE: ("float64", "double_val"),
-    types_pb2.DT_HALF: ("float16", "half_val"),
-    types_pb2.DT_BFLOAT16: ("bfloat16", "half_val"),
-    types_pb2.DT_INT8: ("int8", "int_val"),
-    types_pb2.DT_INT16: ("int16", "int_val"),
-    types_pb2.DT_INT32: ("int32", "int_val"),
-    types_pb2.DT_UINT8: ("uint8", "int_val"),
-    types_pb2.DT_UINT16: ("uint16", "int_val"),
-    types_pb2.DT_UINT32: ("uint32", "uint32_val"),
-    types_pb2.DT_INT64: ("int64", "int64_val"),
-    types_pb2.DT_UINT64: ("uint64", "uint64_val"),
-    types_pb2.DT_BOOL: ("bool", "bool_val"),
-}
 
 
 @dataclass
@@ -97,7 +112,7 @@ class FileContent:
     sub: str
     problems: list[Problem] = field(default_factory=list)
     first: tuple[int, float] | None = None  # (seq, wall_time) of the earliest decoded event
-    scalar_tags: list[np.ndarray] = field(default_factory=list)  # object arrays of tag names
+    scalar_tags: list[tuple[np.ndarray, list[str]]] = field(default_factory=list)  # (codes, names) per part
     scalar_cols: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (seq, step, wall, value)
     histograms: dict[str, list[Point]] = field(default_factory=dict)
     # legacy histograms decoded in bulk: tag -> batches, and the seq of each tag's first such record
@@ -170,7 +185,7 @@ class _EventDecoder:
             seqs = first_seq + np.flatnonzero(fast.mask)
             self.content.note_first(int(seqs[0]), float(fast.wall_times[0]))
             if "scalars" in self.kinds:
-                self.content.scalar_tags.append(fast.tags)
+                self.content.scalar_tags.append((fast.codes, fast.names))
                 self.content.scalar_cols.append((seqs, fast.steps, fast.wall_times, fast.values))
         buf = batch.buffer
         rest = np.flatnonzero(~fast.mask) if fast is not None else np.arange(len(batch))
@@ -204,6 +219,15 @@ class _EventDecoder:
 
     def _decode_record(self, data: bytes, seq: int, offset: int) -> None:
         """Decode one record; if it (or any of its values) cannot be decoded it is counted as bad-proto."""
+        wall = _version_record(data)
+        if wall is not None:  # what every writer puts first: no protobuf needed
+            self.content.note_first(seq, wall)
+            self.versions += 1
+            return
+        global _PROTOS_LOADED
+        if not _PROTOS_LOADED:
+            _load_protos()
+            _PROTOS_LOADED = True
         try:
             ok = self._decode_event(data, seq)
         except Exception:  # noqa: BLE001 - no record's content may stop the read
@@ -314,7 +338,9 @@ class _EventDecoder:
         """Close decoding: flush slow-path scalars and report undecodable records."""
         tags, seqs, steps, walls, values = self._slow_scalars
         if tags:
-            self.content.scalar_tags.append(np.array(tags, dtype=object))
+            index: dict[str, int] = {}
+            codes = np.array([index.setdefault(t, len(index)) for t in tags], dtype=np.int64)
+            self.content.scalar_tags.append((codes, list(index)))
             self.content.scalar_cols.append((np.array(seqs, dtype=np.int64), np.array(steps, dtype=np.int64),
                                              np.array(walls, dtype=np.float64),
                                              np.array(values, dtype=np.float64)))
@@ -325,6 +351,18 @@ class _EventDecoder:
                 f"{path}: {self.bad_proto} record(s) are not Event protos or hold malformed values; skipped",
                 severity="warning", offset=self.bad_proto_offset, count=self.bad_proto))
         return self.content
+
+
+_VERSION_PREFIX = b"brain.Event:"
+
+
+def _version_record(data: bytes) -> float | None:
+    """The wall time of a record that is exactly ``Event(wall_time=w, file_version="brain.Event:N")``
+    (``09 <f64> 1a L <string>``), else None (then protobuf decodes it)."""
+    if len(data) < 11 + len(_VERSION_PREFIX) or data[0] != 0x09 or data[9] != 0x1A or data[10] != len(data) - 11 \
+            or not data.startswith(_VERSION_PREFIX, 11) or not data[11 + len(_VERSION_PREFIX):].isdigit():
+        return None
+    return struct.unpack_from("<d", data, 1)[0]
 
 
 class _Malformed(ValueError):

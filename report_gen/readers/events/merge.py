@@ -47,12 +47,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pandas as pd
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.readers.events.decode import FileContent, HistBatch
 from report_gen.readers.signals import is_evaluation_series
-from report_gen.readers.types import HistogramSeries, ImageRef, RunLog, tidy_scalars
+from report_gen.readers.types import HistogramSeries, ImageRef, RunLog, ScalarSeries
 
 
 def merge_key(content: FileContent) -> tuple:
@@ -93,13 +92,18 @@ def apply_step_policy(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int 
     keep = np.ones(n, dtype=bool)
     restarts = []
     if n > 1:
-        prev_max = np.maximum.accumulate(steps)[:-1]
-        new_session = (sessions[1:] != sessions[:-1]) & ~np.isin(sessions[1:], list(appended))
-        starts = np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1
-        if starts.size:
-            keep, restarts = _apply_restarts(steps, starts)
+        new_session = sessions[1:] != sessions[:-1]
+        if new_session.any():  # one writing session (the usual case) never restarts
+            if appended:
+                new_session &= ~np.isin(sessions[1:], list(appended))
+            prev_max = np.maximum.accumulate(steps)[:-1]
+            starts = np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1
+            if starts.size:
+                keep, restarts = _apply_restarts(steps, starts)
     kept = np.flatnonzero(keep)
-    kept = kept[np.argsort(steps[kept], kind="stable")]
+    in_order = steps[kept]
+    if in_order.size > 1 and np.any(in_order[1:] < in_order[:-1]):  # usually logged in step order already
+        kept = kept[np.argsort(in_order, kind="stable")]
     if max_per_tag is not None and kept.size > max_per_tag:
         kept = kept[np.unique(np.linspace(0, kept.size - 1, max_per_tag).round().astype(np.int64))]
     return kept, restarts
@@ -171,17 +175,17 @@ def appended_evaluations(sub: str, group: list[FileContent]) -> frozenset[int]:
         def session(seqs: np.ndarray) -> np.ndarray:
             return base[i] + np.searchsorted(starts, seqs, side="right")
 
-        for tags, cols in zip(content.scalar_tags, content.scalar_cols):
+        for (codes, names), cols in zip(content.scalar_tags, content.scalar_cols):
             ids = session(np.asarray(cols[0], dtype=np.int64))
             if not ids.size:
                 continue
-            codes, names = pd.factorize(np.asarray(tags, dtype=object))
-            is_eval = np.array([evaluation.setdefault(str(t), is_evaluation_series(str(t), sub)) for t in names],
-                               dtype=bool)
-            blocked.update(np.unique(ids[~is_eval[codes]]).tolist())
-            span = pd.DataFrame({"sid": ids, "step": np.asarray(cols[1], dtype=np.int64)}).groupby("sid")["step"] \
-                .agg(["min", "max"])
-            for sid, lo, hi in zip(span.index.tolist(), span["min"].tolist(), span["max"].tolist()):
+            is_eval = np.array([evaluation.setdefault(t, is_evaluation_series(t, sub)) for t in names], dtype=bool)
+            if not is_eval.all():
+                blocked.update(_distinct(ids[~is_eval[codes]]))
+            steps = np.asarray(cols[1], dtype=np.int64)
+            for sid in _distinct(ids):  # sessions of one part: one or a few
+                mine = steps if ids[0] == ids[-1] == sid else steps[ids == sid]
+                lo, hi = int(mine.min()), int(mine.max())
                 old = spans.get(sid)
                 spans[sid] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
         for attr in ("histograms", "images", "texts"):
@@ -195,28 +199,49 @@ def appended_evaluations(sub: str, group: list[FileContent]) -> frozenset[int]:
     return frozenset(sid for sid, (lo, hi) in spans.items() if sid > 0 and lo == hi and sid not in blocked)
 
 
+def _distinct(ids: np.ndarray) -> list[int]:
+    """The distinct values of `ids`; one pass when they are in order (a part's session ids are: its
+    records are in file order), a sort otherwise."""
+    if ids.size and np.all(ids[1:] >= ids[:-1]):
+        return ids[np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1])].tolist()
+    return np.unique(ids).tolist()
+
+
 def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
-                  restarts: Restarts, appended: frozenset[int] = frozenset()) -> pd.DataFrame | None:
+                  restarts: Restarts, appended: frozenset[int] = frozenset()) -> list[ScalarSeries]:
     parts = [(i, tags, cols) for i, c in enumerate(group) for tags, cols in zip(c.scalar_tags, c.scalar_cols)]
     if not parts:
-        return None
-    file_index = np.concatenate([np.full(tags.size, i) for i, tags, _ in parts])
-    tags = np.concatenate([t for _, t, _ in parts])
+        return []
+    index: dict[str, int] = {}  # tag -> code over the whole sub
+    coded = []
+    for _, (codes, names), _ in parts:
+        remap = np.array([index.setdefault(t, len(index)) for t in names], dtype=np.int64)
+        coded.append(remap[codes] if codes.size else codes.astype(np.int64))
+    names = sorted(index)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[[index[t] for t in names]] = np.arange(len(names))
+    codes = rank[np.concatenate(coded)]  # codes in alphabetical order of the tags
+    file_index = np.concatenate([np.full(cols[0].size, i, dtype=np.int64) for i, _, cols in parts])
     seqs, steps, walls, values = (np.concatenate([cols[k] for _, _, cols in parts]) for k in range(4))
-    codes, names = pd.factorize(tags, sort=True)
-    order = np.lexsort((seqs, file_index, codes))  # per tag, in write order
+    written = file_index * (1 << 40) + seqs  # write order (files in merge order, then records)
+    keys = codes.astype(np.int16) if len(names) < (1 << 15) else codes  # a stable sort of int16 is a radix sort
+    if written.size > 1 and np.any(written[1:] < written[:-1]):
+        first = np.argsort(written, kind="stable")
+        order = first[np.argsort(keys[first], kind="stable")]
+    else:
+        order = np.argsort(keys, kind="stable")  # per tag, in write order
     sessions = _session_ids(group, file_index, seqs)[order]
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    chosen = []
+    out = []
     for code, name in enumerate(names):
         rows = order[bounds[code]:bounds[code + 1]]
         kept, found = apply_step_policy(steps[rows], sessions[bounds[code]:bounds[code + 1]], max_per_tag, appended)
         for i, dropped in found:
             restarts.add(group[file_index[rows[i]]].path, name, int(steps[rows[i]]), dropped)
-        chosen.append(rows[kept])
-    rows = np.concatenate(chosen)
-    return pd.DataFrame({"run": sub, "tag": tags[rows], "step": steps[rows], "wall_time": walls[rows],
-                         "value": values[rows]})
+        rows = rows[kept]
+        out.append(ScalarSeries(sub, name, steps[rows].astype(np.int64), walls[rows].astype(np.float64),
+                                values[rows].astype(np.float64)))
+    return out
 
 
 def merge_points(sub: str, group: list[FileContent], max_per_tag: int | None, restarts: Restarts,
@@ -301,11 +326,3 @@ def merge_histograms(prefix: str, group: list[FileContent], max_per_tag: int | N
             tag=key, steps=steps[kept], wall_times=np.concatenate([h.wall_times for _, h in per_file])[kept],
             min=stats[:, 0].copy(), max=stats[:, 1].copy(), num=stats[:, 2].copy(), sum=stats[:, 3].copy(),
             sum_squares=stats[:, 4].copy(), limits=[limits[k] for k in rows], counts=[counts[k] for k in rows])
-
-
-def scalar_frame(frames: list[pd.DataFrame | None]) -> pd.DataFrame:
-    present = [f for f in frames if f is not None]
-    if not present:
-        return RunLog.empty().scalars
-    frame = pd.concat(present, ignore_index=True) if len(present) > 1 else present[0]
-    return tidy_scalars(frame)

@@ -6,9 +6,8 @@ from collections.abc import Collection, Sequence
 
 from report_gen.readers import keras_config
 from report_gen.readers.events.decode import ALL_KINDS, decode_file
-from report_gen.readers.events.merge import (Restarts, appended_evaluations, merge_key, merge_points, merge_scalars,
-                                             scalar_frame)
-from report_gen.readers.types import RunLog
+from report_gen.readers.events.merge import Restarts, appended_evaluations, merge_key, merge_points, merge_scalars
+from report_gen.readers.types import RunLog, ScalarTable
 
 
 def is_event_file_name(name: str) -> bool:
@@ -44,13 +43,12 @@ def read_events(files: Sequence[tuple[str, str]], *, max_per_tag: int | None = N
         data.problems.extend(content.problems)
         data.hparams.update(content.hparams)
     restarts = Restarts()
-    frames = []
+    series = []
     for sub in sorted({c.sub for c in decoded}):
         group = [c for c in decoded if c.sub == sub]
-        frames.append(merge_scalars(sub, group, max_per_tag, restarts, appended_evaluations(sub, group)))
+        series += merge_scalars(sub, group, max_per_tag, restarts, appended_evaluations(sub, group))
         merge_points(sub, group, max_per_tag, restarts, data)
-    if frames:
-        data.scalars = scalar_frame(frames)
+    data.table = ScalarTable(series)
     data.problems.extend(restarts.problems())
     configs = [(c.path, raw) for c in decoded for raw in c.model_configs]
     if configs:
