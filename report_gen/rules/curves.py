@@ -344,10 +344,12 @@ def oscillation(run, opts: OscillationOptions):
 
 @dataclass(frozen=True)
 class ChanceOptions:
-    max_chance_kappa: float = opt(0.1, "validation accuracy counts as at chance when its 90th percentile over the run is "
+    max_chance_kappa: float = opt(0.2, "validation accuracy counts as at chance when its 90th percentile over the run is "
                                        "at most this far from chance towards perfect (Cohen's kappa (acc - 1/C)/(1 - "
-                                       "1/C); Landis & Koch call kappa <= 0.2 'slight' agreement; 0.55 for two classes)."
-                                       " C comes from the hyper-parameters (num_labels, num_classes, ...) or, with an "
+                                       "1/C); Landis & Koch call kappa <= 0.2 'slight' agreement; 0.6 for two classes)."
+                                       " Calibration: random-label runs of the real-library fixtures reach kappa 0.10-0.13 "
+                                       "on some seeds (256 validation examples at chance), healthy runs end at >= 0.7. "
+                                       "C comes from the hyper-parameters (num_labels, num_classes, ...) or, with an "
                                        "accuracy logged, from the untrained loss ~ ln C")
 
 
