@@ -82,6 +82,26 @@ def _builders():
     return event_builders
 
 
+def make_training_scalar_file(n: int) -> Path:
+    """N simple_value scalars as a training loop logs them: train/loss, train/accuracy, lr and grad_norm
+    every step (four tag lengths, so record lengths cycle) and val/loss every 100 steps."""
+    path = DATA / f"training_scalars_{n}" / "events.out.tfevents.1700000000.bench.1.0"
+    if path.exists():
+        return path
+    import numpy as np
+
+    eb = _builders()
+    values = np.random.default_rng(0).standard_normal(n + 8).tolist()
+    records, step = [eb.make_version_event()], 0
+    while len(records) <= n:
+        for tag in ("train/loss", "train/accuracy", "lr", "grad_norm"):
+            records.append(eb.make_scalar_event(tag, step, values[len(records) - 1], 1.7e9 + step))
+        if step % 100 == 0:
+            records.append(eb.make_scalar_event("val/loss", step, 1.0, 1.7e9 + step))
+        step += 1
+    return eb.write_records(path, records[:n + 1])
+
+
 def make_scalar_file(n: int) -> Path:
     """N simple_value scalars over 10 tags, steps n // 10."""
     path = DATA / f"scalars_{n}" / "events.out.tfevents.1700000000.bench.1.0"

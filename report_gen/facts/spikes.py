@@ -37,39 +37,65 @@ def megatron_spikes(values, factor: float = 10.0, num_samples: int = 100) -> lis
     return [int(i) for i in np.flatnonzero(v[num_samples:] >= factor * ref) + num_samples]
 
 
+def _previous_windows(v: np.ndarray, window: int) -> np.ndarray:
+    """Row i - window holds the `window` values before value i, for every i >= window (a view)."""
+    return np.lib.stride_tricks.sliding_window_view(v[:-1], window)
+
+
 def olmo_spikes(values, window: int = 128, n_std: float = 6.0) -> list[int]:
     v = np.asarray(values, dtype=np.float64)
-    out = []
-    for i in range(window, v.size):
-        hist = v[i - window:i]
-        mean, std = float(hist.mean()), float(hist.std())
-        if std >= 1e-10 and v[i] > mean + n_std * std:
-            out.append(i)
-    return out
+    if v.size <= window:
+        return []
+    hist = _previous_windows(v, window)  # each window's mean and population std, as the callback computes them
+    mean, std = hist.mean(axis=1), hist.std(axis=1)
+    hit = (std >= 1e-10) & (v[window:] > mean + n_std * std)
+    return (np.flatnonzero(hit) + window).tolist()
 
 
 def foundry_spikes(values, factor: float = 2.0, window: int = 100, patience: int = 4) -> list[int]:
     """Positions where llm-foundry raises (the (patience+1)-th consecutive outlier), one per outlier run."""
     v = np.asarray(values, dtype=np.float64)
-    out, run = [], 0
-    for i in range(window, v.size):
-        mean = float(v[i - window:i].mean())
-        if v[i] >= factor * mean:
-            run += 1
-            if run == patience + 1:
-                out.append(i)
-        else:
-            run = 0
-    return out
+    if v.size <= window:
+        return []
+    outlier = v[window:] >= factor * _previous_windows(v, window).mean(axis=1)
+    at = np.arange(outlier.size)
+    last_normal = np.maximum.accumulate(np.where(outlier, -1, at))  # the latest non-outlier at or before i
+    return (np.flatnonzero(outlier & (at - last_normal == patience + 1)) + window).tolist()
 
 
 def fabric_spikes(values, window: int = 10, rtol: float = 2.0, warmup: int = 1,
                   atol: float | None = None) -> list[int]:
+    """Fabric's detector is sequential (a spike does not enter the running mean), but until the first
+    spike the running mean is that of the previous `window` values: that stretch is found with numpy, and
+    the loop runs only from the first spike on."""
     v = np.asarray(values, dtype=np.float64)
+    start = warmup
+    if v.size > max(warmup, 1):
+        i = np.arange(v.size)
+        mean = np.zeros(v.size)
+        head = min(window, v.size)
+        mean[1:head + 1] = np.cumsum(v[:head])[: max(head, 1)][: v.size - 1] / np.arange(1, head + 1)[: v.size - 1]
+        if v.size > window:
+            mean[window:] = _previous_windows(v, window).mean(axis=1)
+        prev = np.concatenate([[0.0], v[:-1]])
+        dist = np.abs(v - mean) * (1 + 1e-9)  # a little slack: the exact loop below decides
+        far = (True if atol is None else dist >= abs(atol)) & (True if rtol is None else dist >= abs(rtol * mean))
+        maybe = np.flatnonzero((i >= max(warmup, 1)) & (v - prev > 0) & far)
+        if not maybe.size:
+            return []
+        start = max(warmup, int(maybe[0]) - window)  # no spike before the first candidate
+    return _fabric_from(v, start, window, rtol, warmup, atol)
+
+
+def _fabric_from(v: np.ndarray, start: int, window: int, rtol: float | None, warmup: int,
+                 atol: float | None) -> list[int]:
+    """Fabric's loop from value `start` on, with no spike before it (its state there is the last
+    `window` values and the previous value)."""
     out: list[int] = []
-    recent: deque[float] = deque(maxlen=window)
-    last = 0.0
-    for i, x in enumerate(v):
+    recent: deque[float] = deque((float(x) for x in v[max(0, start - window):start]), maxlen=window)
+    last = float(v[start - 1]) if start > 0 else 0.0
+    for i in range(start, v.size):
+        x = v[i]
         if i >= warmup and recent:
             mean = float(np.mean(recent))
             worse = x - last > 0
@@ -105,6 +131,19 @@ def spike_events(indexes: list[int], gap: int = 1) -> list[tuple[int, int]]:
         else:
             events.append((i, i))
     return events
+
+
+def baselines_before(values, indexes: np.ndarray, window: int = 10) -> np.ndarray:
+    """`baseline_before` of each of `indexes`, vectorised (NaN where no value precedes)."""
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.asarray(indexes, dtype=np.int64)
+    out = np.full(idx.size, np.nan)
+    full = idx >= window
+    if full.any() and v.size > window:
+        out[full] = np.median(np.lib.stride_tricks.sliding_window_view(v, window)[idx[full] - window], axis=1)
+    for k in np.flatnonzero(~full & (idx > 0)).tolist():
+        out[k] = float(np.median(v[:idx[k]]))
+    return out
 
 
 def baseline_before(values, index: int, window: int = 10) -> float:

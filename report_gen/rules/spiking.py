@@ -45,20 +45,30 @@ def spike_events(series, opts: SpikeOptions) -> list[dict]:
     summ = curves.summarize(v)
     span = max(summ.span, 1e-12) if summ is not None else 1e-12
     events = []
-    flagged = spikes.detect(opts.method, v)
-    for first, last in spikes.spike_events(flagged, gap=2):
-        onset = first
-        if opts.method == "foundry":  # flagged at the 5th consecutive outlier: the excursion began 4 points before
-            onset = max(0, first - 4)
-        before = spikes.baseline_before(v, onset, 10)
-        end = min(v.size - 1, last + 1)
+    found = spikes.spike_events(spikes.detect(opts.method, v), gap=2)
+    if not found:
+        return []
+    firsts, lasts = np.array(found, dtype=np.int64).T
+    # flagged at the 5th consecutive outlier, foundry's excursion began 4 points before
+    onsets = np.maximum(0, firsts - 4) if opts.method == "foundry" else firsts
+    ends = np.minimum(v.size - 1, lasts + 1)
+    befores = spikes.baselines_before(v, onsets, 10)
+    tops = _segment_max(v, onsets, ends)
+    keep = np.isfinite(befores) & (tops - befores >= opts.min_rise_share * span)
+    for onset, end, before in zip(onsets[keep].tolist(), ends[keep].tolist(), befores[keep].tolist()):
         peak = onset + int(np.argmax(v[onset:end + 1]))
         height = float(v[peak] - before)
-        if not np.isfinite(before) or height < opts.min_rise_share * span:
-            continue
         events.append({"onset": onset, "onset_step": int(steps[onset]), "peak_step": int(steps[peak]),
                        "peak": float(v[peak]), "before": before, "height": height, "rise_share": height / span})
     return events
+
+
+def _segment_max(v: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """max(v[s:e + 1]) for each segment (segments in order, possibly overlapping by a point)."""
+    out = np.empty(starts.size)
+    for k, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+        out[k] = v[s:e + 1].max()
+    return out
 
 
 def lr_jump(run, onset_step: int, opts: SpikeOptions) -> dict | None:
