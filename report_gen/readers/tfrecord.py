@@ -502,7 +502,10 @@ def _periodic(pos: int, cycle: list[int], cycles: int) -> tuple[np.ndarray, np.n
 
 def length_groups(lengths: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """(length, indices of the records of that length) for each distinct length, ascending."""
-    distinct = np.unique(lengths)
+    if not lengths.size:
+        return []
+    top = int(lengths.max())
+    distinct = np.flatnonzero(np.bincount(lengths)) if top < (1 << 20) else np.unique(lengths)  # one pass, no sort
     if distinct.size <= 16:
         return [(int(v), np.flatnonzero(lengths == v)) for v in distinct.tolist()]
     order = np.argsort(lengths, kind="stable")
