@@ -291,7 +291,7 @@ class _Scanner:
         bad_header = False
         raw = np.frombuffer(buf, dtype=np.uint8)
         history: list[int] = []  # lengths of the records framed one by one lately
-        cooldown = _RUN_MIN
+        cooldown = backoff = _RUN_MIN  # records until the next look; the wait doubles after each miss
         retry: list[int] | None = None  # the cycle of the run just broken
         while pos + _HEADER_SIZE <= n:
             length, length_crc = unpack(buf, pos)
@@ -321,7 +321,8 @@ class _Scanner:
                 cycle = _period(history)
             cycles = _periodic_run(raw, pos, cycle, known, n) if cycle else 0
             if cycles < _RUN_MIN_CYCLES:
-                cooldown = _RUN_MIN  # no period here: look again a few records on
+                backoff = min(backoff * 2, _MAX_BACKOFF)  # no period here: look again later, less often
+                cooldown = backoff
                 del history[:-2 * _MAX_PERIOD]
                 continue
             if singles:
@@ -329,7 +330,7 @@ class _Scanner:
                 singles, single_lengths = [], []
             parts.append(_periodic(pos, cycle, cycles))
             pos += cycles * (sum(cycle) + _FRAME_SIZE * len(cycle))
-            history, cooldown, retry = [], _RUN_MIN, cycle
+            history, cooldown, backoff, retry = [], _RUN_MIN, _RUN_MIN, cycle
         if singles:
             parts.append((np.array(singles, dtype=np.int64), np.array(single_lengths, dtype=np.int64)))
         self.pos = pos
@@ -446,6 +447,7 @@ class _Scanner:
 _RUN_MIN = 8  # records framed one by one between two looks for a period
 _MAX_PERIOD = 16  # the longest cycle of lengths looked for (tags written per step)
 _RUN_MIN_CYCLES = 4  # cycles that must follow for a run to be framed in bulk
+_MAX_BACKOFF = 1024  # records between two looks, at most, in a file without short periods
 _RUN_WINDOW = 1 << 16  # records looked at per look-ahead
 
 
@@ -561,9 +563,13 @@ def rows_crc32c(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
     tables, base = _position_tables(length)
     windows = np.lib.stride_tricks.sliding_window_view(raw, length)
     out = np.empty(starts.size, dtype=np.uint32)
+    data = memoryview(raw)
     for a in range(0, starts.size, _STRIDED_CHUNK):
         block = windows[starts[a:a + _STRIDED_CHUNK]]
         varying = ~(block == block[0]).all(axis=0)
+        if np.count_nonzero(varying) > 64 + length // 8:  # mostly varying bytes (histogram buckets): C is faster
+            out[a:a + len(block)] = [_crc32c.crc32c(data[s:s + length]) for s in starts[a:a + _STRIDED_CHUNK].tolist()]
+            continue
         const = np.uint32(base)
         for k in np.flatnonzero(~varying).tolist():
             const ^= tables[k][block[0, k]]

@@ -172,7 +172,8 @@ def test_runs_of_equal_records_are_framed_in_bulk_with_the_same_damage_handling(
     calls = []
     real = tfrecord._periodic_run
     monkeypatch.setattr(tfrecord, "_periodic_run", lambda *a: calls.append(a[2]) or real(*a))
-    assert read() == bulk and [32] in calls and [36, 40, 32] in calls  # the look-ahead ran, for both kinds of run
+    assert read() == bulk and [32] in calls  # the look-ahead ran, for both kinds of run (a cycle in any phase)
+    assert any(len(c) == 3 and sorted(c) == [32, 36, 40] for c in calls)
     monkeypatch.setattr(tfrecord, "_RUN_MIN", 10**9)  # record by record
     walk = read()
     assert bulk == walk
