@@ -134,7 +134,8 @@ def spike_events(indexes: list[int], gap: int = 1) -> list[tuple[int, int]]:
 
 
 def baselines_before(values, indexes: np.ndarray, window: int = 10) -> np.ndarray:
-    """`baseline_before` of each of `indexes`, vectorised (NaN where no value precedes)."""
+    """Median of the `window` values before each of `indexes` (what the series was doing before a spike;
+    NaN where no value precedes)."""
     v = np.asarray(values, dtype=np.float64)
     idx = np.asarray(indexes, dtype=np.int64)
     out = np.full(idx.size, np.nan)
@@ -144,10 +145,3 @@ def baselines_before(values, indexes: np.ndarray, window: int = 10) -> np.ndarra
     for k in np.flatnonzero(~full & (idx > 0)).tolist():
         out[k] = float(np.median(v[:idx[k]]))
     return out
-
-
-def baseline_before(values, index: int, window: int = 10) -> float:
-    """Median of the `window` values before `index` (what the series was doing before a spike)."""
-    v = np.asarray(values, dtype=np.float64)
-    head = v[max(0, index - window):index]
-    return float(np.median(head)) if head.size else float("nan")

@@ -32,11 +32,6 @@ class SimpleScalars:
     wall_times: np.ndarray
     values: np.ndarray
 
-    @property
-    def tags(self) -> np.ndarray:
-        """The tag of each matched record (an object array; for callers that want strings)."""
-        return np.array(self.names, dtype=object)[self.codes] if self.names else np.zeros(0, dtype=object)
-
     @classmethod
     def decode(cls, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> "SimpleScalars":
         raw = np.frombuffer(buffer + bytes(_PAD), dtype=np.uint8)  # every offset below stays inside
