@@ -73,8 +73,8 @@ def fabric_spikes(values, window: int = 10, rtol: float = 2.0, warmup: int = 1,
     if v.size > max(warmup, 1):
         i = np.arange(v.size)
         mean = np.zeros(v.size)
-        head = min(window, v.size)
-        mean[1:head + 1] = np.cumsum(v[:head])[: max(head, 1)][: v.size - 1] / np.arange(1, head + 1)[: v.size - 1]
+        head = min(window, v.size - 1)  # value i < window sees the i values before it
+        mean[1:head + 1] = np.cumsum(v[:head]) / np.arange(1, head + 1)
         if v.size > window:
             mean[window:] = _previous_windows(v, window).mean(axis=1)
         prev = np.concatenate([[0.0], v[:-1]])

@@ -77,25 +77,42 @@ def masked_crc32c(data: bytes) -> int:
     return _mask(_crc32c.crc32c(data))
 
 
-def _crc8_tables() -> tuple[np.ndarray, int]:
-    """CRC32C of 8 bytes as ``base ^ T[0][b0] ^ ... ^ T[7][b7]``: the CRC is affine over GF(2) in its
-    input bits, so each byte's contribution is independent of the others."""
-    base = _crc32c.crc32c(bytes(8))
-    tables = np.zeros((8, 256), dtype=np.uint32)
-    for k in range(8):
-        for b in range(256):
-            tables[k, b] = _crc32c.crc32c(bytes(k) + bytes([b]) + bytes(7 - k)) ^ base
-    return tables, base
+def _crc_byte_table() -> np.ndarray:
+    """The 256-entry table of reflected CRC32C (polynomial 0x82F63B78): the register after one byte."""
+    reg = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        reg = np.where(reg & 1, (reg >> np.uint32(1)) ^ np.uint32(0x82F63B78), reg >> np.uint32(1)).astype(np.uint32)
+    return reg
 
 
-_CRC8_TABLES, _CRC8_BASE = _crc8_tables()
+_CRC_BYTE_TABLE = _crc_byte_table()
+_VECTOR_MAX_LENGTH = 4096  # longer records: one C call each costs less than their tables
+_BLOCK_ROWS = 1 << 14  # records per block (a block of 16k short records stays in cache)
+
+
+@functools.lru_cache(maxsize=64)
+def _position_tables(length: int) -> tuple[np.ndarray, int]:
+    """CRC32C of `length` bytes as ``base ^ T[0][b0] ^ ... ^ T[length-1][b_last]``.
+
+    The CRC is affine over GF(2) in its input bits, so each byte's contribution depends only on the
+    byte and its position: the byte's table entry advanced through the zero bytes that follow it
+    (one standard table step per byte). ``base`` is the CRC of `length` zero bytes."""
+    tables = np.empty((length, 256), dtype=np.uint32)
+    t = _CRC_BYTE_TABLE.copy()
+    tables[length - 1] = t
+    for k in range(length - 2, -1, -1):
+        t = (t >> np.uint32(8)) ^ _CRC_BYTE_TABLE[t & np.uint32(0xFF)]
+        tables[k] = t
+    tables.flags.writeable = False
+    return tables, _crc32c.crc32c(bytes(length))
 
 
 def header_crcs(length_bytes: np.ndarray) -> np.ndarray:
     """Masked CRC32C of each row of an (n, 8) uint8 array (the length fields of n headers)."""
-    crc = np.full(len(length_bytes), _CRC8_BASE, dtype=np.uint32)
+    tables, base = _position_tables(8)
+    crc = np.full(len(length_bytes), base, dtype=np.uint32)
     for k in range(8):
-        crc ^= _CRC8_TABLES[k][length_bytes[:, k]]
+        crc ^= tables[k][length_bytes[:, k]]
     return _mask(crc.astype(np.uint64)).astype(np.uint32)
 
 
@@ -516,36 +533,6 @@ def length_groups(lengths: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return [(int(v), order[a:b]) for v, a, b in zip(distinct.tolist(), bounds.tolist(), ends.tolist())]
 
 
-def _crc_byte_table() -> np.ndarray:
-    """The 256-entry table of reflected CRC32C (polynomial 0x82F63B78): the register after one byte."""
-    reg = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        reg = np.where(reg & 1, (reg >> np.uint32(1)) ^ np.uint32(0x82F63B78), reg >> np.uint32(1)).astype(np.uint32)
-    return reg
-
-
-_CRC_BYTE_TABLE = _crc_byte_table()
-_STRIDED_MAX_LENGTH = 4096  # longer records: one C call each costs less than their tables
-_STRIDED_CHUNK = 1 << 14  # records per block (a block of 16k short records stays in cache)
-
-
-@functools.lru_cache(maxsize=64)
-def _position_tables(length: int) -> tuple[np.ndarray, int]:
-    """CRC32C of `length` bytes as ``base ^ T[0][b0] ^ ... ^ T[length-1][b_last]``.
-
-    The CRC is affine over GF(2) in its input bits, so each byte's contribution depends only on the
-    byte and its position: the byte's table entry advanced through the zero bytes that follow it
-    (one standard table step per byte). ``base`` is the CRC of `length` zero bytes."""
-    tables = np.empty((length, 256), dtype=np.uint32)
-    t = _CRC_BYTE_TABLE.copy()
-    tables[length - 1] = t
-    for k in range(length - 2, -1, -1):
-        t = (t >> np.uint32(8)) ^ _CRC_BYTE_TABLE[t & np.uint32(0xFF)]
-        tables[k] = t
-    tables.flags.writeable = False
-    return tables, _crc32c.crc32c(bytes(length))
-
-
 _VECTOR_MIN = 32  # fewer records of one length: one C call each is cheaper than the numpy steps
 
 
@@ -557,18 +544,16 @@ def rows_crc32c(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
     the columns that are equal in every record add one constant, and only the varying columns (about
     11 of 38 bytes for `add_scalar`) are looked up per record. Exact (tests compare it with the C
     implementation); long records, and a few records, go to the C call one by one."""
-    if length > _STRIDED_MAX_LENGTH or length == 0 or starts.size < _VECTOR_MIN:
-        data = memoryview(raw)
-        return np.array([_crc32c.crc32c(data[s:s + length]) for s in starts.tolist()], dtype=np.uint32)
+    if length > _VECTOR_MAX_LENGTH or length == 0 or starts.size < _VECTOR_MIN:
+        return _c_crc32c(raw, starts, length)
     tables, base = _position_tables(length)
     windows = np.lib.stride_tricks.sliding_window_view(raw, length)
     out = np.empty(starts.size, dtype=np.uint32)
-    data = memoryview(raw)
-    for a in range(0, starts.size, _STRIDED_CHUNK):
-        block = windows[starts[a:a + _STRIDED_CHUNK]]
+    for a in range(0, starts.size, _BLOCK_ROWS):
+        block = windows[starts[a:a + _BLOCK_ROWS]]
         varying = ~(block == block[0]).all(axis=0)
         if np.count_nonzero(varying) > 64 + length // 8:  # mostly varying bytes (histogram buckets): C is faster
-            out[a:a + len(block)] = [_crc32c.crc32c(data[s:s + length]) for s in starts[a:a + _STRIDED_CHUNK].tolist()]
+            out[a:a + len(block)] = _c_crc32c(raw, starts[a:a + _BLOCK_ROWS], length)
             continue
         const = np.uint32(base)
         for k in np.flatnonzero(~varying).tolist():
@@ -578,6 +563,12 @@ def rows_crc32c(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
             crcs ^= tables[k][block[:, k]]
         out[a:a + len(block)] = crcs
     return out
+
+
+def _c_crc32c(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """rows_crc32c with one call of the C CRC32C per record."""
+    data = memoryview(raw)
+    return np.array([_crc32c.crc32c(data[s:s + length]) for s in starts.tolist()], dtype=np.uint32)
 
 
 def _mask(crc):

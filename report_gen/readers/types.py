@@ -252,15 +252,6 @@ def tidy_scalars(frame: "pd.DataFrame") -> "pd.DataFrame":
     return frame.astype(SCALAR_DTYPES)[SCALAR_COLUMNS]
 
 
-def series_in_order(scalars: "pd.DataFrame") -> "pd.DataFrame":
-    """Rows sorted by run, then tag (stable: each series keeps its own order, as its log gave it)."""
-    import pandas as pd
-
-    runs = pd.factorize(scalars["run"], sort=True)[0]
-    tags = pd.factorize(scalars["tag"], sort=True)[0]
-    return tidy_scalars(scalars.iloc[np.lexsort((tags, runs))].reset_index(drop=True))
-
-
 @dataclass
 class TensorInfo:
     """One tensor of a checkpoint. role: "param" (trainable weight) or "buffer" (running_mean,

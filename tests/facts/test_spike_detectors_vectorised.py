@@ -62,6 +62,14 @@ def test_vectorised_detectors_flag_what_the_loops_flag(seed, n):
     assert fabric_spikes(v, atol=0.3, rtol=None) == fabric_loop(v, atol=0.3, rtol=None)
 
 
-def test_a_healthy_curve_without_spikes_is_judged_without_the_loop():
+def test_a_healthy_curve_without_spikes_is_judged_without_the_loop(monkeypatch):
+    from report_gen.facts import spikes
+
+    def no_loop(*args):
+        raise AssertionError("Fabric's per-point loop ran on a curve without a candidate")
+
+    monkeypatch.setattr(spikes, "_fabric_from", no_loop)
     v = 2.0 * np.exp(-np.arange(250_000) / 60_000) + 0.1  # decreasing: never a Fabric candidate
     assert fabric_spikes(v) == [] and foundry_spikes(v) == [] and olmo_spikes(v) == []
+    with pytest.raises(AssertionError):  # and a curve with a spike does go through the loop
+        fabric_spikes(np.concatenate([v[:100], [50.0], v[100:200]]))

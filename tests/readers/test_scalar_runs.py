@@ -17,7 +17,7 @@ from builders.event_builders import (frame, make_scalar_event, make_tensor_scala
                                      write_bytes, write_records)
 from report_gen.readers.events import read_events
 from report_gen.readers.events.bulk import _HASH_MUL, row_codes
-from report_gen.readers.tfrecord import _STRIDED_CHUNK, rows_crc32c
+from report_gen.readers.tfrecord import _BLOCK_ROWS, rows_crc32c
 from report_gen.readers.types import RunLog, ScalarSeries, ScalarTable
 
 T0 = 1.7e9
@@ -42,7 +42,7 @@ def ours(path, **kwargs) -> list[tuple[str, int, float, float]]:
 @pytest.mark.parametrize("length", [1, 7, 38, 300, 5000])
 def test_strided_crc_equals_the_c_implementation(length):
     rng = np.random.default_rng(length)
-    count = _STRIDED_CHUNK + 37 if length < 300 else 50  # across a block boundary
+    count = _BLOCK_ROWS + 37 if length < 300 else 50  # across a block boundary
     stride = length + 16
     data = rng.integers(0, 256, count * stride + 8, dtype=np.uint8)
     data[: count * stride].reshape(count, stride)[:, : length // 2] = 7  # constant columns, as in real runs

@@ -124,7 +124,7 @@ def _decode_scattered(raw: np.ndarray, idx: np.ndarray, starts: np.ndarray, leng
     and values at the matched ones and returns their tag bytes as pieces, one per tag length."""
     ends = starts + lengths
     has_step = raw[starts + 9] == 0x10
-    step, step_len, step_ok = _short_varint(raw, starts + 10)
+    step, step_len, step_ok = _varint_at(raw, starts + 10)
     step_len = np.where(has_step, step_len, 0)
     p = starts + 9 + np.where(has_step, 1 + step_len, 0)  # at the summary field
     tag_len = raw[p + 5].astype(np.int64)
@@ -138,35 +138,13 @@ def _decode_scattered(raw: np.ndarray, idx: np.ndarray, starts: np.ndarray, leng
     starts, p, tag_len = starts[sel], p[sel], tag_len[sel]
     mask[rows] = True
     steps[rows] = np.where(has_step[sel], step[sel], 0)
-    walls[rows] = _u_at(raw, starts + 1, 8).view("<f8").ravel()
-    values[rows] = _u_at(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64)
+    walls[rows] = gather_rows(raw, starts + 1, 8).view("<f8").ravel()
+    values[rows] = gather_rows(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64)
     pieces = []
     for length in np.unique(tag_len).tolist():
         same = np.flatnonzero(tag_len == length)
-        pieces.append((rows[same], _u_at(raw, p[same] + 6, length) if length else np.zeros((same.size, 0), np.uint8)))
+        pieces.append((rows[same], gather_rows(raw, p[same] + 6, length) if length else np.zeros((same.size, 0), np.uint8)))
     return pieces
-
-
-def _u_at(raw: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
-    """(n, width) bytes at each of ``starts``, contiguous (ready for ``.view``)."""
-    return np.lib.stride_tricks.sliding_window_view(raw, width)[starts]
-
-
-def _short_varint(raw: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, byte length, valid) of the varint at each of ``pos``, reading only as many bytes as the
-    longest one has (a step counter is one to three bytes; at most ten)."""
-    byte = raw[pos]
-    value = (byte & 0x7F).astype(np.uint64)
-    going = byte >= 0x80
-    length = np.ones(pos.size, dtype=np.int64)
-    for k in range(1, 10):
-        if not going.any():
-            break
-        byte = raw[pos + k]
-        value |= np.where(going, (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k), np.uint64(0))
-        length += going
-        going &= byte >= 0x80
-    return value.view(np.int64), length, ~going
 
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -288,21 +266,23 @@ def _bytes_at(buffer: bytes):
     return raw, at
 
 
-def _varints(groups: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Decode int64 varints from rows of up to 10 bytes; length 0 means the field was absent (0)."""
-    payload = (groups.astype(np.uint64) & np.uint64(0x7F)) << (np.uint64(7) * np.arange(10, dtype=np.uint64))
-    payload[np.arange(10) >= lengths[:, None]] = 0
-    return payload.sum(axis=1, dtype=np.uint64).view(np.int64)
-
-
 def _varint_at(raw: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, byte length, valid) of the varint starting at each of ``pos`` (at most 10 bytes)."""
+    """(value, byte length, valid) of the varint starting at each of ``pos`` (at most 10 bytes; offsets
+    clamped to the buffer), reading only as many bytes as the longest one has (a step counter is one to
+    three). An invalid one (no last byte within 10) has value 0 and length 1."""
     last = raw.size - 1
-    groups = raw[np.minimum(pos[:, None] + np.arange(10), last)]
-    done = groups < 0x80
-    valid = done.any(axis=1)
-    length = done.argmax(axis=1) + 1
-    return _varints(groups, np.where(valid, length, 0)), length, valid
+    byte = raw[np.minimum(pos, last)]
+    value = (byte & 0x7F).astype(np.uint64)
+    going = byte >= 0x80
+    length = np.ones(pos.size, dtype=np.int64)
+    for k in range(1, 10):
+        if not going.any():
+            break
+        byte = raw[np.minimum(pos + k, last)]
+        value |= np.where(going, (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k), np.uint64(0))
+        length += going
+        going &= byte >= 0x80
+    return np.where(going, np.uint64(0), value).view(np.int64), np.where(going, 1, length), ~going
 
 
 @dataclass

@@ -36,11 +36,11 @@ Hostile or malformed records
 """
 from __future__ import annotations
 
+import functools
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import struct
 
 import numpy as np
 
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 ALL_KINDS = ("scalars", "histograms", "images", "texts", "hparams")
 
 
+@functools.cache
 def _load_protos() -> None:
     """Import the protobuf classes, on the first record the bulk decoders leave (a file of plain
     scalars and histograms never needs them: protobuf and TensorBoard's protos cost a tenth of a second
@@ -82,8 +83,6 @@ def _load_protos() -> None:
         types_pb2.DT_BOOL: ("bool", "bool_val"),
     }
 
-
-_PROTOS_LOADED = False
 
 # TF leaves out trailing copies of a tensor's last value; such a tensor is rebuilt only if it has at
 # most _MAX_FILL elements, and a file may rebuild at most _MAX_FILL + _FILL_PER_BYTE * (its size)
@@ -224,10 +223,7 @@ class _EventDecoder:
             self.content.note_first(seq, wall)
             self.versions += 1
             return
-        global _PROTOS_LOADED
-        if not _PROTOS_LOADED:
-            _load_protos()
-            _PROTOS_LOADED = True
+        _load_protos()  # once
         try:
             ok = self._decode_event(data, seq)
         except Exception:  # noqa: BLE001 - no record's content may stop the read
