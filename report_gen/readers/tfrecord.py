@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import crc32c as _crc32c
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from report_gen.core import Problem, ProblemKind
 from report_gen.safe_open import open_regular
@@ -362,10 +363,9 @@ class _Scanner:
         lengths = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         if self.reader.check_crc and start_arr.size:
             raw = np.frombuffer(self.buf, dtype=np.uint8)
-            crcs = np.empty(start_arr.size, dtype=np.uint32)
+            bad = np.empty(start_arr.size, dtype=bool)
             for length, idx in length_groups(lengths):
-                crcs[idx] = rows_crc32c(raw, start_arr[idx], length)
-            bad = _mask(crcs.astype(np.uint64)).astype(np.uint32) != gather_rows(raw, start_arr + lengths, 4).view("<u4").ravel()
+                bad[idx] = ~records_crc_ok(raw, start_arr[idx], length)
             if bad.any():
                 for offset in (start_arr[bad] - _HEADER_SIZE).tolist():
                     self.reader._note_bad_data(self.base + offset)
@@ -541,28 +541,78 @@ def rows_crc32c(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
 
     Records of one length written by one logger are mostly equal bytes (field tags, the tag, high
     bytes of the wall time): per block of records (copied out together, so the block stays in cache),
-    the columns that are equal in every record add one constant, and only the varying columns (about
-    11 of 38 bytes for `add_scalar`) are looked up per record. Exact (tests compare it with the C
+    the columns equal in every record add one constant, and only the varying columns (about 11 of 38
+    bytes for `add_scalar`) are looked up per record. Exact (tests compare it with the C
     implementation); long records, and a few records, go to the C call one by one."""
-    if length > _VECTOR_MAX_LENGTH or length == 0 or starts.size < _VECTOR_MIN:
+    if not _vectorised(starts, length):
+        return _c_crc32c(raw, starts, length)
+    out = np.empty(starts.size, dtype=np.uint32)
+    for a, block, ref in _blocks_of(raw, starts, length):
+        out[a:a + len(block)] = _block_crc32c(raw, starts[a:a + len(block)], block, varying_columns(block, ref), length)
+    return out
+
+
+def records_crc_ok(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """Whether each record of `length` bytes at `starts` matches the masked CRC32C in the 4 bytes that
+    follow it (its footer). The footer is read with the record, in the same block copy."""
+    if not _vectorised(starts, length):
+        return _mask_u32(_c_crc32c(raw, starts, length)) == gather_rows(raw, starts + length, 4).view("<u4").ravel()
+    out = np.empty(starts.size, dtype=bool)
+    for a, block, ref in _blocks_of(raw, starts, length + 4):
+        varying = varying_columns(block, ref)[:length]
+        crcs = _block_crc32c(raw, starts[a:a + len(block)], block[:, :length], varying, length)
+        out[a:a + len(block)] = _mask_u32(crcs) == np.ascontiguousarray(block[:, length:]).view("<u4").ravel()
+    return out
+
+
+def _vectorised(starts: np.ndarray, length: int) -> bool:
+    return 0 < length <= _VECTOR_MAX_LENGTH and starts.size >= _VECTOR_MIN
+
+
+def _blocks_of(raw: np.ndarray, starts: np.ndarray, width: int):
+    """(first index, rows, reference) for each block of `_BLOCK_ROWS` records: the `width` bytes at their
+    starts, and the first record's bytes repeated once per row (every block is compared with it)."""
+    windows = sliding_window_view(raw, width)
+    ref = np.tile(windows[starts[0]], min(starts.size, _BLOCK_ROWS))
+    for a in range(0, starts.size, _BLOCK_ROWS):
+        yield a, windows[starts[a:a + _BLOCK_ROWS]], ref
+
+
+def _block_crc32c(raw: np.ndarray, starts: np.ndarray, block: np.ndarray, varying: np.ndarray,
+                  length: int) -> np.ndarray:
+    """CRC32C of each row of `block` (the `length` bytes of the records at `starts`); `varying` marks
+    the columns not equal in every row."""
+    columns = np.flatnonzero(varying)
+    if columns.size > 64 + length // 8:  # mostly varying bytes (histogram buckets): C is faster
         return _c_crc32c(raw, starts, length)
     tables, base = _position_tables(length)
-    windows = np.lib.stride_tricks.sliding_window_view(raw, length)
-    out = np.empty(starts.size, dtype=np.uint32)
-    for a in range(0, starts.size, _BLOCK_ROWS):
-        block = windows[starts[a:a + _BLOCK_ROWS]]
-        varying = ~(block == block[0]).all(axis=0)
-        if np.count_nonzero(varying) > 64 + length // 8:  # mostly varying bytes (histogram buckets): C is faster
-            out[a:a + len(block)] = _c_crc32c(raw, starts[a:a + _BLOCK_ROWS], length)
-            continue
-        const = np.uint32(base)
-        for k in np.flatnonzero(~varying).tolist():
-            const ^= tables[k][block[0, k]]
-        crcs = np.full(len(block), const, dtype=np.uint32)
-        for k in np.flatnonzero(varying).tolist():
-            crcs ^= tables[k][block[:, k]]
-        out[a:a + len(block)] = crcs
-    return out
+    fixed = np.flatnonzero(~varying)
+    const = np.uint32(base) ^ np.bitwise_xor.reduce(tables[fixed, block[0, fixed]]) if fixed.size else np.uint32(base)
+    crcs = np.full(len(block), const, dtype=np.uint32)
+    for k in columns.tolist():
+        crcs ^= tables[k][block[:, k]]
+    return crcs
+
+
+def varying_columns(rows: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
+    """Which columns of a 2-D uint8 array are not the same in every row (exact): where some row differs
+    from the reference row.
+
+    Every row is XORed with a reference row (`ref`: that row repeated at least once per row, flat; the
+    first row when not given), then the rows are ORed together pairwise in place, halving them each
+    time: whole-array operations, where numpy's reductions along axis 0 walk the few columns row by row."""
+    count, width = rows.shape
+    if not count or not width or (count == 1 and ref is None):
+        return np.zeros(width, dtype=bool)
+    flat = np.ascontiguousarray(rows).reshape(-1)
+    x = np.bitwise_xor(flat, np.tile(rows[0], count) if ref is None else ref[:flat.size])
+    while count > 1:
+        half = count // 2
+        if count % 2:
+            x[:width] |= x[(count - 1) * width:count * width]
+        np.bitwise_or(x[:half * width], x[half * width:2 * half * width], out=x[:half * width])
+        count = half
+    return x[:width] != 0
 
 
 def _c_crc32c(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
@@ -576,7 +626,12 @@ def _mask(crc):
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def _mask_u32(crc: np.ndarray) -> np.ndarray:
+    """TFRecord's CRC mask of a uint32 array, in uint32 (the rotation and the sum wrap at 32 bits)."""
+    return ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)
+
+
 def gather_rows(raw: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     """Rows of ``width`` bytes starting at each of ``starts`` (contiguous, ready for ``.view``): one row of
     a sliding-window view per start, so no (n, width) index array is built."""
-    return np.lib.stride_tricks.sliding_window_view(raw, width)[starts]
+    return sliding_window_view(raw, width)[starts]

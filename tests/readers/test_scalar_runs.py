@@ -17,7 +17,8 @@ from builders.event_builders import (frame, make_scalar_event, make_tensor_scala
                                      write_bytes, write_records)
 from report_gen.readers.events import read_events
 from report_gen.readers.events.bulk import _HASH_MUL, row_codes
-from report_gen.readers.tfrecord import _BLOCK_ROWS, rows_crc32c
+from report_gen.readers.events.merge import _rows_per_code
+from report_gen.readers.tfrecord import _BLOCK_ROWS, records_crc_ok, rows_crc32c, varying_columns
 from report_gen.readers.types import RunLog, ScalarSeries, ScalarTable
 
 T0 = 1.7e9
@@ -50,6 +51,49 @@ def test_strided_crc_equals_the_c_implementation(length):
     got = rows_crc32c(raw, 3 + stride * np.arange(count - 1), length)
     want = [crc32c.crc32c(raw[3 + i * stride:3 + i * stride + length].tobytes()) for i in range(count - 1)]
     assert got.tolist() == want
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 17, 64, _BLOCK_ROWS + 1])
+def test_varying_columns_are_exactly_the_columns_where_some_row_differs(count):
+    rng = np.random.default_rng(count)
+    rows = np.tile(rng.integers(0, 256, 41, dtype=np.uint8), (count, 1))
+    rows[:, [3, 9, 40]] = rng.integers(0, 256, (count, 3), dtype=np.uint8)
+    rows[-1, 20] ^= 0x01  # one bit of one row, the last (the odd row out of the pairwise folding)
+    want = ~(rows == rows[0]).all(axis=0)
+    assert varying_columns(rows).tolist() == want.tolist()
+    other = rng.integers(0, 256, 41, dtype=np.uint8)  # a reference row that is none of the rows
+    assert varying_columns(rows, np.tile(rows[0], count)).tolist() == want.tolist()
+    assert varying_columns(rows, np.tile(other, count + 5)).tolist() == (~(rows == other).all(axis=0)).tolist()
+
+
+@pytest.mark.parametrize("length", [1, 38, 300, 5000])
+def test_record_crc_check_finds_exactly_the_records_the_c_implementation_refuses(length):
+    """Records of one length with their footers (masked CRCs), most of their bytes constant as a logger
+    writes them; damage in a constant column, a varying column and a footer, across a block boundary."""
+    rng = np.random.default_rng(length)
+    count = _BLOCK_ROWS + 37 if length < 300 else 50
+    stride = length + 4 + 12
+    data = rng.integers(0, 256, count * stride, dtype=np.uint8).reshape(count, stride)
+    data[:, : length // 2] = 7
+    for i in range(count):
+        crc = crc32c.crc32c(data[i, :length].tobytes())
+        data[i, length:length + 4] = np.frombuffer(np.uint32((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+                                                   .tobytes(), dtype=np.uint8)
+    damaged = {1, count // 2, count - 1}
+    data[1, 0] ^= 0x10  # a constant column (every other record holds 7 there)
+    data[count // 2, length - 1] ^= 0x01  # the last byte
+    data[count - 1, length + 2] ^= 0x80  # the footer
+    raw = np.frombuffer(data.tobytes(), dtype=np.uint8)
+    ok = records_crc_ok(raw, stride * np.arange(count), length)
+    assert np.flatnonzero(~ok).tolist() == sorted(damaged)
+
+
+def test_rows_per_code_lists_every_code_in_order_for_few_and_many_codes():
+    rng = np.random.default_rng(0)
+    for k in (1, 3, 16, 17, 300):
+        codes = rng.integers(0, k, 5000)
+        got = _rows_per_code(codes, k)
+        assert [g.tolist() for g in got] == [np.flatnonzero(codes == c).tolist() for c in range(k)]
 
 
 @pytest.mark.parametrize("tags", [("train/m0", "train/m1", "train/m2"), ("loss", "train/accuracy", "lr")])

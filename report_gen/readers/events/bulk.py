@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-from report_gen.readers.tfrecord import gather_rows, length_groups
+from report_gen.readers.tfrecord import gather_rows, length_groups, varying_columns
 
 
 @dataclass
@@ -34,28 +35,34 @@ class SimpleScalars:
 
     @classmethod
     def decode(cls, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> "SimpleScalars":
-        raw = np.frombuffer(buffer + bytes(_PAD), dtype=np.uint8)  # every offset below stays inside
+        raw = np.frombuffer(buffer, dtype=np.uint8)
         starts = np.asarray(starts, dtype=np.int64)
         lengths = np.asarray(lengths, dtype=np.int64)
         n = starts.size
-        mask = np.zeros(n, dtype=bool)
-        steps, walls, values = np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n)
-        pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (record indices, their tag bytes (k, T))
+        groups = []  # (record indices, ok, steps, walls, values, tag bytes) per length decoded as a group
         rest = np.ones(n, dtype=bool)
         for length, idx in length_groups(lengths):
             if idx.size < _MIN_GROUP or not 21 <= length < _PAD:
                 continue
             group = _decode_group(raw, starts[idx], length)
-            if group is None:
-                continue
-            ok, g_steps, g_walls, g_values, tag_rows = group
-            rows = idx if g_steps.size == idx.size else idx[ok]
-            mask[rows], steps[rows], walls[rows], values[rows] = True, g_steps, g_walls, g_values
-            rest[rows] = False  # the others are left to the record-by-record checks below
+            if group is not None:
+                rows = idx if group[1].size == idx.size else idx[group[0]]
+                groups.append((rows, *group[1:]))
+                rest[rows] = False  # the others are left to the record-by-record checks below
+        if len(groups) == 1 and groups[0][0].size == n:  # one layout for the whole batch: no scatter
+            rows, steps, walls, values, tag_rows = groups[0]
+            codes, names = _piece_codes([(rows, tag_rows)], n)
+            return cls(mask=np.ones(n, dtype=bool), codes=codes, names=names, steps=steps, wall_times=walls,
+                       values=values)
+        mask = ~rest
+        steps, walls, values = np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n)
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (record indices, their tag bytes (k, T))
+        for rows, g_steps, g_walls, g_values, tag_rows in groups:
+            steps[rows], walls[rows], values[rows] = g_steps, g_walls, g_values
             pieces.append((rows, tag_rows))
         left = np.flatnonzero(rest)
         if left.size:
-            pieces += _decode_scattered(raw, left, starts[left], lengths[left], mask, steps, walls, values)
+            pieces += _decode_scattered(buffer, left, starts[left], lengths[left], mask, steps, walls, values)
         codes, names = _piece_codes(pieces, n)
         sel = np.flatnonzero(mask)
         return cls(mask=mask, codes=codes[sel], names=names, steps=steps[sel], wall_times=walls[sel],
@@ -94,7 +101,7 @@ def _decode_group(raw: np.ndarray, starts: np.ndarray, length: int):
     if any(rec[c] != b for c, b in expected.items()):
         return None
     count = starts.size
-    windows = np.lib.stride_tricks.sliding_window_view(raw, length)
+    windows = sliding_window_view(raw, length)
     ok = np.ones(count, dtype=bool)
     step = np.zeros(count, dtype=np.uint64)
     walls, values = np.empty(count), np.empty(count)
@@ -118,10 +125,13 @@ def _decode_group(raw: np.ndarray, starts: np.ndarray, length: int):
     return ok, step.view(np.int64)[good], walls[good], values[good], tags[good]
 
 
-def _decode_scattered(raw: np.ndarray, idx: np.ndarray, starts: np.ndarray, lengths: np.ndarray, mask: np.ndarray,
+def _decode_scattered(buffer: bytes, idx: np.ndarray, starts: np.ndarray, lengths: np.ndarray, mask: np.ndarray,
                       steps: np.ndarray, walls: np.ndarray, values: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """The records at ``idx`` each with its own layout (vectorised over them): fills mask, steps, walls
     and values at the matched ones and returns their tag bytes as pieces, one per tag length."""
+    lo = int(starts.min())  # the span of these records, copied with _PAD zeros after it: every fixed
+    raw = np.frombuffer(buffer[lo:int((starts + lengths).max())] + bytes(_PAD), dtype=np.uint8)  # offset stays inside
+    starts = starts - lo
     ends = starts + lengths
     has_step = raw[starts + 9] == 0x10
     step, step_len, step_ok = _varint_at(raw, starts + 10)
@@ -141,7 +151,7 @@ def _decode_scattered(raw: np.ndarray, idx: np.ndarray, starts: np.ndarray, leng
     walls[rows] = gather_rows(raw, starts + 1, 8).view("<f8").ravel()
     values[rows] = gather_rows(raw, p + 7 + tag_len, 4).view("<f4").ravel().astype(np.float64)
     pieces = []
-    for length in np.unique(tag_len).tolist():
+    for length in np.flatnonzero(np.bincount(tag_len)).tolist():  # (np.unique would import numpy.ma)
         same = np.flatnonzero(tag_len == length)
         pieces.append((rows[same], gather_rows(raw, p[same] + 6, length) if length else np.zeros((same.size, 0), np.uint8)))
     return pieces
@@ -160,7 +170,7 @@ def row_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = rows.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    varying = np.flatnonzero(~(rows == rows[0]).all(axis=0)) if rows.shape[1] else np.zeros(0, dtype=np.int64)
+    varying = np.flatnonzero(varying_columns(rows))
     if not varying.size:
         return np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int64)
     if varying.size <= 2:  # the key fits 16 bits: a lookup table instead of a sorted search
@@ -204,9 +214,14 @@ def row_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _first_rows(slot: np.ndarray, k: int) -> np.ndarray:
     """The index of the first row of each of the `k` codes in `slot` (every code occurs)."""
-    if k <= 32:  # a few codes: one pass each
-        return np.array([int(np.argmax(slot == d)) for d in range(k)], dtype=np.int64)
-    return np.unique(slot, return_index=True)[1]
+    if k > 32:
+        return np.unique(slot, return_index=True)[1]
+    first = np.empty(k, dtype=np.int64)
+    head = slot[:4096]  # a logger writes its few tags within the first steps: look there first
+    for d in range(k):
+        at = np.flatnonzero(head == d)
+        first[d] = at[0] if at.size else np.argmax(slot == d)
+    return first
 
 
 def _exact_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -243,14 +258,18 @@ def _piece_codes(pieces: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[n
             else:
                 first_record[index[key]] = min(first_record[index[key]], int(rows[r]))
             mapping[d] = index[key]
-        codes[rows] = mapping[local]
+        if rows.size == n:  # one piece of every record, in order
+            codes = mapping[local]
+        else:
+            codes[rows] = mapping[local]
     names = [key.decode("utf-8", "replace") for key in index]
     if len(names) > 1:  # codes in order of first appearance
         order = np.argsort(np.array(first_record, dtype=np.int64), kind="stable")
         rank = np.empty(len(names), dtype=np.int64)
         rank[order] = np.arange(len(names))
-        codes = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
-        names = [names[i] for i in order.tolist()]
+        if (order != np.arange(len(names))).any():
+            codes = rank[codes] if codes.min() >= 0 else np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
+            names = [names[i] for i in order.tolist()]
     return codes, names
 
 

@@ -80,18 +80,18 @@ class Restarts:
                 for path, n in self.dropped.items()]
 
 
-def apply_step_policy(steps: np.ndarray, sessions: np.ndarray, max_per_tag: int | None,
+def apply_step_policy(steps: np.ndarray, sessions: np.ndarray | None, max_per_tag: int | None,
                       appended: frozenset[int] = frozenset()) -> tuple[np.ndarray, list]:
     """Apply the step policy to one series in write order.
 
     Returns the indices to keep (ordered by step, ties in write order, thinned to ``max_per_tag``) and
     the restarts as ``(index, dropped)`` pairs. Sessions in ``appended`` (appended evaluations) never
-    start a restart.
+    start a restart; ``sessions`` None means one writing session (which never restarts).
     """
     n = steps.size
     keep = np.ones(n, dtype=bool)
     restarts = []
-    if n > 1:
+    if n > 1 and sessions is not None:
         new_session = sessions[1:] != sessions[:-1]
         if new_session.any():  # one writing session (the usual case) never restarts
             if appended:
@@ -176,15 +176,16 @@ def appended_evaluations(sub: str, group: list[FileContent]) -> frozenset[int]:
             return base[i] + np.searchsorted(starts, seqs, side="right")
 
         for (codes, names), cols in zip(content.scalar_tags, content.scalar_cols):
-            ids = session(np.asarray(cols[0], dtype=np.int64))
-            if not ids.size:
+            if not cols[0].size:
                 continue
+            # one session for the whole part (a file without TF1 session STARTs): no per-record ids
+            ids = session(np.asarray(cols[0], dtype=np.int64)) if starts.size else None
             is_eval = np.array([evaluation.setdefault(t, is_evaluation_series(t, sub)) for t in names], dtype=bool)
             if not is_eval.all():
-                blocked.update(_distinct(ids[~is_eval[codes]]))
+                blocked.update([int(base[i])] if ids is None else _distinct(ids[~is_eval[codes]]))
             steps = np.asarray(cols[1], dtype=np.int64)
-            for sid in _distinct(ids):  # sessions of one part: one or a few
-                mine = steps if ids[0] == ids[-1] == sid else steps[ids == sid]
+            for sid in [int(base[i])] if ids is None else _distinct(ids):  # sessions of one part: one or a few
+                mine = steps if ids is None or ids[0] == ids[-1] == sid else steps[ids == sid]
                 lo, hi = int(mine.min()), int(mine.max())
                 old = spans.get(sid)
                 spans[sid] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
@@ -213,35 +214,48 @@ def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
     if not parts:
         return []
     index: dict[str, int] = {}  # tag -> code over the whole sub
-    coded = []
-    for _, (codes, names), _ in parts:
-        remap = np.array([index.setdefault(t, len(index)) for t in names], dtype=np.int64)
-        coded.append(remap[codes] if codes.size else codes.astype(np.int64))
+    remaps = [np.array([index.setdefault(t, len(index)) for t in names], dtype=np.int64) for _, (_, names), _ in parts]
     names = sorted(index)
     rank = np.empty(len(names), dtype=np.int64)
     rank[[index[t] for t in names]] = np.arange(len(names))
-    codes = rank[np.concatenate(coded)]  # codes in alphabetical order of the tags
-    file_index = np.concatenate([np.full(cols[0].size, i, dtype=np.int64) for i, _, cols in parts])
-    seqs, steps, walls, values = (np.concatenate([cols[k] for _, _, cols in parts]) for k in range(4))
-    written = file_index * (1 << 40) + seqs  # write order (files in merge order, then records)
-    keys = codes.astype(np.int16) if len(names) < (1 << 15) else codes  # a stable sort of int16 is a radix sort
-    if written.size > 1 and np.any(written[1:] < written[:-1]):
-        first = np.argsort(written, kind="stable")
-        order = first[np.argsort(keys[first], kind="stable")]
-    else:
-        order = np.argsort(keys, kind="stable")  # per tag, in write order
-    sessions = _session_ids(group, file_index, seqs)[order]
-    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    # codes in alphabetical order of the tags, one gather per part
+    codes = _joined([rank[remap][part_codes] for remap, (_, (part_codes, _), _) in zip(remaps, parts)])
+    seqs, steps, walls, values = (_joined([cols[k] for _, _, cols in parts]) for k in range(4))
+    one_file = all(i == parts[0][0] for i, _, _ in parts)
+    file_index = None if one_file else np.concatenate([np.full(cols[0].size, i, dtype=np.int64) for i, _, cols in parts])
+    written = seqs if one_file else file_index * (1 << 40) + seqs  # write order (files in merge order, then records)
+    first = np.argsort(written, kind="stable") if written.size > 1 and np.any(written[1:] < written[:-1]) else None
+    # sessions: None when every value comes from one writing session (one file, no TF1 session START)
+    sessions = None if one_file and not group[parts[0][0]].session_starts else _session_ids(
+        group, np.zeros(seqs.size, dtype=np.int64) + parts[0][0] if one_file else file_index, seqs)
     out = []
-    for code, name in enumerate(names):
-        rows = order[bounds[code]:bounds[code + 1]]
-        kept, found = apply_step_policy(steps[rows], sessions[bounds[code]:bounds[code + 1]], max_per_tag, appended)
+    for code, rows in enumerate(_rows_per_code(codes if first is None else codes[first], len(names))):
+        if first is not None:
+            rows = first[rows]  # per tag, in write order
+        kept, found = apply_step_policy(steps[rows], None if sessions is None else sessions[rows], max_per_tag, appended)
         for i, dropped in found:
-            restarts.add(group[file_index[rows[i]]].path, name, int(steps[rows[i]]), dropped)
+            where = parts[0][0] if file_index is None else file_index[rows[i]]
+            restarts.add(group[where].path, names[code], int(steps[rows[i]]), dropped)
         rows = rows[kept]
-        out.append(ScalarSeries(sub, name, steps[rows].astype(np.int64), walls[rows].astype(np.float64),
-                                values[rows].astype(np.float64)))
+        out.append(ScalarSeries(sub, names[code], steps[rows].astype(np.int64, copy=False),
+                                walls[rows].astype(np.float64, copy=False), values[rows].astype(np.float64, copy=False)))
     return out
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    """One array of them all (the array itself when there is one)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _rows_per_code(codes: np.ndarray, k: int) -> list[np.ndarray]:
+    """For each code 0..k-1, the indices where it occurs, ascending: a pass per code for a few codes, a
+    stable radix sort (int16 keys) for many."""
+    if k <= 16:
+        return [np.flatnonzero(codes == c) for c in range(k)]
+    keys = codes.astype(np.int16) if k < (1 << 15) else codes
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(k + 1)).tolist()
+    return [order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def merge_points(sub: str, group: list[FileContent], max_per_tag: int | None, restarts: Restarts,
