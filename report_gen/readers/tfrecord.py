@@ -298,8 +298,10 @@ class _Scanner:
         training step). Every few records the loop looks for such a period in the lengths just framed
         and checks, in bulk with numpy, the headers where the next cycles' records would sit; the
         cycles that match are framed in one step. When a run is broken by another record (an
-        evaluation every hundred steps), the same cycle is tried again right after it. Data CRCs are
-        computed afterwards for the whole batch, per record length, with numpy (`rows_crc32c`).
+        evaluation every hundred steps), the same cycle is tried again right after it; when two runs
+        alike have one record between them, that record and a run are the cycle of a whole
+        evaluation interval, looked for in the same way. Data CRCs are computed afterwards for the
+        whole batch, per record length, with numpy (`records_crc_ok`).
         """
         buf, pos, n = self.buf, self.pos, len(self.buf)
         unpack, known = _HEADER.unpack_from, self.known_headers
@@ -311,6 +313,8 @@ class _Scanner:
         history: list[int] = []  # lengths of the records framed one by one lately
         cooldown = backoff = _RUN_MIN  # records until the next look; the wait doubles after each miss
         retry: list[int] | None = None  # the cycle of the run just broken
+        hint = 0  # cycles in the last run (an evaluation every hundred steps breaks every run alike)
+        between: tuple[tuple[int, ...], int, int] | None = None  # (cycle, cycles, length) of run, record, run
         while pos + _HEADER_SIZE <= n:
             length, length_crc = unpack(buf, pos)
             if known.get(length) != length_crc:
@@ -331,14 +335,16 @@ class _Scanner:
                 if upcoming in retry:  # the cycle goes on after the record that broke it
                     k = retry.index(upcoming)
                     cycle = retry[k:] + retry[:k]
+                    between = (tuple(retry), hint, length)  # the last run and the one record after it
                 retry = None
             if cycle is None:
                 if cooldown:
                     cooldown -= 1
                     continue
                 cycle = _period(history)
-            cycles = _periodic_run(raw, pos, cycle, known, n) if cycle else 0
+            cycles = _periodic_run(raw, pos, cycle, known, n, hint) if cycle else 0
             if cycles < _RUN_MIN_CYCLES:
+                between = None
                 backoff = min(backoff * 2, _MAX_BACKOFF)  # no period here: look again later, less often
                 cooldown = backoff
                 del history[:-2 * _MAX_PERIOD]
@@ -348,7 +354,14 @@ class _Scanner:
                 singles, single_lengths = [], []
             parts.append(_periodic(pos, cycle, cycles))
             pos += cycles * (sum(cycle) + _FRAME_SIZE * len(cycle))
-            history, cooldown, backoff, retry = [], _RUN_MIN, _RUN_MIN, cycle
+            if between is not None and between[:2] == (tuple(cycle), cycles):  # two runs alike, one record between
+                outer = [between[2]] + cycle * cycles  # that record and a run: the cycle of a whole evaluation interval
+                repeats = _periodic_run(raw, pos, outer, known, n) if len(outer) <= _MAX_OUTER else 0
+                if repeats:
+                    parts.append(_periodic(pos, outer, repeats))
+                    pos += repeats * (sum(outer) + _FRAME_SIZE * len(outer))
+            between = None
+            history, cooldown, backoff, retry, hint = [], _RUN_MIN, _RUN_MIN, cycle, cycles
         if singles:
             parts.append((np.array(singles, dtype=np.int64), np.array(single_lengths, dtype=np.int64)))
         self.pos = pos
@@ -466,6 +479,7 @@ _MAX_PERIOD = 16  # the longest cycle of lengths looked for (tags written per st
 _RUN_MIN_CYCLES = 4  # cycles that must follow for a run to be framed in bulk
 _MAX_BACKOFF = 1024  # records between two looks, at most, in a file without short periods
 _RUN_WINDOW = 1 << 16  # records looked at per look-ahead
+_MAX_OUTER = 4096  # records in the cycle of run + record (100 steps of 4 tags and an evaluation: 401)
 
 
 def _period(history: list[int]) -> list[int] | None:
@@ -476,18 +490,19 @@ def _period(history: list[int]) -> list[int] | None:
     return None
 
 
-def _periodic_run(raw: np.ndarray, pos: int, cycle: list[int], known: dict[int, int], n: int) -> int:
+def _periodic_run(raw: np.ndarray, pos: int, cycle: list[int], known: dict[int, int], n: int, hint: int = 0) -> int:
     """How many complete cycles of records with exactly the lengths of `cycle` (headers already
     verified, in `known`) follow back to back from `pos` in the buffer: the cycles are viewed as rows
     and every record's header bytes compared in bulk, in windows that double (a run broken every
-    hundred cycles costs about that much, not a whole window)."""
+    hundred cycles costs about that much, not a whole window). The first window is `hint` cycles
+    (the last run's) when given: runs broken at a fixed interval are then checked in two steps."""
     cycle_bytes = sum(cycle) + _FRAME_SIZE * len(cycle)
     limit = min((n - pos) // cycle_bytes, _RUN_WINDOW // len(cycle))
     if limit <= 0:
         return 0
     columns, expected = _cycle_headers(tuple(cycle), tuple(known[length] for length in cycle))
     rows = np.ndarray((limit, cycle_bytes), dtype=np.uint8, buffer=raw, offset=pos, strides=(cycle_bytes, 1))
-    done, window = 0, 64
+    done, window = 0, hint or 64
     while done < limit:
         count = min(window, limit - done)
         good = (rows[done:done + count, columns] == expected).all(axis=1)
@@ -516,7 +531,9 @@ def _periodic(pos: int, cycle: list[int], cycles: int) -> tuple[np.ndarray, np.n
         offset += length + _FRAME_SIZE
     cycle_bytes = offset - pos - _HEADER_SIZE
     starts = np.arange(0, cycles * cycle_bytes, cycle_bytes, dtype=np.int64)[:, None] + np.array(firsts, dtype=np.int64)
-    return starts.ravel(), np.tile(np.array(cycle, dtype=np.int64), cycles)
+    lengths = np.empty((cycles, len(cycle)), dtype=np.int64)
+    lengths[:] = cycle
+    return starts.ravel(), lengths.ravel()
 
 
 def length_groups(lengths: np.ndarray) -> list[tuple[int, np.ndarray]]:

@@ -117,6 +117,55 @@ def test_long_runs_across_varint_widths_and_tag_lengths_read_as_protobuf_reads_t
     assert sorted(ours(path)) == want
 
 
+def test_a_training_loop_with_an_evaluation_every_hundred_steps_is_framed_by_whole_intervals(tmp_path, monkeypatch):
+    """Four tags a step and val/loss every 100 steps, as a training loop logs them: after two runs of
+    100 steps with one evaluation between, the interval (401 records) is the cycle framed in bulk. The
+    step varint widens twice (steps 128 and 16384), a header is damaged inside an interval and a
+    value elsewhere: every other value as protobuf reads it, the damage reported."""
+    from report_gen.readers import tfrecord
+
+    tags = ("train/loss", "train/accuracy", "lr", "grad_norm")
+    rng = np.random.default_rng(3)
+    records = [make_version_event()]
+    for step in range(17_000):
+        records += [make_scalar_event(t, step, float(rng.standard_normal()), T0 + step) for t in tags]
+        if step % 100 == 0:
+            records.append(make_scalar_event("val/loss", step, 1.0 / (1 + step), T0 + step))
+    frames = [frame(r) for r in records]
+    offsets = np.cumsum([0] + [len(f) for f in frames])
+    blob = bytearray(b"".join(frames))
+    header_hit, value_hit = 30_011, 52_345  # inside intervals far from the file's start
+    blob[offsets[header_hit] + 9] ^= 0x01  # the header's length CRC
+    blob[offsets[value_hit] + 12 + len(records[value_hit]) - 1] ^= 0x01  # the value
+    path = write_bytes(tmp_path / "events.out.tfevents.1", bytes(blob))
+    cycles: list[int] = []
+    real = tfrecord._periodic_run
+
+    def spy(raw, pos, cycle, *args):
+        found = real(raw, pos, cycle, *args)
+        cycles.append(len(cycle) if found else 0)
+        return found
+
+    monkeypatch.setattr(tfrecord, "_periodic_run", spy)
+    log = read_events([(str(path), "")])
+    assert 401 in cycles  # the whole interval was framed in bulk
+    got = sorted((s.tag, int(st), float(w), float(v)) for s in log.table.series
+                 for st, w, v in zip(s.steps, s.wall_times, s.values))
+    # protobuf's parse of every record but the two damaged (TensorBoard's own loader stops for good at
+    # the damaged header, so it cannot be the reference for what follows)
+    want = sorted(_decoded(r) for i, r in enumerate(records) if i and i not in (header_hit, value_hit))
+    assert len(got) == len(records) - 3 and got == want
+    assert sorted(str(p.kind) for p in log.problems) == ["bad-data-crc", "bad-length-crc"]
+
+
+def _decoded(record: bytes) -> tuple[str, int, float, float]:
+    from tensorboard.compat.proto import event_pb2
+
+    event = event_pb2.Event.FromString(record)
+    (v,) = event.summary.value
+    return v.tag, event.step, event.wall_time, float(np.float32(v.simple_value))
+
+
 def test_equal_length_records_of_two_layouts_in_one_run(tmp_path):
     """'abc' with a one-byte step and 'ab' with a two-byte step are records of one length lying back to
     back: the run's layout (read from its first record) does not fit every record, and the others must

@@ -42,13 +42,24 @@ class SimpleScalars:
         groups = []  # (record indices, ok, steps, walls, values, tag bytes) per length decoded as a group
         rest = np.ones(n, dtype=bool)
         for length, idx in length_groups(lengths):
-            if idx.size < _MIN_GROUP or not 21 <= length < _PAD:
+            if not 21 <= length < _PAD:
                 continue
-            group = _decode_group(raw, starts[idx], length)
-            if group is not None:
-                rows = idx if group[1].size == idx.size else idx[group[0]]
+            for _ in range(_MAX_LAYOUTS):  # records of one length may have several layouts (see below)
+                if idx.size < _MIN_GROUP:
+                    break
+                group = _decode_group(raw, starts[idx], length)
+                if group is None:  # the first is not a simple scalar (the file_version record): from the next
+                    idx = idx[1:]
+                    continue
+                ok = group[0]
+                rows = idx if group[1].size == idx.size else idx[ok]
+                if not rows.size:
+                    break
                 groups.append((rows, *group[1:]))
                 rest[rows] = False  # the others are left to the record-by-record checks below
+                if rows.size == idx.size:
+                    break
+                idx = idx[~ok]  # another tag of this length with a step varint one byte wider, ...
         if len(groups) == 1 and groups[0][0].size == n:  # one layout for the whole batch: no scatter
             rows, steps, walls, values, tag_rows = groups[0]
             codes, names = _piece_codes([(rows, tag_rows)], n)
@@ -71,6 +82,9 @@ class SimpleScalars:
 
 _PAD = 512  # bytes of zeros after a buffer: a record's fixed-layout offsets (tag <= 255) never leave it
 _MIN_GROUP = 64  # records of one length before they are decoded as a group
+#: layouts tried per record length: a tag one byte longer than another, with a step one varint byte
+#: shorter, makes records of the same length (`grad_norm` at step 200 and `train/loss` at step 20000)
+_MAX_LAYOUTS = 8
 _BLOCK = 1 << 14  # records per cache-sized block (16k records of 50 bytes: under a megabyte)
 
 
