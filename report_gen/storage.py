@@ -73,7 +73,7 @@ from report_gen.readers.registry import LOG_READERS, LogReader, is_log_file, rea
 log = logging.getLogger("report_gen")
 
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_PASSWORD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):[^/@]*@")
+_PASSWORD_RE = r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):[^/@]*@"  # compiled (and cached by re) for a URL shown
 HEAD_BYTES = 64 * 1024  # enough for every sniff (a few KiB), and for the first tar headers of a legacy torch tar
 INDEX_MAX_BYTES = 16 * 1024 * 1024  # a *.index.json larger than this is not parsed for shard names
 MAX_NAME_BYTES = 255  # one path component, on every common file system
@@ -157,7 +157,7 @@ def is_url(text: str) -> bool:
 
 def display_url(url: str) -> str:
     """The URL as reports show it: a password in it replaced by ***."""
-    return _PASSWORD_RE.sub(r"\1:***@", url)
+    return re.sub(_PASSWORD_RE, r"\1:***@", url)
 
 
 def join_url(url: str, rel: str) -> str:
