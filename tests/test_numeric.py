@@ -1,4 +1,5 @@
-"""report_gen.numeric: `unique` is np.unique (values, first indices, dtype) without importing numpy.ma."""
+"""report_gen.numeric: `unique` is np.unique (values, first indices, dtype) without importing numpy.ma;
+`crc32c_module` is the C CRC32C without importlib.metadata."""
 from __future__ import annotations
 
 import subprocess
@@ -26,3 +27,23 @@ def test_unique_imports_neither_numpy_ma_nor_torch():
             "print(sorted(m for m in ('numpy.ma', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[]"]
+
+
+def test_crc32c_module_is_the_c_crc32c():
+    import crc32c
+
+    from report_gen.numeric import crc32c_module
+
+    module = crc32c_module()
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 8, 12, 1000):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert module.crc32c(data) == crc32c.crc32c(data) and module.crc32c(data, 7) == crc32c.crc32c(data, 7)
+    assert module.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value (RFC 3720)
+
+
+def test_crc32c_module_loads_without_importlib_metadata():
+    code = ("import sys; from report_gen.numeric import crc32c_module; m = crc32c_module(); "
+            "print(m.crc32c(b'123456789') == 0xE3069283, 'importlib.metadata' in sys.modules, 'email' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False", "False"]
