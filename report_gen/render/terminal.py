@@ -42,28 +42,24 @@ _STYLES = {"fail": "bold red", "warn": "bold yellow", "unknown": "bold magenta",
            "error": "red", "warning": "yellow", "info": "blue"}
 
 
-def _verdict_parts(context: dict) -> list[tuple[str, str]]:
-    """(text, style) pieces of the verdict line: 'FAIL  1 error, 2 warnings, 0 info in 2 runs'; with a
-    baseline, '; vs baseline: 1 new, 2 resolved, 3 persisting' follows."""
+def _verdict(context: dict) -> tuple[str, str]:
+    """('FAIL  1 error, 2 warnings, 0 info in 2 runs', the line's style); with a baseline, '; vs
+    baseline: 1 new, 2 resolved, 3 persisting' follows."""
     counts = ", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in context["counts"])
     runs = len(context["runs"])
-    parts = [(context["verdict_label"], _STYLES.get(context["verdict"], "bold")),
-             (f"  {counts} in {runs} run{'s' if runs != 1 else ''}", "")]
+    line = f"{context['verdict_label']}  {counts} in {runs} run{'s' if runs != 1 else ''}"
     b = context.get("baseline")
     if b:
-        parts.append((f"; vs baseline: {len(b['new'])} new, {len(b['resolved'])} resolved, "
-                      f"{len(b['persisting'])} persisting", ""))
-    return parts
+        line += (f"; vs baseline: {len(b['new'])} new, {len(b['resolved'])} resolved, "
+                 f"{len(b['persisting'])} persisting")
+    return line, _STYLES.get(context["verdict"], "bold")
 
 
 def verdict_line(context: dict) -> "Text":
-    """The verdict line as styled (never markup-parsed) rich text."""
+    """The verdict line as styled (never markup-parsed) rich text: the verdict's style on the whole line."""
     from rich.text import Text
 
-    line = Text()
-    for text, style in _verdict_parts(context):
-        line.append(text, style=style or None)
-    return line
+    return Text(*_verdict(context))
 
 
 def _plain_output(file: IO[str] | None) -> bool:
@@ -137,7 +133,7 @@ def print_summary(report: dict, *, quiet: bool = False, file: IO[str] | None = N
     if (quiet or not context["findings"]) and _plain_output(file):
         out = sys.stdout if file is None else file
         if out is not None:  # no stdout (pythonw): rich writes nowhere too
-            out.write(terminal_text("".join(text for text, _ in _verdict_parts(context))) + "\n")
+            out.write(terminal_text(_verdict(context)[0]) + "\n")
             out.flush()
         return
     from rich.text import Text  # rich costs an import only when something is styled or laid out

@@ -46,3 +46,11 @@ def test_the_plain_verdict_line_is_what_rich_prints(monkeypatch):
     monkeypatch.setenv("TTY_COMPATIBLE", "0")  # rich prints (no terminal for it either)
     assert [_printed(report, quiet=quiet) for report, quiet in cases] == plain
     assert plain[2].endswith("; vs baseline: 3 new, 1 resolved, 6 persisting\n") and plain[1].startswith("PASS  ")
+
+
+def test_on_a_terminal_the_verdict_style_covers_the_whole_line(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich, styled as on a terminal
+    assert _printed(make_report_dict(n_findings=3), quiet=True) == \
+        "\x1b[1;31mFAIL  2 errors, 1 warning, 0 info in 2 runs\x1b[0m\n"
