@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -60,7 +59,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,13 +73,13 @@ from report_gen.readers.registry import LOG_READERS, LogReader, is_log_file, rea
 log = logging.getLogger("report_gen")
 
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_PASSWORD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):[^/@]*@")
+_PASSWORD_RE = r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):[^/@]*@"  # compiled (and cached by re) for a URL shown
 HEAD_BYTES = 64 * 1024  # enough for every sniff (a few KiB), and for the first tar headers of a legacy torch tar
 INDEX_MAX_BYTES = 16 * 1024 * 1024  # a *.index.json larger than this is not parsed for shard names
 MAX_NAME_BYTES = 255  # one path component, on every common file system
 MAX_PATH_CHARS = 3000  # a staged path longer than this is refused (PATH_MAX is 4096 on Linux)
 STALE_VIEW_S = 24 * 3600  # views left behind by killed processes are removed after a day
-_ABSENT = os.path.join(tempfile.gettempdir(), f"report_gen-absent-{uuid.uuid4().hex}")  # never created
+_ABSENT = os.path.join(tempfile.gettempdir(), f"report_gen-absent-{os.urandom(16).hex()}")  # never created
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 FETCH_THREADS = 8  # concurrent transfers per staged URL
 
@@ -159,7 +157,7 @@ def is_url(text: str) -> bool:
 
 def display_url(url: str) -> str:
     """The URL as reports show it: a password in it replaced by ***."""
-    return _PASSWORD_RE.sub(r"\1:***@", url)
+    return re.sub(_PASSWORD_RE, r"\1:***@", url)
 
 
 def join_url(url: str, rel: str) -> str:
@@ -386,6 +384,8 @@ def _fit_component(part: str) -> str:
     raw = part.encode("utf-8", "surrogateescape")
     if len(raw) <= MAX_NAME_BYTES:
         return part
+    import hashlib
+
     digest = hashlib.sha256(raw).hexdigest()[:12]
     head = raw[:80].decode("utf-8", "ignore")
     tail = raw[-120:].decode("utf-8", "ignore")
@@ -449,6 +449,8 @@ class Cache:
 
     @staticmethod
     def key(url: str, obj: ObjectInfo) -> str:
+        import hashlib
+
         ident = json.dumps([url, obj.version, obj.size], separators=(",", ":"))
         return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -465,7 +467,7 @@ class Cache:
         return p if size is None or actual == size else None
 
     def temporary(self) -> Path:
-        return self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+        return self.root / "tmp" / f"{os.getpid()}-{os.urandom(16).hex()}.part"
 
     def commit(self, tmp: Path, key: str, mtime: float | None = None) -> Path:
         final = self.path(key)
@@ -487,7 +489,7 @@ class Cache:
 
     def new_view(self) -> Path:
         self._clean_stale_views()
-        view = self.root / "views" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        view = self.root / "views" / f"{os.getpid()}-{os.urandom(6).hex()}"
         view.mkdir(parents=True)
         return view.resolve()  # the readers resolve paths; the view must already be resolved to be found again
 

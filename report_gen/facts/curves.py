@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from report_gen.numeric import unique
+
 
 def ema_smooth(values: np.ndarray, weight: float = 0.6, block: int = 512) -> np.ndarray:
     """TensorBoard's debiased exponential moving average; non-finite values pass through unchanged
@@ -153,14 +155,14 @@ def downsample(steps: np.ndarray, values: np.ndarray, max_points: int = 1000) ->
     n = len(steps)
     if n <= max_points:
         return np.asarray(steps), np.asarray(values)
-    idx = np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+    idx = unique(np.linspace(0, n - 1, max_points).round().astype(int))
     v = np.asarray(values, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(v))
     if bad.size:
-        idx = np.union1d(idx, bad[:20])
+        idx = unique(np.concatenate((idx, bad[:20])))
     if bad.size < n:
-        idx = np.union1d(idx, [int(np.nanargmin(np.where(np.isfinite(v), v, np.nan))),
-                               int(np.nanargmax(np.where(np.isfinite(v), v, np.nan)))])
+        idx = unique(np.concatenate((idx, [int(np.nanargmin(np.where(np.isfinite(v), v, np.nan))),
+                                           int(np.nanargmax(np.where(np.isfinite(v), v, np.nan)))])))
     return np.asarray(steps)[idx], np.asarray(values)[idx]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from report_gen.numeric import unique
 from report_gen.readers.types import HistogramSeries
 
 # TensorBoard's distribution view uses these basis points (in percent).
@@ -54,7 +55,7 @@ def percentile(h: HistogramSeries, i: int, q: float) -> float:
 def percentile_bands(h: HistogramSeries, pcts=BAND_PERCENTILES, max_steps: int = 200) -> dict:
     """{"steps": [...], "percentiles": {"0": [...], ...}} for distribution plots (evenly subsampled)."""
     n = len(h)
-    idx = np.unique(np.linspace(0, n - 1, min(n, max_steps)).round().astype(int)) if n else np.array([], int)
+    idx = unique(np.linspace(0, n - 1, min(n, max_steps)).round().astype(int)) if n else np.array([], int)
     return {
         "steps": [int(h.steps[i]) for i in idx],
         "percentiles": {str(p): [percentile(h, int(i), p) for i in idx] for p in pcts},

@@ -110,7 +110,7 @@ class RunFacts:
             return
         self.series  # noqa: B018
         self.grad_estimates  # noqa: B018
-        if Signal.ATTENTION_WEIGHTS in needs:
+        if Signal.ATTENTION_WEIGHTS in needs and self.attention_projections:  # none: nothing to compute
             self.attention_weights  # noqa: B018
 
     @staticmethod

@@ -34,11 +34,11 @@ DEFAULT_LR: dict[str, float] = {
 TORCH_DEFAULT_LR: dict[str, float] = {"sgd": 1e-3, "adam": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2, "adadelta": 1.0}
 
 _FAMILY = (  # optimizer names (class names, HF `optim` values, checkpoint kinds) -> family
-    (re.compile(r"adam|lamb|lion|adafactor|nadam|radam|adamax", re.I), "adam"),
-    (re.compile(r"^(sgd|nesterov)|sgd", re.I), "sgd"),
-    (re.compile(r"rmsprop", re.I), "rmsprop"),
-    (re.compile(r"adagrad", re.I), "adagrad"),
-    (re.compile(r"adadelta", re.I), "adadelta"),
+    (r"adam|lamb|lion|adafactor|nadam|radam|adamax", "adam"),  # patterns, case-insensitive: compiled (and
+    (r"^(sgd|nesterov)|sgd", "sgd"),  # cached by re) when an optimizer name is looked up
+    (r"rmsprop", "rmsprop"),
+    (r"adagrad", "adagrad"),
+    (r"adadelta", "adadelta"),
 )
 
 
@@ -47,7 +47,7 @@ def optimizer_family(name: str | None) -> str | None:
     if not name or not isinstance(name, str):
         return None
     for pattern, family in _FAMILY:
-        if pattern.search(name):
+        if re.search(pattern, name, re.I):
             return family
     return None
 

@@ -34,9 +34,8 @@ Steps: an MLflow history has no writing-session marker, so a series is kept whol
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from report_gen.core import Problem, ProblemKind
@@ -44,6 +43,9 @@ from report_gen.readers.textlogs import (SeriesBuilder, inside, load_yaml, plain
                                          to_float)
 from report_gen.readers.types import RunLog
 from report_gen.safe_open import open_regular, regular_file_problem
+
+if TYPE_CHECKING:  # sqlite3 is imported when a store is read, not for every run
+    import sqlite3
 
 MAX_KEYS = 10000
 MAX_VALUE_BYTES = 64 * 1024
@@ -194,6 +196,8 @@ def sniff_sqlite(path: str) -> bool:
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    import sqlite3
+
     problem = regular_file_problem(path)  # sqlite opens by name: a FIFO would block it forever
     if problem is not None:
         raise sqlite3.OperationalError(f"not read: {problem}")
@@ -211,6 +215,8 @@ def _is_mlflow(con: sqlite3.Connection) -> bool:
 def sqlite_runs(path: str) -> list[tuple[str, str]]:
     """(run id, run name) of every run of an MLflow SQLite store, in start order; [] for a store with no
     runs or another database; one ("", file name) for a file that cannot be listed (its read says why)."""
+    import sqlite3
+
     try:
         con = _connect(path)
         try:
@@ -243,6 +249,8 @@ def _value(value: Any, is_nan: Any) -> float | None:
 
 
 def read_sqlite(files: Sequence[tuple[str, str]], member: str | None = None) -> RunLog:
+    import sqlite3
+
     problems: list[Problem] = []
     frames, read, hparams = [], [], {}
     for path, sub in files:
@@ -269,6 +277,8 @@ def read_sqlite(files: Sequence[tuple[str, str]], member: str | None = None) -> 
 
 def _sqlite_run(con: sqlite3.Connection, path: str, run_uuid: str, series: SeriesBuilder,
                 hparams: dict[str, Any], problems: list[Problem]) -> None:
+    import sqlite3
+
     rows = con.execute("SELECT key, value, timestamp, step, is_nan FROM metrics WHERE run_uuid = ? ORDER BY rowid "
                        "LIMIT ?", (run_uuid, MAX_ROWS + 1)).fetchall()
     if len(rows) > MAX_ROWS:

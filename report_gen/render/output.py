@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -83,7 +82,7 @@ class OutputFolder:
         if "/" in name or os.sep in name or name in ("", ".", ".."):
             raise ValueError(f"not a plain file name: {name!r}")
         target = self.path / name
-        temporary = f".{name}.{secrets.token_hex(8)}.tmp"
+        temporary = f".{name}.{os.urandom(8).hex()}.tmp"  # secrets.token_hex(8), without importing hashlib
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY | _O_CLOEXEC
         try:
             fd = os.open(self._at(temporary), flags, 0o666, **self._dir())

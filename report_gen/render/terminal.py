@@ -6,8 +6,10 @@ removed), and `terminal_text` does the same for anything else printed (progress,
 """
 from __future__ import annotations
 
+import builtins
 import logging
 import os
+import sys
 import textwrap
 from typing import IO, TYPE_CHECKING, Any
 
@@ -40,27 +42,47 @@ _STYLES = {"fail": "bold red", "warn": "bold yellow", "unknown": "bold magenta",
            "error": "red", "warning": "yellow", "info": "blue"}
 
 
-def verdict_line(context: dict) -> "Text":
-    from rich.text import Text
-
-    """'FAIL  1 error, 2 warnings, 0 info in 2 runs' as styled (never markup-parsed) text; with a
-    baseline, '; vs baseline: 1 new, 2 resolved, 3 persisting' follows."""
+def _verdict(context: dict) -> tuple[str, str]:
+    """('FAIL  1 error, 2 warnings, 0 info in 2 runs', the line's style); with a baseline, '; vs
+    baseline: 1 new, 2 resolved, 3 persisting' follows."""
     counts = ", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in context["counts"])
     runs = len(context["runs"])
-    line = Text(context["verdict_label"], style=_STYLES.get(context["verdict"], "bold"))
-    line.append(f"  {counts} in {runs} run{'s' if runs != 1 else ''}")
+    line = f"{context['verdict_label']}  {counts} in {runs} run{'s' if runs != 1 else ''}"
     b = context.get("baseline")
     if b:
-        line.append(f"; vs baseline: {len(b['new'])} new, {len(b['resolved'])} resolved, "
-                    f"{len(b['persisting'])} persisting")
-    return line
+        line += (f"; vs baseline: {len(b['new'])} new, {len(b['resolved'])} resolved, "
+                 f"{len(b['persisting'])} persisting")
+    return line, _STYLES.get(context["verdict"], "bold")
+
+
+def verdict_line(context: dict) -> "Text":
+    """The verdict line as styled (never markup-parsed) rich text: the verdict's style on the whole line."""
+    from rich.text import Text
+
+    return Text(*_verdict(context))
+
+
+def _plain_output(file: IO[str] | None) -> bool:
+    """True when rich would print no style at all, so plain text is what it would write: the output
+    is not a terminal (isatty() false or missing), and nothing can make rich treat it as one
+    (FORCE_COLOR, TTY_COMPATIBLE) or render it elsewhere (an IPython/Jupyter shell). Saves importing
+    rich (~30 ms) for the one verdict line of a CI run or a pipe."""
+    if "FORCE_COLOR" in os.environ or "TTY_COMPATIBLE" in os.environ or hasattr(builtins, "get_ipython"):
+        return False
+    isatty = getattr(sys.stdout if file is None else file, "isatty", None)
+    try:
+        return isatty is None or not isatty()
+    except ValueError:  # closed: rich treats it as no terminal too
+        return True
+    except Exception:  # noqa: BLE001 - anything odd: let rich decide, as before
+        return False
 
 
 def _console(file: IO[str] | None) -> "Console":
-    from rich.console import Console
-
     """Width from COLUMNS (else the terminal, else 80: a CI log); no colour when NO_COLOR is set (and,
     as rich does, none unless the output is a terminal or FORCE_COLOR asks for it)."""
+    from rich.console import Console
+
     no_color = True if os.environ.get("NO_COLOR", "") != "" else None
     return Console(file=file, highlight=False, soft_wrap=True, no_color=no_color, emoji=False)
 
@@ -98,15 +120,24 @@ def _header(severity: str, code: str, name: str, status: str) -> "Text":
 
 
 def print_summary(report: dict, *, quiet: bool = False, file: IO[str] | None = None) -> None:
-    from rich.text import Text  # rich costs an import only when something is printed
-
     """Print the verdict and counts; unless quiet, the most severe findings about the training, then
     the input notices grouped (identical problems once, with a count and the files).
 
     Laid out for 80 columns and CI logs: prose is wrapped at word boundaries at the console width
     (COLUMNS), never cut; run names, subjects and paths are never broken inside.
+
+    The verdict line alone (quiet, or nothing found) on an output rich would not style is written
+    without rich, through the same `terminal_text`; anything else is printed by rich.
     """
     context = build_context(report, Limits(max_rows=0, max_text=4000))
+    if (quiet or not context["findings"]) and _plain_output(file):
+        out = sys.stdout if file is None else file
+        if out is not None:  # no stdout (pythonw): rich writes nowhere too
+            out.write(terminal_text(_verdict(context)[0]) + "\n")
+            out.flush()
+        return
+    from rich.text import Text  # rich costs an import only when something is styled or laid out
+
     console = _console(file)
     width = console.width
     console.print(verdict_line(context))

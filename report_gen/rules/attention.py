@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from report_gen.facts.attention import expected_peak
 from report_gen.rules.activations import _last_probe, _maps_plot
 from report_gen.rules.base import Hit, opt, rule
 from report_gen.vocab import Key, Signal
@@ -117,6 +116,8 @@ def degenerate_attention_weights(run, opts: AttentionWeightOptions):
         Compare with degenerate-attention when a probe ran (an HF folder probes itself when
         transformers is installed).
     """
+    from report_gen.facts.attention import expected_peak  # with the checkpoints that have projections
+
     facts = run.attention_weights
     for layer in facts.layers:
         sigma = np.asarray(layer.logit_scale, dtype=float)

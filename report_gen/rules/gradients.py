@@ -26,7 +26,7 @@ def _weight_grads(run):
     return picked or [(n, est[n]) for n in order]
 
 
-_BLOCK = re.compile(r"^(?P<stack>.+?)\.(?P<index>\d+)\.(?P<role>.+\..+)$")
+_BLOCK = r"^(?P<stack>.+?)\.(?P<index>\d+)\.(?P<role>.+\..+)$"  # compiled (and cached by re) when used
 
 
 def _block_stack(run, layers) -> tuple[str, list[int], dict[str, list[int]]] | None:
@@ -40,7 +40,7 @@ def _block_stack(run, layers) -> tuple[str, list[int], dict[str, list[int]]] | N
     """
     stacks: dict[str, dict[int, dict[str, int]]] = {}
     for pos, (name, _) in enumerate(layers):
-        m = _BLOCK.match(name)
+        m = re.match(_BLOCK, name)
         if m:
             stacks.setdefault(m["stack"], {}).setdefault(int(m["index"]), {})[m["role"]] = pos
     best = None

@@ -4,6 +4,8 @@ bytes. Every test compares with an independent reference: the C CRC32C, protobuf
 record, or plain Python grouping."""
 from __future__ import annotations
 
+import ast
+import os
 import subprocess
 import sys
 import textwrap
@@ -240,21 +242,43 @@ def test_scalar_table_is_the_tidy_frame_and_back():
     assert RunLog.empty().scalars.empty and RunLog.empty().table.step_range() is None
 
 
+# imported by no logs-only diagnose: pandas (a third of a second), protobuf (a tenth), torch; rich (~30 ms:
+# the verdict line of a pipe or CI log is written without it); sqlite3 (MLflow stores only); the attention
+# facts (checkpoints with query/key projections only)
+LAZY_MODULES = ("pandas", "google.protobuf", "torch", "rich", "sqlite3", "report_gen.facts.attention")
+# nor, when nothing is drawn (matplotlib imports them), uuid and secrets
+LAZY_WITHOUT_PLOTS = LAZY_MODULES + ("uuid", "secrets", "matplotlib")
+
+
+def _cli_imports(run_dir, out_dir, watched) -> tuple[str, list[str]]:
+    """(verdict line, the `watched` modules imported) of the real CLI, `python -m report_gen diagnose RUN
+    -o OUT -q`, in a fresh interpreter whose output is a pipe (as in CI)."""
+    code = textwrap.dedent(f"""
+        import atexit, runpy, sys
+        atexit.register(lambda: print(sorted(m for m in {tuple(watched)!r} if m in sys.modules)))
+        sys.argv = ["report-gen", "diagnose", {str(run_dir)!r}, "-o", {str(out_dir)!r}, "-q"]
+        runpy.run_module("report_gen", run_name="__main__", alter_sys=True)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and len(lines) == 2, (done.stdout, done.stderr)
+    return lines[0], ast.literal_eval(lines[1])
+
+
 def test_reading_plain_scalars_imports_neither_pandas_nor_protobuf(tmp_path):
     """The claim behind the 1M-scalar timing: a torch add_scalar file is read and judged without pandas
-    (a third of a second to import) and without protobuf (a tenth)."""
+    (a third of a second to import) and without protobuf (a tenth); the real CLI imports none of the
+    modules made lazy for a logs-only diagnose (and, with nothing to draw, neither uuid nor secrets)."""
     path = write_records(tmp_path / "run" / "events.out.tfevents.1",
                          [make_version_event()] + [make_scalar_event("train/loss", s, 1.0 / (s + 1), T0 + s)
                                                    for s in range(300)])
-    code = textwrap.dedent(f"""
-        import sys
-        from report_gen.cli import main
-        try:
-            main(["diagnose", {str(path.parent)!r}, "-o", {str(tmp_path / "out")!r}, "-q"])
-        except SystemExit:
-            pass
-        print(sorted(m for m in ("pandas", "google.protobuf", "torch") if m in sys.modules))
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    verdict, imported = _cli_imports(path.parent, tmp_path / "out", LAZY_MODULES)
+    assert verdict.startswith("PASS  0 errors") and imported == []
+    metrics = write_records(tmp_path / "metrics" / "events.out.tfevents.1",  # like benchmarks' 1M-scalar file
+                            [make_version_event()] + [make_scalar_event(f"train/metric_{i % 10}", i // 10, 0.5, T0 + i)
+                                                      for i in range(3000)])
+    verdict, imported = _cli_imports(metrics.parent, tmp_path / "out2", LAZY_WITHOUT_PLOTS)
+    assert verdict.startswith("UNKNOWN  0 errors") and imported == []
+    assert (tmp_path / "out2" / "report.json").is_file()
     assert (tmp_path / "out" / "report.json").is_file()

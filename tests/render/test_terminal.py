@@ -34,3 +34,23 @@ def test_data_is_not_taken_as_markup_or_terminal_codes():
                             "message": "evil \x1b[2J clear"}]}
     text = _printed(report)
     assert "[bold red]r[/]" in text and "\x1b" not in text
+
+
+def test_the_plain_verdict_line_is_what_rich_prints(monkeypatch):
+    """Without rich (an output that is no terminal) the verdict line is byte for byte rich's."""
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    cases = [(make_report_dict(n_findings=3), True), ({"schema_version": 1}, False),
+             (make_report_dict(n_findings=9, baseline=True), True)]
+    plain = [_printed(report, quiet=quiet) for report, quiet in cases]
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")  # rich prints (no terminal for it either)
+    assert [_printed(report, quiet=quiet) for report, quiet in cases] == plain
+    assert plain[2].endswith("; vs baseline: 3 new, 1 resolved, 6 persisting\n") and plain[1].startswith("PASS  ")
+
+
+def test_on_a_terminal_the_verdict_style_covers_the_whole_line(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich, styled as on a terminal
+    assert _printed(make_report_dict(n_findings=3), quiet=True) == \
+        "\x1b[1;31mFAIL  2 errors, 1 warning, 0 info in 2 runs\x1b[0m\n"
