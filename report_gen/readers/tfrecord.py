@@ -49,12 +49,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import crc32c as _crc32c
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from report_gen.core import Problem, ProblemKind
+from report_gen.numeric import crc32c_module
 from report_gen.safe_open import open_regular
+
+_crc32c = crc32c_module()
 
 _HEADER = struct.Struct("<QI")
 _U32 = struct.Struct("<I")

@@ -245,9 +245,10 @@ def test_scalar_table_is_the_tidy_frame_and_back():
 # imported by no logs-only diagnose: pandas (a third of a second), protobuf (a tenth), torch; rich (~30 ms:
 # the verdict line of a pipe or CI log is written without it); sqlite3 (MLflow stores only); the attention
 # facts (checkpoints with query/key projections only)
-LAZY_MODULES = ("pandas", "google.protobuf", "torch", "rich", "sqlite3", "report_gen.facts.attention")
-# nor, when nothing is drawn (matplotlib imports them), uuid and secrets
-LAZY_WITHOUT_PLOTS = LAZY_MODULES + ("uuid", "secrets", "matplotlib")
+LAZY_MODULES = ("pandas", "google.protobuf", "torch", "rich", "sqlite3", "report_gen.facts.attention",
+                "importlib.metadata", "email")
+# nor, when nothing is drawn (matplotlib imports them), uuid, secrets and numpy.ma (np.unique imports it)
+LAZY_WITHOUT_PLOTS = LAZY_MODULES + ("uuid", "secrets", "matplotlib", "numpy.ma")
 
 
 def _cli_imports(run_dir, out_dir, watched) -> tuple[str, list[str]]:
