@@ -199,8 +199,10 @@ def apply_threads(threads: int) -> None:
             torch.set_num_interop_threads(threads)
         except RuntimeError:  # already set, or inter-op work already started: it keeps its pool
             pass
+    if threads >= (os.cpu_count() or 1):
+        return  # BLAS starts at most a thread per core of the machine: nothing to lower (nor to import)
     try:
         from threadpoolctl import threadpool_limits
-    except ImportError:
+    except ImportError:  # pragma: no cover - a declared dependency
         return
-    threadpool_limits(limits=threads)
+    threadpool_limits(limits=threads, user_api="blas")  # numpy's OpenBLAS, loaded before the plan was made

@@ -1,6 +1,7 @@
 """Thread control: the cores really available (affinity, cgroup v1/v2 quotas) and how they are shared."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,3 +100,16 @@ def test_configure_sets_torch_threads_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     threads, torch_threads, omp = map(int, out.split())
     assert threads == torch_threads == omp == runtime.available_cores()
+
+
+def test_configure_limits_numpy_blas_loaded_before_the_plan():
+    """numpy (and its OpenBLAS, which starts a thread per core of the machine) is imported before the CLI
+    knows --jobs: the plan must still reach it. One job per available core leaves one BLAS thread each."""
+    code = ("import json, numpy, threadpoolctl; from report_gen import runtime; "
+            "p = runtime.configure(runtime.available_cores()); "
+            "print(json.dumps([p.threads, [i['num_threads'] for i in threadpoolctl.threadpool_info() "
+            "if i['user_api'] == 'blas']]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    threads, blas = json.loads(out)
+    assert threads == 1 and blas and set(blas) == {1}
