@@ -272,6 +272,7 @@ def cmd_diagnose(args) -> int:
     from report_gen.engine import exit_code
 
     runtime.configure(args.jobs)  # before anything starts a thread pool
+    runtime.tune_allocator()  # the CLI's process only: large temporaries reused from the heap
 
     cfg = load_config(args.config).with_roles(args.role)
     opts = build_options(config=cfg, select=args.select, ignore=args.ignore, baseline=args.baseline,

@@ -113,3 +113,26 @@ def test_configure_limits_numpy_blas_loaded_before_the_plan():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     threads, blas = json.loads(out)
     assert threads == 1 and blas and set(blas) == {1}
+
+
+_HEAP_PROBE = """
+import sys, numpy as np
+from report_gen import runtime
+applied = runtime.tune_allocator() if sys.argv[1] == "tuned" else None
+a = np.ones(20 << 20, dtype=np.uint8)  # a 20 MB temporary, as the readers make by the dozen
+address = a.ctypes.data
+heap = [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in open("/proc/self/maps") if "[heap]" in line]
+print(applied, any(lo <= address < hi for lo, hi in heap))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and /proc/self/maps are Linux's")
+def test_tuned_allocator_serves_large_temporaries_from_the_heap():
+    """Untuned, glibc maps a fresh 20 MB block from the system for the array (and unmaps it when freed:
+    page faults for every such array); tuned (the CLI's process), it comes from the heap, to be reused."""
+    def probe(mode):
+        done = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True, check=True)
+        return done.stdout.split()
+
+    assert probe("plain") == ["None", "False"]
+    assert probe("tuned") == ["True", "True"]
