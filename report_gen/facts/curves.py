@@ -12,28 +12,38 @@ def ema_smooth(values: np.ndarray, weight: float = 0.6, block: int = 512) -> np.
     """TensorBoard's debiased exponential moving average; non-finite values pass through unchanged
     and do not enter the average.
 
-    Vectorised in blocks: inside a block, s_t = w^t·(s_0 + (1-w)·Σ_{i≤t} w^-i·x_i), with the block
-    short enough that w^-block stays far from float64 overflow.
+    Vectorised in blocks, all blocks at once: inside a block, s_t = w^t·s_0 + (1-w)·w^t·Σ_{i≤t} w^-i·x_i,
+    with the block short enough that w^-block stays far from float64 overflow. The second term is
+    computed for every block together (a row each); the states s_0 carried from block to block are a
+    scalar recurrence, one step per block.
     """
     v = np.asarray(values, dtype=np.float64)
-    out = v.copy()
     finite = np.isfinite(v)
-    x = v[finite]
+    every = bool(finite.all())
+    x = v if every else v[finite]
     if x.size == 0 or weight <= 0:
-        return out
+        return v.copy()
     w = float(weight)
-    block = max(1, min(block, int(150 / max(-np.log10(w), 1e-12))))  # keeps w^-block below 1e150
-    ema = np.empty_like(x)
-    state = 0.0
-    for start in range(0, x.size, block):
-        chunk = x[start:start + block]
-        k = np.arange(1, chunk.size + 1, dtype=np.float64)
-        inv = w ** -k
-        acc = state + (1 - w) * np.cumsum(chunk * inv)
-        ema[start:start + chunk.size] = acc * w**k
-        state = ema[start + chunk.size - 1]
-    n = np.arange(1, x.size + 1, dtype=np.float64)
-    out[finite] = ema / (1 - w**n)
+    block = max(1, min(block, int(150 / max(-np.log10(w), 1e-12)), x.size))  # keeps w^-block below 1e150
+    rows = -(-x.size // block)
+    padded = np.zeros(rows * block)
+    padded[:x.size] = x
+    k = np.arange(1, block + 1, dtype=np.float64)
+    decay = w**k
+    local = np.cumsum(padded.reshape(rows, block) * w**-k, axis=1) * ((1 - w) * decay)  # from a zero state
+    states = np.empty(rows)  # the state each block starts from
+    state, carry = 0.0, float(decay[-1])
+    for r, end in enumerate(local[:, -1].tolist()):
+        states[r] = state
+        state = carry * state + end
+    ema = (local + states[:, None] * decay).reshape(-1)[:x.size]
+    # the debiasing 1 - w^n is exactly 1.0 once w^n is below half a float64 ulp of 1: only the head
+    head = x.size if w >= 1 else min(x.size, int(np.ceil(np.log(2.0**-54) / np.log(w))) + 1)
+    ema[:head] /= 1 - w ** np.arange(1, head + 1, dtype=np.float64)
+    if every:
+        return ema
+    out = v.copy()
+    out[finite] = ema
     return out
 
 
