@@ -53,22 +53,33 @@ def spike_events(series, opts: SpikeOptions) -> list[dict]:
     onsets = np.maximum(0, firsts - 4) if opts.method == "foundry" else firsts
     ends = np.minimum(v.size - 1, lasts + 1)
     befores = spikes.baselines_before(v, onsets, 10)
-    tops = _segment_max(v, onsets, ends)
-    keep = np.isfinite(befores) & (tops - befores >= opts.min_rise_share * span)
-    for onset, end, before in zip(onsets[keep].tolist(), ends[keep].tolist(), befores[keep].tolist()):
-        peak = onset + int(np.argmax(v[onset:end + 1]))
-        height = float(v[peak] - before)
-        events.append({"onset": onset, "onset_step": int(steps[onset]), "peak_step": int(steps[peak]),
-                       "peak": float(v[peak]), "before": before, "height": height, "rise_share": height / span})
+    peaks = _segment_argmax(v, onsets, ends)
+    keep = np.isfinite(befores) & (v[peaks] - befores >= opts.min_rise_share * span)
+    onsets, peaks, befores = onsets[keep], peaks[keep], befores[keep]
+    heights = v[peaks] - befores
+    for onset, onset_step, peak_step, peak, before, height in zip(
+            onsets.tolist(), steps[onsets].tolist(), steps[peaks].tolist(), v[peaks].tolist(), befores.tolist(),
+            heights.tolist()):
+        events.append({"onset": onset, "onset_step": int(onset_step), "peak_step": int(peak_step), "peak": peak,
+                       "before": before, "height": height, "rise_share": height / span})
     return events
 
 
-def _segment_max(v: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """max(v[s:e + 1]) for each segment (segments in order, possibly overlapping by a point)."""
-    out = np.empty(starts.size)
-    for k, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
-        out[k] = v[s:e + 1].max()
-    return out
+_SEGMENT_COLUMNS = 64  # segments up to this long are looked at all at once, as rows of one array
+
+
+def _segment_argmax(v: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The index of the first maximum of v[s:e + 1] for each segment (segments in order, possibly
+    overlapping by a point), as `s + np.argmax(v[s:e + 1])` gives it."""
+    widths = ends - starts + 1
+    if not starts.size:
+        return starts.copy()
+    if int(widths.max()) <= _SEGMENT_COLUMNS:
+        offsets = np.arange(int(widths.max()))
+        rows = v[np.minimum(starts[:, None] + offsets, v.size - 1)]
+        rows[offsets >= widths[:, None]] = -np.inf  # past a segment's end
+        return starts + np.argmax(rows, axis=1)
+    return np.array([s + int(np.argmax(v[s:e + 1])) for s, e in zip(starts.tolist(), ends.tolist())], dtype=np.int64)
 
 
 def lr_jump(run, onset_step: int, opts: SpikeOptions) -> dict | None:

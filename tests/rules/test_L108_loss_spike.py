@@ -42,3 +42,19 @@ def test_a_spike_the_run_does_not_recover_from_is_an_error():
     v = np.concatenate([decaying(150, 2.3, 0.3), np.full(30, 2.0)])
     [h] = hits(make_run(signals=Signals(train_loss=series("train/loss", v))), "L108")
     assert h.severity == "error" and h.evidence["recovered"] is False
+
+
+def test_segment_peaks_are_the_first_maximum_of_each_segment_as_argmax_gives_it():
+    """The spike peaks, found for all segments at once (short ones as rows of one array, long ones one
+    by one): the same index as `s + np.argmax(v[s:e + 1])`, ties going to the first."""
+    from report_gen.rules.spiking import _SEGMENT_COLUMNS, _segment_argmax
+
+    rng = np.random.default_rng(4)
+    v = rng.integers(0, 5, 3000).astype(float)  # few distinct values: many ties
+    for longest in (1, 7, _SEGMENT_COLUMNS, _SEGMENT_COLUMNS + 40):
+        starts = np.sort(rng.choice(2900, 200, replace=False))
+        ends = np.minimum(starts + rng.integers(0, longest, 200), v.size - 1)
+        want = [s + int(np.argmax(v[s:e + 1])) for s, e in zip(starts.tolist(), ends.tolist())]
+        assert _segment_argmax(v, starts, ends).tolist() == want
+    ends_at_last = np.array([2990]), np.array([2999])
+    assert _segment_argmax(v, *ends_at_last).tolist() == [2990 + int(np.argmax(v[2990:]))]
