@@ -158,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     verbose = getattr(args, "verbose", 0)
+    if args.command == "diagnose":
+        from report_gen import runtime
+
+        runtime.configure(args.jobs)  # before numpy loads (its BLAS reads the plan from the environment), and torch
+        runtime.tune_allocator()  # the CLI's process only: large temporaries reused from the heap
     from report_gen.render.terminal import TerminalSafeFormatter, terminal_text
 
     handler = logging.StreamHandler(sys.stderr)
@@ -266,13 +271,9 @@ def _github_summary(written: dict, report: dict) -> None:
 
 
 def cmd_diagnose(args) -> int:
-    from report_gen import runtime
     from report_gen.api import build_options
     from report_gen.config import load_config
     from report_gen.engine import exit_code
-
-    runtime.configure(args.jobs)  # before anything starts a thread pool
-    runtime.tune_allocator()  # the CLI's process only: large temporaries reused from the heap
 
     cfg = load_config(args.config).with_roles(args.role)
     opts = build_options(config=cfg, select=args.select, ignore=args.ignore, baseline=args.baseline,

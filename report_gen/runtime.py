@@ -199,8 +199,8 @@ def apply_threads(threads: int) -> None:
             torch.set_num_interop_threads(threads)
         except RuntimeError:  # already set, or inter-op work already started: it keeps its pool
             pass
-    if threads >= (os.cpu_count() or 1):
-        return  # BLAS starts at most a thread per core of the machine: nothing to lower (nor to import)
+    if threads >= (os.cpu_count() or 1) or "numpy" not in sys.modules:
+        return  # nothing to lower: BLAS starts at most a thread per machine core, or reads the plan when loaded
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - a declared dependency

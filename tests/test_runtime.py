@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -136,3 +137,28 @@ def test_tuned_allocator_serves_large_temporaries_from_the_heap():
 
     assert probe("plain") == ["None", "False"]
     assert probe("tuned") == ["True", "True"]
+
+
+def test_the_cli_makes_its_plan_before_numpy_loads_its_blas(tmp_path):
+    """`report-gen diagnose` plans threads before importing numpy, so OpenBLAS starts with the plan's
+    thread count from the environment (no threadpoolctl needed in the CLI)."""
+    from builders.event_builders import make_scalar_event, make_version_event, write_records
+
+    write_records(tmp_path / "run" / "events.out.tfevents.1",
+                  [make_version_event()] + [make_scalar_event("train/loss", s, 1.0 / (s + 1), 1.7e9 + s) for s in range(50)])
+    code = textwrap.dedent("""
+        import sys, report_gen.cli as cli
+        from report_gen import runtime
+        seen, real = [], runtime.configure
+        def spy(jobs=None):
+            seen.append("numpy" in sys.modules)
+            return real(jobs)
+        runtime.configure = spy
+        cli.main(["diagnose", sys.argv[1], "-o", sys.argv[2], "-q", "--jobs", "2"])
+        import threadpoolctl
+        print(seen, sorted({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env)
+    assert done.stdout.strip().splitlines()[-1] == "[False] [1]", (done.stdout, done.stderr)
