@@ -6,7 +6,7 @@ import struct
 
 from report_gen.render.context import build_context, plot_key
 from report_gen.render.plots import PAINTERS, PlotStore, decode_png
-from report_gen.vocab import PLOT_KINDS, ActivationSeriesPlot, CurvePlot, KernelsPlot, Plot, parse_plot
+from report_gen.vocab import PLOT_KINDS, ActivationSeriesPlot, CurvePlot, KernelsPlot, Plot, curve_label, parse_plot
 from builders.sample_report import make_report_dict, tiny_png
 
 
@@ -82,3 +82,86 @@ def test_activation_series_painter_draws_logged_stats():
     spec = ActivationSeriesPlot("r", "relu1")
     store.prepare([spec])
     assert store.png(plot_key(spec)).startswith(b"\x89PNG")
+
+
+def _drawable(report: dict) -> list:
+    return [p for p in build_context(report)["plot_order"] if not p.is_image]
+
+
+def _with_activation_series(report: dict) -> dict:
+    run = next(iter(report["details"]["runs"].values()))
+    run["activation_series"] = {"relu1": {"steps": [0, 10, 20, 30], "mean": [0.1, 0.2, 0.3, 0.4], "std": [0.1] * 4,
+                                          "max": [1, 2, 3, 4], "min": [0] * 4}}
+    return report
+
+
+def test_a_reused_axes_draws_what_a_fresh_one_draws():
+    """The store reuses one Axes: whatever was drawn before (a log scale, fixed tick labels, a title,
+    a legend, other limits) must leave no trace, so each PNG equals the one drawn alone, in any order."""
+    import random
+
+    report = _with_activation_series(make_report_dict(n_findings=12, baseline=True))
+    run = next(iter(report["details"]["runs"]))
+    plots = _drawable(report) + [ActivationSeriesPlot(run, "relu1")]
+    assert {type(p).__name__ for p in plots} >= {"CurvePlot", "DistributionPlot", "GradDepthPlot",
+                                                  "LayerSeriesPlot", "ActivationSeriesPlot"}
+    alone = {}
+    for plot in plots:
+        store = PlotStore(report)
+        store.prepare([plot])
+        alone[plot_key(plot)] = store.png(plot_key(plot))
+    assert all(alone.values())
+    for seed in range(3):
+        order = list(plots)
+        random.Random(seed).shuffle(order)
+        store = PlotStore(report)
+        store.prepare(order)
+        assert store.figures_drawn == len(alone)  # each key once
+        assert [store.png(plot_key(p)) == alone[plot_key(p)] for p in order] == [True] * len(order)
+
+
+def test_a_reused_axes_holds_only_the_last_plots_artists():
+    report = make_report_dict(n_findings=12, baseline=True)
+    plots = _drawable(report)
+    first, last = plots[0], CurvePlot("healthy_cnn", ["train_loss"])
+    store = PlotStore(report)
+    store.prepare([*plots, last])
+    ax = store._canvas.figure.axes
+    assert len(ax) == 1
+    ax = ax[0]
+    curve = report["details"]["runs"]["healthy_cnn"]["curves"]["train_loss"]
+    assert len(ax.lines) == 2 and not ax.collections and not ax.patches  # raw + smoothed, nothing older
+    assert list(ax.lines[0].get_xdata()) == curve["steps"] and list(ax.lines[0].get_ydata()) == curve["values"]
+    assert ax.get_xlabel() == "step" and ax.get_yscale() == "linear" and ax.get_title(loc="left") == ""
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [curve_label("train_loss")]
+    assert first != last
+
+
+def test_pngs_have_the_pixels_matplotlib_savefig_gives():
+    """Figures are encoded from Agg's buffer (RGB, a faster zlib level), not by savefig: same pixels."""
+    import io
+
+    import numpy as np
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from report_gen.render import plots as P
+
+    report = _with_activation_series(make_report_dict(n_findings=12))
+    run = next(iter(report["details"]["runs"]))
+    store = PlotStore(report)
+    for plot in [*_drawable(report), ActivationSeriesPlot(run, "relu1")]:
+        store.prepare([plot])
+        ours = Image.open(io.BytesIO(store.png(plot_key(plot))))
+        assert ours.mode == "RGB" and ours.size == (600, 260)
+        with rc_context(P._style()):
+            fig = Figure(figsize=P.FIGSIZE, dpi=P.DPI)
+            FigureCanvasAgg(fig)
+            fig.subplots_adjust(**P.MARGINS)
+            assert P.PAINTERS[type(plot)](fig.add_subplot(), report["details"]["runs"][plot.run], plot)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=P.DPI)
+        reference = np.asarray(Image.open(buffer).convert("RGB"))
+        assert np.array_equal(np.asarray(ours), reference), plot_key(plot)
