@@ -204,9 +204,11 @@ class _Canvas:
             warnings.simplefilter("ignore")  # glyph and layout warnings would echo data to stderr
             self.figure.canvas.draw()
         rgba = np.asarray(self.figure.canvas.buffer_rgba())
-        pixels = rgba[..., :3] if rgba[..., 3].min() == 255 else rgba
+        image = Image.frombuffer("RGBA", (rgba.shape[1], rgba.shape[0]), rgba, "raw", "RGBA", 0, 1)
+        if image.getchannel("A").getextrema()[0] == 255:
+            image = image.convert("RGB")
         buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
+        image.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
         return buffer.getvalue()
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import base64
+import os
 import struct
+from pathlib import Path
 
 from report_gen.render.context import build_context, plot_key
 from report_gen.render.plots import PAINTERS, PlotStore, decode_png
@@ -165,3 +167,27 @@ def test_pngs_have_the_pixels_matplotlib_savefig_gives():
             fig.savefig(buffer, format="png", dpi=P.DPI)
         reference = np.asarray(Image.open(buffer).convert("RGB"))
         assert np.array_equal(np.asarray(ours), reference), plot_key(plot)
+
+
+def test_a_report_without_figures_never_imports_matplotlib(tmp_path):
+    """Logged images are decoded, not drawn: rendering them (or no plot at all) loads no matplotlib."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        from builders.sample_report import make_report_dict
+        from report_gen.render import render
+        report = make_report_dict(n_findings=1)  # dead kernels: a logged image
+        for run in report["details"]["runs"].values():  # keep only the logged images
+            for key in ("curves", "distributions", "grad_depth", "layer_series", "activation_series"):
+                run.pop(key, None)
+        paths = render(report, {str(tmp_path)!r})
+        print("matplotlib" in sys.modules, sorted(paths))
+    """)
+    tests = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])})
+    assert out.stdout.split()[0] == "False", out.stdout + out.stderr
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") >= 1  # the images are there
