@@ -191,3 +191,31 @@ def test_a_report_without_figures_never_imports_matplotlib(tmp_path):
                          env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])})
     assert out.stdout.split()[0] == "False", out.stdout + out.stderr
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") >= 1  # the images are there
+
+
+def _pngs(report: dict, plots: list, **store) -> tuple[dict, PlotStore]:
+    s = PlotStore(report, **store)
+    s.prepare(plots)
+    return {plot_key(p): s.png(plot_key(p)) for p in plots}, s
+
+
+def test_what_one_painter_sets_never_reaches_the_next_figure():
+    """Every ordered pair of the painters' special cases (a one-checkpoint layer series sets its x
+    limits, a blow-up curve a log scale, the gradient depth fixed tick labels and margins): the
+    second figure is the bytes it has when drawn alone."""
+    import itertools
+
+    runs = {"r": {"curves": {"a": {"steps": [0, 5, 10], "values": [1, 2, 3]},
+                             "b": {"steps": [0, 5, 10], "values": [1e-5, 1, 100]}},
+                  "layer_series": {"p": {"steps": [7], "weight_norm": [2.0]}, "q": {"steps": [7], "weight_norm": [3.0]}},
+                  "grad_depth": [{"param": "a.weight", "grad_rms": 1e-3}, {"param": "b.weight", "grad_rms": 1e-1}]}}
+    report = {"details": {"runs": runs}}
+    specs = [parse_plot(s) for s in (
+        {"kind": "layer_series", "run": "r", "param": "p", "fact": "weight_norm"},
+        {"kind": "curve", "run": "r", "series": ["b"]}, {"kind": "grad_depth", "run": "r"},
+        {"kind": "curve", "run": "r", "series": ["a"], "mark_step": 5})]
+    alone, _ = _pngs(report, specs)
+    assert all(alone.values())
+    for first, second in itertools.permutations(specs, 2):
+        pair, _ = _pngs(report, [first, second])
+        assert pair[plot_key(second)] == alone[plot_key(second)], (first, second)
