@@ -142,9 +142,8 @@ class PlotStore:
         if self._canvas is None:
             self._canvas = _Canvas()
         canvas = self._canvas
-        ax = canvas.axes()
         try:  # the error boundary of one plot: drawing and laying out
-            drawn = painter(ax, self._run(plot), plot)
+            drawn = painter(canvas.axes(), self._run(plot), plot)
             if drawn:
                 png = canvas.png()
         except Exception:  # noqa: BLE001 - malformed numbers in details: no plot rather than no report
@@ -153,7 +152,7 @@ class PlotStore:
             return None
         finally:
             if type(plot) in LEAVES_STATE:
-                canvas.fresh = False
+                canvas.reusable = False
         if not drawn:
             return None
         self.figures_drawn += 1
@@ -161,7 +160,8 @@ class PlotStore:
 
 
 #: PNG zlib level: 1 encodes in half the time of PIL's default 6; with RGB instead of RGBA pixels (the
-#: figure is opaque) the files are as small as matplotlib's own RGBA savefig at level 6 (benchmarks/bench_plots.py)
+#: figure is opaque) the files stay about as small as matplotlib's RGBA savefig at level 6 (+1% for
+#: the 11 figures of benchmarks/bench_events.py's training-loop file, -4% for the sample runs' 40)
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -183,16 +183,17 @@ class _Canvas:
         self.figure = Figure(figsize=FIGSIZE, dpi=DPI)
         FigureCanvasAgg(self.figure)
         self._ax: Any = None
-        self.fresh = False  # True when the Axes may be reused as it is after a `_reset`
+        self.reusable = False  # True when the Axes may be reused after a `_reset`
 
     def axes(self) -> Any:
-        if self._ax is not None and self.fresh:
+        """The Axes for the next plot: the last one reset, or a new one."""
+        if self._ax is not None and self.reusable:
             _reset(self._ax)
         else:
             self.figure.clear()
             self.figure.subplots_adjust(**MARGINS)  # fixed margins: tight_layout would double the drawing time
             self._ax = self.figure.add_subplot()
-            self.fresh = True
+            self.reusable = True
         return self._ax
 
     def png(self) -> bytes:

@@ -219,3 +219,25 @@ def test_what_one_painter_sets_never_reaches_the_next_figure():
     for first, second in itertools.permutations(specs, 2):
         pair, _ = _pngs(report, [first, second])
         assert pair[plot_key(second)] == alone[plot_key(second)], (first, second)
+
+
+def test_a_painter_that_raises_costs_its_figure_and_leaves_the_next_ones_as_drawn_alone(monkeypatch):
+    from report_gen.render import plots as P
+
+    report = make_report_dict(n_findings=12)
+    plots = _drawable(report)
+    alone = {}
+    for plot in plots:
+        alone.update(_pngs(report, [plot])[0])
+
+    def broken(ax, run, plot):
+        ax.plot([0, 1], [5, 6])  # half-drawn, then a failure
+        raise RuntimeError("matplotlib internals")
+
+    monkeypatch.setitem(P.PAINTERS, CurvePlot, broken)
+    pngs, store = _pngs(report, plots)
+    curves = {plot_key(p) for p in plots if isinstance(p, CurvePlot)}
+    assert curves and all(pngs[k] is None for k in curves)
+    others = {k: v for k, v in pngs.items() if k not in curves}
+    assert others and others == {k: alone[k] for k in others}
+    assert store.figures_drawn == len(others)
