@@ -111,7 +111,9 @@ def test_a_plot_that_raises_is_dropped_not_the_report(tmp_path, monkeypatch):
     def broken(ax, run, spec):
         raise RuntimeError("matplotlib internals")
 
-    monkeypatch.setitem(plots.PAINTERS, "curve", broken)
+    from report_gen.vocab import CurvePlot
+
+    monkeypatch.setitem(plots.PAINTERS, CurvePlot, broken)  # keyed by plot type (a "curve" key patched nothing)
     written = render(make_report_dict(n_findings=6), tmp_path / "out", ["html"])
     assert "<html" in written["html"].read_text(encoding="utf-8").lower()
 
