@@ -1,3 +1,3 @@
-from report_gen.cli import main
+from report_gen.cli import run
 
-raise SystemExit(main())
+run()

@@ -140,3 +140,29 @@ def test_trust_pickles_is_said_in_every_format(tmp_path):
         assert json.loads((out / "report.json").read_text())["inputs"]["trust_pickles"] is expected
         assert ("--trust-pickles was used" in (out / "report.md").read_text()) is expected
         assert ("--trust-pickles was used" in (out / "report.html").read_text()) is expected
+
+
+def test_the_command_ends_after_atexit_with_mains_exit_code(tmp_path):
+    """`run` (the report-gen command) ends the process right after `main`: atexit functions still run,
+    printed text is flushed, the exit code is main's; with another thread still running it exits the
+    normal way, which waits for it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import atexit, sys, threading, time
+        import report_gen.cli as cli
+        atexit.register(lambda: open(sys.argv[1] + "/atexit", "w").write("ran"))
+        if sys.argv[2] == "thread":
+            threading.Thread(target=lambda: (time.sleep(0.3), open(sys.argv[1] + "/thread", "w").write("done"))).start()
+        cli.main = lambda argv=None: (print("printed", end=""), 3)[1]
+        cli.run()
+    """)
+    for mode in ("alone", "thread"):
+        out = tmp_path / mode
+        out.mkdir()
+        done = subprocess.run([sys.executable, "-c", code, str(out), mode], capture_output=True, text=True)
+        assert (done.returncode, done.stdout) == (3, "printed")
+        assert (out / "atexit").read_text() == "ran"
+        assert (out / "thread").exists() == (mode == "thread")
