@@ -49,6 +49,7 @@ import os
 import numpy as np
 
 from report_gen.core import Problem, ProblemKind
+from report_gen.numeric import unique
 from report_gen.readers.events.decode import FileContent, HistBatch
 from report_gen.readers.signals import is_evaluation_series
 from report_gen.readers.types import HistogramSeries, ImageRef, RunLog, ScalarSeries
@@ -88,8 +89,16 @@ def apply_step_policy(steps: np.ndarray, sessions: np.ndarray | None, max_per_ta
     the restarts as ``(index, dropped)`` pairs. Sessions in ``appended`` (appended evaluations) never
     start a restart; ``sessions`` None means one writing session (which never restarts).
     """
+    kept, restarts = step_policy(steps, sessions, max_per_tag, appended)
+    return (np.arange(steps.size) if kept is None else kept), restarts
+
+
+def step_policy(steps: np.ndarray, sessions: np.ndarray | None, max_per_tag: int | None,
+                appended: frozenset[int] = frozenset()) -> tuple[np.ndarray | None, list]:
+    """`apply_step_policy`, with None for "every value, as they are" (one session, logged in step
+    order, nothing to thin: the usual series, which then needs no copy)."""
     n = steps.size
-    keep = np.ones(n, dtype=bool)
+    keep = None
     restarts = []
     if n > 1 and sessions is not None:
         new_session = sessions[1:] != sessions[:-1]
@@ -100,12 +109,14 @@ def apply_step_policy(steps: np.ndarray, sessions: np.ndarray | None, max_per_ta
             starts = np.flatnonzero((steps[1:] <= prev_max) & new_session) + 1
             if starts.size:
                 keep, restarts = _apply_restarts(steps, starts)
-    kept = np.flatnonzero(keep)
-    in_order = steps[kept]
+    kept = None if keep is None else np.flatnonzero(keep)
+    in_order = steps if kept is None else steps[kept]
     if in_order.size > 1 and np.any(in_order[1:] < in_order[:-1]):  # usually logged in step order already
-        kept = kept[np.argsort(in_order, kind="stable")]
-    if max_per_tag is not None and kept.size > max_per_tag:
-        kept = kept[np.unique(np.linspace(0, kept.size - 1, max_per_tag).round().astype(np.int64))]
+        order = np.argsort(in_order, kind="stable")
+        kept = order if kept is None else kept[order]
+    if max_per_tag is not None and in_order.size > max_per_tag:
+        thinned = unique(np.linspace(0, in_order.size - 1, max_per_tag).round().astype(np.int64))
+        kept = thinned if kept is None else kept[thinned]
     return kept, restarts
 
 
@@ -232,12 +243,14 @@ def merge_scalars(sub: str, group: list[FileContent], max_per_tag: int | None,
     for code, rows in enumerate(_rows_per_code(codes if first is None else codes[first], len(names))):
         if first is not None:
             rows = first[rows]  # per tag, in write order
-        kept, found = apply_step_policy(steps[rows], None if sessions is None else sessions[rows], max_per_tag, appended)
+        tag_steps = steps[rows]
+        kept, found = step_policy(tag_steps, None if sessions is None else sessions[rows], max_per_tag, appended)
         for i, dropped in found:
             where = parts[0][0] if file_index is None else file_index[rows[i]]
-            restarts.add(group[where].path, names[code], int(steps[rows[i]]), dropped)
-        rows = rows[kept]
-        out.append(ScalarSeries(sub, names[code], steps[rows].astype(np.int64, copy=False),
+            restarts.add(group[where].path, names[code], int(tag_steps[i]), dropped)
+        if kept is not None:
+            rows, tag_steps = rows[kept], tag_steps[kept]
+        out.append(ScalarSeries(sub, names[code], tag_steps.astype(np.int64, copy=False),
                                 walls[rows].astype(np.float64, copy=False), values[rows].astype(np.float64, copy=False)))
     return out
 
