@@ -567,7 +567,7 @@ def rows_crc32c(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
         return _c_crc32c(raw, starts, length)
     out = np.empty(starts.size, dtype=np.uint32)
     for a, block, ref in _blocks_of(raw, starts, length):
-        out[a:a + len(block)] = _block_crc32c(raw, starts[a:a + len(block)], block, varying_columns(block, ref), length)
+        out[a:a + len(block)] = _block_crc32c(raw, starts[a:a + len(block)], block, _varying(block, ref, length), length)
     return out
 
 
@@ -578,8 +578,7 @@ def records_crc_ok(raw: np.ndarray, starts: np.ndarray, length: int) -> np.ndarr
         return _mask_u32(_c_crc32c(raw, starts, length)) == gather_rows(raw, starts + length, 4).view("<u4").ravel()
     out = np.empty(starts.size, dtype=bool)
     for a, block, ref in _blocks_of(raw, starts, length + 4):
-        varying = varying_columns(block, ref)[:length]
-        crcs = _block_crc32c(raw, starts[a:a + len(block)], block[:, :length], varying, length)
+        crcs = _block_crc32c(raw, starts[a:a + len(block)], block[:, :length], _varying(block, ref, length), length)
         out[a:a + len(block)] = _mask_u32(crcs) == np.ascontiguousarray(block[:, length:]).view("<u4").ravel()
     return out
 
@@ -597,13 +596,28 @@ def _blocks_of(raw: np.ndarray, starts: np.ndarray, width: int):
         yield a, windows[starts[a:a + _BLOCK_ROWS]], ref
 
 
-def _block_crc32c(raw: np.ndarray, starts: np.ndarray, block: np.ndarray, varying: np.ndarray,
+def _too_varied(length: int) -> int:
+    """Above this many varying columns, the C call per record is faster than a table lookup per column."""
+    return 64 + length // 8
+
+
+def _varying(block: np.ndarray, ref: np.ndarray, length: int) -> np.ndarray | None:
+    """The varying columns among the first `length` of `block`, or None when there are too many for the
+    tables (histogram buckets). A few rows decide that first: what varies among them varies in the
+    block, so a sample already over the limit settles it without looking at every row."""
+    if len(block) > 64 and np.count_nonzero(varying_columns(block[:64], ref)[:length]) > _too_varied(length):
+        return None
+    varying = varying_columns(block, ref)[:length]
+    return None if np.count_nonzero(varying) > _too_varied(length) else varying
+
+
+def _block_crc32c(raw: np.ndarray, starts: np.ndarray, block: np.ndarray, varying: np.ndarray | None,
                   length: int) -> np.ndarray:
     """CRC32C of each row of `block` (the `length` bytes of the records at `starts`); `varying` marks
-    the columns not equal in every row."""
-    columns = np.flatnonzero(varying)
-    if columns.size > 64 + length // 8:  # mostly varying bytes (histogram buckets): C is faster
+    the columns not equal in every row (None: too many, one C call per record)."""
+    if varying is None:  # mostly varying bytes (histogram buckets): C is faster
         return _c_crc32c(raw, starts, length)
+    columns = np.flatnonzero(varying)
     tables, base = _position_tables(length)
     fixed = np.flatnonzero(~varying)
     const = np.uint32(base) ^ np.bitwise_xor.reduce(tables[fixed, block[0, fixed]]) if fixed.size else np.uint32(base)

@@ -283,3 +283,22 @@ def test_reading_plain_scalars_imports_neither_pandas_nor_protobuf(tmp_path):
     assert verdict.startswith("UNKNOWN  0 errors") and imported == []
     assert (tmp_path / "out2" / "report.json").is_file()
     assert (tmp_path / "out" / "report.json").is_file()
+
+
+def test_scattered_records_whose_fields_point_past_the_buffer_are_refused_not_read_out_of_bounds():
+    """The per-record path reads a record's fixed fields without a padded copy of the buffer: a record at
+    the very end whose tag length points past it reads clamped bytes, fails its checks and is left to
+    protobuf; the good records around it are decoded."""
+    from report_gen.readers.events.bulk import SimpleScalars
+
+    good = [make_scalar_event(f"t{i}", i, float(i), T0 + i) for i in range(5)]
+    bad = bytearray(make_scalar_event("abc", 7, 1.0, T0))
+    bad[bad.index(b"abc") - 1] = 0xFF  # a tag length of 255, past the record and the buffer
+    records = good + [bytes(bad)]
+    buffer = b"".join(records)
+    starts = np.cumsum([0] + [len(r) for r in records[:-1]])
+    lengths = np.array([len(r) for r in records])
+    got = SimpleScalars.decode(buffer, starts, lengths)
+    assert got.mask.tolist() == [True] * 5 + [False]
+    assert [got.names[c] for c in got.codes] == [f"t{i}" for i in range(5)]
+    assert got.values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and got.steps.tolist() == [0, 1, 2, 3, 4]

@@ -42,7 +42,7 @@ class SimpleScalars:
         groups = []  # (record indices, ok, steps, walls, values, tag bytes) per length decoded as a group
         rest = np.ones(n, dtype=bool)
         for length, idx in length_groups(lengths):
-            if not 21 <= length < _PAD:
+            if not 21 <= length < _MAX_SIMPLE:
                 continue
             for _ in range(_MAX_LAYOUTS):  # records of one length may have several layouts (see below)
                 if idx.size < _MIN_GROUP:
@@ -80,7 +80,7 @@ class SimpleScalars:
                    values=values[sel])
 
 
-_PAD = 512  # bytes of zeros after a buffer: a record's fixed-layout offsets (tag <= 255) never leave it
+_MAX_SIMPLE = 512  # the longest record decoded as a simple scalar (its tag, at most 255 bytes, fits)
 _MIN_GROUP = 64  # records of one length before they are decoded as a group
 #: layouts tried per record length: a tag one byte longer than another, with a step one varint byte
 #: shorter, makes records of the same length (`grad_norm` at step 200 and `train/loss` at step 20000)
@@ -143,20 +143,17 @@ def _decode_scattered(buffer: bytes, idx: np.ndarray, starts: np.ndarray, length
                       steps: np.ndarray, walls: np.ndarray, values: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """The records at ``idx`` each with its own layout (vectorised over them): fills mask, steps, walls
     and values at the matched ones and returns their tag bytes as pieces, one per tag length."""
-    lo = int(starts.min())  # the span of these records, copied with _PAD zeros after it: every fixed
-    raw = np.frombuffer(buffer[lo:int((starts + lengths).max())] + bytes(_PAD), dtype=np.uint8)  # offset stays inside
-    starts = starts - lo
+    raw, at = _bytes_at(buffer)  # reads clamped to the buffer: a malformed record reads junk, then fails a check
     ends = starts + lengths
-    has_step = raw[starts + 9] == 0x10
+    has_step = at(starts + 9) == 0x10
     step, step_len, step_ok = _varint_at(raw, starts + 10)
     step_len = np.where(has_step, step_len, 0)
     p = starts + 9 + np.where(has_step, 1 + step_len, 0)  # at the summary field
-    tag_len = raw[p + 5].astype(np.int64)
-    ok = ((lengths >= 21) & (lengths < _PAD) & (raw[starts] == 0x09) & (~has_step | step_ok)
-          & (raw[p] == 0x2A) & (raw[p + 2] == 0x0A) & (raw[p + 4] == 0x0A)
-          & (raw[p + 1] < 0x80) & (raw[p + 1].astype(np.int64) == raw[p + 3].astype(np.int64) + 2)
-          & (raw[p + 3].astype(np.int64) == tag_len + 7)
-          & (raw[p + 6 + tag_len] == 0x15) & (p + 11 + tag_len == ends))
+    tag_len = at(p + 5)
+    ok = ((lengths >= 21) & (lengths < _MAX_SIMPLE) & (ends <= raw.size) & (at(starts) == 0x09) & (~has_step | step_ok)
+          & (at(p) == 0x2A) & (at(p + 2) == 0x0A) & (at(p + 4) == 0x0A)
+          & (at(p + 1) < 0x80) & (at(p + 1) == at(p + 3) + 2) & (at(p + 3) == tag_len + 7)
+          & (at(p + 6 + tag_len) == 0x15) & (p + 11 + tag_len == ends))
     sel = np.flatnonzero(ok)
     rows = idx[sel]
     starts, p, tag_len = starts[sel], p[sel], tag_len[sel]
