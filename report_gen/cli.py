@@ -162,6 +162,9 @@ def run() -> None:
     otherwise the exit is the normal one, which waits for them), the atexit functions run, the
     standard streams are flushed, and the process ends there. `main` itself (the API, the tests)
     returns as usual."""
+    from report_gen import runtime
+
+    runtime.tune_allocator()  # the command's own process only: large temporaries reused from the heap
     code = main()
     import atexit
     import threading
@@ -172,7 +175,8 @@ def run() -> None:
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: started with the stream closed
+                stream.flush()
         except (OSError, ValueError):  # a closed or broken pipe: nothing left to say
             pass
     os._exit(code)
@@ -189,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         from report_gen import runtime
 
         runtime.configure(args.jobs)  # before numpy loads (its BLAS reads the plan from the environment), and torch
-        runtime.tune_allocator()  # the CLI's process only: large temporaries reused from the heap
     from report_gen.render.terminal import TerminalSafeFormatter, terminal_text
 
     handler = logging.StreamHandler(sys.stderr)

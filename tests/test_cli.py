@@ -166,3 +166,18 @@ def test_the_command_ends_after_atexit_with_mains_exit_code(tmp_path):
         assert (done.returncode, done.stdout) == (3, "printed")
         assert (out / "atexit").read_text() == "ran"
         assert (out / "thread").exists() == (mode == "thread")
+
+
+def test_the_command_started_with_its_output_closed_keeps_mains_exit_code(tmp_path):
+    """cron and daemons start commands with stdout closed (Python then has sys.stdout None): the end of
+    the command must not trip over it."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.close(1)\n"
+            "import report_gen.cli as cli\n"
+            "sys.stdout = None\n"
+            "cli.main = lambda argv=None: 0\n"
+            "cli.run()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (0, "")

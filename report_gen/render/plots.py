@@ -59,9 +59,11 @@ def to_floats(values: Any) -> np.ndarray:
         return np.asarray([], dtype=np.float64)
     if not any(isinstance(v, (bool, str)) for v in values):  # plain numbers and None: numpy converts them
         try:
-            return np.asarray(values, dtype=np.float64)
+            arr = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError, OverflowError):
-            pass
+            arr = None
+        if arr is not None and arr.ndim == 1:  # nested lists (a hand-made report.json) go item by item
+            return arr
     out = []
     for v in values:
         try:
@@ -231,6 +233,7 @@ def _reset(ax: Any) -> None:
         ax.set_title("", loc=loc)
     ax.set_prop_cycle(None)
     ax.dataLim.set(Bbox.null())
+    ax.viewLim.set(Bbox.unit())  # what a new Axes starts from: a plot with no finite data keeps no old view
     ax.ignore_existing_data_limits = True
     ax.set_autoscale_on(True)
     ax.autoscale_view()

@@ -134,3 +134,10 @@ def test_small_logged_images_get_a_display_width():
     assert _display_width(tiny_png(7, 42)) == 7 * (MAX_IMAGE_SIDE // 42)  # stays under 400 px either way
     assert _display_width(tiny_png(200, 120)) is None
     assert _display_width(b"not a png") is None
+
+
+def test_to_floats_reads_nested_lists_item_by_item_as_junk():
+    """A hand-made report.json with [[1], [2]] where numbers belong: NaN per item (as before numpy
+    converted plain lists), never a 2-D array a painter would draw as a series."""
+    assert np.isnan(to_floats([[1], [2]])).all() and to_floats([[1], [2]]).shape == (2,)
+    assert to_floats([1, None, 2.5]).tolist()[::2] == [1.0, 2.5]

@@ -206,16 +206,20 @@ def test_what_one_painter_sets_never_reaches_the_next_figure():
     import itertools
 
     runs = {"r": {"curves": {"a": {"steps": [0, 5, 10], "values": [1, 2, 3]},
-                             "b": {"steps": [0, 5, 10], "values": [1e-5, 1, 100]}},
+                             "b": {"steps": [0, 5, 10], "values": [1e-5, 1, 100]},
+                             "nan": {"steps": [0, 5, 10], "values": [None, None, None]}},
                   "layer_series": {"p": {"steps": [7], "weight_norm": [2.0]}, "q": {"steps": [7], "weight_norm": [3.0]}},
                   "grad_depth": [{"param": "a.weight", "grad_rms": 1e-3}, {"param": "b.weight", "grad_rms": 1e-1}]}}
     report = {"details": {"runs": runs}}
     specs = [parse_plot(s) for s in (
         {"kind": "layer_series", "run": "r", "param": "p", "fact": "weight_norm"},
         {"kind": "curve", "run": "r", "series": ["b"]}, {"kind": "grad_depth", "run": "r"},
-        {"kind": "curve", "run": "r", "series": ["a"], "mark_step": 5})]
-    alone, _ = _pngs(report, specs)
-    assert all(alone.values())
+        {"kind": "curve", "run": "r", "series": ["a"], "mark_step": 5},
+        {"kind": "curve", "run": "r", "series": ["nan"]})]  # no finite value: no data limits of its own
+    alone = {}
+    for spec in specs:  # each in a store of its own: drawn on a new Axes
+        alone.update(_pngs(report, [spec])[0])
+    assert len(alone) == len(specs) and all(alone.values())
     for first, second in itertools.permutations(specs, 2):
         pair, _ = _pngs(report, [first, second])
         assert pair[plot_key(second)] == alone[plot_key(second)], (first, second)
