@@ -116,7 +116,7 @@ def header_crcs(length_bytes: np.ndarray) -> np.ndarray:
     crc = np.full(len(length_bytes), base, dtype=np.uint32)
     for k in range(8):
         crc ^= tables[k][length_bytes[:, k]]
-    return _mask(crc.astype(np.uint64)).astype(np.uint32)
+    return _mask_u32(crc)
 
 
 def find_header(buf: bytes, start: int, stop: int, file_end: int) -> int:
